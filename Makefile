@@ -1,0 +1,32 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both build .venv from
+# requirements.lock first (only when it is missing or the lock changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv demo test bench clean-demo
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	backfill demo generate
+	backfill compose
+	dvc repro group@demo
+	backfill summary demo
+
+test: $(STAMP)
+	pytest
+
+bench: $(STAMP)
+	python benchmarks/bench_scan.py
+
+clean-demo:
+	rm -rf data/demo

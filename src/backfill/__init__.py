@@ -1,0 +1,1 @@
+"""backfill: rebuild AI-training decision databases from curated image folders."""

@@ -1,0 +1,92 @@
+"""Every table's contract, in one place.
+
+Each stage validates what it writes (lazy: every failure reported at once), so a bad row
+stops the pipeline where it was made, with the table, column and values named.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+TIMESTAMP_PATTERN = r"^\d{8}_\d{6}$"
+STATUSES = ["ok", "warning", "error"]
+SOURCES = ["original", "final"]
+
+
+class ScanTable(pa.DataFrameModel):
+    """One row per image file (or unreadable folder) under original_dir and final_dir."""
+
+    source: Series[str] = pa.Field(isin=SOURCES, description="which root the file is under")
+    rel_path: Series[str] = pa.Field(description="POSIX path relative to its root")
+    name: Series[str]
+    ext: Series[str] = pa.Field(description="lower-case extension, '' for a folder row")
+    size_bytes: Series[int] = pa.Field(ge=0)
+    mtime_ns: Series[int]
+    format: Series[str] = pa.Field(nullable=True, description="format read from the bytes")
+    width: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    height: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    mode: Series[str] = pa.Field(nullable=True, description="PIL mode, e.g. RGB, RGBA, I;16")
+    content_hash: Series[str] = pa.Field(nullable=True, str_matches=HASH_PATTERN)
+    timestamp: Series[str] = pa.Field(nullable=True, str_matches=TIMESTAMP_PATTERN)
+    stage: Series[float] = pa.Field(ge=0, description="0.0 when the name has no stage")
+    stage_label: Series[str] = pa.Field(nullable=True)
+    status: Series[str] = pa.Field(isin=STATUSES)
+    reason: Series[str] = pa.Field(nullable=True)
+
+    @pa.dataframe_check
+    def reason_explains_status(cls, df: pd.DataFrame) -> Series[bool]:
+        """A row that is not 'ok' says why; an 'ok' row has nothing to say."""
+        return (df["status"] == "ok") == df["reason"].isna()
+
+    @pa.dataframe_check
+    def usable_rows_are_hashed(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["status"] == "error") | (
+            df["content_hash"].notna() & df["width"].notna() & df["height"].notna()
+        )
+
+    class Config:
+        strict = True
+        unique = ["source", "rel_path"]
+
+
+class GroupsTable(pa.DataFrameModel):
+    """One row per group of renders of one image, stages ascending."""
+
+    group_id: Series[str] = pa.Field(unique=True)
+    first_timestamp: Series[str] = pa.Field(str_matches=TIMESTAMP_PATTERN)
+    last_timestamp: Series[str] = pa.Field(str_matches=TIMESTAMP_PATTERN)
+    n_images: Series[int] = pa.Field(ge=2, le=4)
+    image_paths: Series[object] = pa.Field(description="rel_paths under original_dir")
+    image_names: Series[object]
+    stages: Series[object]
+    widths: Series[object]
+    heights: Series[object]
+    content_hashes: Series[object]
+
+    @pa.dataframe_check
+    def lists_match_size(cls, df: pd.DataFrame) -> Series[bool]:
+        cols = ["image_paths", "image_names", "stages", "widths", "heights", "content_hashes"]
+        return pd.concat([df[c].map(len) == df["n_images"] for c in cols], axis=1).all(axis=1)
+
+    @pa.check("stages")
+    def stages_increase(cls, stages: Series[object]) -> Series[bool]:
+        return stages.map(lambda s: all(a < b for a, b in zip(s, s[1:])))
+
+    class Config:
+        strict = True
+
+
+class UngroupedTable(pa.DataFrameModel):
+    """Every original file that is in no group, and why."""
+
+    rel_path: Series[str] = pa.Field(unique=True)
+    name: Series[str]
+    timestamp: Series[str] = pa.Field(nullable=True, str_matches=TIMESTAMP_PATTERN)
+    stage: Series[float] = pa.Field(ge=0)
+    reason: Series[str]
+
+    class Config:
+        strict = True

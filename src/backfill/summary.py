@@ -1,0 +1,51 @@
+"""The one-screen summary of a project's tables, for people (``backfill summary``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from backfill.project import Project
+
+
+def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = [title]
+    lines += [f"  {k:<{width}}  {v:>8,}" if isinstance(v, int) else f"  {k:<{width}}  {v}"
+              for k, v in rows]
+    return lines
+
+
+def _reason_head(reason: str) -> str:
+    """The kind of a reason, without the detail after a colon or in brackets."""
+    if not isinstance(reason, str):
+        return "-"
+    head = reason.removeprefix("unreadable: ")
+    return head.split(":")[0].split("(")[0].strip()
+
+
+def summarize(project: Project) -> str:
+    """What the pipeline knows about a project, from whatever tables exist so far."""
+    lines = [f"== {project.name} ==  ({project.out_dir.relative_to(project.root)}/)"]
+    scan_path = project.output("scan")
+    if not scan_path.exists():
+        return "\n".join(lines + ["  not scanned yet: run `dvc repro`"])
+    scan = pd.read_parquet(scan_path)
+    rows = [(f"{source} files", int(n)) for source, n in scan["source"].value_counts().sort_index().items()]
+    rows += [(f"status {s}", int(n)) for s, n in scan["status"].value_counts().sort_index().items()]
+    lines += _section("scan", rows)
+    problems = scan[scan["status"] != "ok"]
+    if len(problems):
+        kinds = problems["reason"].map(_reason_head).value_counts()
+        lines += _section("  files with problems, by kind", [(k, int(n)) for k, n in kinds.items()])
+    groups_path = project.output("groups")
+    if groups_path.exists():
+        groups = pd.read_parquet(groups_path)
+        ungrouped = pd.read_parquet(project.output("ungrouped"))
+        sizes = groups["n_images"].value_counts().sort_index()
+        rows = [("groups", len(groups))]
+        rows += [(f"  of {k} images", int(n)) for k, n in sizes.items()]
+        rows += [("ungrouped originals", len(ungrouped))]
+        kinds = ungrouped["reason"].map(_reason_head).value_counts()
+        rows += [(f"  {k}", int(n)) for k, n in kinds.items()]
+        lines += _section("group", rows)
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Parquet in and out: validated against its contract, written byte-for-byte repeatably.
+
+Unchanged input must give an identical file so that DVC skips everything downstream;
+so rows come sorted, the index is dropped, and nothing time-dependent is stored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pandera.errors
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class ContractError(Exception):
+    """A table broke its pandera contract; the message names table, column and values."""
+
+
+def describe_failures(table: str, err: pandera.errors.SchemaErrors, limit: int = 5) -> str:
+    """A readable account of every failed check: column, check, count and sample values."""
+    cases = err.failure_cases
+    lines = [f"table '{table}' breaks its contract ({len(cases)} failing value(s)):"]
+    for (column, check), rows in cases.groupby(["column", "check"], dropna=False, sort=True):
+        values = ", ".join(repr(v) for v in rows["failure_case"].head(limit))
+        more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
+        where = f"column '{column}'" if isinstance(column, str) else "table"
+        lines.append(f"  - {where}: check {check} failed for {len(rows)}: {values}{more}")
+    return "\n".join(lines)
+
+
+def validate(df: pd.DataFrame, schema: type, table: str) -> pd.DataFrame:
+    """Validate lazily; raise ContractError listing every failure."""
+    try:
+        return schema.validate(df, lazy=True)
+    except pandera.errors.SchemaErrors as err:
+        raise ContractError(describe_failures(table, err)) from None
+
+
+def write_table(df: pd.DataFrame, path: Path, schema: type, table: str) -> None:
+    """Validate ``df`` then write it to ``path`` atomically and deterministically."""
+    df = validate(df, schema, table).reset_index(drop=True)
+    arrow = pa.Table.from_pandas(df, preserve_index=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(arrow, tmp, compression="zstd", write_statistics=True)
+    os.replace(tmp, path)
+
+
+def read_table(path: Path, schema: type | None = None, table: str | None = None) -> pd.DataFrame:
+    """Read a stage's Parquet output, validating it when a schema is given."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the stage that makes it first (`dvc repro`)."
+        )
+    df = pq.read_table(path).to_pandas()
+    return validate(df, schema, table or path.stem) if schema is not None else df
