@@ -1,0 +1,55 @@
+"""Shared fixtures: generated projects with known truth, and throwaway repo copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backfill.synthetic import make_project
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: backfill and dvc live here
+
+
+@pytest.fixture(scope="session")
+def small_project(tmp_path_factory) -> "object":
+    """A generated project shared by read-only tests (12 groups, every bad-file kind)."""
+    return make_project(tmp_path_factory.mktemp("small"), n_groups=12, seed=3, scale=0.1)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A copy of this repository's pipeline (config, dvc.yaml, code) with no projects."""
+    dst = tmp_path / "repo"
+    dst.mkdir()
+    for item in ["conf", "src", "dvc.yaml", ".dvcignore"]:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst / item)
+    (dst / ".dvc").mkdir()
+    shutil.copy2(REPO / ".dvc" / "config", dst / ".dvc" / "config")
+    shutil.copy2(REPO / ".dvc" / ".gitignore", dst / ".dvc" / ".gitignore")
+    # Start with no projects registered: tests add their own.
+    cfg = dst / "conf" / "config.yaml"
+    cfg.write_text("".join(l for l in cfg.read_text().splitlines(keepends=True)
+                           if "project@projects." not in l))
+    (dst / "conf" / "project" / "demo.yaml").unlink()
+    run(["git", "init", "-q"], dst)
+    run(["git", "config", "user.email", "t@t"], dst)
+    run(["git", "config", "user.name", "t"], dst)
+    return dst

@@ -1,0 +1,69 @@
+"""End to end: `backfill project add` + `dvc repro` in a throwaway copy of the repo."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from backfill.synthetic import make_project
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def stages_in_status(repo) -> set[str]:
+    out = run(["dvc", "status", "--json"], repo).stdout
+    return set(json.loads(out or "{}"))
+
+
+@pytest.fixture
+def two_projects(repo_copy, tmp_path):
+    truths = {}
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        project = make_project(tmp_path / name, n_groups=8, seed=seed, scale=0.1)
+        run(["backfill", "project", "add", name, "--original-dir", str(project.original_dir),
+             "--final-dir", str(project.final_dir)], repo_copy)
+        truths[name] = project
+    return repo_copy, truths
+
+
+def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_projects):
+    repo, truths = two_projects
+    first = run(["dvc", "repro"], repo).stdout
+    assert first.count("Running stage") == 4
+    for name, project in truths.items():
+        groups = pd.read_parquet(repo / "data" / name / "groups.parquet")
+        assert {tuple(p) for p in groups.image_paths} == {tuple(g.rel_paths) for g in project.groups}
+        ungrouped = pd.read_parquet(repo / "data" / name / "ungrouped.parquet")
+        assert set(project.bad_files) <= set(ungrouped.rel_path)
+
+    second = run(["dvc", "repro"], repo).stdout
+    assert "Running stage" not in second
+    assert stages_in_status(repo) == set()
+
+    # One project's group setting changes: only its group stage is out of date.
+    conf = repo / "conf" / "project" / "alpha.yaml"
+    conf.write_text(conf.read_text() + "group:\n  lookahead: 10\n")
+    run(["backfill", "compose"], repo)
+    assert stages_in_status(repo) == {"group@alpha"}
+    third = run(["dvc", "repro"], repo).stdout
+    assert third.count("Running stage") == 1 and "group@alpha" in third
+
+
+def test_a_stage_refuses_stale_params_and_says_what_to_run(two_projects):
+    repo, _ = two_projects
+    conf = repo / "conf" / "pipeline" / "default.yaml"
+    conf.write_text(conf.read_text().replace("lookahead: 50", "lookahead: 40"))
+    proc = run(["backfill", "scan", "alpha"], repo, check=False)
+    assert proc.returncode == 2
+    assert "params.yaml is stale" in proc.stderr and "backfill compose" in proc.stderr
+
+
+def test_a_missing_folder_is_a_clear_error(two_projects, tmp_path):
+    repo, truths = two_projects
+    shutil.rmtree(truths["beta"].final_dir)
+    proc = run(["backfill", "scan", "beta"], repo, check=False)
+    assert proc.returncode == 2
+    assert "final_dir of project 'beta' is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,159 @@
+"""scan: every image found, every bad file recorded with a reason, nothing re-read twice."""
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from backfill.scan import ScanSettings, scan_project
+from backfill.schemas import ScanTable
+from backfill.tables import ContractError, write_table
+
+SETTINGS = ScanSettings(
+    frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "Thumbs.db", "._*"), True, 4
+)
+
+
+def scan(project_or_roots, cache):
+    roots = project_or_roots if isinstance(project_or_roots, dict) else {
+        "original": project_or_roots.original_dir, "final": project_or_roots.final_dir}
+    return scan_project(roots, SETTINGS, cache)
+
+
+def test_every_render_and_final_is_found_with_its_size(small_project, tmp_path):
+    table = scan(small_project, tmp_path / "fp.sqlite").table
+    originals = table[table.source == "original"]
+    expected = {p for g in small_project.groups for p in g.rel_paths} | set(small_project.bad_files)
+    assert set(originals.rel_path) == expected
+    finals = table[table.source == "final"]
+    assert set(finals.rel_path) == {g.final_rel_path for g in small_project.groups if g.final_rel_path}
+    for row in table[table.status != "error"].head(8).itertuples():
+        root = small_project.original_dir if row.source == "original" else small_project.final_dir
+        with Image.open(root / row.rel_path) as im:
+            assert (row.width, row.height) == im.size
+
+
+def test_bad_files_are_recorded_with_reasons(small_project, tmp_path):
+    table = scan(small_project, tmp_path / "fp.sqlite").table.set_index("rel_path")
+    expected = {
+        "empty": ("error", "empty file"),
+        "truncated": ("error", "truncated"),
+        "not_image": ("error", "not an image"),
+        "mislabelled": ("warning", "mislabelled"),
+        "no_timestamp": ("warning", "no timestamp"),
+        "no_stage": ("warning", "no stage label"),
+    }
+    for rel, kind in small_project.bad_files.items():
+        status, reason = expected[kind]
+        assert table.at[rel, "status"] == status, rel
+        assert reason in table.at[rel, "reason"], rel
+    assert (table.loc[~table.index.isin(list(small_project.bad_files)), "status"] == "ok").all()
+
+
+def test_junk_companions_and_symlink_loops_are_skipped_quietly(small_project, tmp_path):
+    table = scan(small_project, tmp_path / "fp.sqlite").table
+    names = set(table.name)
+    assert not {".DS_Store", "Thumbs.db", "notes.txt"} & names
+    assert not any(n.startswith("._") or n.endswith((".yaml", ".caption")) for n in names)
+    assert not any("/loop/" in p for p in table.rel_path)
+
+
+def _png(mode: str, size=(40, 30)) -> bytes:
+    if mode == "I;16":
+        img = Image.fromarray(np.full(size[::-1], 40000, dtype=np.uint16))
+    else:
+        img = Image.new(mode, size)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_any_case_of_extension_and_every_pixel_format(tmp_path):
+    orig, final = tmp_path / "o", tmp_path / "f"
+    (orig / "deep" / "er").mkdir(parents=True)
+    final.mkdir()
+    files = {
+        "deep/er/20250101_000000_stage1_generated.PNG": _png("RGB"),
+        "deep/20250101_000015_stage1.5_face_swapped.png": _png("RGBA"),
+        "20250101_000100_stage2_upscaled.Png": _png("L"),
+        "20250101_000200_stage3_enhanced.png": _png("I;16"),
+    }
+    jpeg = io.BytesIO()
+    Image.new("RGB", (20, 10)).save(jpeg, format="JPEG")
+    files["20250101_000300_stage2.JPEG"] = jpeg.getvalue()
+    files["20250101_000400_stage2.jpg"] = jpeg.getvalue()
+    for rel, data in files.items():
+        (orig / rel).write_bytes(data)
+    table = scan({"original": orig, "final": final}, tmp_path / "fp.sqlite").table
+    assert set(table.rel_path) == set(files)
+    assert (table.status == "ok").all()
+    modes = dict(zip(table.name, table["mode"]))
+    assert modes["20250101_000200_stage3_enhanced.png"] == "I;16"
+    assert modes["20250101_000015_stage1.5_face_swapped.png"] == "RGBA"
+    assert set(table.ext) == {".png", ".jpeg", ".jpg"}
+
+
+def test_broken_links_and_missing_targets_are_errors_not_crashes(tmp_path):
+    orig, final = tmp_path / "o", tmp_path / "f"
+    orig.mkdir()
+    final.mkdir()
+    os.symlink(tmp_path / "gone.png", orig / "20250101_000000_stage1.png")
+    table = scan({"original": orig, "final": final}, tmp_path / "fp.sqlite").table
+    assert table.status.tolist() == ["error"]
+    assert "unreadable" in table.reason[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_unlistable_folder_is_recorded(tmp_path):
+    orig, final = tmp_path / "o", tmp_path / "f"
+    (orig / "locked").mkdir(parents=True)
+    final.mkdir()
+    os.chmod(orig / "locked", 0)
+    try:
+        table = scan({"original": orig, "final": final}, tmp_path / "fp.sqlite").table
+    finally:
+        os.chmod(orig / "locked", 0o755)
+    assert "cannot list folder" in table.reason.iloc[0]
+
+
+def test_warm_scan_reads_nothing_and_changed_files_are_read_again(small_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(small_project.root, project, symlinks=True)
+    roots = {"original": project / "original", "final": project / "final"}
+    cache = tmp_path / "fp.sqlite"
+    cold = scan(roots, cache)
+    assert cold.cached == 0 and cold.probed == len(cold.table)
+    warm = scan(roots, cache)
+    assert warm.probed == 0
+    pd.testing.assert_frame_equal(cold.table, warm.table)
+    # Rewrite one final with other pixels: only it is read, and its hash changes.
+    target = roots["final"] / cold.table[cold.table.source == "final"].rel_path.iloc[0]
+    target.write_bytes(_png("RGB", size=(33, 21)))
+    again = scan(roots, cache)
+    assert again.probed == 1
+    before = cold.table.set_index(["source", "rel_path"]).content_hash
+    after = again.table.set_index(["source", "rel_path"]).content_hash
+    assert (before.fillna("") != after.fillna("")).sum() == 1
+
+
+def test_scan_table_is_written_byte_for_byte_repeatably(small_project, tmp_path):
+    cache = tmp_path / "fp.sqlite"
+    write_table(scan(small_project, cache).table, tmp_path / "a.parquet", ScanTable, "scan")
+    write_table(scan(small_project, cache).table, tmp_path / "b.parquet", ScanTable, "scan")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_a_broken_value_is_named_by_the_contract(small_project, tmp_path):
+    table = scan(small_project, tmp_path / "fp.sqlite").table
+    table.loc[3, "status"] = "fine"
+    table.loc[5, "content_hash"] = "xyz"
+    with pytest.raises(ContractError) as err:
+        write_table(table, tmp_path / "t.parquet", ScanTable, "scan")
+    message = str(err.value)
+    assert "table 'scan'" in message
+    assert "column 'status'" in message and "'fine'" in message
+    assert "column 'content_hash'" in message and "'xyz'" in message
