@@ -79,7 +79,7 @@ SCAN = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), 
 
 def scan_of(project, tmp_path):
     roots = {"original": project.original_dir, "final": project.final_dir}
-    return scan_project(roots, SCAN, tmp_path / "fp.sqlite").table
+    return scan_project(roots, SCAN, tmp_path / "cache").table
 
 
 def test_generated_project_groups_equal_the_truth(small_project, tmp_path):

@@ -25,7 +25,7 @@ def scan(project_or_roots, cache):
 
 
 def test_every_render_and_final_is_found_with_its_size(small_project, tmp_path):
-    table = scan(small_project, tmp_path / "fp.sqlite").table
+    table = scan(small_project, tmp_path / "cache").table
     originals = table[table.source == "original"]
     expected = {p for g in small_project.groups for p in g.rel_paths} | set(small_project.bad_files)
     assert set(originals.rel_path) == expected
@@ -38,7 +38,7 @@ def test_every_render_and_final_is_found_with_its_size(small_project, tmp_path):
 
 
 def test_bad_files_are_recorded_with_reasons(small_project, tmp_path):
-    table = scan(small_project, tmp_path / "fp.sqlite").table.set_index("rel_path")
+    table = scan(small_project, tmp_path / "cache").table.set_index("rel_path")
     expected = {
         "empty": ("error", "empty file"),
         "truncated": ("error", "truncated"),
@@ -55,7 +55,7 @@ def test_bad_files_are_recorded_with_reasons(small_project, tmp_path):
 
 
 def test_junk_companions_and_symlink_loops_are_skipped_quietly(small_project, tmp_path):
-    table = scan(small_project, tmp_path / "fp.sqlite").table
+    table = scan(small_project, tmp_path / "cache").table
     names = set(table.name)
     assert not {".DS_Store", "Thumbs.db", "notes.txt"} & names
     assert not any(n.startswith("._") or n.endswith((".yaml", ".caption")) for n in names)
@@ -88,7 +88,7 @@ def test_any_case_of_extension_and_every_pixel_format(tmp_path):
     files["20250101_000400_stage2.jpg"] = jpeg.getvalue()
     for rel, data in files.items():
         (orig / rel).write_bytes(data)
-    table = scan({"original": orig, "final": final}, tmp_path / "fp.sqlite").table
+    table = scan({"original": orig, "final": final}, tmp_path / "cache").table
     assert set(table.rel_path) == set(files)
     assert (table.status == "ok").all()
     modes = dict(zip(table.name, table["mode"]))
@@ -102,7 +102,7 @@ def test_broken_links_and_missing_targets_are_errors_not_crashes(tmp_path):
     orig.mkdir()
     final.mkdir()
     os.symlink(tmp_path / "gone.png", orig / "20250101_000000_stage1.png")
-    table = scan({"original": orig, "final": final}, tmp_path / "fp.sqlite").table
+    table = scan({"original": orig, "final": final}, tmp_path / "cache").table
     assert table.status.tolist() == ["error"]
     assert "unreadable" in table.reason[0]
 
@@ -114,7 +114,7 @@ def test_unlistable_folder_is_recorded(tmp_path):
     final.mkdir()
     os.chmod(orig / "locked", 0)
     try:
-        table = scan({"original": orig, "final": final}, tmp_path / "fp.sqlite").table
+        table = scan({"original": orig, "final": final}, tmp_path / "cache").table
     finally:
         os.chmod(orig / "locked", 0o755)
     assert "cannot list folder" in table.reason.iloc[0]
@@ -124,7 +124,7 @@ def test_warm_scan_reads_nothing_and_changed_files_are_read_again(small_project,
     project = tmp_path / "p"
     shutil.copytree(small_project.root, project, symlinks=True)
     roots = {"original": project / "original", "final": project / "final"}
-    cache = tmp_path / "fp.sqlite"
+    cache = tmp_path / "cache"
     cold = scan(roots, cache)
     assert cold.cached == 0 and cold.probed == len(cold.table)
     warm = scan(roots, cache)
@@ -141,14 +141,14 @@ def test_warm_scan_reads_nothing_and_changed_files_are_read_again(small_project,
 
 
 def test_scan_table_is_written_byte_for_byte_repeatably(small_project, tmp_path):
-    cache = tmp_path / "fp.sqlite"
+    cache = tmp_path / "cache"
     write_table(scan(small_project, cache).table, tmp_path / "a.parquet", ScanTable, "scan")
     write_table(scan(small_project, cache).table, tmp_path / "b.parquet", ScanTable, "scan")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
 def test_a_broken_value_is_named_by_the_contract(small_project, tmp_path):
-    table = scan(small_project, tmp_path / "fp.sqlite").table
+    table = scan(small_project, tmp_path / "cache").table
     table.loc[3, "status"] = "fine"
     table.loc[5, "content_hash"] = "xyz"
     with pytest.raises(ContractError) as err:

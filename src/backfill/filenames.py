@@ -27,25 +27,25 @@ class ParsedName:
     problem: str | None  # why the name cannot be grouped, if it cannot
 
 
-def parse_timestamp(stem: str) -> tuple[str | None, datetime | None, str | None]:
-    """The first valid ``YYYYMMDD_HHMMSS`` in ``stem``, with a reason when there is none."""
-    found = _TIMESTAMP.findall(stem)
-    if not found:
-        return None, None, "no timestamp (YYYYMMDD_HHMMSS) in the name"
-    for date, time in found:
-        try:
-            return f"{date}_{time}", datetime.strptime(date + time, "%Y%m%d%H%M%S"), None
+def _parse(stem: str) -> tuple[str | None, datetime | None, str | None, int]:
+    """Timestamp, its datetime, why there is none, and where the name's rest begins."""
+    first = None
+    for match in _TIMESTAMP.finditer(stem):
+        first = first or match
+        d, t = match.group(1), match.group(2)
+        try:  # datetime() checks the calendar; much cheaper than strptime per file
+            when = datetime(int(d[:4]), int(d[4:6]), int(d[6:]), int(t[:2]), int(t[2:4]), int(t[4:]))
         except ValueError:
             continue
-    date, time = found[0]
-    return None, None, f"invalid timestamp {date}_{time} in the name"
+        return f"{d}_{t}", when, None, match.end()
+    if first is None:
+        return None, None, "no timestamp (YYYYMMDD_HHMMSS) in the name", 0
+    return None, None, f"invalid timestamp {first.group(1)}_{first.group(2)} in the name", first.end()
 
 
-def parse_stage(stem: str) -> tuple[float, str | None]:
-    """Stage number and label from a file stem; ``(0.0, None)`` when unknown."""
-    # The stage label follows the timestamp, so search after it when there is one.
-    tail = _TIMESTAMP.split(stem)[-1] if _TIMESTAMP.search(stem) else stem
-    match = _STAGE.search(tail)
+def parse_stage(stem: str, start: int = 0) -> tuple[float, str | None]:
+    """Stage number and label from a file stem (after ``start``); ``(0.0, None)`` if none."""
+    match = _STAGE.search(stem, start)
     if match is None:
         return 0.0, None
     return float(match.group(1)), match.group(0).lower()
@@ -54,8 +54,8 @@ def parse_stage(stem: str) -> tuple[float, str | None]:
 def parse_name(name: str) -> ParsedName:
     """Parse an image's file name, extension included."""
     stem = os.path.splitext(name)[0]  # only the last dot: ``stage1.5_x.png`` keeps its 1.5
-    timestamp, taken_at, ts_problem = parse_timestamp(stem)
-    stage, label = parse_stage(stem)
+    timestamp, taken_at, ts_problem, rest = _parse(stem)
+    stage, label = parse_stage(stem, rest)  # the stage label follows the timestamp
     problem = ts_problem
     if problem is None and stage == 0.0:
         problem = "no stage label (stageN...) in the name"

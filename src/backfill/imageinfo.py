@@ -7,8 +7,7 @@ bytes (blake3, memory-mapped).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import blake3
 from PIL import Image, UnidentifiedImageError
@@ -24,8 +23,7 @@ _JPEG_END = b"\xff\xd9"
 _FORMAT_EXTS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg"}}
 
 
-@dataclass(frozen=True)
-class ImageFacts:
+class ImageFacts(NamedTuple):  # a tuple: tens of thousands are built per scan
     format: str | None
     width: int | None
     height: int | None
@@ -78,8 +76,3 @@ def probe(path: str, ext: str, size: int) -> ImageFacts:
         reason = f"mislabelled: a {ext} file that holds {fmt} data (still used)"
         return ImageFacts(fmt, width, height, mode, content_hash, "warning", reason)
     return ImageFacts(fmt, width, height, mode, content_hash, "ok", None)
-
-
-def file_identity(st: os.stat_result) -> tuple[int, int, int]:
-    """What must stay the same for cached facts about a file to still hold."""
-    return st.st_size, st.st_mtime_ns, st.st_ino

@@ -11,32 +11,38 @@ import fnmatch
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
 
 from backfill.filenames import parse_name
-from backfill.fingerprints import FingerprintCache
-from backfill.imageinfo import ImageFacts, file_identity, probe
+from backfill.fingerprints import KNOWN, FingerprintCache
+from backfill.imageinfo import probe
 from backfill.project import ConfigError, Project
 from backfill.schemas import ScanTable
 from backfill.tables import write_table
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """A file (or folder that could not be listed) met while walking a root."""
 
     source: str
     rel_path: str
-    abs_path: str
+    path: str  # absolute
     ext: str
-    st: os.stat_result | None
-    problem: str | None = None  # set when the entry cannot even be stat'ed or listed
+    size_bytes: int
+    mtime_ns: int
+    inode: int
+    problem: str | None  # set when the entry cannot even be stat'ed or listed
+
+
+def _unreadable(source: str, rel_path: str, path: str, ext: str, problem: str) -> Found:
+    return Found(source, rel_path, path, ext, 0, 0, 0, problem)
 
 
 @dataclass(frozen=True)
@@ -56,129 +62,120 @@ class ScanSettings:
         )
 
 
-def walk(root: Path, source: str, settings: ScanSettings) -> Iterator[Found]:
-    """Every candidate image under ``root``; hidden folders skipped, symlink loops cut."""
+def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
+    """Every candidate image under ``root``; hidden folders skipped, symlink loops cut.
+
+    A plain scandir loop: on a warm scan this listing and one stat per file is nearly
+    all the work, so it is kept lean.
+    """
+    ignored = re.compile("|".join(fnmatch.translate(p) for p in settings.ignore) or "(?!)")
+    extensions = settings.extensions
     seen_dirs: set[tuple[int, int]] = set()
-    errors: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(
-        root, followlinks=settings.follow_symlinks, onerror=errors.append
-    ):
-        while errors:
-            err = errors.pop()
-            rel = os.path.relpath(err.filename, root) if err.filename else "."
-            yield Found(source, Path(rel).as_posix(), str(err.filename), "", None,
-                        f"cannot list folder: {err.strerror or err}")
+    found: list[tuple] = []
+    stack = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
         try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen_dirs:  # a link back to a folder already walked
-            dirnames[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.ignore):
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_dirs:  # a link back to a folder already walked
                 continue
-            ext = os.path.splitext(name)[1].lower()
-            if ext not in settings.extensions:
-                continue  # companions (.yaml, .caption, ...) and other files
-            abs_path = os.path.join(dirpath, name)
-            rel_path = Path(os.path.relpath(abs_path, root)).as_posix()
+            seen_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            found.append(_unreadable(source, prefix.rstrip("/") or ".", folder, "",
+                                     f"cannot list folder: {exc.strerror or exc}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            name = entry.name
             try:
-                fst = os.stat(abs_path)
+                is_dir = entry.is_dir(follow_symlinks=settings.follow_symlinks)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not name.startswith("."):
+                    subfolders.append((entry.path, f"{prefix}{name}/"))
+                continue
+            ext = name[name.rfind("."):].lower() if "." in name else ""
+            if ext not in extensions or ignored.match(name):
+                continue  # companions (.yaml, .caption, ...), junk and other files
+            try:
+                fst = entry.stat()
             except OSError as exc:
-                yield Found(source, rel_path, abs_path, ext, None,
-                            f"unreadable: {exc.strerror or exc} (a broken link?)")
+                found.append(_unreadable(source, prefix + name, entry.path, ext,
+                                         f"unreadable: {exc.strerror or exc} (a broken link?)"))
                 continue
             if not stat.S_ISREG(fst.st_mode):
-                yield Found(source, rel_path, abs_path, ext, None, "not a regular file")
+                found.append(_unreadable(source, prefix + name, entry.path, ext,
+                                         "not a regular file"))
                 continue
-            yield Found(source, rel_path, abs_path, ext, fst)
-    for err in errors:  # the root itself could not be listed
-        yield Found(source, ".", str(root), "", None, f"cannot list folder: {err.strerror}")
-
-
-def probe_all(
-    found: list[Found], cache: FingerprintCache, workers: int, label: str
-) -> tuple[dict[str, ImageFacts], int]:
-    """Facts for every file, from the cache when its identity is unchanged.
-
-    Returns the facts by absolute path and how many files had to be read.
-    """
-    facts: dict[str, ImageFacts] = {}
-    todo: list[Found] = []
-    for f in found:
-        if f.st is None:
-            continue
-        hit = cache.get(f.abs_path, file_identity(f.st))
-        if hit is None:
-            todo.append(f)
-        else:
-            facts[f.abs_path] = hit
-    if todo:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = pool.map(lambda f: probe(f.abs_path, f.ext, f.st.st_size), todo)
-            bar = tqdm(results, total=len(todo), desc=f"scan {label}", unit="file",
-                       disable=None, mininterval=0.5)
-            for f, result in zip(todo, bar):
-                facts[f.abs_path] = result
-                cache.put(f.abs_path, file_identity(f.st), result)
-    return facts, len(todo)
+            # A plain tuple in Found's field order: a NamedTuple costs more per file.
+            found.append((source, prefix + name, entry.path, ext, fst.st_size,
+                          fst.st_mtime_ns, fst.st_ino, None))
+        stack.extend(reversed(subfolders))
+    return found
 
 
 def _merge(*pairs: tuple[str, str | None]) -> tuple[str, str | None]:
     """Worst status wins; the reasons of every non-ok part are kept, in order."""
+    if all(s == "ok" for s, _ in pairs):
+        return "ok", None
     order = {"ok": 0, "warning": 1, "error": 2}
     status = max((s for s, _ in pairs), key=order.__getitem__)
     reasons = [r for s, r in pairs if s != "ok" and r]
     return status, "; ".join(reasons) if reasons else None
 
 
-def scan_rows(found: Iterable[Found], facts: dict[str, ImageFacts]) -> pd.DataFrame:
-    """The scan table: one sorted row per entry found, facts and parsed name joined."""
-    rows = []
-    for f in found:
-        parsed = parse_name(os.path.basename(f.rel_path)) if f.ext else None
-        fact = facts.get(f.abs_path)
-        if f.problem is not None or fact is None:
-            status, reason = "error", f.problem or "not probed"
-        else:
-            name_status = "warning" if parsed.problem else "ok"
-            status, reason = _merge((fact.status, fact.reason), (name_status, parsed.problem))
-        usable = fact is not None and fact.status != "error"
-        rows.append({
-            "source": f.source,
-            "rel_path": f.rel_path,
-            "name": os.path.basename(f.rel_path),
-            "ext": f.ext,
-            "size_bytes": f.st.st_size if f.st else 0,
-            "mtime_ns": f.st.st_mtime_ns if f.st else 0,
-            "format": fact.format if fact else None,
-            "width": fact.width if usable else None,
-            "height": fact.height if usable else None,
-            "mode": fact.mode if usable else None,
-            "content_hash": fact.content_hash if fact else None,
-            "timestamp": parsed.timestamp if parsed else None,
-            "stage": parsed.stage if parsed else 0.0,
-            "stage_label": parsed.stage_label if parsed else None,
-            "status": status,
-            "reason": reason,
-        })
-    df = pd.DataFrame(rows, columns=SCAN_COLUMNS)
-    df["width"] = df["width"].astype("Int64")
-    df["height"] = df["height"].astype("Int64")
-    df["stage"] = df["stage"].astype("float64")
-    for col in ("size_bytes", "mtime_ns"):
-        df[col] = df[col].astype("int64")
-    return df.sort_values(["source", "rel_path"], kind="stable").reset_index(drop=True)
+def describe(f: Found) -> dict:
+    """Everything the scan says of one file (the KNOWN columns): facts, name, verdict."""
+    name = os.path.basename(f.rel_path)
+    parsed = parse_name(name) if f.ext else None
+    facts = probe(f.path, f.ext, f.size_bytes) if f.problem is None else None
+    if facts is None:
+        status, reason = "error", f.problem
+    else:
+        status, reason = _merge(
+            (facts.status, facts.reason), ("warning" if parsed.problem else "ok", parsed.problem)
+        )
+    usable = facts is not None and facts.status != "error"
+    return {
+        "format": facts.format if facts else None,
+        "width": facts.width if usable else None,
+        "height": facts.height if usable else None,
+        "mode": facts.mode if usable else None,
+        "content_hash": facts.content_hash if facts else None,
+        "timestamp": parsed.timestamp if parsed else None,
+        "stage": parsed.stage if parsed else 0.0,
+        "stage_label": parsed.stage_label if parsed else None,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def describe_all(found: pd.DataFrame, workers: int, label: str) -> pd.DataFrame:
+    """``describe`` every row of ``found``, reading files on ``workers`` threads."""
+    items = [Found(*row) for row in found[list(Found._fields)].itertuples(index=False)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(tqdm(pool.map(describe, items), total=len(items), desc=f"scan {label}",
+                            unit="file", disable=None, mininterval=0.5))
+    return pd.DataFrame(results, columns=KNOWN, index=found.index)
 
 
 SCAN_COLUMNS = [
     "source", "rel_path", "name", "ext", "size_bytes", "mtime_ns", "format", "width",
     "height", "mode", "content_hash", "timestamp", "stage", "stage_label", "status", "reason",
 ]
+
+
+def finish_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The scan table from found files joined to what is known of them: typed and sorted."""
+    df = rows.assign(name=rows["rel_path"].str.rsplit("/", n=1).str[-1])
+    # Same dtypes whether a row came from the cache or was just read: same bytes out.
+    numeric = {"size_bytes": "int64", "mtime_ns": "int64", "width": "Int64", "height": "Int64",
+               "stage": "float64"}
+    df = df[SCAN_COLUMNS].astype({c: numeric.get(c, "str") for c in SCAN_COLUMNS})
+    return df.sort_values(["source", "rel_path"], kind="stable").reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -189,22 +186,25 @@ class ScanResult:
 
 
 def scan_project(
-    roots: dict[str, Path], settings: ScanSettings, cache_db: Path
+    roots: dict[str, Path], settings: ScanSettings, cache_dir: Path
 ) -> ScanResult:
-    """Walk and probe every root (``{"original": dir, "final": dir}``)."""
-    all_found: list[Found] = []
-    all_facts: dict[str, ImageFacts] = {}
-    probed = 0
+    """Walk every root (``{"original": dir, "final": dir}``) and describe each file,
+    from the cache when its identity is unchanged."""
+    parts, probed = [], 0
     for source, root in roots.items():
-        found = list(walk(root, source, settings))
-        cache = FingerprintCache(cache_db, root)
-        facts, n = probe_all(found, cache, settings.workers, source)
-        cache.save()
-        all_found += found
-        all_facts.update(facts)
-        probed += n
-    table = scan_rows(all_found, all_facts)
-    files = sum(1 for f in all_found if f.st is not None)
+        found = pd.DataFrame.from_records(walk(root, source, settings), columns=Found._fields)
+        cache = FingerprintCache(cache_dir, root)
+        rows = cache.lookup(found)
+        misses = rows["status"].isna()
+        if misses.any():
+            rows.loc[misses, KNOWN] = describe_all(rows[misses], settings.workers, source)
+        files = rows["problem"].isna()
+        if misses.any() or files.sum() != len(cache.known):  # new, changed or deleted files
+            cache.replace(rows[files])
+        probed += int((misses & files).sum())
+        parts.append(rows)
+    table = finish_table(pd.concat(parts, ignore_index=True))
+    files = int(sum((p["problem"].isna()).sum() for p in parts))
     return ScanResult(table, probed, files - probed)
 
 
@@ -222,7 +222,7 @@ def run(project: Project) -> str:
     result = scan_project(
         roots,
         ScanSettings.from_config(project.cfg.scan),
-        project.cache_dir / "fingerprints.sqlite",
+        project.cache_dir / "fingerprints",
     )
     out = project.output("scan")
     write_table(result.table, out, ScanTable, "scan")
