@@ -109,3 +109,20 @@ def test_exact_timestamp_option_on_a_project(small_project, tmp_path):
     )
     assert len(groups) == 0
     assert ungrouped["reason"].str.contains("no other stage shares its timestamp").any()
+
+
+def test_an_unreadable_render_keeps_its_place_in_its_group(small_project, tmp_path):
+    import shutil
+
+    project = tmp_path / "p"
+    shutil.copytree(small_project.root, project, symlinks=True)
+    group = next(g for g in small_project.groups if len(g.rel_paths) >= 3)
+    middle = project / "original" / group.rel_paths[1]
+    middle.write_bytes(middle.read_bytes()[:100])  # truncated on disk since
+    roots = {"original": project / "original", "final": project / "final"}
+    groups, ungrouped = group_table(scan_project(roots, SCAN, tmp_path / "c").table, settings(), "p")
+    row = groups.set_index("group_id").loc[f"p_group_{group.first_timestamp}"]
+    assert list(row.image_paths) == group.rel_paths  # same members, same indexes
+    assert list(row.unreadable) == [group.rel_paths[1]]
+    assert row.widths[1] is None and row.heights[1] is None
+    assert group.rel_paths[1] not in set(ungrouped.rel_path)

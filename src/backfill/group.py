@@ -128,6 +128,11 @@ def exact_timestamp(
     return groups, left_out
 
 
+def _nullable(values: pd.Series) -> list:
+    """A column as a list, missing values as None (Parquet list elements may be null)."""
+    return [None if pd.isna(v) else v for v in values.tolist()]
+
+
 def _as_datetime(timestamp: str) -> datetime:
     return datetime.strptime(timestamp, "%Y%m%d_%H%M%S")
 
@@ -135,11 +140,14 @@ def _as_datetime(timestamp: str) -> datetime:
 def group_table(
     scan: pd.DataFrame, settings: GroupSettings, project: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The groups table and the ungrouped table from a scan table (originals only)."""
+    """The groups table and the ungrouped table from a scan table (originals only).
+
+    Grouping goes by names alone, as the person's tools did: a render that has since
+    become unreadable still holds its place (and its index) in its group, flagged in
+    ``unreadable``, so the group matches what the reviewer saw.
+    """
     originals = scan[scan["source"] == "original"]
-    usable = (originals["status"] != "error") & originals["timestamp"].notna() & (
-        originals["stage"] > 0
-    )
+    usable = originals["timestamp"].notna() & (originals["stage"] > 0)
     candidates = originals[usable].sort_values(
         ["timestamp", "stage", "name", "rel_path"], kind="stable"
     ).reset_index(drop=True)
@@ -172,19 +180,20 @@ def group_table(
             "image_paths": part["rel_path"].tolist(),
             "image_names": part["name"].tolist(),
             "stages": part["stage"].tolist(),
-            "widths": part["width"].astype("int64").tolist(),
-            "heights": part["height"].astype("int64").tolist(),
-            "content_hashes": part["content_hash"].tolist(),
+            "widths": _nullable(part["width"]),
+            "heights": _nullable(part["height"]),
+            "content_hashes": _nullable(part["content_hash"]),
+            "unreadable": part.loc[part["status"] == "error", "rel_path"].tolist(),
         })
     groups_df = pd.DataFrame(rows, columns=GROUP_COLUMNS)
     groups_df["n_images"] = groups_df["n_images"].astype("int64")
 
-    reasons = {candidates.at[k, "rel_path"]: why for k, why in left_out.items()}
-    unusable = originals[~usable]
-    for rel_path, status, reason in zip(
-        unusable["rel_path"], unusable["status"], unusable["reason"]
-    ):
-        reasons[rel_path] = f"unreadable: {reason}" if status == "error" else reason
+    reasons = {}
+    for k, why in left_out.items():
+        row = candidates.iloc[k]
+        reasons[row["rel_path"]] = why if row["status"] != "error" else f"{why}; unreadable: {row['reason']}"
+    for rel_path, reason in zip(originals.loc[~usable, "rel_path"], originals.loc[~usable, "reason"]):
+        reasons[rel_path] = reason
     ungrouped = originals[originals["rel_path"].isin(reasons)][
         ["rel_path", "name", "timestamp", "stage"]
     ].copy()
@@ -195,7 +204,7 @@ def group_table(
 
 GROUP_COLUMNS = [
     "group_id", "first_timestamp", "last_timestamp", "n_images", "image_paths",
-    "image_names", "stages", "widths", "heights", "content_hashes",
+    "image_names", "stages", "widths", "heights", "content_hashes", "unreadable",
 ]
 
 

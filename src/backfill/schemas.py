@@ -62,9 +62,10 @@ class GroupsTable(pa.DataFrameModel):
     image_paths: Series[object] = pa.Field(description="rel_paths under original_dir")
     image_names: Series[object]
     stages: Series[object]
-    widths: Series[object]
+    widths: Series[object] = pa.Field(description="null for an unreadable member")
     heights: Series[object]
     content_hashes: Series[object]
+    unreadable: Series[object] = pa.Field(description="rel_paths of members that cannot be read")
 
     @pa.dataframe_check
     def lists_match_size(cls, df: pd.DataFrame) -> Series[bool]:
