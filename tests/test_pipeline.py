@@ -67,3 +67,17 @@ def test_a_missing_folder_is_a_clear_error(two_projects, tmp_path):
     assert proc.returncode == 2
     assert "final_dir of project 'beta' is not a folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_dvc_exp_run_composes_through_hydra_and_reruns_only_group(two_projects):
+    repo, _ = two_projects
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    out = run(["dvc", "exp", "run", "-S", "projects.alpha.group.lookahead=10"], repo).stdout
+    assert "Running stage 'group@alpha'" in out
+    assert out.count("Running stage") == 1
+    params = (repo / "params.yaml").read_text()
+    assert "lookahead: 10" in params
+    # The stage trusts params.yaml written by DVC's own composition.
+    run(["backfill", "group", "alpha"], repo)
