@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: backfill and dvc live here
 
 
 @pytest.fixture(scope="session")
-def small_project(tmp_path_factory) -> "object":
+def small_project(tmp_path_factory) -> object:
     """A generated project shared by read-only tests (12 groups, every bad-file kind)."""
     return make_project(tmp_path_factory.mktemp("small"), n_groups=12, seed=3, scale=0.1)
 
@@ -26,7 +26,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -46,8 +48,8 @@ def repo_copy(tmp_path) -> Path:
     shutil.copy2(REPO / ".dvc" / ".gitignore", dst / ".dvc" / ".gitignore")
     # Start with no projects registered: tests add their own.
     cfg = dst / "conf" / "config.yaml"
-    cfg.write_text("".join(l for l in cfg.read_text().splitlines(keepends=True)
-                           if "project@projects." not in l))
+    cfg.write_text("".join(line for line in cfg.read_text().splitlines(keepends=True)
+                           if "project@projects." not in line))
     (dst / "conf" / "project" / "demo.yaml").unlink()
     run(["git", "init", "-q"], dst)
     run(["git", "config", "user.email", "t@t"], dst)

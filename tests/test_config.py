@@ -31,7 +31,8 @@ def test_committed_params_yaml_is_the_composition():
     # What `backfill compose` would write now is what the repository holds.
     from omegaconf import OmegaConf
 
-    assert OmegaConf.to_container(compose(REPO)) == yaml.safe_load((REPO / "params.yaml").read_text())
+    committed = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert OmegaConf.to_container(compose(REPO)) == committed
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from backfill.filenames import parse_name
     ("name", "timestamp", "stage", "label"),
     [
         ("20250708_060711_stage1_generated.png", "20250708_060711", 1.0, "stage1_generated"),
-        ("20250708_060726_stage1.5_face_swapped.png", "20250708_060726", 1.5, "stage1.5_face_swapped"),
+        ("20250708_060726_stage1.5_face_swapped.png", "20250708_060726", 1.5,
+         "stage1.5_face_swapped"),
         ("20250708_060841_stage2_upscaled.PNG", "20250708_060841", 2.0, "stage2_upscaled"),
         ("20250708_061011_stage3_enhanced.jpeg", "20250708_061011", 3.0, "stage3_enhanced"),
         ("20250708_060711_stage2.png", "20250708_060711", 2.0, "stage2"),

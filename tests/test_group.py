@@ -2,7 +2,6 @@
 
 from datetime import datetime, timedelta
 
-import pandas as pd
 import pytest
 
 from backfill.group import ALONE, SKIPPED, GroupSettings, exact_timestamp, group_table, nearest_up
@@ -120,7 +119,8 @@ def test_an_unreadable_render_keeps_its_place_in_its_group(small_project, tmp_pa
     middle = project / "original" / group.rel_paths[1]
     middle.write_bytes(middle.read_bytes()[:100])  # truncated on disk since
     roots = {"original": project / "original", "final": project / "final"}
-    groups, ungrouped = group_table(scan_project(roots, SCAN, tmp_path / "c").table, settings(), "p")
+    scan = scan_project(roots, SCAN, tmp_path / "c").table
+    groups, ungrouped = group_table(scan, settings(), "p")
     row = groups.set_index("group_id").loc[f"p_group_{group.first_timestamp}"]
     assert list(row.image_paths) == group.rel_paths  # same members, same indexes
     assert list(row.unreadable) == [group.rel_paths[1]]

@@ -34,7 +34,8 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     assert first.count("Running stage") == 4
     for name, project in truths.items():
         groups = pd.read_parquet(repo / "data" / name / "groups.parquet")
-        assert {tuple(p) for p in groups.image_paths} == {tuple(g.rel_paths) for g in project.groups}
+        truth = {tuple(g.rel_paths) for g in project.groups}
+        assert {tuple(p) for p in groups.image_paths} == truth
         ungrouped = pd.read_parquet(repo / "data" / name / "ungrouped.parquet")
         assert set(project.bad_files) <= set(ungrouped.rel_path)
 

@@ -30,7 +30,8 @@ def test_every_render_and_final_is_found_with_its_size(small_project, tmp_path):
     expected = {p for g in small_project.groups for p in g.rel_paths} | set(small_project.bad_files)
     assert set(originals.rel_path) == expected
     finals = table[table.source == "final"]
-    assert set(finals.rel_path) == {g.final_rel_path for g in small_project.groups if g.final_rel_path}
+    kept = {g.final_rel_path for g in small_project.groups if g.final_rel_path}
+    assert set(finals.rel_path) == kept
     for row in table[table.status != "error"].head(8).itertuples():
         root = small_project.original_dir if row.source == "original" else small_project.final_dir
         with Image.open(root / row.rel_path) as im:
@@ -91,7 +92,7 @@ def test_any_case_of_extension_and_every_pixel_format(tmp_path):
     table = scan({"original": orig, "final": final}, tmp_path / "cache").table
     assert set(table.rel_path) == set(files)
     assert (table.status == "ok").all()
-    modes = dict(zip(table.name, table["mode"]))
+    modes = dict(zip(table.name, table["mode"], strict=True))
     assert modes["20250101_000200_stage3_enhanced.png"] == "I;16"
     assert modes["20250101_000015_stage1.5_face_swapped.png"] == "RGBA"
     assert set(table.ext) == {".png", ".jpeg", ".jpg"}

@@ -34,13 +34,15 @@ def _parse(stem: str) -> tuple[str | None, datetime | None, str | None, int]:
         first = first or match
         d, t = match.group(1), match.group(2)
         try:  # datetime() checks the calendar; much cheaper than strptime per file
-            when = datetime(int(d[:4]), int(d[4:6]), int(d[6:]), int(t[:2]), int(t[2:4]), int(t[4:]))
+            when = datetime(int(d[:4]), int(d[4:6]), int(d[6:]),
+                            int(t[:2]), int(t[2:4]), int(t[4:]))
         except ValueError:
             continue
         return f"{d}_{t}", when, None, match.end()
     if first is None:
         return None, None, "no timestamp (YYYYMMDD_HHMMSS) in the name", 0
-    return None, None, f"invalid timestamp {first.group(1)}_{first.group(2)} in the name", first.end()
+    invalid = f"invalid timestamp {first.group(1)}_{first.group(2)} in the name"
+    return None, None, invalid, first.end()
 
 
 def parse_stage(stem: str, start: int = 0) -> tuple[float, str | None]:

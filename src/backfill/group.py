@@ -37,7 +37,7 @@ class GroupSettings:
     id_format: str
 
     @classmethod
-    def from_config(cls, cfg) -> "GroupSettings":
+    def from_config(cls, cfg) -> GroupSettings:
         if cfg.method not in ("nearest_up", "exact_timestamp"):
             raise ValueError(
                 f"group.method is '{cfg.method}': use 'nearest_up' or 'exact_timestamp'."
@@ -191,9 +191,10 @@ def group_table(
     reasons = {}
     for k, why in left_out.items():
         row = candidates.iloc[k]
-        reasons[row["rel_path"]] = why if row["status"] != "error" else f"{why}; unreadable: {row['reason']}"
-    for rel_path, reason in zip(originals.loc[~usable, "rel_path"], originals.loc[~usable, "reason"]):
-        reasons[rel_path] = reason
+        unreadable = f"; unreadable: {row['reason']}" if row["status"] == "error" else ""
+        reasons[row["rel_path"]] = why + unreadable
+    left = originals[~usable]
+    reasons.update(zip(left["rel_path"], left["reason"], strict=True))
     ungrouped = originals[originals["rel_path"].isin(reasons)][
         ["rel_path", "name", "timestamp", "stage"]
     ].copy()
@@ -211,7 +212,8 @@ GROUP_COLUMNS = [
 def run(project: Project) -> str:
     started = time.perf_counter()
     scan = read_table(project.output("scan"), ScanTable, "scan")
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(project.cfg.group), project.name)
+    settings = GroupSettings.from_config(project.cfg.group)
+    groups, ungrouped = group_table(scan, settings, project.name)
     write_table(groups, project.output("groups"), GroupsTable, "groups")
     write_table(ungrouped, project.output("ungrouped"), UngroupedTable, "ungrouped")
     sizes = groups["n_images"].value_counts().sort_index()

@@ -98,7 +98,9 @@ class Project:
         """An input path from the project's config, relative paths taken from the root."""
         value = self.cfg.get(key)
         if value is None:
-            raise ConfigError(f"project '{self.name}' has no {key}: set it in conf/project/{self.name}.yaml.")
+            raise ConfigError(
+                f"project '{self.name}' has no {key}: set it in conf/project/{self.name}.yaml."
+            )
         p = Path(str(value)).expanduser()
         return p if p.is_absolute() else self.root / p
 

@@ -1,18 +1,19 @@
 """scan: every image under a project's original_dir and final_dir, with its facts.
 
-Walking and probing are I/O; turning what was found into the table is pure
-(``scan_rows``). Only files whose (size, mtime, inode) changed since the last run are
-read again.
+``walk`` lists and stats; ``describe`` reads one file (header and bytes, never the
+pixels) and parses its name; ``finish_table`` shapes the table. Only files whose
+(size, mtime, inode) changed since the last run are described again: the rest come
+from the fingerprint cache.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -53,7 +54,7 @@ class ScanSettings:
     workers: int
 
     @classmethod
-    def from_config(cls, cfg) -> "ScanSettings":
+    def from_config(cls, cfg) -> ScanSettings:
         return cls(
             extensions=frozenset(e.lower() for e in cfg.extensions),
             ignore=tuple(cfg.ignore),

@@ -74,7 +74,7 @@ class GroupsTable(pa.DataFrameModel):
 
     @pa.check("stages")
     def stages_increase(cls, stages: Series[object]) -> Series[bool]:
-        return stages.map(lambda s: all(a < b for a, b in zip(s, s[1:])))
+        return stages.map(lambda s: all(a < b for a, b in zip(s[:-1], s[1:], strict=True)))
 
     class Config:
         strict = True

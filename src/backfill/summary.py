@@ -30,7 +30,8 @@ def summarize(project: Project) -> str:
     if not scan_path.exists():
         return "\n".join(lines + ["  not scanned yet: run `dvc repro`"])
     scan = pd.read_parquet(scan_path)
-    rows = [(f"{source} files", int(n)) for source, n in scan["source"].value_counts().sort_index().items()]
+    per_source = scan["source"].value_counts().sort_index()
+    rows = [(f"{source} files", int(n)) for source, n in per_source.items()]
     rows += [(f"status {s}", int(n)) for s, n in scan["status"].value_counts().sort_index().items()]
     lines += _section("scan", rows)
     problems = scan[scan["status"] != "ok"]
