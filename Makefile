@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv demo test bench clean-demo
+.PHONY: venv demo test lint bench clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	pytest
+
+lint: $(STAMP)
+	ruff check src tests benchmarks
 
 bench: $(STAMP)
 	python benchmarks/bench_scan.py
