@@ -130,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may come before or after the options; argparse alone would
+    # reject those that follow an option, so they are collected here.
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is cmd_project_add:
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except ConfigError as exc:
