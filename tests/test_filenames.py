@@ -40,3 +40,8 @@ def test_taken_at_is_the_timestamp_as_a_datetime():
 )
 def test_names_that_cannot_be_grouped_say_why(name, problem):
     assert problem in parse_name(name).problem
+
+
+def test_a_stage_before_the_timestamp_is_found():
+    parsed = parse_name("stage2_upscaled_20250708_060711.png")
+    assert (parsed.timestamp, parsed.stage, parsed.problem) == ("20250708_060711", 2.0, None)

@@ -6,6 +6,7 @@ import pytest
 
 from backfill.group import ALONE, SKIPPED, GroupSettings, exact_timestamp, group_table, nearest_up
 from backfill.scan import ScanSettings, scan_project
+from conftest import REPO
 
 T0 = datetime(2025, 7, 8, 6, 0, 0)
 
@@ -126,3 +127,22 @@ def test_an_unreadable_render_keeps_its_place_in_its_group(small_project, tmp_pa
     assert list(row.unreadable) == [group.rel_paths[1]]
     assert row.widths[1] is None and row.heights[1] is None
     assert group.rel_paths[1] not in set(ungrouped.rel_path)
+
+
+def test_a_zero_time_gap_splits_any_gap():
+    assert groups_of([1, 2], minutes=[0, 1], time_gap_minutes=0)[0] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"lookahead": 0}, "lookahead"), ({"max_group_size": 5}, "0-3"),
+     ({"min_group_size": 3, "max_group_size": 2}, "min_group_size"), ({"method": "x"}, "method")],
+)
+def test_bad_group_settings_are_refused(change, message):
+    from omegaconf import OmegaConf
+
+    from backfill.project import ConfigError
+
+    cfg = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml").group
+    with pytest.raises(ConfigError, match=message):
+        GroupSettings.from_config(OmegaConf.merge(cfg, change))

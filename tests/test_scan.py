@@ -129,13 +129,15 @@ def test_warm_scan_reads_nothing_and_changed_files_are_read_again(small_project,
     cold = scan(roots, cache)
     assert cold.cached == 0 and cold.probed == len(cold.table)
     warm = scan(roots, cache)
-    assert warm.probed == 0
+    # Only the files in error are read again (a read error may pass); nothing else.
+    errors = int((cold.table.status == "error").sum())
+    assert errors == 3 and warm.probed == errors
     pd.testing.assert_frame_equal(cold.table, warm.table)
     # Rewrite one final with other pixels: only it is read, and its hash changes.
     target = roots["final"] / cold.table[cold.table.source == "final"].rel_path.iloc[0]
     target.write_bytes(_png("RGB", size=(33, 21)))
     again = scan(roots, cache)
-    assert again.probed == 1
+    assert again.probed == errors + 1
     before = cold.table.set_index(["source", "rel_path"]).content_hash
     after = again.table.set_index(["source", "rel_path"]).content_hash
     assert (before.fillna("") != after.fillna("")).sum() == 1
@@ -158,3 +160,45 @@ def test_a_broken_value_is_named_by_the_contract(small_project, tmp_path):
     assert "table 'scan'" in message
     assert "column 'status'" in message and "'fine'" in message
     assert "column 'content_hash'" in message and "'xyz'" in message
+
+
+def test_empty_folders_give_an_empty_valid_table(tmp_path):
+    from backfill.group import group_table
+    from backfill.schemas import GroupsTable, UngroupedTable
+    from test_group import settings
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "f").mkdir()
+    table = scan({"original": tmp_path / "o", "final": tmp_path / "f"}, tmp_path / "c").table
+    write_table(table, tmp_path / "scan.parquet", ScanTable, "scan")
+    groups, ungrouped = group_table(table, settings(), "p")
+    write_table(groups, tmp_path / "groups.parquet", GroupsTable, "groups")
+    write_table(ungrouped, tmp_path / "ungrouped.parquet", UngroupedTable, "ungrouped")
+    assert len(table) == len(groups) == len(ungrouped) == 0
+
+
+def test_a_name_that_is_not_utf8_is_an_error_row(tmp_path):
+    orig, final = tmp_path / "o", tmp_path / "f"
+    orig.mkdir()
+    final.mkdir()
+    (orig / os.fsdecode(b"20250101_000000_stage1_\xff.png")).write_bytes(_png("RGB"))
+    table = scan({"original": orig, "final": final}, tmp_path / "c").table
+    write_table(table, tmp_path / "scan.parquet", ScanTable, "scan")
+    assert table.status.tolist() == ["error"]
+    assert "not valid UTF-8" in table.reason[0]
+
+
+def test_read_errors_are_not_cached(tmp_path, monkeypatch):
+    import backfill.scan as scan_module
+    from backfill.imageinfo import ImageFacts
+
+    orig, final = tmp_path / "o", tmp_path / "f"
+    orig.mkdir()
+    final.mkdir()
+    (orig / "20250101_000000_stage1.png").write_bytes(_png("RGB"))
+    flaky = ImageFacts(None, None, None, None, None, "error", "unreadable: Input/output error")
+    monkeypatch.setattr(scan_module, "probe", lambda *a: flaky)
+    assert scan({"original": orig, "final": final}, tmp_path / "c").table.status[0] == "error"
+    monkeypatch.undo()
+    again = scan({"original": orig, "final": final}, tmp_path / "c")
+    assert again.probed == 1 and again.table.status[0] == "ok"

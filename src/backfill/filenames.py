@@ -57,7 +57,9 @@ def parse_name(name: str) -> ParsedName:
     """Parse an image's file name, extension included."""
     stem = os.path.splitext(name)[0]  # only the last dot: ``stage1.5_x.png`` keeps its 1.5
     timestamp, taken_at, ts_problem, rest = _parse(stem)
-    stage, label = parse_stage(stem, rest)  # the stage label follows the timestamp
+    stage, label = parse_stage(stem, rest)  # the stage label follows the timestamp,
+    if label is None and rest:
+        stage, label = parse_stage(stem)  # or, in odd names, comes before it
     problem = ts_problem
     if problem is None and stage == 0.0:
         problem = "no stage label (stageN...) in the name"

@@ -8,6 +8,7 @@ is replaced atomically, so a crash leaves the old one.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -16,18 +17,27 @@ import blake3
 import numpy as np
 import pandas as pd
 
-from backfill.imageinfo import PROBE_VERSION
+from backfill import filenames, imageinfo
+
+# Cached rows are what imageinfo and filenames made of a file: any change to either
+# module's code gives a new version, so no row from older code is ever reused.
+CODE_VERSION = blake3.blake3(
+    (inspect.getsource(imageinfo) + inspect.getsource(filenames)).encode()
+).hexdigest()[:12]
 
 IDENTITY = ["path", "size_bytes", "mtime_ns", "inode"]
 # What the cache remembers of a file: its facts and what its name says.
 KNOWN = ["format", "width", "height", "mode", "content_hash", "timestamp", "stage",
          "stage_label", "status", "reason"]
-_DTYPES = {"size_bytes": "int64", "mtime_ns": "int64", "inode": "int64", "width": "Int64",
-           "height": "Int64", "stage": "float64"}
+# Numeric columns; every other column is text. Shared with the scan table, so a row
+# reads the same whether it came from the cache or was just described.
+DTYPES = {"size_bytes": "int64", "mtime_ns": "int64", "inode": "int64", "width": "Int64",
+          "height": "Int64", "stage": "float64"}
 
 
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    return df.astype({c: _DTYPES.get(c, "str") for c in IDENTITY + KNOWN})
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the cache's dtypes: numbers as in DTYPES, text as pandas strings."""
+    return df.astype({c: DTYPES.get(c, "str") for c in df.columns})
 
 
 class FingerprintCache:
@@ -35,12 +45,11 @@ class FingerprintCache:
 
     def __init__(self, cache_dir: Path, root: Path) -> None:
         key = blake3.blake3(str(root).encode()).hexdigest()[:20]
-        # The probe version is in the name: facts from older checks are never reused.
-        self.path = cache_dir / f"{key}-v{PROBE_VERSION}.parquet"
-        self.known = _typed(pd.DataFrame(columns=IDENTITY + KNOWN))
+        self.path = cache_dir / f"{key}-{CODE_VERSION}.parquet"
+        self.known = typed(pd.DataFrame(columns=IDENTITY + KNOWN))
         if self.path.exists():
             try:
-                self.known = _typed(pd.read_parquet(self.path))
+                self.known = typed(pd.read_parquet(self.path))
             except Exception as exc:  # a damaged cache only costs a cold scan
                 print(f"backfill: ignoring unreadable cache {self.path}: {exc}", file=sys.stderr)
 
@@ -55,8 +64,13 @@ class FingerprintCache:
         return pd.concat([found.reset_index(drop=True), facts.reset_index(drop=True)], axis=1)
 
     def replace(self, rows: pd.DataFrame) -> None:
-        """Make ``rows`` (IDENTITY + KNOWN columns) all that is known of the folder."""
-        rows = _typed(rows[IDENTITY + KNOWN]).reset_index(drop=True)
+        """Make ``rows`` (IDENTITY + KNOWN columns) all that is known of the folder.
+
+        Rows in error are never kept: a read error may pass (a drive remounted, a
+        permission fixed) without the file's identity changing.
+        """
+        rows = rows[rows["status"] != "error"]
+        rows = typed(rows[IDENTITY + KNOWN]).reset_index(drop=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         rows.to_parquet(tmp, index=False)

@@ -1,6 +1,6 @@
 """group: renders of one image, found from the file names alone.
 
-The default is the person's "nearest-up" rule (see reference-notes.md): files from all
+The default is the person's "nearest-up" rule (README, "Grouping rule"): files from all
 subfolders sorted by (timestamp, stage, name); a group starts at any file and takes, in
 a window of ``lookahead`` files, the smallest stage above its last one, earliest first;
 the window ends at a stage <= the last one or at a time gap. ``exact_timestamp`` groups
@@ -17,14 +17,16 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from backfill.project import Project
+from backfill.project import ConfigError, Project
 from backfill.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.tables import read_table, write_table
 
+MAX_IMAGES = 4  # the decision DB indexes a group's images 0-3
 SKIPPED = "passed over: a lower stage later in the window was taken instead"
 ALONE = "no higher stage followed it within the window (run shorter than min_group_size)"
 SAME_STAGE = "another file of the same stage shares its timestamp"
 ALONE_AT_TIMESTAMP = "no other stage shares its timestamp"
+GROUP_FULL = "its timestamp's group already holds max_group_size images"
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,15 @@ class GroupSettings:
     @classmethod
     def from_config(cls, cfg) -> GroupSettings:
         if cfg.method not in ("nearest_up", "exact_timestamp"):
-            raise ValueError(
+            raise ConfigError(
                 f"group.method is '{cfg.method}': use 'nearest_up' or 'exact_timestamp'."
+            )
+        if int(cfg.lookahead) < 1:
+            raise ConfigError(f"group.lookahead is {cfg.lookahead}: it must be 1 or more.")
+        if not 1 <= int(cfg.min_group_size) <= int(cfg.max_group_size) <= MAX_IMAGES:
+            raise ConfigError(
+                f"group sizes must satisfy 1 <= min_group_size <= max_group_size <= {MAX_IMAGES}"
+                f" (the DB indexes images 0-3); got {cfg.min_group_size} and {cfg.max_group_size}."
             )
         return cls(
             method=str(cfg.method),
@@ -65,7 +74,7 @@ def nearest_up(
     Returns the groups as lists of indices into the input and, for every index left out,
     why. Pure: the reference's pinned cases are tested against it directly.
     """
-    gap = timedelta(minutes=time_gap_minutes) if time_gap_minutes else None
+    gap = timedelta(minutes=time_gap_minutes) if time_gap_minutes is not None else None
     n, i = len(stages), 0
     groups: list[list[int]] = []
     left_out: dict[int, str] = {}
@@ -73,7 +82,7 @@ def nearest_up(
     def ends_window(prev_stage: float, prev_time: datetime | None, k: int) -> bool:
         if stages[k] <= prev_stage:
             return True
-        return bool(gap and prev_time and times[k] and times[k] - prev_time > gap)
+        return bool(gap is not None and prev_time and times[k] and times[k] - prev_time > gap)
 
     while i < n:
         group = [i]
@@ -116,8 +125,10 @@ def exact_timestamp(
             continue
         group: list[int] = []
         for k in range(start, end):
-            if group and stages[k] <= stages[group[-1]] or len(group) >= max_group_size:
+            if group and stages[k] <= stages[group[-1]]:
                 left_out[k] = SAME_STAGE
+            elif len(group) >= max_group_size:
+                left_out[k] = GROUP_FULL
             else:
                 group.append(k)
         if len(group) >= min_group_size:
@@ -133,10 +144,6 @@ def _nullable(values: pd.Series) -> list:
     return [None if pd.isna(v) else v for v in values.tolist()]
 
 
-def _as_datetime(timestamp: str) -> datetime:
-    return datetime.strptime(timestamp, "%Y%m%d_%H%M%S")
-
-
 def group_table(
     scan: pd.DataFrame, settings: GroupSettings, project: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -146,7 +153,8 @@ def group_table(
     become unreadable still holds its place (and its index) in its group, flagged in
     ``unreadable``, so the group matches what the reviewer saw.
     """
-    originals = scan[scan["source"] == "original"]
+    # Files only: a folder that could not be listed is reported by scan, not here.
+    originals = scan[(scan["source"] == "original") & (scan["ext"] != "")]
     usable = originals["timestamp"].notna() & (originals["stage"] > 0)
     candidates = originals[usable].sort_values(
         ["timestamp", "stage", "name", "rel_path"], kind="stable"
@@ -155,7 +163,8 @@ def group_table(
     timestamps = candidates["timestamp"].tolist()
     if settings.method == "nearest_up":
         groups, left_out = nearest_up(
-            stages, [_as_datetime(t) for t in timestamps], settings.lookahead,
+            stages, pd.to_datetime(candidates["timestamp"], format="%Y%m%d_%H%M%S").tolist(),
+            settings.lookahead,
             settings.time_gap_minutes, settings.min_group_size, settings.max_group_size,
         )
     else:
@@ -185,8 +194,10 @@ def group_table(
             "content_hashes": _nullable(part["content_hash"]),
             "unreadable": part.loc[part["status"] == "error", "rel_path"].tolist(),
         })
-    groups_df = pd.DataFrame(rows, columns=GROUP_COLUMNS)
-    groups_df["n_images"] = groups_df["n_images"].astype("int64")
+    # Explicit dtypes: a project with no group at all still writes a valid table.
+    groups_df = pd.DataFrame(rows, columns=GROUP_COLUMNS).astype(
+        {"group_id": "str", "first_timestamp": "str", "last_timestamp": "str", "n_images": "int64"}
+    )
 
     reasons = {}
     for k, why in left_out.items():
@@ -199,7 +210,9 @@ def group_table(
         ["rel_path", "name", "timestamp", "stage"]
     ].copy()
     ungrouped["reason"] = ungrouped["rel_path"].map(reasons)
-    ungrouped = ungrouped.sort_values("rel_path", kind="stable").reset_index(drop=True)
+    ungrouped = ungrouped.sort_values("rel_path", kind="stable").reset_index(drop=True).astype(
+        {"rel_path": "str", "name": "str", "timestamp": "str", "stage": "float64", "reason": "str"}
+    )
     return groups_df.sort_values("group_id", kind="stable").reset_index(drop=True), ungrouped
 
 

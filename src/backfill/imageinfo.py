@@ -7,13 +7,11 @@ bytes (blake3, memory-mapped).
 
 from __future__ import annotations
 
+import mmap
 from typing import NamedTuple
 
 import blake3
 from PIL import Image, UnidentifiedImageError
-
-# Bump when the checks below change, so cached facts from older code are recomputed.
-PROBE_VERSION = 1
 
 # We read headers only, so PIL's guard against decoding huge images does not apply.
 Image.MAX_IMAGE_PIXELS = None
@@ -48,23 +46,27 @@ def _truncation(fmt: str, tail: bytes) -> str | None:
 
 
 def probe(path: str, ext: str, size: int) -> ImageFacts:
-    """Read what can be known of ``path`` without decoding its pixels."""
+    """Read what can be known of ``path`` without decoding its pixels.
+
+    One open: PIL reads the header from the file, then the same descriptor is
+    memory-mapped for the hash and the end-of-file check.
+    """
     if size == 0:
         return _error("empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
-            fmt, (width, height), mode = im.format, im.size, im.mode
-    except UnidentifiedImageError:
-        return _error("not an image: its bytes are not PNG or JPEG")
-    except OSError as exc:  # unreadable, or a header cut short
-        return _error(f"unreadable: {exc.strerror or exc}")
-    except Exception as exc:  # PIL raises assorted errors on corrupt headers
-        return _error(f"corrupt header: {exc}")
-    try:
-        content_hash = blake3.blake3().update_mmap(path).hexdigest()
         with open(path, "rb") as fh:
-            fh.seek(max(0, size - 1024))
-            tail = fh.read()
+            try:
+                with Image.open(fh) as im:
+                    fmt, (width, height), mode = im.format, im.size, im.mode
+            except UnidentifiedImageError:
+                return _error("not an image: its bytes are not PNG or JPEG")
+            except OSError as exc:  # a header cut short
+                return _error(f"unreadable: {exc.strerror or exc}")
+            except Exception as exc:  # PIL raises assorted errors on corrupt headers
+                return _error(f"corrupt header: {exc}")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                content_hash = blake3.blake3(data).hexdigest()
+                tail = data[-1024:]
     except OSError as exc:
         return _error(f"unreadable: {exc.strerror or exc}")
     if width <= 0 or height <= 0:

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from backfill.filenames import parse_name
-from backfill.fingerprints import KNOWN, FingerprintCache
+from backfill.fingerprints import KNOWN, FingerprintCache, typed
 from backfill.imageinfo import probe
 from backfill.project import ConfigError, Project
 from backfill.schemas import ScanTable
@@ -90,6 +90,13 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
         subfolders = []
         for entry in entries:
             name = entry.name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 (possible on Linux)
+                shown = os.fsencode(name).decode("utf-8", "replace")
+                found.append(_unreadable(source, prefix + shown, shown, "",
+                                         "file name is not valid UTF-8: rename it"))
+                continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=settings.follow_symlinks)
             except OSError:
@@ -173,9 +180,7 @@ def finish_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The scan table from found files joined to what is known of them: typed and sorted."""
     df = rows.assign(name=rows["rel_path"].str.rsplit("/", n=1).str[-1])
     # Same dtypes whether a row came from the cache or was just read: same bytes out.
-    numeric = {"size_bytes": "int64", "mtime_ns": "int64", "width": "Int64", "height": "Int64",
-               "stage": "float64"}
-    df = df[SCAN_COLUMNS].astype({c: numeric.get(c, "str") for c in SCAN_COLUMNS})
+    df = typed(df[SCAN_COLUMNS])
     return df.sort_values(["source", "rel_path"], kind="stable").reset_index(drop=True)
 
 
@@ -200,8 +205,9 @@ def scan_project(
         if misses.any():
             rows.loc[misses, KNOWN] = describe_all(rows[misses], settings.workers, source)
         files = rows["problem"].isna()
-        if misses.any() or files.sum() != len(cache.known):  # new, changed or deleted files
-            cache.replace(rows[files])
+        cacheable = files & (rows["status"] != "error")
+        if misses.any() or cacheable.sum() != len(cache.known):  # new, changed, deleted
+            cache.replace(rows[cacheable])
         probed += int((misses & files).sum())
         parts.append(rows)
     table = finish_table(pd.concat(parts, ignore_index=True))

@@ -24,7 +24,7 @@ STAGE_LABELS = {
     2.0: "stage2_upscaled",
     3.0: "stage3_enhanced",
 }
-# Seconds after stage1 at which each stage is saved (reference-notes.md).
+# Seconds after stage1 at which each stage is saved, as in the person's renders.
 STAGE_DELAY = {1.0: 0, 1.5: 15, 2.0: 105, 3.0: 200}
 # Full-size render shapes (width, height), scaled down for speed.
 BASE_SHAPES = [(832, 1216), (1216, 832), (1024, 1024)]
