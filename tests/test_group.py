@@ -11,9 +11,13 @@ from conftest import REPO
 T0 = datetime(2025, 7, 8, 6, 0, 0)
 
 
+# The reference's defaults (as in conf/pipeline/default.yaml).
+DEFAULTS = dict(lookahead=50, time_gap_minutes=None, min_group_size=2, max_group_size=4)
+
+
 def groups_of(stages, minutes=None, **kw):
     times = [T0 + timedelta(minutes=m) for m in (minutes or range(len(stages)))]
-    groups, left_out = nearest_up(stages, times, **kw)
+    groups, left_out = nearest_up(stages, times, **{**DEFAULTS, **kw})
     return [[stages[i] for i in g] for g in groups], left_out
 
 
@@ -63,14 +67,13 @@ def test_min_group_size():
 def test_exact_timestamp_groups_only_shared_timestamps():
     stages = [1.0, 2.0, 2.0, 1.0, 1.0, 3.0]
     stamps = ["a", "a", "a", "b", "c", "c"]
-    groups, left_out = exact_timestamp(stages, stamps)
+    groups, left_out = exact_timestamp(stages, stamps, min_group_size=2, max_group_size=4)
     assert groups == [[0, 1], [4, 5]]
     assert set(left_out) == {2, 3}
 
 
 def settings(**kw) -> GroupSettings:
-    base = dict(method="nearest_up", lookahead=50, time_gap_minutes=None, min_group_size=2,
-                max_group_size=4, id_format="{project}_group_{timestamp}")
+    base = dict(method="nearest_up", id_format="{project}_group_{timestamp}", **DEFAULTS)
     return GroupSettings(**{**base, **kw})
 
 

@@ -64,10 +64,10 @@ class GroupSettings:
 def nearest_up(
     stages: Sequence[float],
     times: Sequence[datetime | None],
-    lookahead: int = 50,
-    time_gap_minutes: float | None = None,
-    min_group_size: int = 2,
-    max_group_size: int = 4,
+    lookahead: int,
+    time_gap_minutes: float | None,
+    min_group_size: int,
+    max_group_size: int,
 ) -> tuple[list[list[int]], dict[int, str]]:
     """Group pre-sorted files by the nearest-up rule.
 
@@ -113,8 +113,8 @@ def nearest_up(
 def exact_timestamp(
     stages: Sequence[float],
     timestamps: Sequence[str],
-    min_group_size: int = 2,
-    max_group_size: int = 4,
+    min_group_size: int,
+    max_group_size: int,
 ) -> tuple[list[list[int]], dict[int, str]]:
     """Group pre-sorted files that share a timestamp, one file per stage, stages rising."""
     groups: list[list[int]] = []
