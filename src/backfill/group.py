@@ -177,7 +177,7 @@ def group_table(
         part = candidates.iloc[members]
         group_id = settings.id_format.format(project=project, timestamp=timestamps[members[0]])
         base, n = group_id, 1
-        while group_id in used_ids:  # two groups starting in the same second
+        while group_id in used_ids:  # an id_format that does not tell two groups apart
             n += 1
             group_id = f"{base}_{n}"
         used_ids.add(group_id)
@@ -206,7 +206,7 @@ def group_table(
         reasons[row["rel_path"]] = why + unreadable
     left = originals[~usable]
     reasons.update(zip(left["rel_path"], left["reason"], strict=True))
-    ungrouped = originals[originals["rel_path"].isin(reasons)][
+    ungrouped = originals[originals["rel_path"].isin(list(reasons))][
         ["rel_path", "name", "timestamp", "stage"]
     ].copy()
     ungrouped["reason"] = ungrouped["rel_path"].map(reasons)
