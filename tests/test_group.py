@@ -139,7 +139,8 @@ def test_a_zero_time_gap_splits_any_gap():
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"lookahead": 0}, "lookahead"), ({"max_group_size": 5}, "0-3"),
-     ({"min_group_size": 3, "max_group_size": 2}, "min_group_size"), ({"method": "x"}, "method")],
+     ({"min_group_size": 3, "max_group_size": 2}, "min_group_size"),
+     ({"min_group_size": 1}, "min_group_size"), ({"method": "x"}, "method")],
 )
 def test_bad_group_settings_are_refused(change, message):
     from omegaconf import OmegaConf

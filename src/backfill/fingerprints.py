@@ -63,13 +63,17 @@ class FingerprintCache:
         facts = known[KNOWN].where(pd.Series(same, index=known.index), axis=0)
         return pd.concat([found.reset_index(drop=True), facts.reset_index(drop=True)], axis=1)
 
-    def replace(self, rows: pd.DataFrame) -> None:
-        """Make ``rows`` (IDENTITY + KNOWN columns) all that is known of the folder.
+    def update(self, rows: pd.DataFrame, described: bool) -> None:
+        """Make ``rows`` (IDENTITY + KNOWN columns, every file now under the folder) all
+        that is known of it; ``described`` says whether any row was just described.
 
         Rows in error are never kept: a read error may pass (a drive remounted, a
-        permission fixed) without the file's identity changing.
+        permission fixed) without the file's identity changing. Nothing is written when
+        nothing was described and no file went away.
         """
         rows = rows[rows["status"] != "error"]
+        if not described and len(rows) == len(self.known):
+            return
         rows = typed(rows[IDENTITY + KNOWN]).reset_index(drop=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")

@@ -18,10 +18,9 @@ from datetime import datetime, timedelta
 import pandas as pd
 
 from backfill.project import ConfigError, Project
-from backfill.schemas import GroupsTable, ScanTable, UngroupedTable
+from backfill.schemas import MAX_IMAGES, GroupsTable, ScanTable, UngroupedTable
 from backfill.tables import read_table, write_table
 
-MAX_IMAGES = 4  # the decision DB indexes a group's images 0-3
 SKIPPED = "passed over: a lower stage later in the window was taken instead"
 ALONE = "no higher stage followed it within the window (run shorter than min_group_size)"
 SAME_STAGE = "another file of the same stage shares its timestamp"
@@ -46,9 +45,10 @@ class GroupSettings:
             )
         if int(cfg.lookahead) < 1:
             raise ConfigError(f"group.lookahead is {cfg.lookahead}: it must be 1 or more.")
-        if not 1 <= int(cfg.min_group_size) <= int(cfg.max_group_size) <= MAX_IMAGES:
+        # A group of one offers no choice, and the groups table's contract says so too.
+        if not 2 <= int(cfg.min_group_size) <= int(cfg.max_group_size) <= MAX_IMAGES:
             raise ConfigError(
-                f"group sizes must satisfy 1 <= min_group_size <= max_group_size <= {MAX_IMAGES}"
+                f"group sizes must satisfy 2 <= min_group_size <= max_group_size <= {MAX_IMAGES}"
                 f" (the DB indexes images 0-3); got {cfg.min_group_size} and {cfg.max_group_size}."
             )
         return cls(

@@ -196,7 +196,7 @@ def scan_project(
 ) -> ScanResult:
     """Walk every root (``{"original": dir, "final": dir}``) and describe each file,
     from the cache when its identity is unchanged."""
-    parts, probed = [], 0
+    parts, probed, n_files = [], 0, 0
     for source, root in roots.items():
         found = pd.DataFrame.from_records(walk(root, source, settings), columns=Found._fields)
         cache = FingerprintCache(cache_dir, root)
@@ -205,14 +205,12 @@ def scan_project(
         if misses.any():
             rows.loc[misses, KNOWN] = describe_all(rows[misses], settings.workers, source)
         files = rows["problem"].isna()
-        cacheable = files & (rows["status"] != "error")
-        if misses.any() or cacheable.sum() != len(cache.known):  # new, changed, deleted
-            cache.replace(rows[cacheable])
+        cache.update(rows[files], described=bool(misses.any()))
         probed += int((misses & files).sum())
+        n_files += int(files.sum())
         parts.append(rows)
     table = finish_table(pd.concat(parts, ignore_index=True))
-    files = int(sum((p["problem"].isna()).sum() for p in parts))
-    return ScanResult(table, probed, files - probed)
+    return ScanResult(table, probed, n_files - probed)
 
 
 def run(project: Project) -> str:

@@ -13,6 +13,7 @@ from pandera.typing import Series
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 TIMESTAMP_PATTERN = r"^\d{8}_\d{6}$"
 STATUSES = ["ok", "warning", "error"]
+MAX_IMAGES = 4  # the decision DB indexes a group's images 0-3
 SOURCES = ["original", "final"]
 
 
@@ -58,7 +59,7 @@ class GroupsTable(pa.DataFrameModel):
     group_id: Series[str] = pa.Field(unique=True)
     first_timestamp: Series[str] = pa.Field(str_matches=TIMESTAMP_PATTERN)
     last_timestamp: Series[str] = pa.Field(str_matches=TIMESTAMP_PATTERN)
-    n_images: Series[int] = pa.Field(ge=2, le=4)
+    n_images: Series[int] = pa.Field(ge=2, le=MAX_IMAGES)
     image_paths: Series[object] = pa.Field(description="rel_paths under original_dir")
     image_names: Series[object]
     stages: Series[object]
