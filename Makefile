@@ -19,7 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	backfill demo generate
 	backfill compose
-	dvc repro group@demo
+	dvc repro extract@demo
 	backfill summary demo
 
 test: $(STAMP)

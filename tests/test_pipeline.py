@@ -31,8 +31,14 @@ def two_projects(repo_copy, tmp_path):
 def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_projects):
     repo, truths = two_projects
     first = run(["dvc", "repro"], repo).stdout
-    assert first.count("Running stage") == 4
+    assert first.count("Running stage") == 6
     for name, project in truths.items():
+        truth = pd.read_parquet(repo / "data" / name / "truth.parquet").set_index("group_id")
+        for g in project.groups:
+            row = truth.loc[f"{name}_group_{g.first_timestamp}"]
+            assert row.user_action == g.action
+            assert (pd.isna(row.user_selected_index) if g.kept_index is None
+                    else row.user_selected_index == g.kept_index)
         groups = pd.read_parquet(repo / "data" / name / "groups.parquet")
         truth = {tuple(g.rel_paths) for g in project.groups}
         assert {tuple(p) for p in groups.image_paths} == truth
@@ -49,7 +55,15 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     run(["backfill", "compose"], repo)
     assert stages_in_status(repo) == {"group@alpha"}
     third = run(["dvc", "repro"], repo).stdout
+    # The same groups come out byte for byte, so extract is not run again.
     assert third.count("Running stage") == 1 and "group@alpha" in third
+
+    # A labelling tolerance re-labels one project without matching any image again.
+    conf.write_text(conf.read_text() + "extract:\n  approve_tolerance: 0.05\n")
+    run(["backfill", "compose"], repo)
+    assert stages_in_status(repo) == {"extract@alpha"}
+    fourth = run(["dvc", "repro"], repo).stdout
+    assert fourth.count("Running stage") == 1 and "pairs: 0 matched" in fourth
 
 
 def test_a_stage_refuses_stale_params_and_says_what_to_run(two_projects):

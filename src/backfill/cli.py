@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_project_list)
 
     for stage, text in [("scan", "find and fingerprint every image"),
-                        ("group", "group renders by the nearest-up rule")]:
+                        ("group", "group renders by the nearest-up rule"),
+                        ("extract", "recover each group's decision from the final folder")]:
         p = sub.add_parser(stage, help=f"stage: {text} (run by `dvc repro`)")
         p.add_argument("name", help="project name")
         p.set_defaults(func=cmd_stage, stage=stage)

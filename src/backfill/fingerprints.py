@@ -9,7 +9,6 @@ is replaced atomically, so a crash leaves the old one.
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from backfill import filenames, imageinfo
+from backfill.tables import write_parquet
 
 # Cached rows are what imageinfo and filenames made of a file: any change to either
 # module's code gives a new version, so no row from older code is ever reused.
@@ -75,8 +75,5 @@ class FingerprintCache:
         if not described and len(rows) == len(self.known):
             return
         rows = typed(rows[IDENTITY + KNOWN]).reset_index(drop=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        rows.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
+        write_parquet(rows, self.path)
         self.known = rows

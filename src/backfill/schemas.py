@@ -92,3 +92,77 @@ class UngroupedTable(pa.DataFrameModel):
 
     class Config:
         strict = True
+
+
+ACTIONS = ["approve", "crop", "reject"]
+ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+
+
+class TruthTable(pa.DataFrameModel):
+    """One row per group: what the person decided, as recovered from the final folder."""
+
+    group_id: Series[str] = pa.Field(unique=True)
+    user_action: Series[str] = pa.Field(isin=ACTIONS)
+    user_selected_index: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, lt=MAX_IMAGES, description="index of the kept image; null: reject")
+    kept_stage: Series[float] = pa.Field(nullable=True)
+    original_path: Series[str] = pa.Field(nullable=True, description="the kept render")
+    original_width: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    original_height: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
+    final_path: Series[str] = pa.Field(nullable=True, description="rel_path under final_dir")
+    final_copies: Series[int] = pa.Field(ge=0, description="other copies of the final")
+    crop_x1: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    crop_y1: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    crop_x2: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    crop_y2: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    scale: Series[float] = pa.Field(nullable=True, gt=0, description="final px per original px")
+    confidence: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    support: Series[float] = pa.Field(
+        nullable=True, ge=0, le=1, description="share of patches confirmed at full resolution")
+    match_method: Series[str] = pa.Field(nullable=True, isin=["1:1", "multi-scale"])
+    needs_review: Series[bool]
+    review_reason: Series[str] = pa.Field(nullable=True)
+    final_modified_at: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
+    crop_timestamp: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
+
+    @pa.dataframe_check
+    def reject_keeps_nothing(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["user_action"] == "reject") == df["user_selected_index"].isna()
+
+    @pa.dataframe_check
+    def boxes_are_ordered(cls, df: pd.DataFrame) -> Series[bool]:
+        box = df[["crop_x1", "crop_y1", "crop_x2", "crop_y2"]]
+        ordered = (box["crop_x1"] < box["crop_x2"]) & (box["crop_y1"] < box["crop_y2"])
+        return box.isna().any(axis=1) | ordered
+
+    @pa.dataframe_check
+    def approve_has_a_box(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["user_action"] != "approve") | df["crop_x1"].notna()
+
+    @pa.dataframe_check
+    def review_is_explained(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["needs_review"] == df["review_reason"].notna()
+
+    class Config:
+        strict = True
+
+
+class FinalsTable(pa.DataFrameModel):
+    """Every file in final_dir and what it is to the decisions."""
+
+    rel_path: Series[str] = pa.Field(unique=True)
+    name: Series[str]
+    role: Series[str] = pa.Field(
+        isin=["kept", "copy", "extra", "orphan"],
+        description="kept: a group's decision; copy: same name elsewhere; extra: another "
+                    "image of a group that has a kept one; orphan: matches no group")
+    group_id: Series[str] = pa.Field(nullable=True)
+    content_hash: Series[str] = pa.Field(nullable=True, str_matches=HASH_PATTERN)
+    reason: Series[str] = pa.Field(nullable=True)
+
+    @pa.dataframe_check
+    def orphans_say_why(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["role"] != "orphan") | df["reason"].notna()
+
+    class Config:
+        strict = True

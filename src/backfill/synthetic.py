@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -33,6 +34,12 @@ BASE_SHAPES = [(832, 1216), (1216, 832), (1024, 1024)]
 STAGE_SETS = [(1.0, 1.5, 2.0, 3.0), (1.0, 1.5, 2.0), (1.0, 2.0), (1.0, 2.0, 3.0), (1.0, 1.5)]
 
 
+# How a kept image can come out of the crop tool: the box cut from the original...
+CROP_KINDS = ["whole", "near_full", "margin4", "tiny", "edge", "free", "free"]
+# ...and how the file was saved (resized: by a factor from 0.5 to 1.6).
+ENCODINGS = ["png", "png", "jpeg", "resized", "resized_jpeg", "gray", "rgba", "png16"]
+
+
 @dataclass
 class TrueGroup:
     first_timestamp: str
@@ -41,6 +48,11 @@ class TrueGroup:
     kept_index: int | None  # None: the whole group was rejected
     crop: list[float] | None  # normalised [x1, y1, x2, y2] of the kept image; None: whole
     final_rel_path: str | None
+    action: str = "reject"  # what the person did: approve, crop or reject
+    crop_kind: str | None = None  # CROP_KINDS
+    encoding: str | None = None  # ENCODINGS
+    resize: float = 1.0  # final pixels per original pixel
+    low_texture: bool = False
 
 
 @dataclass
@@ -50,10 +62,13 @@ class SyntheticProject:
     final_dir: Path
     groups: list[TrueGroup] = field(default_factory=list)
     bad_files: dict[str, str] = field(default_factory=dict)  # rel_path -> kind
+    # Finals that are not a group's decision: rel_path -> copy, extra, orphan, unreadable.
+    other_finals: dict[str, str] = field(default_factory=dict)
 
     def save_truth(self) -> Path:
         out = self.root / "truth.json"
-        data = {"groups": [asdict(g) for g in self.groups], "bad_files": self.bad_files}
+        data = {"groups": [asdict(g) for g in self.groups], "bad_files": self.bad_files,
+                "other_finals": self.other_finals}
         out.write_text(json.dumps(data, indent=1, sort_keys=True))
         return out
 
@@ -73,12 +88,27 @@ def texture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(img, float) + grain, 0, 255).astype(np.uint8))
 
 
-def render_stages(rng: np.random.Generator, stages: tuple[float, ...], scale: float
-                  ) -> dict[float, Image.Image]:
+def low_texture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A sky-like picture: a gradient, faint clouds and sensor grain, no edges at all.
+
+    (A pure linear ramp would be degenerate: every window of it looks alike at any
+    scale once contrast is normalised, so no matcher could place a crop in it.)
+    """
+    ramp = np.linspace(0, 1, width)[None, :] * 30 + np.linspace(0, 1, height)[:, None] * 12
+    clouds = Image.fromarray(rng.integers(0, 256, size=(5, 5), dtype=np.uint8)).resize(
+        (width, height), Image.Resampling.BICUBIC)
+    shade = (np.asarray(clouds, float) - 128) / 128 * 8  # +-8 grey levels
+    tint = rng.uniform(90, 170, size=3)
+    img = tint + (ramp + shade)[..., None] + rng.normal(0, 3, size=(height, width, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def render_stages(rng: np.random.Generator, stages: tuple[float, ...], scale: float,
+                  flat: bool = False) -> dict[float, Image.Image]:
     """One picture per stage: later stages are edited, upscaled versions of earlier ones."""
     w, h = BASE_SHAPES[int(rng.integers(len(BASE_SHAPES)))]
     w, h = max(16, int(w * scale)), max(16, int(h * scale))
-    base = texture(rng, w, h)
+    base = (low_texture if flat else texture)(rng, w, h)
     out: dict[float, Image.Image] = {}
     swapped = base.copy()
     ImageDraw.Draw(swapped).ellipse(
@@ -104,6 +134,45 @@ def _png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def crop_box(rng: np.random.Generator, kind: str, width: int, height: int
+             ) -> tuple[int, int, int, int]:
+    """A crop of ``kind`` (CROP_KINDS) in pixels of a ``width`` x ``height`` image."""
+    if kind == "whole":
+        return 0, 0, width, height
+    if kind in ("near_full", "margin4"):  # trim up to 1% (approve) or 4% (crop) a side
+        m = 0.01 if kind == "near_full" else 0.04
+        return (round(m * width), round(m * height) if kind == "margin4" else 0,
+                width - round(m * width), height - round(m * height))
+    if kind == "tiny":  # 5% of the area
+        cw, ch = round(width * 0.2236), round(height * 0.2236)
+    else:
+        cw, ch = round(width * rng.uniform(0.35, 0.9)), round(height * rng.uniform(0.35, 0.9))
+    if kind == "edge":  # touching the right and bottom edges
+        return width - cw, height - ch, width, height
+    x1, y1 = int(rng.integers(0, width - cw + 1)), int(rng.integers(0, height - ch + 1))
+    return x1, y1, x1 + cw, y1 + ch
+
+
+def encode_final(rng: np.random.Generator, img: Image.Image, encoding: str
+                 ) -> tuple[bytes, str, float]:
+    """The final's bytes, extension and resize factor for an encoding of ENCODINGS."""
+    factor = 1.0
+    if encoding.startswith("resized"):
+        factor = float(rng.choice([0.5, 0.75, 1.25, 1.6]))
+        img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))),
+                         Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if encoding.endswith("jpeg"):
+        img.convert("RGB").save(buf, format="JPEG", quality=int(rng.integers(70, 92)))
+        return buf.getvalue(), ".jpg", factor
+    if encoding == "png16":  # 16 bits per channel, as photo editors export
+        wide = np.asarray(img.convert("RGB"), dtype=np.uint16)[..., ::-1] * 257
+        return cv2.imencode(".png", wide)[1].tobytes(), ".png", factor
+    mode = {"gray": "L", "rgba": "RGBA"}.get(encoding, "RGB")
+    img.convert(mode).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue(), ".png", factor
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -119,8 +188,15 @@ def make_project(
     crop_rate: float = 0.6,
     bad_files: bool = True,
     companions: bool = True,
+    variants: bool = True,
 ) -> SyntheticProject:
-    """Write a project under ``root`` (``original/``, ``final/``, ``truth.json``)."""
+    """Write a project under ``root`` (``original/``, ``final/``, ``truth.json``).
+
+    With ``variants``, kept finals come in every shape the crop tool and later exports
+    give them (CROP_KINDS x ENCODINGS, some low-texture pictures), and the final folder
+    also holds a copy, a second kept image of one group, orphans and an unreadable
+    final. Without it, finals are PNG crops (``crop_rate``) or whole copies.
+    """
     rng = np.random.default_rng(seed)
     project = SyntheticProject(root, root / "original", root / "final")
     start = datetime(2025, 7, 8, 6, 0, 0)
@@ -129,7 +205,8 @@ def make_project(
         # Groups 5 minutes apart: each group's stages are all saved before the next starts.
         t0 = start + timedelta(minutes=5 * g)
         stages = STAGE_SETS[int(rng.integers(len(STAGE_SETS)))]
-        images = render_stages(rng, stages, scale)
+        flat = variants and rng.random() < 0.1
+        images = render_stages(rng, stages, scale, flat)
         rel_paths = []
         for stage in stages:
             ts = (t0 + timedelta(seconds=STAGE_DELAY[stage])).strftime("%Y%m%d_%H%M%S")
@@ -141,28 +218,59 @@ def make_project(
                 _write(stem.with_suffix(".yaml"), f"stage: {stage}\n".encode())
                 _write(stem.with_suffix(".caption"), b"a synthetic render\n")
             rel_paths.append(rel)
-        kept, crop, final_rel = None, None, None
+        truth = TrueGroup(
+            (t0 + timedelta(seconds=STAGE_DELAY[stages[0]])).strftime("%Y%m%d_%H%M%S"),
+            rel_paths, list(stages), None, None, None, low_texture=flat,
+        )
         if rng.random() >= reject_rate:
             kept = int(rng.integers(len(stages)))
             img = images[stages[kept]]
-            if rng.random() < crop_rate:
-                cw, ch = rng.uniform(0.35, 0.9), rng.uniform(0.35, 0.9)
-                x1, y1 = rng.uniform(0, 1 - cw), rng.uniform(0, 1 - ch)
-                box = (round(x1 * img.width), round(y1 * img.height),
-                       round((x1 + cw) * img.width), round((y1 + ch) * img.height))
-                img = img.crop(box)
-                crop = [box[0] / images[stages[kept]].width, box[1] / images[stages[kept]].height,
-                        box[2] / images[stages[kept]].width, box[3] / images[stages[kept]].height]
-            final_rel = os.path.basename(rel_paths[kept])
-            _write(project.final_dir / final_rel, _png_bytes(img))
-        project.groups.append(TrueGroup(
-            (t0 + timedelta(seconds=STAGE_DELAY[stages[0]])).strftime("%Y%m%d_%H%M%S"),
-            rel_paths, list(stages), kept, crop, final_rel,
-        ))
+            kind = str(rng.choice(CROP_KINDS)) if variants else (
+                "free" if rng.random() < crop_rate else "whole")
+            encoding = str(rng.choice(ENCODINGS)) if variants else "png"
+            box = crop_box(rng, kind, img.width, img.height)
+            data, ext, factor = encode_final(rng, img.crop(box), encoding)
+            final_rel = os.path.splitext(os.path.basename(rel_paths[kept]))[0] + ext
+            _write(project.final_dir / final_rel, data)
+            norm = [box[0] / img.width, box[1] / img.height, box[2] / img.width,
+                    box[3] / img.height]
+            truth.kept_index, truth.final_rel_path = kept, final_rel
+            truth.crop = None if kind == "whole" else norm
+            truth.action = "approve" if kind in ("whole", "near_full") else "crop"
+            truth.crop_kind, truth.encoding, truth.resize = kind, encoding, factor
+        project.groups.append(truth)
+    if variants:
+        _add_other_finals(project, rng)
     if bad_files:
         _add_bad_files(project, rng, start + timedelta(minutes=5 * n_groups + 30), scale)
     project.save_truth()
     return project
+
+
+def _add_other_finals(project: SyntheticProject, rng: np.random.Generator) -> None:
+    """Finals that are not one group's single decision, as real final folders hold."""
+    kept = [g for g in project.groups if g.final_rel_path]
+    if len(kept) < 2:
+        return
+    final = project.final_dir
+    copy = f"exports/{kept[0].final_rel_path}"  # the same file in a second subfolder
+    _write(final / copy, (final / kept[0].final_rel_path).read_bytes())
+    project.other_finals[copy] = "copy"
+    # A lower-stage image of a group kept besides its decision (which is the highest
+    # kept stage); this generator keeps one image per group, so take one below it.
+    for g in kept[1:]:
+        if g.kept_index and g.kept_index > 0:
+            name = os.path.basename(g.rel_paths[g.kept_index - 1])
+            _write(final / name, (project.original_dir / g.rel_paths[g.kept_index - 1])
+                   .read_bytes())
+            project.other_finals[name] = "extra"
+            break
+    _write(final / "20240101_000000_stage2_upscaled.png", _png_bytes(texture(rng, 40, 40)))
+    project.other_finals["20240101_000000_stage2_upscaled.png"] = "orphan"
+    _write(final / "misc" / "wallpaper.png", _png_bytes(texture(rng, 40, 40)))
+    project.other_finals["misc/wallpaper.png"] = "orphan"
+    _write(final / "misc" / "20240101_000100_stage3_enhanced.png", b"\x89PNG\r\n\x1a\n")
+    project.other_finals["misc/20240101_000100_stage3_enhanced.png"] = "unreadable"
 
 
 def _add_bad_files(project: SyntheticProject, rng: np.random.Generator, when: datetime,

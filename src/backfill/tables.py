@@ -7,6 +7,7 @@ so rows come sorted, the index is dropped, and nothing time-dependent is stored.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -39,14 +40,18 @@ def validate(df: pd.DataFrame, schema: type, table: str) -> pd.DataFrame:
         raise ContractError(describe_failures(table, err)) from None
 
 
-def write_table(df: pd.DataFrame, path: Path, schema: type, table: str) -> None:
-    """Validate ``df`` then write it to ``path`` atomically and deterministically."""
-    df = validate(df, schema, table).reset_index(drop=True)
-    arrow = pa.Table.from_pandas(df, preserve_index=False)
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` (index dropped) to ``path`` atomically: a crash leaves the old file."""
+    arrow = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     pq.write_table(arrow, tmp, compression="zstd", write_statistics=True)
     os.replace(tmp, path)
+
+
+def write_table(df: pd.DataFrame, path: Path, schema: type, table: str) -> None:
+    """Validate ``df`` then write it to ``path`` atomically and deterministically."""
+    write_parquet(validate(df, schema, table), path)
 
 
 def read_table(path: Path, schema: type | None = None, table: str | None = None) -> pd.DataFrame:

@@ -1,0 +1,103 @@
+"""decisions: the person's action per group, labelled from located boxes and tolerances.
+
+Seed 000's rules: 'approve' when every coordinate of the kept final's box is within
+``approve_tolerance`` of the full frame [0, 0, 1, 1], 'crop' otherwise, 'reject' when no
+image of the group was kept (there is no 'skip'). A decision the evidence does not
+support firmly (low confidence, an ambiguous match, several kept images, unreadable
+files) is kept and flagged ``needs_review`` with the reason: never trusted silently,
+never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
+FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    approve_tolerance: float
+    min_confidence: float
+    ambiguity_margin: float
+
+    @classmethod
+    def from_config(cls, cfg) -> LabelSettings:
+        return cls(float(cfg.approve_tolerance), float(cfg.min_confidence),
+                   float(cfg.ambiguity_margin))
+
+
+def iso_utc(mtime_ns: float | None) -> str | None:
+    """A file time as the decision DB writes times: ISO 8601 UTC with a 'Z'."""
+    if mtime_ns is None or pd.isna(mtime_ns):
+        return None
+    when = datetime.fromtimestamp(int(mtime_ns) / 1e9, tz=UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
+    """The truth table from pairs joined to their locations (pure, vectorised).
+
+    ``located`` holds pairing's columns plus the location in original pixels (x1, y1,
+    x2, y2, scale, confidence, runner_up, support, method) and ``locate_error``.
+    """
+    df = located
+    kept = df["user_selected_index"].notna()
+    width = df["original_width"].astype("float64")
+    height = df["original_height"].astype("float64")
+    box = pd.DataFrame({
+        "crop_x1": df["x1"] / width, "crop_y1": df["y1"] / height,
+        "crop_x2": df["x2"] / width, "crop_y2": df["y2"] / height,
+    }).astype("float64").clip(0.0, 1.0)
+    located_ok = box.notna().all(axis=1)
+    full = (box.sub(FULL_FRAME, axis=1).abs() <= s.approve_tolerance).all(axis=1)
+    action = np.where(~kept, "reject", np.where(located_ok & full, "approve", "crop"))
+
+    confidence = df["confidence"].astype("float64")
+    runner_up = df["runner_up"].astype("float64").fillna(0.0)
+    reasons = pd.DataFrame({
+        "pairing": df["review"],
+        "error": df["locate_error"].map(lambda e: f"not located: {e}", na_action="ignore"),
+        "low": np.where(
+            located_ok & (confidence < s.min_confidence),
+            "match confidence " + confidence.round(3).astype(str)
+            + f" is below min_confidence {s.min_confidence}", None),
+        "ambiguous": np.where(
+            located_ok & (runner_up > 0) & (runner_up >= confidence - s.ambiguity_margin),
+            "another place matches almost as well (" + runner_up.round(3).astype(str) + ")",
+            None),
+        "unconfirmed": np.where(
+            located_ok & (df["support"].astype("float64") == 0),
+            "no detail of the final could be confirmed at full resolution", None),
+        "missing": np.where(kept & ~located_ok & df["locate_error"].isna()
+                            & df["review"].isna(), "not located", None),
+    })
+    review = reasons.apply(lambda r: "; ".join(v for v in r if isinstance(v, str)) or None,
+                           axis=1) if len(df) else pd.Series(dtype="object")
+    mtime = df["final_mtime_ns"]
+    truth = pd.DataFrame({
+        "group_id": df["group_id"],
+        "user_action": action,
+        "user_selected_index": df["user_selected_index"].astype("Int64"),
+        "kept_stage": df["kept_stage"].astype("float64"),
+        "original_path": df["original_path"],
+        "original_width": df["original_width"].astype("Int64"),
+        "original_height": df["original_height"].astype("Int64"),
+        "final_path": df["final_path"],
+        "final_copies": df["final_copies"].astype("int64"),
+        **{c: box[c].where(kept) for c in BOX},
+        "scale": df["scale"].astype("float64"),
+        "confidence": confidence,
+        "support": df["support"].astype("float64"),
+        "match_method": df["method"],
+        "needs_review": review.notna().to_numpy(),
+        "review_reason": review.to_numpy(),
+        "final_modified_at": mtime.map(iso_utc),
+        "crop_timestamp": mtime.map(iso_utc).where(action == "crop"),
+    })
+    return truth.sort_values("group_id", kind="stable").reset_index(drop=True)
