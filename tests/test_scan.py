@@ -31,7 +31,7 @@ def test_every_render_and_final_is_found_with_its_size(small_project, tmp_path):
     assert set(originals.rel_path) == expected
     finals = table[table.source == "final"]
     kept = {g.final_rel_path for g in small_project.groups if g.final_rel_path}
-    assert set(finals.rel_path) == kept
+    assert set(finals.rel_path) == kept | set(small_project.other_finals)
     for row in table[table.status != "error"].head(8).itertuples():
         root = small_project.original_dir if row.source == "original" else small_project.final_dir
         with Image.open(root / row.rel_path) as im:
@@ -52,7 +52,11 @@ def test_bad_files_are_recorded_with_reasons(small_project, tmp_path):
         status, reason = expected[kind]
         assert table.at[rel, "status"] == status, rel
         assert reason in table.at[rel, "reason"], rel
-    assert (table.loc[~table.index.isin(list(small_project.bad_files)), "status"] == "ok").all()
+    unreadable = [r for r, kind in small_project.other_finals.items() if kind == "unreadable"]
+    assert (table.loc[unreadable, "status"] == "error").all()
+    assert table.at["misc/wallpaper.png", "status"] == "warning"  # no timestamp in its name
+    others = ~table.index.isin([*small_project.bad_files, *small_project.other_finals])
+    assert (table.loc[others, "status"] == "ok").all()
 
 
 def test_junk_companions_and_symlink_loops_are_skipped_quietly(small_project, tmp_path):
@@ -131,7 +135,7 @@ def test_warm_scan_reads_nothing_and_changed_files_are_read_again(small_project,
     warm = scan(roots, cache)
     # Only the files in error are read again (a read error may pass); nothing else.
     errors = int((cold.table.status == "error").sum())
-    assert errors == 3 and warm.probed == errors
+    assert errors == 4 and warm.probed == errors  # 3 bad renders, 1 bad final
     pd.testing.assert_frame_equal(cold.table, warm.table)
     # Rewrite one final with other pixels: only it is read, and its hash changes.
     target = roots["final"] / cold.table[cold.table.source == "final"].rel_path.iloc[0]
