@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	python benchmarks/bench_scan.py
+	python benchmarks/bench_extract.py
 
 clean-demo:
 	rm -rf data/demo

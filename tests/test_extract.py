@@ -182,6 +182,11 @@ def test_every_decision_of_a_generated_project_is_recovered(variant_project):
         got = row[["crop_x1", "crop_y1", "crop_x2", "crop_y2"]].to_numpy(float)
         assert np.abs(got - box).max() <= (0.01 if g.resize == 1 else 0.02), g
         assert row.scale == pytest.approx(g.resize, rel=0.02)
+    # Approvals moved as they are need no decoding: the whole frame, by content hash.
+    moved = [f"v_group_{g.first_timestamp}" for g in project.groups
+             if (g.crop_kind, g.encoding) == ("whole", "png")]
+    assert moved and result.identical == len(moved)
+    assert (truth.loc[moved, "match_method"] == "identical").all()
     flagged = truth[truth["needs_review"]]
     assert all("images of this group" in r for r in flagged["review_reason"])
     roles = result.finals.set_index("rel_path")["role"]

@@ -61,6 +61,15 @@ def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
                        {"original_hash": "str", "final_hash": "str", **RESULTS})
 
 
+def same_bytes(width: int, height: int) -> dict:
+    """The location of a final that is its original, byte for byte: the whole frame.
+
+    An approval moves the render to the final folder as it is, so a third or more of a
+    project's finals need no decoding at all (their content hashes are equal)."""
+    return {"x1": 0.0, "y1": 0.0, "x2": float(width), "y2": float(height), "scale": 1.0,
+            "confidence": 1.0, "runner_up": 0.0, "support": 1.0, "method": "identical"}
+
+
 def locate_files(original: Path, final: Path, match: MatchSettings) -> dict:
     """One pair's location in original pixels; ``error`` says why there is none."""
     try:
@@ -107,6 +116,7 @@ class ExtractResult:
     matched: int  # pairs located in this run
     cached: int  # pairs whose location came from the cache
     failed: int
+    identical: int  # finals that are their original byte for byte: nothing to match
 
 
 def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
@@ -114,10 +124,16 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
                     cache_dir: Path) -> ExtractResult:
     pairs, finals = pair_finals(groups, scan, ungrouped)
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
+    same = locatable["original_hash"] == locatable["final_hash"]
+    identical = pd.DataFrame([
+        {"original_hash": h, "final_hash": h, **same_bytes(w, ht)} for h, w, ht in zip(
+            locatable.loc[same, "original_hash"], locatable.loc[same, "original_width"],
+            locatable.loc[same, "original_height"], strict=True)
+    ], columns=KEYS + list(RESULTS))
     cache = locate_cache(cache_dir, settings.match)
-    hits, todo_keys = cache.lookup(locatable)
+    hits, todo_keys = cache.lookup(locatable[~same])
     todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
-    found, errors = [hits], {}
+    found, errors = [identical, hits], {}
     for o_hash, f_hash, result in locate_all(todo, original_root, final_root, settings.match,
                                              settings.workers, cache):
         if result["error"] is None:
@@ -126,12 +142,13 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
         else:
             errors[(o_hash, f_hash)] = result["error"]
     located = pd.concat(found, ignore_index=True).astype(
-        {"original_hash": "str", "final_hash": "str", **RESULTS})
+        {"original_hash": "str", "final_hash": "str", **RESULTS}).drop_duplicates(KEYS)
     joined = pairs.merge(located, on=KEYS, how="left")
     joined["locate_error"] = [errors.get((o, f)) for o, f in
                               zip(joined["original_hash"], joined["final_hash"], strict=True)]
     truth = label(joined, settings.labels)
-    return ExtractResult(truth, finals, len(todo), len(hits), len(errors))
+    return ExtractResult(truth, finals, len(todo), len(hits), len(errors),
+                         int(same.sum()))
 
 
 def run(project: Project) -> str:
@@ -152,7 +169,8 @@ def run(project: Project) -> str:
     return (
         f"extract {project.name}: {len(truth):,} groups ({by_action}); "
         f"{int(truth['needs_review'].sum()):,} need review; pairs: {result.matched:,} matched, "
-        f"{result.cached:,} from cache, {result.failed:,} failed; finals: "
+        f"{result.cached:,} from cache, {result.identical:,} identical, {result.failed:,} "
+        f"failed; finals: "
         f"{roles.get('orphan', 0):,} orphans, {roles.get('copy', 0):,} copies, "
         f"{roles.get('extra', 0):,} extra kept; {time.perf_counter() - started:.1f}s -> "
         f"{project.output('truth').relative_to(project.root)}"

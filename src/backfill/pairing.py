@@ -48,7 +48,7 @@ def _pick_copy(copies: pd.DataFrame) -> tuple[pd.Series, str | None]:
         return readable.iloc[0], None
     latest = readable.sort_values(["mtime_ns", "rel_path"], kind="stable").iloc[-1]
     return latest, (
-        f"{len(readable)} copies of {latest['name']} differ in content; "
+        f"{len(readable)} copies of {latest['name']} differ in content, "
         f"the latest ({latest['rel_path']}) is taken"
     )
 
@@ -76,7 +76,7 @@ def pair_finals(
         if len(kept) > 1:
             reviews.append(
                 f"{len(kept)} images of this group are in the final folder (indexes "
-                f"{', '.join(map(str, kept))}); the highest stage, index {index}, is taken"
+                f"{', '.join(map(str, kept))}), the highest stage, index {index}, is taken"
             )
             for i in kept[:-1]:
                 for rel in by_name[names[i]]["rel_path"]:

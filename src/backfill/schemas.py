@@ -119,7 +119,7 @@ class TruthTable(pa.DataFrameModel):
     confidence: Series[float] = pa.Field(nullable=True, ge=0, le=1)
     support: Series[float] = pa.Field(
         nullable=True, ge=0, le=1, description="share of patches confirmed at full resolution")
-    match_method: Series[str] = pa.Field(nullable=True, isin=["1:1", "multi-scale"])
+    match_method: Series[str] = pa.Field(nullable=True, isin=["1:1", "multi-scale", "identical"])
     needs_review: Series[bool]
     review_reason: Series[str] = pa.Field(nullable=True)
     final_modified_at: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)

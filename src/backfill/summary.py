@@ -49,4 +49,16 @@ def summarize(project: Project) -> str:
         kinds = ungrouped["reason"].map(_reason_head).value_counts()
         rows += [(f"  {k}", int(n)) for k, n in kinds.items()]
         lines += _section("group", rows)
+    truth_path = project.output("truth")
+    if truth_path.exists():
+        truth = pd.read_parquet(truth_path)
+        finals = pd.read_parquet(project.output("finals"))
+        actions = truth["user_action"].value_counts()
+        rows = [(a, int(actions.get(a, 0))) for a in ("approve", "crop", "reject")]
+        rows += [("need review", int(truth["needs_review"].sum()))]
+        kinds = truth["review_reason"].dropna().str.split("; ").explode().map(_reason_head)
+        rows += [(f"  {k}", int(n)) for k, n in kinds.value_counts().items()]
+        roles = finals["role"].value_counts()
+        rows += [(f"finals {r}", int(roles.get(r, 0))) for r in ("kept", "copy", "extra", "orphan")]
+        lines += _section("extract", rows)
     return "\n".join(lines)

@@ -230,6 +230,8 @@ def make_project(
             encoding = str(rng.choice(ENCODINGS)) if variants else "png"
             box = crop_box(rng, kind, img.width, img.height)
             data, ext, factor = encode_final(rng, img.crop(box), encoding)
+            if kind == "whole" and encoding == "png":  # approved: the render moved as is
+                data = (project.original_dir / rel_paths[kept]).read_bytes()
             final_rel = os.path.splitext(os.path.basename(rel_paths[kept]))[0] + ext
             _write(project.final_dir / final_rel, data)
             norm = [box[0] / img.width, box[1] / img.height, box[2] / img.width,
