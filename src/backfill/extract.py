@@ -93,20 +93,22 @@ def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
 
     rows = todo[KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None)
     done, last_save = [], time.monotonic()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for o_hash, f_hash, result in tqdm(pool.map(one, rows), total=len(todo),
-                                           desc="extract: locating", unit="pair",
-                                           disable=None):
-            if result["error"] is None:  # errors are never cached: a file may come back
-                done.append({"original_hash": o_hash, "final_hash": f_hash,
-                             **{k: result[k] for k in RESULTS}})
-            if time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                cache.add(pd.DataFrame(done))
-                cache.save()
-                done, last_save = [], time.monotonic()
-            yield o_hash, f_hash, result
-    cache.add(pd.DataFrame(done))
-    cache.save()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for o_hash, f_hash, result in tqdm(pool.map(one, rows), total=len(todo),
+                                               desc="extract: locating", unit="pair",
+                                               disable=None):
+                if result["error"] is None:  # errors are never cached: a file may come back
+                    done.append({"original_hash": o_hash, "final_hash": f_hash,
+                                 **{k: result[k] for k in RESULTS}})
+                if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                    cache.add(pd.DataFrame(done))
+                    cache.save()
+                    done, last_save = [], time.monotonic()
+                yield o_hash, f_hash, result
+    finally:  # an interrupted run keeps what it matched
+        cache.add(pd.DataFrame(done))
+        cache.save()
 
 
 @dataclass

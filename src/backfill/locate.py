@@ -32,6 +32,10 @@ MIN_TEMPLATE = 8  # pixels: a smaller coarse template carries no shape to match
 FLAT = 1.0  # grey-level standard deviation below which a patch has nothing to match on
 PATCH_MIN_SCORE = 0.5  # a patch correlating less than this found nothing
 PATCH_TOLERANCE = 1.5  # pixels: a patch further than this from the fit disagrees with it
+ONE_TO_ONE_SUPPORT = 0.75  # share of patches that must confirm a 1:1 answer to skip the sweep
+DISTINCT_BOX = 0.02  # a box differing by this share of the original is another answer
+ONE_TO_ONE_MARGIN = 0.02  # a 1:1 runner-up this close to the best sends it to the sweep
+COARSE_SPREAD = 0.1  # coarse peaks this close to the best are refined too
 
 
 class LocateError(Exception):
@@ -310,14 +314,14 @@ def locate(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> Location:
             return None
         results.sort(key=lambda t: -(t[0] + t[1]))
         score, support, box, fit = results[0]
-        tol = 0.02 * max(ow, oh)  # a box this different is a different answer
+        tol = DISTINCT_BOX * max(ow, oh)
         runner = max((r[0] for r in results[1:]
                       if max(abs(np.subtract(r[2], box))) > tol), default=0.0)
         return Location(*box, float(2 / (fit.ax + fit.ay)), score, runner, method, support)
 
     def near_best(cands: list[_Coarse]) -> list[_Coarse]:
         top = max(c.score for c in cands)
-        return [c for c in cands if c.score >= top - 0.1][: s.candidates]
+        return [c for c in cands if c.score >= top - COARSE_SPREAD][: s.candidates]
 
     one_to_one = None
     if fw <= ow and fh <= oh:
@@ -327,8 +331,8 @@ def locate(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> Location:
             # Trust 1:1 only when it is good and unambiguous: a smooth region also matches
             # fairly well at a wrong scale, so a doubtful answer goes to the scale sweep.
             if (cands[0].score >= s.accept_score and one_to_one.confidence >= s.accept_score
-                    and one_to_one.support >= 0.75
-                    and one_to_one.runner_up < one_to_one.confidence - 0.02):
+                    and one_to_one.support >= ONE_TO_ONE_SUPPORT
+                    and one_to_one.runner_up < one_to_one.confidence - ONE_TO_ONE_MARGIN):
                 return one_to_one
     sweep = _scale_sweep(orig, final, s)
     if sweep is None:
