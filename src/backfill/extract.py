@@ -81,31 +81,31 @@ def locate_files(original: Path, final: Path, match: MatchSettings) -> dict:
 
 def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
                match: MatchSettings, workers: int, cache: ResultCache
-               ) -> Iterator[tuple[str, str, dict]]:
-    """Locate every (original, final) of ``todo`` on ``workers`` threads, saving results
-    to ``cache`` as they come. OpenCV releases the GIL while it decodes and matches, and
-    each thread holds one pair's pixels at a time, so memory stays bounded."""
+               ) -> Iterator[dict]:
+    """Locate every (original, final) of ``todo`` on ``workers`` threads, yielding a row
+    (KEYS, RESULTS and ``error``) per pair and saving results to ``cache`` as they come.
+    OpenCV releases the GIL while it decodes and matches, and each thread holds one
+    pair's pixels at a time, so memory stays bounded."""
     cv2.setNumThreads(1 if workers > 1 else -1)  # -1: OpenCV's default; no oversubscription
 
-    def one(row: tuple) -> tuple[str, str, dict]:
+    def one(row: tuple) -> dict:
         o_hash, f_hash, o_path, f_path = row
-        return o_hash, f_hash, locate_files(original_root / o_path, final_root / f_path, match)
+        return {"original_hash": o_hash, "final_hash": f_hash,
+                **locate_files(original_root / o_path, final_root / f_path, match)}
 
     rows = todo[KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None)
     done, last_save = [], time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for o_hash, f_hash, result in tqdm(pool.map(one, rows), total=len(todo),
-                                               desc="extract: locating", unit="pair",
-                                               disable=None):
-                if result["error"] is None:  # errors are never cached: a file may come back
-                    done.append({"original_hash": o_hash, "final_hash": f_hash,
-                                 **{k: result[k] for k in RESULTS}})
+            for row in tqdm(pool.map(one, rows), total=len(todo), desc="extract: locating",
+                            unit="pair", disable=None):
+                if row["error"] is None:  # errors are never cached: a file may come back
+                    done.append(row)
                 if time.monotonic() - last_save > CHECKPOINT_SECONDS:
                     cache.add(pd.DataFrame(done))
                     cache.save()
                     done, last_save = [], time.monotonic()
-                yield o_hash, f_hash, result
+                yield row
     finally:  # an interrupted run keeps what it matched
         cache.add(pd.DataFrame(done))
         cache.save()
@@ -135,15 +135,15 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     cache = locate_cache(cache_dir, settings.match)
     hits, todo_keys = cache.lookup(locatable[~same])
     todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
-    found, errors = [identical, hits], {}
-    for o_hash, f_hash, result in locate_all(todo, original_root, final_root, settings.match,
-                                             settings.workers, cache):
-        if result["error"] is None:
-            found.append(pd.DataFrame([{"original_hash": o_hash, "final_hash": f_hash,
-                                        **{k: result[k] for k in RESULTS}}]))
+    matched, errors = [], {}
+    for row in locate_all(todo, original_root, final_root, settings.match, settings.workers,
+                          cache):
+        if row["error"] is None:
+            matched.append(row)
         else:
-            errors[(o_hash, f_hash)] = result["error"]
-    located = pd.concat(found, ignore_index=True).astype(
+            errors[row["original_hash"], row["final_hash"]] = row["error"]
+    fresh = pd.DataFrame(matched, columns=KEYS + list(RESULTS))
+    located = pd.concat([identical, hits, fresh], ignore_index=True).astype(
         {"original_hash": "str", "final_hash": "str", **RESULTS}).drop_duplicates(KEYS)
     joined = pairs.merge(located, on=KEYS, how="left")
     joined["locate_error"] = [errors.get((o, f)) for o, f in
