@@ -19,11 +19,12 @@ import cv2
 import pandas as pd
 from tqdm import tqdm
 
+from backfill import locate as locate_module
 from backfill.decisions import LabelSettings, label
 from backfill.locate import LocateError, MatchSettings, locate, read_gray
 from backfill.pairing import pair_finals
 from backfill.project import ConfigError, Project
-from backfill.resultcache import ResultCache
+from backfill.resultcache import ResultCache, code_version
 from backfill.schemas import FinalsTable, GroupsTable, ScanTable, TruthTable, UngroupedTable
 from backfill.tables import read_table, write_table
 
@@ -56,8 +57,9 @@ class ExtractSettings:
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
-    """Located boxes for these matcher settings (and this matcher code)."""
-    return ResultCache(cache_dir / "locate" / f"{match.key()}.parquet", KEYS,
+    """Located boxes for these matcher settings and this matcher code."""
+    name = f"{match.key()}-{code_version(locate_module)}.parquet"
+    return ResultCache(cache_dir / "locate" / name, KEYS,
                        {"original_hash": "str", "final_hash": "str", **RESULTS})
 
 

@@ -8,7 +8,6 @@ is replaced atomically, so a crash leaves the old one.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import numpy as np
 import pandas as pd
 
 from backfill import filenames, imageinfo
+from backfill.resultcache import code_version
 from backfill.tables import write_parquet
 
 # Cached rows are what imageinfo and filenames made of a file: any change to either
 # module's code gives a new version, so no row from older code is ever reused.
-CODE_VERSION = blake3.blake3(
-    (inspect.getsource(imageinfo) + inspect.getsource(filenames)).encode()
-).hexdigest()[:12]
+CODE_VERSION = code_version(imageinfo, filenames)
 
 IDENTITY = ["path", "size_bytes", "mtime_ns", "inode"]
 # What the cache remembers of a file: its facts and what its name says.

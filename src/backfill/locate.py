@@ -62,8 +62,8 @@ class MatchSettings:
         return cls(**{name: cast[f.type](cfg[name]) for name, f in fields})
 
     def key(self) -> str:
-        """A short id of these settings and this module's code, for the result cache."""
-        blob = repr(sorted(asdict(self).items())).encode() + Path(__file__).read_bytes()
+        """A short id of these settings, for the result cache's file name."""
+        blob = repr(sorted(asdict(self).items())).encode()
         return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 

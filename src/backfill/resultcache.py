@@ -9,12 +9,21 @@ rows, never the file.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import blake3
 import pandas as pd
 
 from backfill.tables import write_parquet
+
+
+def code_version(*modules: ModuleType) -> str:
+    """A short hash of the modules' source: results made by other code are never reused."""
+    source = "".join(inspect.getsource(m) for m in modules)
+    return blake3.blake3(source.encode()).hexdigest()[:12]
 
 
 class ResultCache:
