@@ -36,6 +36,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
     path = add_project(
         root, args.name, _config_path(args.original_dir, root), _config_path(args.final_dir, root),
         _config_path(args.real_db, root) if args.real_db else None, args.overrides, args.force,
+        args.model,
     )
     print(f"added project '{args.name}': {path.relative_to(root)}; params.yaml composed.")
     print(f"next: `dvc repro` (or only this project: `dvc repro group@{args.name}`)")
@@ -57,6 +58,85 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     stage = importlib.import_module(f"backfill.{args.stage}")
     print(stage.run(load_project(args.name)))
+    return 0
+
+
+def _projects(root: Path, names: list[str] | None) -> list:
+    from backfill.registry import registered
+
+    names = names or registered(root)
+    if not names:
+        raise ConfigError("no projects registered: `backfill project add` first.")
+    return [load_project(name, root) for name in names]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from backfill.project import load_params
+    from backfill.train import train
+
+    root = find_root()
+    # KEY=VALUE words typed after --projects land there; they are overrides.
+    args.overrides += [p for p in args.projects or [] if "=" in p]
+    args.projects = [p for p in args.projects or [] if "=" not in p]
+    cfg = load_params(root).get("train")
+    if cfg is None:
+        raise ConfigError("params.yaml has no train section: run `backfill compose`.")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
+    except Exception as exc:
+        raise ConfigError(f"bad train override {args.overrides}: {exc}") from exc
+    projects = _projects(root, args.projects)
+    if args.stage:
+        return _add_train_stage(root, args, projects)
+    result = train(args.name, projects, cfg, root, force=args.force)
+    held = result.metadata["held_out"]
+    from backfill.evaluate import describe_metrics
+
+    print(f"trained model version '{args.name}' on {', '.join(p.name for p in projects)} "
+          f"({result.metadata['training']['groups']} groups, "
+          f"{result.metadata['training']['ranker_pairs']} ranker pairs, "
+          f"{result.metadata['training']['crop_boxes']} crop boxes)")
+    print(f"held out: {describe_metrics(held)}")
+    print(f"wrote data/models/{args.name}/ and {result.config_path.relative_to(root)}; "
+          f"compare it: `backfill compare baseline {args.name}`")
+    return 0
+
+
+def _add_train_stage(root: Path, args: argparse.Namespace, projects: list) -> int:
+    """Register this training as a DVC stage (`dvc stage add`), deps and outs exact."""
+    import shlex
+    import subprocess
+
+    deps = [f"data/{p.name}/{t}.parquet" for p in projects
+            for t in ("truth", "groups", "embeddings")]
+    cmd = ["backfill", "train", args.name, "--force", "--projects",
+           *[p.name for p in projects], *args.overrides]
+    dvc = ["dvc", "stage", "add", "--force", "-n", f"train-{args.name}",
+           *[a for d in ["src/backfill/train.py", "src/backfill/models.py", *deps]
+             for a in ("-d", d)],
+           "-p", "train", "-o", f"data/models/{args.name}",
+           "-O", f"conf/model/{args.name}.yaml", shlex.join(cmd)]
+    proc = subprocess.run(dvc, cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        raise ConfigError(f"dvc stage add failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    print(f"added stage train-{args.name} to dvc.yaml: `dvc repro train-{args.name}` trains "
+          "it, and re-trains when its data or the train settings change.")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from backfill.compare import compare, render, version_from_file, write
+
+    root = find_root()
+    versions = [version_from_file(root, v) for v in args.versions]
+    table = compare(versions, _projects(root, args.projects))
+    out = Path(args.out) if args.out else Path("data") / "compare"
+    csv, metrics = write(table, out if out.is_absolute() else root / out)
+    print(render(table))
+    print(f"-> {csv.relative_to(root)} and {metrics.relative_to(root)} "
+          f"(`dvc metrics show {metrics.relative_to(root)}`)")
     return 0
 
 
@@ -101,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--original-dir", required=True, help="folder of all renders, any depth")
     p.add_argument("--final-dir", required=True, help="folder of the kept (final) images")
     p.add_argument("--real-db", help="the project's production SQLite DB, if any")
+    p.add_argument("--model", default="baseline",
+                   help="model version whose predictions are recorded (conf/model/)")
     p.add_argument("--force", action="store_true", help="replace an existing project config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="pipeline settings to store for this project, e.g. group.lookahead=25")
@@ -110,10 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage, text in [("scan", "find and fingerprint every image"),
                         ("group", "group renders by the nearest-up rule"),
-                        ("extract", "recover each group's decision from the final folder")]:
+                        ("extract", "recover each group's decision from the final folder"),
+                        ("embed", "CLIP embeddings of every grouped image (cached)"),
+                        ("predict", "the model version's picks and crops, and its accuracy")]:
         p = sub.add_parser(stage, help=f"stage: {text} (run by `dvc repro`)")
         p.add_argument("name", help="project name")
         p.set_defaults(func=cmd_stage, stage=stage)
+
+    p = sub.add_parser("train", help="train a new model version from recovered decisions")
+    p.add_argument("name", help="version name: writes data/models/NAME/, conf/model/NAME.yaml")
+    p.add_argument("--projects", nargs="+", metavar="NAME", help="(default: all)")
+    p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument("--stage", action="store_true",
+                   help="add this training to dvc.yaml as a stage instead of running it")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="train settings (conf/train/default.yaml), e.g. ranker.epochs=60")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="measure model versions on projects' decisions")
+    p.add_argument("versions", nargs="+", help="model versions (conf/model/)")
+    p.add_argument("--projects", nargs="+", metavar="NAME", help="(default: all)")
+    p.add_argument("--out", help="folder for compare.csv and metrics.json "
+                                 "(default: data/compare)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("summary", help="one-screen summary of projects' tables")
     p.add_argument("names", nargs="*", help="projects (default: all)")
@@ -135,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     # KEY=VALUE overrides may come before or after the options; argparse alone would
     # reject those that follow an option, so they are collected here.
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "func", None) is cmd_project_add:
+    if extra and getattr(args, "func", None) in (cmd_project_add, cmd_train):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

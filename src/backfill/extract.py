@@ -32,7 +32,6 @@ KEYS = ["original_hash", "final_hash"]
 RESULTS = {"x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64",
            "scale": "float64", "confidence": "float64", "runner_up": "float64",
            "support": "float64", "method": "str"}
-CHECKPOINT_SECONDS = 30  # how often a long run saves what it matched so far
 
 
 @dataclass(frozen=True)
@@ -96,20 +95,14 @@ def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
                 **locate_files(original_root / o_path, final_root / f_path, match)}
 
     rows = todo[KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None)
-    done, last_save = [], time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for row in tqdm(pool.map(one, rows), total=len(todo), desc="extract: locating",
                             unit="pair", disable=None):
                 if row["error"] is None:  # errors are never cached: a file may come back
-                    done.append(row)
-                if time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                    cache.add(pd.DataFrame(done))
-                    cache.save()
-                    done, last_save = [], time.monotonic()
+                    cache.add(pd.DataFrame([row]))
                 yield row
     finally:  # an interrupted run keeps what it matched
-        cache.add(pd.DataFrame(done))
         cache.save()
 
 

@@ -41,15 +41,17 @@ def _leaves(tree: dict, prefix: str):
 
 
 def project_yaml(name: str, original_dir: str, final_dir: str, real_db: str | None,
-                 overrides: dict) -> str:
+                 overrides: dict, model: str = "baseline") -> str:
     body = {"original_dir": original_dir, "final_dir": final_dir, "real_db": real_db}
     body.update(overrides)
     return (
         f"# Project {name}, registered by `backfill project add`. Paths are absolute or\n"
         "# relative to the repository root; any setting of conf/pipeline/default.yaml\n"
-        "# can be overridden here.\n"
+        "# can be overridden here. The model version (conf/model/<version>.yaml) is the one\n"
+        "# whose predictions the pipeline records.\n"
         "defaults:\n"
         "  - /pipeline/default@_here_\n"
+        f"  - /model@model: {model}\n"
         "  - _self_\n\n"
         + OmegaConf.to_yaml(OmegaConf.create(body))
     )
@@ -75,9 +77,13 @@ def _register(root: Path, name: str) -> None:
     path.write_text("".join(lines))
 
 
+def model_versions(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "conf" / "model").glob("*.yaml"))
+
+
 def add_project(root: Path, name: str, original_dir: str, final_dir: str,
                 real_db: str | None = None, overrides: list[str] | None = None,
-                force: bool = False) -> Path:
+                force: bool = False, model: str = "baseline") -> Path:
     """Write conf/project/<name>.yaml, register it, and compose params.yaml."""
     if not NAME_PATTERN.match(name):
         raise ConfigError(
@@ -91,9 +97,12 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
         p = Path(folder).expanduser()
         if not (p if p.is_absolute() else root / p).is_dir():
             raise ConfigError(f"{label} {folder} is not a folder.")
+    if model not in model_versions(root):
+        raise ConfigError(f"no model version '{model}' in conf/model/ (known: "
+                          f"{', '.join(model_versions(root))}).")
     values = _check_overrides(root, overrides or [])
     previous = path.read_text() if path.exists() else None
-    path.write_text(project_yaml(name, original_dir, final_dir, real_db, values))
+    path.write_text(project_yaml(name, original_dir, final_dir, real_db, values, model))
     added = name not in registered(root)
     if added:
         _register(root, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -27,12 +28,18 @@ def code_version(*modules: ModuleType) -> str:
 
 
 class ResultCache:
-    def __init__(self, path: Path, keys: list[str], dtypes: dict[str, str]) -> None:
+    """``add`` saves by itself every ``save_every`` seconds, so a long run that is killed
+    loses at most that much work; call ``save`` at the end (in a ``finally``)."""
+
+    def __init__(self, path: Path, keys: list[str], dtypes: dict[str, str],
+                 save_every: float = 30.0) -> None:
         self.path = path
         self.keys = keys
         self.dtypes = dtypes  # every column, keys included
+        self.save_every = save_every
         self.pending: list[pd.DataFrame] = []
         self.known = self._load()
+        self.saved_at = time.monotonic()
 
     def _empty(self) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in self.dtypes.items()})
@@ -59,8 +66,11 @@ class ResultCache:
         """Remember ``rows`` (every column of ``dtypes``); written by ``save``."""
         if len(rows):
             self.pending.append(rows[list(self.dtypes)].astype(self.dtypes))
+        if time.monotonic() - self.saved_at > self.save_every:
+            self.save()
 
     def save(self) -> None:
+        self.saved_at = time.monotonic()
         if not self.pending:
             return
         merged = pd.concat([self._load(), *self.pending], ignore_index=True)

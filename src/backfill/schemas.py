@@ -6,6 +6,7 @@ stops the pipeline where it was made, with the table, column and values named.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -163,6 +164,57 @@ class FinalsTable(pa.DataFrameModel):
     @pa.dataframe_check
     def orphans_say_why(cls, df: pd.DataFrame) -> Series[bool]:
         return (df["role"] != "orphan") | df["reason"].notna()
+
+    class Config:
+        strict = True
+
+
+class EmbeddingsTable(pa.DataFrameModel):
+    """One CLIP embedding per distinct readable image of a project's groups."""
+
+    content_hash: Series[str] = pa.Field(unique=True, str_matches=HASH_PATTERN)
+    embedding: Series[object] = pa.Field(description="float32 vector of the model's size")
+    model_id: Series[str] = pa.Field(description="CLIP model and weights, e.g. ViT-B-32/openai")
+
+    @pa.check("embedding")
+    def finite_vectors_of_one_size(cls, embedding: Series[object]) -> Series[bool]:
+        sizes = embedding.map(len)
+        return (sizes == sizes.max()) & embedding.map(lambda v: bool(np.isfinite(v).all()))
+
+    @pa.check("model_id")
+    def one_model(cls, model_id: Series[str]) -> Series[bool]:
+        return model_id == model_id.iloc[0] if len(model_id) else model_id.notna()
+
+    class Config:
+        strict = True
+
+
+BOX = ["ai_crop_x1", "ai_crop_y1", "ai_crop_x2", "ai_crop_y2"]
+
+
+class PredictionsTable(pa.DataFrameModel):
+    """One row per group: the model version's pick, its confidence and its crop box."""
+
+    group_id: Series[str] = pa.Field(unique=True)
+    ai_selected_index: Series[pd.Int64Dtype] = pa.Field(
+        nullable=True, ge=0, lt=MAX_IMAGES, description="null: no member could be scored")
+    ai_confidence: Series[float] = pa.Field(
+        nullable=True, ge=0, le=1, description="softmax share of the pick; null: no scores")
+    ai_scores: Series[object] = pa.Field(description="ranker score per member, NaN: unscored")
+    ai_crop_x1: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    ai_crop_y1: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    ai_crop_x2: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    ai_crop_y2: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    model_version: Series[str]
+    ranker: Series[str] = pa.Field(description="architecture and checkpoint hash")
+    crop_proposer: Series[str]
+    embedding_model: Series[str] = pa.Field(nullable=True, description="null: none used")
+
+    @pa.dataframe_check
+    def boxes_are_ordered(cls, df: pd.DataFrame) -> Series[bool]:
+        box = df[BOX]
+        return box.isna().any(axis=1) | (
+            (box["ai_crop_x1"] <= box["ai_crop_x2"]) & (box["ai_crop_y1"] <= box["ai_crop_y2"]))
 
     class Config:
         strict = True

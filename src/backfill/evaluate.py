@@ -1,0 +1,97 @@
+"""How well a model version's predictions agree with the recovered decisions.
+
+Seed 003's measures: selection accuracy (the AI picked the image the person kept),
+anomaly accuracy (the same, on groups where the person kept a lower stage than the
+highest: the cases a "highest stage wins" rule gets wrong), crop accuracy (every
+coordinate of the AI's box within ``crop_tolerance`` of the final's) and mean IoU.
+Rejected groups have no kept image and count for none of them. Decisions flagged
+needs_review are left out unless asked for, since their truth may be wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from backfill.schemas import BOX
+
+TRUTH_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    crop_tolerance: float
+    include_needs_review: bool
+
+    @classmethod
+    def from_config(cls, cfg) -> EvalSettings:
+        return cls(float(cfg.crop_tolerance), bool(cfg.include_needs_review))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise intersection over union of [x1, y1, x2, y2] boxes; NaN boxes give 0."""
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = w * h
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+             + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = inter / union
+    return np.nan_to_num(out, nan=0.0)
+
+
+def crop_match(ai: np.ndarray, final: np.ndarray, tolerance: float) -> np.ndarray:
+    """Seed 003's crop_match: every coordinate within ``tolerance``; a missing box fails."""
+    return (np.abs(ai - final) <= tolerance).all(axis=1)
+
+
+def anomalies(truth: pd.DataFrame, groups: pd.DataFrame) -> pd.Series:
+    """Per truth row: the person kept a lower stage than the group's highest."""
+    n = truth["group_id"].map(groups.set_index("group_id")["n_images"])
+    return (truth["user_selected_index"] < n - 1).fillna(False).astype(bool)
+
+
+def _share(hits: pd.Series) -> float | None:
+    return float(hits.mean()) if len(hits) else None
+
+
+def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
+             settings: EvalSettings) -> dict:
+    """Counts and accuracies (None where there is nothing to measure)."""
+    t = truth.assign(anomaly=anomalies(truth, groups))
+    excluded = 0
+    if not settings.include_needs_review:
+        excluded = int(t["needs_review"].sum())
+        t = t[~t["needs_review"]]
+    t = t[t["user_selected_index"].notna()].merge(
+        predictions[["group_id", "ai_selected_index", *BOX]], on="group_id", how="left")
+    right = (t["ai_selected_index"] == t["user_selected_index"]).fillna(False).astype(bool)
+    boxed = t[TRUTH_BOX].notna().all(axis=1)
+    ai = t.loc[boxed, BOX].to_numpy(float)
+    final = t.loc[boxed, TRUTH_BOX].to_numpy(float)
+    overlap = iou(ai, final)
+    return {
+        "groups": int(len(truth)),
+        "excluded_needs_review": excluded,
+        "selection_n": int(len(t)),
+        "selection_accuracy": _share(right),
+        "anomaly_n": int(t["anomaly"].sum()),
+        "anomaly_accuracy": _share(right[t["anomaly"]]),
+        "crop_n": int(boxed.sum()),
+        "crop_accuracy": _share(pd.Series(crop_match(ai, final, settings.crop_tolerance))),
+        "mean_iou": float(overlap.mean()) if len(overlap) else None,
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def describe_metrics(m: dict) -> str:
+    iou_text = "n/a" if m["mean_iou"] is None else f"{m['mean_iou']:.3f}"
+    return (f"selection {_pct(m['selection_accuracy'])} of {m['selection_n']:,}, anomaly "
+            f"{_pct(m['anomaly_accuracy'])} of {m['anomaly_n']:,}, crop "
+            f"{_pct(m['crop_accuracy'])} of {m['crop_n']:,}, mean IoU {iou_text}")
