@@ -22,6 +22,22 @@ def small_project(tmp_path_factory) -> object:
     return make_project(tmp_path_factory.mktemp("small"), n_groups=12, seed=3, scale=0.1)
 
 
+def add_renders(folder: Path, when: str, seed: int = 5) -> list[Path]:
+    """Three new renders of one new picture (stages 1, 1.5, 2), saved 15 s apart, named
+    ``<when><seconds>_<stage label>.png`` with ``when`` = ``YYYYMMDD_HHMM``."""
+    import numpy as np
+
+    from backfill.synthetic import STAGE_LABELS, render_stages
+
+    images = render_stages(np.random.default_rng(seed), (1.0, 1.5, 2.0), 0.05, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (stage, img), seconds in zip(images.items(), ("00", "15", "30"), strict=True):
+        paths.append(folder / f"{when}{seconds}_{STAGE_LABELS[stage]}.png")
+        img.save(paths[-1])
+    return paths
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -43,6 +59,8 @@ def repo_copy(tmp_path) -> Path:
             shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst / item)
+    (dst / "data" / "models").mkdir(parents=True)  # the predict stages depend on it
+    (dst / "data" / "models" / "README.md").write_text("checkpoints\n")
     (dst / ".dvc").mkdir()
     shutil.copy2(REPO / ".dvc" / "config", dst / ".dvc" / "config")
     shutil.copy2(REPO / ".dvc" / ".gitignore", dst / ".dvc" / ".gitignore")

@@ -1,13 +1,14 @@
 """End to end: `backfill project add` + `dvc repro` in a throwaway copy of the repo."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
 import pytest
 
 from backfill.synthetic import make_project
-from conftest import run
+from conftest import add_renders, run
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +23,9 @@ def two_projects(repo_copy, tmp_path):
     truths = {}
     for name, seed in (("alpha", 1), ("beta", 2)):
         project = make_project(tmp_path / name, n_groups=8, seed=seed, scale=0.1)
+        # Random CLIP weights: the whole pipeline runs offline.
         run(["backfill", "project", "add", name, "--original-dir", str(project.original_dir),
-             "--final-dir", str(project.final_dir)], repo_copy)
+             "--final-dir", str(project.final_dir), "embed.pretrained=null"], repo_copy)
         truths[name] = project
     return repo_copy, truths
 
@@ -31,7 +33,8 @@ def two_projects(repo_copy, tmp_path):
 def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_projects):
     repo, truths = two_projects
     first = run(["dvc", "repro"], repo).stdout
-    assert first.count("Running stage") == 6
+    assert first.count("Running stage") == 10
+    assert "model ViT-B-32/random-seed0" in first and "model version 'baseline'" in first
     for name, project in truths.items():
         truth = pd.read_parquet(repo / "data" / name / "truth.parquet").set_index("group_id")
         for g in project.groups:
@@ -58,12 +61,35 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     # The same groups come out byte for byte, so extract is not run again.
     assert third.count("Running stage") == 1 and "group@alpha" in third
 
-    # A labelling tolerance re-labels one project without matching any image again.
+    # A labelling tolerance re-labels one project without matching any image again (and
+    # re-measures its predictions only if a label changed).
     conf.write_text(conf.read_text() + "extract:\n  approve_tolerance: 0.05\n")
     run(["backfill", "compose"], repo)
     assert stages_in_status(repo) == {"extract@alpha"}
     fourth = run(["dvc", "repro"], repo).stdout
-    assert fourth.count("Running stage") == 1 and "pairs: 0 matched" in fourth
+    assert "Running stage 'extract@alpha'" in fourth and "pairs: 0 matched" in fourth
+    assert not {"scan", "group", "embed"} & set(re.findall(r"Running stage '(\w+)@", fourth))
+
+
+def test_new_renders_are_the_only_ones_embedded_and_a_trained_version_runs_by_exp(
+        two_projects):
+    repo, projects = two_projects
+    run(["dvc", "repro"], repo)
+    alpha = projects["alpha"].original_dir
+    add_renders(alpha / "new", "20991231_2359")
+    out = run(["dvc", "repro"], repo).stdout
+    assert "3 embedded" in out and "Running stage 'embed@beta'" not in out
+
+    run(["backfill", "train", "t1", "--projects", "alpha", "beta", "ranker.epochs=2",
+         "crop.epochs=2"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "trained t1"], repo)
+    out = run(["dvc", "exp", "run", "-S", "model@projects.alpha.model=t1"], repo).stdout
+    assert "Running stage 'predict@alpha'" in out and "Running stage 'embed" not in out
+    metrics = json.loads((repo / "data" / "alpha" / "model_metrics.json").read_text())
+    assert metrics["model_version"] == "t1"
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "t1" in json.dumps(shown)
 
 
 def test_a_stage_refuses_stale_params_and_says_what_to_run(two_projects):

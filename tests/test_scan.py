@@ -11,7 +11,9 @@ from PIL import Image
 
 from backfill.scan import ScanSettings, scan_project
 from backfill.schemas import ScanTable
+from backfill.synthetic import make_project
 from backfill.tables import ContractError, write_table
+from conftest import add_renders
 
 SETTINGS = ScanSettings(
     frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "Thumbs.db", "._*"), True, 4
@@ -145,6 +147,20 @@ def test_warm_scan_reads_nothing_and_changed_files_are_read_again(small_project,
     before = cold.table.set_index(["source", "rel_path"]).content_hash
     after = again.table.set_index(["source", "rel_path"]).content_hash
     assert (before.fillna("") != after.fillna("")).sum() == 1
+
+
+def test_new_renders_among_cached_files_are_read_alone(tmp_path):
+    # New renders among files the cache answers, with files in error read again beside
+    # them: this once crashed on the cache's nullable integer columns.
+    project = make_project(tmp_path / "p", n_groups=8, seed=1, scale=0.1)
+    roots = {"original": project.original_dir, "final": project.final_dir}
+    cold = scan(roots, tmp_path / "cache")
+    added = add_renders(project.original_dir / "new", "20991231_2359")
+    warm = scan(roots, tmp_path / "cache")
+    errors = int((cold.table.status == "error").sum())
+    assert warm.probed == len(added) + errors and len(warm.table) == len(cold.table) + 3
+    new = warm.table[warm.table.rel_path.str.startswith("new/")]
+    assert new.width.notna().all() and new.content_hash.notna().all()
 
 
 def test_scan_table_is_written_byte_for_byte_repeatably(small_project, tmp_path):

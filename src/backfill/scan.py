@@ -203,6 +203,9 @@ def scan_project(
         rows = cache.lookup(found)
         misses = rows["status"].isna()
         if misses.any():
+            # As objects: pandas cannot set a slice of the cache's nullable integer
+            # columns from a frame with another index; finish_table types them again.
+            rows = rows.astype(dict.fromkeys(KNOWN, object))
             rows.loc[misses, KNOWN] = describe_all(rows[misses], settings.workers, source)
         files = rows["problem"].isna()
         cache.update(rows[files], described=bool(misses.any()))
