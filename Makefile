@@ -19,7 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	backfill demo generate
 	backfill compose
-	dvc repro extract@demo
+	dvc repro predict@demo
 	backfill summary demo
 
 test: $(STAMP)
@@ -31,6 +31,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	python benchmarks/bench_scan.py
 	python benchmarks/bench_extract.py
+	python benchmarks/bench_embed.py
 
 clean-demo:
 	rm -rf data/demo

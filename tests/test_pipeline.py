@@ -6,6 +6,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 from backfill.synthetic import make_project
 from conftest import add_renders, run
@@ -122,3 +123,18 @@ def test_dvc_exp_run_composes_through_hydra_and_reruns_only_group(two_projects):
     assert "lookahead: 10" in params
     # The stage trusts params.yaml written by DVC's own composition.
     run(["backfill", "group", "alpha"], repo)
+
+
+def test_train_as_a_dvc_stage_has_exact_deps_and_feeds_predict(two_projects):
+    repo, _ = two_projects
+    out = run(["backfill", "train", "v9", "--projects", "alpha", "--stage",
+               "ranker.epochs=3"], repo).stdout
+    assert "added stage train-v9" in out
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train-v9"]
+    assert "data/alpha/truth.parquet" in stage["deps"]
+    assert "data/beta/truth.parquet" not in stage["deps"]
+    assert stage["cmd"] == "backfill train v9 --force --projects alpha ranker.epochs=3"
+    assert stage["params"] == ["train"]
+    # The predictions depend on data/models, so a retrained version re-runs them.
+    dag = run(["dvc", "dag", "--dot"], repo).stdout
+    assert '"train-v9" -> "predict@alpha"' in dag, dag

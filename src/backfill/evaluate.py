@@ -86,12 +86,12 @@ def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFram
     }
 
 
-def _pct(x: float | None) -> str:
+def percent(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
 
 
 def describe_metrics(m: dict) -> str:
     iou_text = "n/a" if m["mean_iou"] is None else f"{m['mean_iou']:.3f}"
-    return (f"selection {_pct(m['selection_accuracy'])} of {m['selection_n']:,}, anomaly "
-            f"{_pct(m['anomaly_accuracy'])} of {m['anomaly_n']:,}, crop "
-            f"{_pct(m['crop_accuracy'])} of {m['crop_n']:,}, mean IoU {iou_text}")
+    return (f"selection {percent(m['selection_accuracy'])} of {m['selection_n']:,}, anomaly "
+            f"{percent(m['anomaly_accuracy'])} of {m['anomaly_n']:,}, crop "
+            f"{percent(m['crop_accuracy'])} of {m['crop_n']:,}, mean IoU {iou_text}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import json
 
+import pandas as pd
+import pyarrow.parquet as pq
+
+from backfill.evaluate import percent
 from backfill.project import Project
 
 
@@ -61,4 +65,22 @@ def summarize(project: Project) -> str:
         roles = finals["role"].value_counts()
         rows += [(f"finals {r}", int(roles.get(r, 0))) for r in ("kept", "copy", "extra", "orphan")]
         lines += _section("extract", rows)
+    embeddings_path = project.output("embeddings")
+    if embeddings_path.exists():
+        model = pq.read_table(embeddings_path, columns=["model_id"]).column(0)
+        rows = [("images embedded", len(model))]
+        rows += [("model", model[0].as_py() if len(model) else "-")]
+        lines += _section("embed", rows)
+    metrics_path = project.out_dir / "model_metrics.json"
+    if metrics_path.exists():
+        m = json.loads(metrics_path.read_text())
+        def share(key: str, n: str) -> str:
+            return f"{percent(m[key])} of {m[n]:,}"
+
+        iou = "n/a" if m["mean_iou"] is None else f"{m['mean_iou']:.3f}"
+        lines += _section(f"predict (model version {m['model_version']})", [
+            ("selection accuracy", share("selection_accuracy", "selection_n")),
+            ("anomaly accuracy", share("anomaly_accuracy", "anomaly_n")),
+            ("crop accuracy", share("crop_accuracy", "crop_n")),
+            ("mean IoU", iou)])
     return "\n".join(lines)
