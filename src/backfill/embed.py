@@ -82,6 +82,7 @@ def embed_files(paths: list[Path], model, preprocess, device: str, settings: Cli
             out = model.encode_image(x).float().cpu().numpy()
         return [(i, out[k], None) for k, (i, _) in enumerate(batch)]
 
+    cv2.setNumThreads(1 if settings.workers > 1 else -1)  # the decode threads share the cores
     batch: list[tuple[int, object]] = []
     for i, tensor, error in prefetch(prepare, enumerate(paths), settings.workers,
                                      2 * settings.batch_size):
