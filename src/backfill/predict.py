@@ -67,9 +67,9 @@ def predict_groups(groups: pd.DataFrame, embeddings: pd.DataFrame, version: Mode
                if len(embeddings) else np.zeros((0, 1), np.float32))
     has = m["row"].to_numpy() >= 0
     if version.ranker.learned:
-        net = build(version.ranker, vectors.shape[1], 1, sigmoid=False)
-        scores = np.full(len(m), np.nan)
+        scores = np.full(len(m), np.nan)  # NaN: a member without an embedding
         if has.any():
+            net = build(version.ranker, vectors.shape[1], 1, sigmoid=False)
             x = normalise(vectors[m.loc[has, "row"]], version.ranker.normalization)
             with torch.inference_mode():
                 scores[has] = net(torch.from_numpy(x)).squeeze(1).double().numpy()
