@@ -109,13 +109,13 @@ def _add_train_stage(root: Path, args: argparse.Namespace, projects: list) -> in
     import shlex
     import subprocess
 
-    deps = [f"data/{p.name}/{t}.parquet" for p in projects
-            for t in ("truth", "groups", "embeddings")]
+    code = [f"src/backfill/{m}.py" for m in ("train", "models", "predict", "evaluate")]
+    deps = code + [f"data/{p.name}/{t}.parquet" for p in projects
+                   for t in ("truth", "groups", "embeddings")]
     cmd = ["backfill", "train", args.name, "--force", "--projects",
            *[p.name for p in projects], *args.overrides]
     dvc = ["dvc", "stage", "add", "--force", "-n", f"train-{args.name}",
-           *[a for d in ["src/backfill/train.py", "src/backfill/models.py", *deps]
-             for a in ("-d", d)],
+           *[a for d in deps for a in ("-d", d)],
            "-p", "train", "-o", f"data/models/{args.name}",
            "-O", f"conf/model/{args.name}.yaml", shlex.join(cmd)]
     proc = subprocess.run(dvc, cwd=root, capture_output=True, text=True)

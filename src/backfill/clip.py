@@ -51,8 +51,10 @@ class ClipSettings:
 
 
 def _looks_like_path(pretrained: str) -> bool:
-    return "/" in pretrained and not pretrained.startswith("hf-hub:") or \
-        pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    """A local checkpoint rather than a tag (openai) or a hub id (hf-hub:org/repo)."""
+    if pretrained.startswith("hf-hub:"):
+        return False
+    return "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def weights_tag(pretrained: str | None, seed: int) -> str:

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
+from backfill.schemas import CROP_BOX
+
 FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
 
 
@@ -90,7 +91,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
         "original_height": df["original_height"].astype("Int64"),
         "final_path": df["final_path"],
         "final_copies": df["final_copies"].astype("int64"),
-        **{c: box[c].where(kept) for c in BOX},
+        **{c: box[c].where(kept) for c in CROP_BOX},
         "scale": df["scale"].astype("float64"),
         "confidence": confidence,
         "support": df["support"].astype("float64"),

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from backfill.schemas import BOX
-
-TRUTH_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
+from backfill.schemas import BOX, CROP_BOX
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,9 @@ def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFram
     t = t[t["user_selected_index"].notna()].merge(
         predictions[["group_id", "ai_selected_index", *BOX]], on="group_id", how="left")
     right = (t["ai_selected_index"] == t["user_selected_index"]).fillna(False).astype(bool)
-    boxed = t[TRUTH_BOX].notna().all(axis=1)
+    boxed = t[CROP_BOX].notna().all(axis=1)
     ai = t.loc[boxed, BOX].to_numpy(float)
-    final = t.loc[boxed, TRUTH_BOX].to_numpy(float)
+    final = t.loc[boxed, CROP_BOX].to_numpy(float)
     overlap = iou(ai, final)
     return {
         "groups": int(len(truth)),

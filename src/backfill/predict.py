@@ -110,9 +110,8 @@ def predict_groups(groups: pd.DataFrame, embeddings: pd.DataFrame, version: Mode
     out["model_version"] = version.name
     out["ranker"] = describe(version.ranker)
     out["crop_proposer"] = describe(version.crop)
-    out["embedding_model"] = version.embedding_model if version.needs_embeddings else None
-    out["embedding_model"] = out["embedding_model"].astype("str").where(
-        out["embedding_model"].notna(), None)
+    used = version.embedding_model if version.needs_embeddings else None
+    out["embedding_model"] = pd.Series([used] * len(out), dtype="str")
     return out.sort_values("group_id").reset_index(drop=True)
 
 

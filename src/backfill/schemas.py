@@ -96,6 +96,7 @@ class UngroupedTable(pa.DataFrameModel):
 
 
 ACTIONS = ["approve", "crop", "reject"]
+CROP_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the truth's box, normalised
 ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 
@@ -132,7 +133,7 @@ class TruthTable(pa.DataFrameModel):
 
     @pa.dataframe_check
     def boxes_are_ordered(cls, df: pd.DataFrame) -> Series[bool]:
-        box = df[["crop_x1", "crop_y1", "crop_x2", "crop_y2"]]
+        box = df[CROP_BOX]
         ordered = (box["crop_x1"] < box["crop_x2"]) & (box["crop_y1"] < box["crop_y2"])
         return box.isna().any(axis=1) | ordered
 

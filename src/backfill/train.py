@@ -10,6 +10,7 @@ the held-out figures are measured exactly as ``compare`` measures any version. O
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,8 @@ from backfill.models import (
 )
 from backfill.predict import predict_groups
 from backfill.project import NAME_PATTERN, ConfigError, Project
-from backfill.schemas import EmbeddingsTable, GroupsTable, TruthTable
+from backfill.schemas import CROP_BOX, EmbeddingsTable, GroupsTable, TruthTable
 from backfill.tables import read_table
-
-TRUTH_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]
 
 
 @dataclass
@@ -49,6 +48,11 @@ class Dataset:
     @property
     def embedding_model(self) -> str:
         return str(self.embeddings["model_id"].iloc[0])
+
+    def row_of(self) -> dict[str, int]:
+        """Content hash -> its row in ``embeddings``."""
+        return dict(zip(self.embeddings["content_hash"], range(len(self.embeddings)),
+                        strict=True))
 
 
 def load_dataset(projects: list[Project]) -> Dataset:
@@ -95,8 +99,7 @@ def _usable(truth: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
 def ranker_pairs(data: Dataset, truth: pd.DataFrame, anomaly_weight: float
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(winner rows, loser rows, weights): the kept image against each other member."""
-    row_of = dict(zip(data.embeddings["content_hash"], range(len(data.embeddings)),
-                      strict=True))
+    row_of = data.row_of()
     hashes = data.groups.set_index("group_id")["content_hashes"]
     weights = np.where(anomalies(truth, data.groups), anomaly_weight, 1.0)
     win, lose, w = [], [], []
@@ -116,13 +119,12 @@ def ranker_pairs(data: Dataset, truth: pd.DataFrame, anomaly_weight: float
 def crop_samples(data: Dataset, truth: pd.DataFrame, actions: list[str]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(embedding rows, widths, heights, boxes) of the kept images that teach the crop."""
-    t = truth[truth["user_action"].isin(actions) & truth[TRUTH_BOX].notna().all(axis=1)]
-    row_of = dict(zip(data.embeddings["content_hash"], range(len(data.embeddings)),
-                      strict=True))
+    t = truth[truth["user_action"].isin(actions) & truth[CROP_BOX].notna().all(axis=1)]
+    row_of = data.row_of()
     g = data.groups.set_index("group_id")
     rows, widths, heights, boxes = [], [], [], []
     for gid, kept, box in zip(t["group_id"], t["user_selected_index"],
-                              t[TRUTH_BOX].to_numpy(float), strict=True):
+                              t[CROP_BOX].to_numpy(float), strict=True):
         r = row_of.get(g.at[gid, "content_hashes"][int(kept)])
         if r is not None:
             rows.append(r)
@@ -131,6 +133,19 @@ def crop_samples(data: Dataset, truth: pd.DataFrame, actions: list[str]
             boxes.append(box)
     return (np.array(rows, dtype=int), np.array(widths, float), np.array(heights, float),
             np.array(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic torch kernels while training; as it was before, afterwards."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _steps(n: int, batch_size: int, epochs: int, generator):
@@ -243,7 +258,7 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
                             cfg.ranker.dropout, cfg.ranker.normalization)
     crop_spec = ModelSpec("mlp", out / "crop_proposer.pt", tuple(cfg.crop.hidden),
                           cfg.crop.dropout, cfg.crop.normalization, cfg.crop.size_divisor)
-    with _deterministic(torch):
+    with deterministic():
         ranker = fit_ranker(vectors, pairs, ranker_spec, cfg.ranker, cfg.seed)
         crop = fit_crop(crop_inputs(vectors[rows], widths, heights, crop_spec), boxes,
                         crop_spec, cfg.crop, cfg.seed)
@@ -275,17 +290,3 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(version_yaml(name, data.embedding_model, cfg, list(data.projects)))
     return TrainResult(version, metadata, config_path)
-
-
-class _deterministic:
-    """Deterministic torch kernels while training, as it was before afterwards."""
-
-    def __init__(self, torch) -> None:
-        self.torch = torch
-
-    def __enter__(self) -> None:
-        self.before = self.torch.are_deterministic_algorithms_enabled()
-        self.torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc) -> None:
-        self.torch.use_deterministic_algorithms(self.before)
