@@ -1,0 +1,127 @@
+"""The decision DB the person's tools read: seed 003's v3 schema, in one place.
+
+Table ``ai_decisions`` with exactly seed 003's columns and CHECKs, its six indexes and
+three views; and ``backfill_provenance``, a side table (keyed by group_id) for what the
+schema has no column for, so the person's tools never see a column they do not know.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+COLUMNS = [
+    "group_id", "timestamp", "project_id", "directory", "batch_number", "images",
+    "ai_selected_index", "ai_crop_coords", "ai_confidence", "user_selected_index",
+    "user_action", "ai_crop_accepted", "final_crop_coords", "crop_timestamp",
+    "image_width", "image_height", "selection_match", "crop_match",
+]
+TIMESTAMPS = ["timestamp", "crop_timestamp"]
+DERIVED = ["selection_match", "crop_match"]  # recomputed from the final values
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS ai_decisions (
+    group_id TEXT PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    directory TEXT,
+    batch_number INTEGER,
+    images TEXT NOT NULL,
+    ai_selected_index INTEGER,
+    ai_crop_coords TEXT,
+    ai_confidence REAL,
+    user_selected_index INTEGER NOT NULL,
+    user_action TEXT NOT NULL,
+    ai_crop_accepted BOOLEAN,
+    final_crop_coords TEXT,
+    crop_timestamp TEXT,
+    image_width INTEGER NOT NULL,
+    image_height INTEGER NOT NULL,
+    selection_match BOOLEAN,
+    crop_match BOOLEAN,
+    CHECK(user_action IN ('approve', 'crop', 'reject')),
+    CHECK(ai_selected_index >= 0 AND ai_selected_index <= 3),
+    CHECK(user_selected_index >= 0 AND user_selected_index <= 3),
+    CHECK(ai_confidence IS NULL OR (ai_confidence >= 0.0 AND ai_confidence <= 1.0)),
+    CHECK(image_width > 0 AND image_height > 0)
+)"""
+
+INDEXES = {
+    "idx_project_id": "project_id",
+    "idx_timestamp": "timestamp",
+    "idx_selection_match": "selection_match",
+    "idx_crop_match": "crop_match",
+    "idx_user_action": "user_action",
+    "idx_batch_number": "batch_number",
+}
+
+VIEWS = {
+    # Per project: how often the AI's pick and crop agreed with the person (reject rows
+    # have NULL matches and count for neither).
+    "ai_performance": """
+        SELECT project_id,
+               COUNT(*) AS total_decisions,
+               SUM(user_action = 'approve') AS approved,
+               SUM(user_action = 'crop') AS cropped,
+               SUM(user_action = 'reject') AS rejected,
+               COUNT(selection_match) AS selection_measured,
+               SUM(selection_match = 1) AS selection_correct,
+               ROUND(100.0 * SUM(selection_match = 1) / NULLIF(COUNT(selection_match), 0), 1)
+                   AS selection_accuracy_pct,
+               COUNT(crop_match) AS crop_measured,
+               SUM(crop_match = 1) AS crop_correct,
+               ROUND(100.0 * SUM(crop_match = 1) / NULLIF(COUNT(crop_match), 0), 1)
+                   AS crop_accuracy_pct
+        FROM ai_decisions GROUP BY project_id""",
+    # Marked for cropping, crop not done yet.
+    "incomplete_crops": """
+        SELECT group_id, project_id, timestamp, images, user_selected_index
+        FROM ai_decisions
+        WHERE user_action = 'crop' AND (final_crop_coords IS NULL OR crop_timestamp IS NULL)""",
+    # Where the AI picked another image or proposed another crop: hard examples.
+    "ai_mistakes": """
+        SELECT group_id, project_id, timestamp, images, ai_selected_index,
+               user_selected_index, ai_crop_coords, final_crop_coords, user_action,
+               selection_match, crop_match
+        FROM ai_decisions WHERE selection_match = 0 OR crop_match = 0""",
+}
+
+PROVENANCE = """
+CREATE TABLE IF NOT EXISTS backfill_provenance (
+    group_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,  -- production | backfill | merged
+    backfill_group_id TEXT,
+    final_path TEXT,
+    match_method TEXT,
+    match_confidence REAL,
+    needs_review BOOLEAN,
+    review_reason TEXT,
+    model_version TEXT,
+    ranker TEXT,
+    crop_proposer TEXT,
+    embedding_model TEXT
+)"""
+PROVENANCE_COLUMNS = [
+    "group_id", "source", "backfill_group_id", "final_path", "match_method",
+    "match_confidence", "needs_review", "review_reason", "model_version", "ranker",
+    "crop_proposer", "embedding_model",
+]
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """The v3 schema, its indexes and views, and the provenance table (idempotent)."""
+    conn.execute(TABLE)
+    for name, column in INDEXES.items():
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON ai_decisions({column})")
+    for name, body in VIEWS.items():
+        conn.execute(f"CREATE VIEW IF NOT EXISTS {name} AS {body}")
+    conn.execute(PROVENANCE)
+
+
+def table_columns(conn: sqlite3.Connection, table: str = "ai_decisions") -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection: the production DB is never written by a pipeline stage."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)

@@ -1,0 +1,137 @@
+"""merge: backfilled v3 rows and seed 000's merge rules, cell by cell."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from backfill.decisiondb import COLUMNS, INDEXES, VIEWS, create
+from backfill.merge import MergeSettings, match_rows, plan_merge, with_matches
+
+SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
+
+
+def row(gid: str, images: list[str], **values) -> dict:
+    base = dict.fromkeys(COLUMNS)
+    base.update({"group_id": gid, "timestamp": "2025-10-01T10:00:00Z", "project_id": "p",
+                 "images": json.dumps(images), "user_selected_index": 0,
+                 "user_action": "approve", "image_width": 832, "image_height": 1216})
+    base.update(values)
+    return base
+
+
+def frame(*rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def test_the_schema_has_seed_003s_columns_checks_indexes_and_views(tmp_path):
+    conn = sqlite3.connect(tmp_path / "d.db")
+    create(conn)
+    assert [r[1] for r in conn.execute("PRAGMA table_info(ai_decisions)")] == COLUMNS
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert set(INDEXES) | set(VIEWS) <= names
+    with pytest.raises(sqlite3.IntegrityError):  # the old scripts' 'skip' is refused
+        conn.execute("INSERT INTO ai_decisions (group_id, timestamp, project_id, images, "
+                     "user_selected_index, user_action, image_width, image_height) VALUES "
+                     "('g', 't', 'p', '[]', 0, 'skip', 1, 1)")
+
+
+def test_matches_are_one_to_one_by_file_name_and_ambiguity_is_left_alone():
+    back = frame(row("b1", ["a.png", "b.png"]), row("b2", ["c.png"]), row("b3", ["d.png"]),
+                 row("b4", ["e.png"]))
+    prod = frame(row("p1", ["b.png"]), row("p2", ["c.png"]), row("p3", ["c.png", "x.png"]),
+                 row("p4", ["d.png", "e.png"]))
+    m = match_rows(back, prod)
+    assert m.pairs.values.tolist() == [["b1", "p1"]]
+    assert set(m.conflicts["group_id"]) == {"b2", "p4"}  # b2 -> 2 rows; p4 <- 2 groups
+
+
+def test_merge_fills_nulls_corrects_coordinates_and_never_touches_timestamps_or_ai():
+    back = frame(
+        row("b1", ["a.png"], user_action="crop", final_crop_coords="[0.1, 0.1, 0.5, 0.5]",
+            crop_timestamp="2026-01-01T00:00:00Z", ai_selected_index=1,
+            ai_crop_coords="[0.0, 0.0, 1.0, 1.0]", timestamp="2026-01-01T00:00:00Z"),
+        row("b2", ["c.png"], user_action="crop", final_crop_coords="[0.2, 0.2, 0.6, 0.6]",
+            ai_selected_index=0, ai_confidence=0.9, directory="d"),
+        row("b3", ["new.png"], user_action="reject"),
+    )
+    prod = frame(
+        row("p1", ["a.png"], user_action="crop", final_crop_coords="[0.1, 0.1, 0.505, 0.5]",
+            crop_timestamp="2025-10-01T10:05:00Z", ai_selected_index=0,
+            ai_crop_coords="[0.1, 0.1, 0.5, 0.5]"),
+        row("p2", ["c.png"], user_action="crop", final_crop_coords="[0.2, 0.2, 0.9, 0.6]",
+            ai_selected_index=None),
+    )
+    plan = plan_merge(back, prod, SETTINGS)
+    merged = plan.merged.set_index("group_id")
+    # p1: within 1%: coordinates kept; its timestamps and AI prediction are preserved.
+    assert merged.loc["p1", "final_crop_coords"] == "[0.1, 0.1, 0.505, 0.5]"
+    assert merged.loc["p1", "crop_timestamp"] == "2025-10-01T10:05:00Z"
+    assert merged.loc["p1", "timestamp"] == "2025-10-01T10:00:00Z"
+    assert merged.loc["p1", "ai_selected_index"] == 0
+    # p2: coordinates 30% off are corrected; NULL AI fields and directory are filled.
+    assert merged.loc["p2", "final_crop_coords"] == "[0.2, 0.2, 0.6, 0.6]"
+    assert merged.loc["p2", "ai_selected_index"] == 0 and merged.loc["p2", "directory"] == "d"
+    assert merged.loc["p2", "selection_match"] is True
+    assert merged.loc["b3", "user_action"] == "reject"  # a new group is added
+    rules = plan.changes.groupby("rule").size().to_dict()
+    assert rules["corrected"] == 1 and rules["added"] == 1
+    filled = set(plan.changes.loc[plan.changes["rule"] == "filled", "column"])
+    assert {"ai_selected_index", "ai_confidence", "directory"} <= filled
+    assert "crop_timestamp" not in set(plan.changes.loc[plan.changes["group_id"] == "p1",
+                                                        "column"])
+    assert plan.summary().startswith("Added 1 new records, filled ")
+    assert "corrected 1, preserved 3 timestamps" in plan.summary()
+
+
+def test_match_flags_are_null_for_rejects_and_five_percent_per_coordinate():
+    rows = frame(
+        row("a", ["a"], user_action="crop", ai_selected_index=0,
+            ai_crop_coords="[0.1, 0.1, 0.5, 0.5]", final_crop_coords="[0.14, 0.1, 0.5, 0.5]"),
+        row("b", ["b"], user_action="crop", ai_selected_index=1,
+            ai_crop_coords="[0.1, 0.1, 0.5, 0.5]", final_crop_coords="[0.16, 0.1, 0.5, 0.5]"),
+        row("c", ["c"], user_action="reject", ai_selected_index=0),
+    )
+    out = with_matches(rows, SETTINGS).set_index("group_id")
+    assert out.loc["a", "crop_match"] is True and out.loc["b", "crop_match"] is False
+    assert out.loc["b", "selection_match"] is False
+    assert out.loc["c", "selection_match"] is None and out.loc["c", "crop_match"] is None
+
+
+def test_backfilled_rows_of_a_generated_project_fit_the_v3_schema(tmp_path):
+    from omegaconf import OmegaConf
+
+    from backfill.extract import ExtractSettings, extract_project
+    from backfill.group import GroupSettings, group_table
+    from backfill.merge import backfill_rows
+    from backfill.scan import ScanSettings, scan_project
+    from backfill.synthetic import make_project
+    from conftest import REPO
+
+    cfg = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
+    gen = make_project(tmp_path / "p", n_groups=16, seed=4, scale=0.05)
+    scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
+                        ScanSettings.from_config(cfg.scan), tmp_path / "c").table
+    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    truth = extract_project(groups, scan, ungrouped, ExtractSettings.from_config(cfg.extract),
+                            gen.original_dir, gen.final_dir, tmp_path / "c").truth
+    rows, prov = backfill_rows("p", groups, truth, scan, None, SETTINGS)
+    assert len(rows) == len(groups) == len(prov)
+    by_id = rows.set_index("group_id")
+    for g in gen.groups:
+        r = by_id.loc[f"p_group_{g.first_timestamp}"]
+        assert r.user_action == g.action
+        if g.kept_index is None:  # reject: no AI pick here, so index 0; no match flags
+            assert r.user_selected_index == 0 and pd.isna(r.selection_match)
+        else:
+            assert r.user_selected_index == g.kept_index
+        assert pd.notna(r.final_crop_coords) == (g.kept_index is not None)
+    assert rows["ai_selected_index"].isna().all()  # no predictions: AI columns NULL
+    conn = sqlite3.connect(tmp_path / "d.db")
+    create(conn)
+    conn.executemany(f"INSERT INTO ai_decisions VALUES ({', '.join('?' * len(COLUMNS))})",
+                     rows.astype(object).where(rows.notna(), None).itertuples(index=False))
+    assert conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0] == len(groups)
