@@ -249,10 +249,11 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame,
                        ignore_index=True)
     # The flags follow the merged values; rows whose flags change get a plan row too.
     recomputed = with_matches(merged, settings)
+    new_ids = set(added["group_id"])
     for col in DERIVED:
         before, after = merged[col], recomputed[col]
         for gid, b, a in zip(merged["group_id"], before, after, strict=True):
-            if gid in set(added["group_id"]):
+            if gid in new_ids:
                 continue
             if _norm(b) != _norm(a):
                 changes.append((gid, col, _enc(_norm(b)), _enc(_norm(a)), "recomputed"))
