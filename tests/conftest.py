@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +21,27 @@ BIN = Path(sys.executable).parent  # the venv's bin: backfill and dvc live here
 def small_project(tmp_path_factory) -> object:
     """A generated project shared by read-only tests (12 groups, every bad-file kind)."""
     return make_project(tmp_path_factory.mktemp("small"), n_groups=12, seed=3, scale=0.1)
+
+
+@pytest.fixture(scope="session")
+def recovered(tmp_path_factory) -> SimpleNamespace:
+    """A generated project (30 groups) taken through scan, group and extract: the
+    backfill side of a merge, with the generator's truth beside it."""
+    from omegaconf import OmegaConf
+
+    from backfill.extract import ExtractSettings, extract_project
+    from backfill.group import GroupSettings, group_table
+    from backfill.scan import ScanSettings, scan_project
+
+    root = tmp_path_factory.mktemp("recovered")
+    cfg = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
+    gen = make_project(root / "p", n_groups=30, seed=4, scale=0.05)
+    scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
+                        ScanSettings.from_config(cfg.scan), root / "cache").table
+    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    truth = extract_project(groups, scan, ungrouped, ExtractSettings.from_config(cfg.extract),
+                            gen.original_dir, gen.final_dir, root / "cache").truth
+    return SimpleNamespace(gen=gen, scan=scan, groups=groups, truth=truth, cfg=cfg)
 
 
 def add_renders(folder: Path, when: str, seed: int = 5) -> list[Path]:

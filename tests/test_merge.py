@@ -101,24 +101,11 @@ def test_match_flags_are_null_for_rejects_and_five_percent_per_coordinate():
     assert out.loc["c", "selection_match"] is None and out.loc["c", "crop_match"] is None
 
 
-def test_backfilled_rows_of_a_generated_project_fit_the_v3_schema(tmp_path):
-    from omegaconf import OmegaConf
-
-    from backfill.extract import ExtractSettings, extract_project
-    from backfill.group import GroupSettings, group_table
+def test_backfilled_rows_of_a_generated_project_fit_the_v3_schema(tmp_path, recovered):
     from backfill.merge import backfill_rows
-    from backfill.scan import ScanSettings, scan_project
-    from backfill.synthetic import make_project
-    from conftest import REPO
 
-    cfg = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
-    gen = make_project(tmp_path / "p", n_groups=16, seed=4, scale=0.05)
-    scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
-                        ScanSettings.from_config(cfg.scan), tmp_path / "c").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
-    truth = extract_project(groups, scan, ungrouped, ExtractSettings.from_config(cfg.extract),
-                            gen.original_dir, gen.final_dir, tmp_path / "c").truth
-    rows, prov = backfill_rows("p", groups, truth, scan, None, SETTINGS)
+    gen, groups = recovered.gen, recovered.groups
+    rows, prov = backfill_rows("p", groups, recovered.truth, recovered.scan, None, SETTINGS)
     assert len(rows) == len(groups) == len(prov)
     by_id = rows.set_index("group_id")
     for g in gen.groups:

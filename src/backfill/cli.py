@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from backfill.decisiondb import DecisionDBError
 from backfill.project import ConfigError, find_root, load_project, write_params
 from backfill.tables import ContractError
 
@@ -36,7 +37,8 @@ def cmd_project_add(args: argparse.Namespace) -> int:
     path = add_project(
         root, args.name, _config_path(args.original_dir, root), _config_path(args.final_dir, root),
         _config_path(args.real_db, root) if args.real_db else None, args.overrides, args.force,
-        args.model,
+        args.model, _config_path(args.legacy_csv, root) if args.legacy_csv else None,
+        _config_path(args.review_dir, root) if args.review_dir else None,
     )
     print(f"added project '{args.name}': {path.relative_to(root)}; params.yaml composed.")
     print(f"next: `dvc repro` (or only this project: `dvc repro group@{args.name}`)")
@@ -58,6 +60,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     stage = importlib.import_module(f"backfill.{args.stage}")
     print(stage.run(load_project(args.name)))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from backfill.publish import run_publish
+
+    print(run_publish(load_project(args.name), args.dry_run))
     return 0
 
 
@@ -181,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--original-dir", required=True, help="folder of all renders, any depth")
     p.add_argument("--final-dir", required=True, help="folder of the kept (final) images")
     p.add_argument("--real-db", help="the project's production SQLite DB, if any")
+    p.add_argument("--legacy-csv", help="its legacy {project}_decisions.csv log, if any")
+    p.add_argument("--review-dir", help="folder holding its crop_auto/ and selected/ "
+                                        "folders (.decision sidecars), if any")
     p.add_argument("--model", default="baseline",
                    help="model version whose predictions are recorded (conf/model/)")
     p.add_argument("--force", action="store_true", help="replace an existing project config")
@@ -194,10 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
                         ("group", "group renders by the nearest-up rule"),
                         ("extract", "recover each group's decision from the final folder"),
                         ("embed", "CLIP embeddings of every grouped image (cached)"),
-                        ("predict", "the model version's picks and crops, and its accuracy")]:
+                        ("predict", "the model version's picks and crops, and its accuracy"),
+                        ("merge", "plan the merge into the production DB; write the merged DB")]:
         p = sub.add_parser(stage, help=f"stage: {text} (run by `dvc repro`)")
         p.add_argument("name", help="project name")
         p.set_defaults(func=cmd_stage, stage=stage)
+
+    p = sub.add_parser("publish", help="apply the merge plan to the production DB "
+                                       "(backup first, one transaction)")
+    p.add_argument("name", help="project name")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("train", help="train a new model version from recovered decisions")
     p.add_argument("name", help="version name: writes data/models/NAME/, conf/model/NAME.yaml")
@@ -245,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"backfill: error: {exc}", file=sys.stderr)
         return 2
-    except ContractError as exc:
+    except (ContractError, DecisionDBError) as exc:
         print(f"backfill: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
+
 COLUMNS = [
     "group_id", "timestamp", "project_id", "directory", "batch_number", "images",
     "ai_selected_index", "ai_crop_coords", "ai_confidence", "user_selected_index",
@@ -17,6 +19,7 @@ COLUMNS = [
     "image_width", "image_height", "selection_match", "crop_match",
 ]
 TIMESTAMPS = ["timestamp", "crop_timestamp"]
+ACTIONS = ["approve", "crop", "reject"]
 DERIVED = ["selection_match", "crop_match"]  # recomputed from the final values
 
 TABLE = """
@@ -125,3 +128,83 @@ def table_columns(conn: sqlite3.Connection, table: str = "ai_decisions") -> list
 def open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection: the production DB is never written by a pipeline stage."""
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+# Columns an older DB may lack and that can be added in place (nullable, no default).
+ADDABLE = {"ai_crop_accepted": "BOOLEAN", "crop_timestamp": "TEXT", "selection_match": "BOOLEAN",
+           "crop_match": "BOOLEAN", "batch_number": "INTEGER", "directory": "TEXT"}
+
+
+class DecisionDBError(Exception):
+    """A decision DB that cannot be used as asked; the message says what to do."""
+
+
+def open_production(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
+    """The production DB, read-only, after checking that it exists and can be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecisionDBError(
+            f"production DB {path} does not exist: fix real_db in the project's config "
+            "(conf/project/<name>.yaml), or set it to null to build a DB from scratch.")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "ai_decisions" in tables:
+            conn.execute("SELECT * FROM ai_decisions LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise explain(exc, path) from None
+    if "ai_decisions" not in tables:
+        conn.close()
+        raise DecisionDBError(f"{path} has no ai_decisions table: is real_db the project's "
+                              "decision DB?")
+    return conn
+
+
+def explain(exc: sqlite3.Error, path: Path) -> DecisionDBError:
+    """SQLite's error as a message that says what happened and what to do."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return DecisionDBError(
+            f"{path} is locked by another program (the reviewer or crop tool mid-write?): "
+            "nothing was written. Try again in a moment, or close that tool.")
+    return DecisionDBError(
+        f"{path} cannot be read as an SQLite DB ({text}): nothing was written. Restore it "
+        "from its latest backup (<db>.backup-<UTC>) or check the path.")
+
+
+def read_rows(conn: sqlite3.Connection) -> tuple[pd.DataFrame, list[str]]:
+    """All ai_decisions rows with seed 003's columns (values exactly as stored), and the
+    columns the DB lacks (filled with NULL here)."""
+    have = table_columns(conn)
+    used = [c for c in COLUMNS if c in have]
+    data = conn.execute(f"SELECT {', '.join(used)} FROM ai_decisions ORDER BY group_id").fetchall()
+    rows = pd.DataFrame({c: pd.Series([r[i] for r in data], dtype=object)
+                         for i, c in enumerate(used)})
+    missing = [c for c in COLUMNS if c not in have]
+    for c in missing:
+        rows[c] = pd.Series([None] * len(rows), dtype=object)
+    return rows[COLUMNS], missing
+
+
+def violations(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows that seed 003's CHECKs refuse (group_id, column, detail): older scripts wrote
+    them (user_action='skip')."""
+    def num(col: str) -> pd.Series:
+        return pd.to_numeric(rows[col], errors="coerce")
+
+    index_ok = num("ai_selected_index").between(0, 3) | rows["ai_selected_index"].isna()
+    confidence_ok = num("ai_confidence").between(0, 1) | rows["ai_confidence"].isna()
+    checks = {
+        "user_action not in approve/crop/reject": rows["user_action"].isin(ACTIONS),
+        "ai_selected_index outside 0-3": index_ok,
+        "user_selected_index outside 0-3": num("user_selected_index").between(0, 3),
+        "ai_confidence outside 0-1": confidence_ok,
+        "image size not positive": (num("image_width") > 0) & (num("image_height") > 0),
+    }
+    columns = ["user_action", "ai_selected_index", "user_selected_index", "ai_confidence",
+               "image_width"]
+    found = [(gid, col, f"{why} ({col}={rows.at[i, col]!r})")
+             for (why, ok), col in zip(checks.items(), columns, strict=True)
+             for i, gid in rows.loc[~ok, "group_id"].items()]
+    return pd.DataFrame(found, columns=["group_id", "column", "detail"], dtype=object)

@@ -13,6 +13,8 @@ column, old, new, rule), values JSON-encoded so that NULL, numbers and text surv
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -22,6 +24,7 @@ import pandas as pd
 from backfill.decisiondb import COLUMNS, DERIVED, PROVENANCE_COLUMNS, TIMESTAMPS
 from backfill.decisions import iso_utc
 from backfill.evaluate import crop_match
+from backfill.project import Project
 from backfill.schemas import BOX, CROP_BOX
 
 PLAN_COLUMNS = ["group_id", "column", "old", "new", "rule"]
@@ -31,10 +34,12 @@ PLAN_COLUMNS = ["group_id", "column", "old", "new", "rule"]
 class MergeSettings:
     coord_tolerance: float  # seed 000: coordinates differing by more are corrected
     crop_tolerance: float  # seed 003: crop_match, every coordinate within this
+    fix_invalid_actions: bool = False  # rewrite rows the v3 CHECKs refuse ('skip')
 
     @classmethod
     def from_config(cls, merge_cfg, evaluate_cfg) -> MergeSettings:
-        return cls(float(merge_cfg.coord_tolerance), float(evaluate_cfg.crop_tolerance))
+        return cls(float(merge_cfg.coord_tolerance), float(evaluate_cfg.crop_tolerance),
+                   bool(merge_cfg.fix_invalid_actions))
 
 
 def _box_json(values) -> str | None:
@@ -169,12 +174,17 @@ def match_rows(backfill: pd.DataFrame, production: pd.DataFrame) -> Matching:
     )
 
 
-def _coords_differ(old: str | None, new: str | None, tolerance: float) -> bool:
-    try:
-        a, b = np.array(json.loads(old), float), np.array(json.loads(new), float)
-    except (TypeError, ValueError):
-        return True  # unreadable coordinates: what the images show wins
-    return a.shape != b.shape or bool((np.abs(a - b) > tolerance).any())
+def _coords_differ(old: pd.Series, new: pd.Series, tolerance: float) -> np.ndarray:
+    """Per pair: do the two JSON boxes differ by more than ``tolerance`` anywhere?"""
+    out = np.zeros(len(old), bool)
+    for i, (a, b) in enumerate(zip(old, new, strict=True)):
+        try:
+            x, y = np.array(json.loads(a), float), np.array(json.loads(b), float)
+        except (TypeError, ValueError):
+            out[i] = True  # unreadable coordinates: what the images show wins
+            continue
+        out[i] = x.shape != y.shape or bool((np.abs(x - y) > tolerance).any())
+    return out
 
 
 def _enc(value) -> str:
@@ -186,82 +196,182 @@ def _enc(value) -> str:
     return json.dumps(value)
 
 
+def decode(value: str):
+    """A plan value back to what the DB holds."""
+    return json.loads(value)
+
+
+ISSUE_COLUMNS = ["kind", "group_id", "detail"]
+
+
 @dataclass
 class MergePlan:
     changes: pd.DataFrame  # PLAN_COLUMNS
     merged: pd.DataFrame  # the rows after the merge, COLUMNS
-    conflicts: pd.DataFrame
+    issues: pd.DataFrame  # ISSUE_COLUMNS: what was reported and left alone
     preserved_timestamps: int
-    matched: int
+    pairs: pd.DataFrame  # backfill_id, production_id
+
+    @property
+    def matched(self) -> int:
+        return len(self.pairs)
+
+    def counts(self) -> dict[str, int]:
+        rows = self.changes.drop_duplicates(["group_id", "rule"])["rule"].value_counts()
+        cells = self.changes["rule"].value_counts()
+        return {
+            "added": int(rows.get("added", 0)), "imported": int(rows.get("imported", 0)),
+            "filled": int(cells.get("filled", 0)), "corrected": int(cells.get("corrected", 0)),
+            "crop_accepted_from_sidecars": int(cells.get("sidecar", 0)),
+            "actions_fixed": int(cells.get("fixed_action", 0)),
+            "flags_recomputed": int(cells.get("recomputed", 0)),
+            "columns_migrated": int(cells.get("migrated", 0)),
+            "preserved_timestamps": self.preserved_timestamps, "matched": self.matched,
+            "rows_after": len(self.merged),
+            **{f"issues_{k}": int(n) for k, n in self.issues["kind"].value_counts().items()},
+        }
 
     def summary(self) -> str:
-        rules = self.changes.drop_duplicates(["group_id", "rule"])["rule"].value_counts()
-        filled = int((self.changes["rule"] == "filled").sum())
-        corrected = int((self.changes["rule"] == "corrected").sum())
-        return (f"Added {int(rules.get('added', 0)):,} new records, filled {filled:,}, "
-                f"corrected {corrected:,}, preserved {self.preserved_timestamps:,} timestamps"
-                f" ({self.matched:,} matched, {len(self.conflicts):,} left alone as ambiguous)")
+        """Seed 000's line, then what else happened."""
+        c = self.counts()
+        line = (f"Added {c['added'] + c['imported']:,} new records, filled {c['filled']:,}, "
+                f"corrected {c['corrected']:,}, preserved {c['preserved_timestamps']:,} "
+                f"timestamps")
+        extra = [f"{c['matched']:,} matched"]
+        if c["imported"]:
+            extra.append(f"{c['imported']:,} of the new from the legacy CSV")
+        if c["crop_accepted_from_sidecars"]:
+            extra.append(f"ai_crop_accepted set on {c['crop_accepted_from_sidecars']:,} "
+                         "from sidecars")
+        if c["actions_fixed"]:
+            extra.append(f"{c['actions_fixed']:,} invalid actions fixed")
+        if c["columns_migrated"]:
+            migrated = self.changes.loc[self.changes["rule"] == "migrated", "column"]
+            extra.append(f"migrated: added column {', '.join(migrated)}")
+        for kind, n in self.issues["kind"].value_counts().sort_index().items():
+            extra.append(f"{n:,} {kind.replace('_', ' ')} (reported, left alone)")
+        return f"{line} ({'; '.join(extra)})"
 
 
-def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame,
-               settings: MergeSettings) -> MergePlan:
-    """What merging ``backfill`` into ``production`` changes, cell by cell."""
+def _cells(ids, column: str, old, new, rule: str) -> pd.DataFrame:
+    return pd.DataFrame({"group_id": list(ids), "column": column,
+                         "old": [_enc(v) for v in old], "new": [_enc(v) for v in new],
+                         "rule": rule}, columns=PLAN_COLUMNS)
+
+
+def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: MergeSettings,
+               missing_columns: list[str] | None = None,
+               crop_accepted: Callable[[pd.DataFrame], pd.Series] | None = None,
+               imported: set[str] | None = None) -> MergePlan:
+    """What merging ``backfill`` into ``production`` changes, cell by cell.
+
+    ``missing_columns``: v3 columns the production DB lacks (added first, "migrated").
+    ``crop_accepted``: seed 003's sidecar rule, giving True/False/None per merged row.
+    ``imported``: production group ids that come from a legacy CSV, not the DB: each
+    becomes one "imported" row carrying its merged values.
+    """
+    from backfill.decisiondb import ADDABLE, violations
+
     matching = match_rows(backfill, production)
     prod = production.set_index("group_id")
     back = backfill.set_index("group_id")
-    changes, merged_rows, preserved = [], {}, 0
-    for b_id, p_id in zip(matching.pairs["backfill_id"], matching.pairs["production_id"],
-                          strict=True):
-        old, new = prod.loc[p_id], back.loc[b_id]
-        row = old.to_dict()
-        for col in COLUMNS[1:]:
-            if col in DERIVED or col not in row:
-                continue
-            have, want = old[col], new[col]
-            if want is None or (not isinstance(want, str) and pd.isna(want)):
-                continue
-            if have is None or (not isinstance(have, str) and pd.isna(have)):
-                row[col] = want
-                changes.append((p_id, col, _enc(have), _enc(want), "filled"))
-            elif col in TIMESTAMPS:
-                preserved += 1
-            elif col == "final_crop_coords" and _coords_differ(have, want,
-                                                               settings.coord_tolerance):
-                row[col] = want
-                changes.append((p_id, col, _enc(have), _enc(want), "corrected"))
-            # Anything else already set (AI predictions, user fields) stays as it is.
-        merged_rows[p_id] = row
-    merged = prod.copy()
-    for p_id, row in merged_rows.items():
-        merged.loc[p_id, list(row)] = pd.Series(row)
-    merged = merged.reset_index()
-    matched_b = set(matching.pairs["backfill_id"])
+    merged = prod[COLUMNS[1:]].astype(object).copy()
+    p_ids = matching.pairs["production_id"].to_numpy()
+    old = prod.loc[p_ids, COLUMNS[1:]].reset_index(drop=True)
+    new = back.loc[matching.pairs["backfill_id"].to_numpy(), COLUMNS[1:]].reset_index(drop=True)
+    parts, preserved = [], 0
+    for col in COLUMNS[1:]:
+        if col in DERIVED:
+            continue
+        have, want = old[col].isna().to_numpy(), new[col].isna().to_numpy()
+        fill = have & ~want
+        if col in TIMESTAMPS:
+            preserved += int((~have).sum())
+        if col == "final_crop_coords":
+            both = np.flatnonzero(~have & ~want)
+            wrong = both[_coords_differ(old[col].iloc[both], new[col].iloc[both],
+                                        settings.coord_tolerance)]
+            parts.append(_cells(p_ids[wrong], col, old[col].iloc[wrong], new[col].iloc[wrong],
+                                "corrected"))
+            merged.loc[p_ids[wrong], col] = new[col].iloc[wrong].to_numpy()
+        # Anything else already set (timestamps, AI predictions, user fields) stays.
+        parts.append(_cells(p_ids[fill], col, old[col][fill], new[col][fill], "filled"))
+        merged.loc[p_ids[fill], col] = new[col][fill].to_numpy()
+
+    issues = [pd.DataFrame({"kind": "ambiguous_match", "group_id": matching.conflicts["group_id"],
+                            "detail": [f"{side} {why}: {', '.join(o)}" for side, why, o in
+                                       matching.conflicts[["side", "reason", "others"]]
+                                       .itertuples(index=False)]}, columns=ISSUE_COLUMNS)]
+    invalid = violations(production)
+    issues.append(invalid.assign(kind="invalid_row")[ISSUE_COLUMNS])
+    skip = invalid.loc[invalid["column"] == "user_action", "group_id"]
+    if settings.fix_invalid_actions and len(skip):
+        # The old scripts' 'skip' meant no final: reject, or what the images show.
+        wanted = pd.Series("reject", index=skip.to_numpy(), dtype=object)
+        by_prod = matching.pairs.set_index("production_id")["backfill_id"]
+        linked = wanted.index.intersection(by_prod.index)
+        wanted[linked] = back.loc[by_prod[linked], "user_action"].to_numpy()
+        parts.append(_cells(wanted.index, "user_action", prod.loc[wanted.index, "user_action"],
+                            wanted, "fixed_action"))
+        merged.loc[wanted.index, "user_action"] = wanted.to_numpy()
+
     conflicted_b = set(matching.conflicts.loc[matching.conflicts["side"] == "backfill",
                                               "group_id"])
-    linked_b = matched_b | conflicted_b | _linked(backfill, production)
-    added = backfill[~backfill["group_id"].isin(linked_b)]
-    added = added[~added["group_id"].isin(prod.index)]  # never over an existing key
-    for _, r in added.iterrows():
-        changes.append((r["group_id"], "*", _enc(None), json.dumps(
-            {c: (None if not isinstance(r[c], str) and pd.isna(r[c]) else r[c])
-             for c in COLUMNS}, default=_plain), "added"))
-    merged = pd.concat([merged, added[merged.columns.intersection(COLUMNS)]],
-                       ignore_index=True)
-    # The flags follow the merged values; rows whose flags change get a plan row too.
-    recomputed = with_matches(merged, settings)
-    new_ids = set(added["group_id"])
+    linked_b = set(matching.pairs["backfill_id"]) | conflicted_b | _linked(backfill, production)
+    unlinked = backfill[~backfill["group_id"].isin(linked_b)]
+    taken = unlinked["group_id"].isin(prod.index)  # never over an existing key
+    issues.append(pd.DataFrame({
+        "kind": "id_collision", "group_id": unlinked.loc[taken, "group_id"],
+        "detail": "a production row has this group_id but none of its image names"},
+        columns=ISSUE_COLUMNS))
+    added = unlinked[~taken]
+    merged = pd.concat([merged.reset_index(), added[COLUMNS].astype(object)], ignore_index=True)
+    merged = merged.set_index("group_id")
+    if crop_accepted is not None:
+        accepted = crop_accepted(merged.reset_index()).set_axis(merged.index)
+        set_ = accepted.notna() & merged["ai_crop_accepted"].isna()
+        ids = merged.index[set_.to_numpy()]
+        parts.append(_cells(ids, "ai_crop_accepted", [None] * len(ids), accepted[ids],
+                            "sidecar"))
+        merged.loc[ids, "ai_crop_accepted"] = accepted[ids].to_numpy()
+    recomputed = with_matches(merged.reset_index(), settings).set_index("group_id")
     for col in DERIVED:
-        before, after = merged[col], recomputed[col]
-        for gid, b, a in zip(merged["group_id"], before, after, strict=True):
-            if gid in new_ids:
-                continue
-            if _norm(b) != _norm(a):
-                changes.append((gid, col, _enc(_norm(b)), _enc(_norm(a)), "recomputed"))
-    plan = pd.DataFrame(changes, columns=PLAN_COLUMNS)
-    return MergePlan(plan.sort_values(["group_id", "column"], kind="stable")
-                     .reset_index(drop=True), recomputed.sort_values("group_id")
-                     .reset_index(drop=True), matching.conflicts, preserved,
-                     len(matching.pairs))
+        before = merged[col].map(_norm)
+        after = recomputed[col]
+        differ = (before.isna() != after.isna()) | (before.notna() & after.notna()
+                                                     & (before != after))
+        differ &= ~merged.index.isin(added["group_id"])
+        ids = merged.index[differ.to_numpy()]
+        parts.append(_cells(ids, col, before[ids], after[ids], "recomputed"))
+    merged = recomputed.reset_index()
+    changes = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=PLAN_COLUMNS)],
+                        ignore_index=True)
+    # Whole rows: new groups, and legacy-CSV rows the DB has never held.
+    whole = set(added["group_id"]) | (imported or set())
+    changes = changes[~changes["group_id"].isin(whole)]
+    rows = merged[merged["group_id"].isin(whole)]
+    origin = np.where(rows["group_id"].isin(added["group_id"]), "added", "imported")
+    records = [json.dumps({c: _plain(v) for c, v in zip(COLUMNS, r, strict=True)})
+               for r in rows[COLUMNS].itertuples(index=False)]
+    changes = pd.concat([changes, pd.DataFrame({
+        "group_id": rows["group_id"].to_numpy(), "column": "*", "old": _enc(None),
+        "new": records, "rule": origin}, columns=PLAN_COLUMNS)], ignore_index=True)
+    unknown = [c for c in missing_columns or [] if c not in ADDABLE]
+    if unknown:
+        raise ValueError(f"the production DB lacks {unknown}, which cannot be added to an "
+                         "existing table: it predates seed 003's schema; migrate it by hand.")
+    migrations = pd.DataFrame({"group_id": SCHEMA_ROW, "column": list(missing_columns or []),
+                               "old": _enc(None),
+                               "new": [_enc(ADDABLE[c]) for c in missing_columns or []],
+                               "rule": "migrated"}, columns=PLAN_COLUMNS)
+    changes = pd.concat([migrations, changes.sort_values(["group_id", "column"], kind="stable")],
+                        ignore_index=True)
+    return MergePlan(changes.reset_index(drop=True),
+                     merged.sort_values("group_id").reset_index(drop=True)[COLUMNS],
+                     pd.concat(issues, ignore_index=True), preserved, matching.pairs)
+
+
+SCHEMA_ROW = "(schema)"  # the plan's group_id for a change to the table, not a row
 
 
 def _linked(backfill: pd.DataFrame, production: pd.DataFrame) -> set[str]:
@@ -278,4 +388,66 @@ def _norm(value):
 
 
 def _plain(value):
-    return value.item() if isinstance(value, np.generic) else str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def provenance(plan: MergePlan, backfilled: pd.DataFrame, imported: set[str]) -> pd.DataFrame:
+    """One side-table row per merged row: where it came from, and for backfilled values
+    how the final was located and by which model version."""
+    back = backfilled.set_index("group_id")
+    ids = plan.merged["group_id"]
+    out = pd.DataFrame({"group_id": ids}).assign(**{c: None for c in PROVENANCE_COLUMNS[1:]})
+    out = out.set_index("group_id")
+    out["source"] = np.where(ids.isin(imported), "legacy_csv", "production")
+    added = plan.changes.loc[plan.changes["rule"] == "added", "group_id"]
+    new = ids[ids.isin(added)].to_numpy()
+    out.loc[new] = back.loc[new, PROVENANCE_COLUMNS[1:]].to_numpy()
+    pairs = plan.pairs
+    filled = back.loc[pairs["backfill_id"], PROVENANCE_COLUMNS[1:]].assign(source="merged")
+    out.loc[pairs["production_id"].to_numpy()] = filled.to_numpy()
+    return out.reset_index()[PROVENANCE_COLUMNS]
+
+
+def run(project: Project) -> str:
+    """The merge stage: plan, issues, and the merged DB; production is only read."""
+    from backfill.predict import write_metrics
+    from backfill.production import load_production, review_rule, write_merged_db
+    from backfill.schemas import (
+        GroupsTable,
+        MergeIssuesTable,
+        MergePlanTable,
+        PredictionsTable,
+        ScanTable,
+        TruthTable,
+    )
+    from backfill.tables import read_table, write_table
+
+    started = time.perf_counter()
+    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate)
+    backfilled, prov = backfill_rows(
+        project.name, read_table(project.output("groups"), GroupsTable, "groups"),
+        read_table(project.output("truth"), TruthTable, "truth"),
+        read_table(project.output("scan"), ScanTable, "scan"),
+        read_table(project.output("predictions"), PredictionsTable, "predictions"), settings)
+    source = load_production(project)
+    rule, sidecar_issues = review_rule(project)
+    plan = plan_merge(backfilled, source.rows, settings, source.missing_columns, rule,
+                      source.imported)
+    plan.issues = pd.concat([plan.issues, source.issues, sidecar_issues], ignore_index=True)
+    plan.issues = plan.issues.fillna({"group_id": ""}).astype("str")
+    write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
+    write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
+                project.output("merge_issues"), MergeIssuesTable, "merge_issues")
+    out = project.out_dir / "ai_decisions.db"
+    write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
+                    float(project.cfg.merge.lock_timeout_s))
+    write_metrics(plan.counts(), project.out_dir / "merge_summary.json")
+    where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
+             "--dry-run` shows what publishing would write" if source.db_path else
+             "no real_db: the merged DB is built from scratch")
+    return (f"merge {project.name}: {plan.summary()}; {time.perf_counter() - started:.1f}s "
+            f"-> {out.relative_to(project.root)} ({len(plan.merged):,} rows); {where}")

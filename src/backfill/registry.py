@@ -41,8 +41,10 @@ def _leaves(tree: dict, prefix: str):
 
 
 def project_yaml(name: str, original_dir: str, final_dir: str, real_db: str | None,
-                 overrides: dict, model: str = "baseline") -> str:
-    body = {"original_dir": original_dir, "final_dir": final_dir, "real_db": real_db}
+                 overrides: dict, model: str = "baseline", legacy_csv: str | None = None,
+                 review_dir: str | None = None) -> str:
+    body = {"original_dir": original_dir, "final_dir": final_dir, "real_db": real_db,
+            "legacy_csv": legacy_csv, "review_dir": review_dir}
     body.update(overrides)
     return (
         f"# Project {name}, registered by `backfill project add`. Paths are absolute or\n"
@@ -83,7 +85,8 @@ def model_versions(root: Path) -> list[str]:
 
 def add_project(root: Path, name: str, original_dir: str, final_dir: str,
                 real_db: str | None = None, overrides: list[str] | None = None,
-                force: bool = False, model: str = "baseline") -> Path:
+                force: bool = False, model: str = "baseline", legacy_csv: str | None = None,
+                review_dir: str | None = None) -> Path:
     """Write conf/project/<name>.yaml, register it, and compose params.yaml."""
     if not NAME_PATTERN.match(name):
         raise ConfigError(
@@ -93,16 +96,23 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
     path = root / "conf" / "project" / f"{name}.yaml"
     if path.exists() and not force:
         raise ConfigError(f"{path.relative_to(root)} exists: pass --force to replace it.")
-    for label, folder in (("--original-dir", original_dir), ("--final-dir", final_dir)):
-        p = Path(folder).expanduser()
-        if not (p if p.is_absolute() else root / p).is_dir():
-            raise ConfigError(f"{label} {folder} is not a folder.")
+    for label, given, kind in (("--original-dir", original_dir, "folder"),
+                               ("--final-dir", final_dir, "folder"),
+                               ("--real-db", real_db, "file"), ("--legacy-csv", legacy_csv, "file"),
+                               ("--review-dir", review_dir, "folder")):
+        if given is None:
+            continue
+        p = Path(given).expanduser()
+        p = p if p.is_absolute() else root / p
+        if not (p.is_dir() if kind == "folder" else p.is_file()):
+            raise ConfigError(f"{label} {given} is not a {kind}.")
     if model not in model_versions(root):
         raise ConfigError(f"no model version '{model}' in conf/model/ (known: "
                           f"{', '.join(model_versions(root))}).")
     values = _check_overrides(root, overrides or [])
     previous = path.read_text() if path.exists() else None
-    path.write_text(project_yaml(name, original_dir, final_dir, real_db, values, model))
+    path.write_text(project_yaml(name, original_dir, final_dir, real_db, values, model,
+                                 legacy_csv, review_dir))
     added = name not in registered(root)
     if added:
         _register(root, name)

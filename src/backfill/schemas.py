@@ -219,3 +219,46 @@ class PredictionsTable(pa.DataFrameModel):
 
     class Config:
         strict = True
+
+
+PLAN_RULES = ["added", "imported", "filled", "corrected", "recomputed", "sidecar",
+              "fixed_action", "migrated"]
+JSON_VALUE = r"^(null|true|false|-?[0-9].*|\".*\"|\{.*\})$"  # json.dumps of one DB value
+
+
+class MergePlanTable(pa.DataFrameModel):
+    """Every change the merge makes to the production DB: one cell, a whole new row
+    (column '*'), or a column added to the table (group_id '(schema)')."""
+
+    group_id: Series[str]
+    column: Series[str] = pa.Field(description="a v3 column, or '*' for a whole row")
+    old: Series[str] = pa.Field(str_matches=JSON_VALUE, description="JSON: what the DB holds")
+    new: Series[str] = pa.Field(str_matches=JSON_VALUE, description="JSON: what it will hold")
+    rule: Series[str] = pa.Field(isin=PLAN_RULES, description="seed 000's rule that applies")
+
+    @pa.dataframe_check
+    def one_change_per_cell(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df.duplicated(["group_id", "column"], keep=False)
+
+    @pa.dataframe_check
+    def whole_rows_are_new(cls, df: pd.DataFrame) -> Series[bool]:
+        whole = df["column"] == "*"
+        return (~whole | (df["rule"].isin(["added", "imported"]) & (df["old"] == "null")))
+
+    class Config:
+        strict = True
+
+
+ISSUE_KINDS = ["ambiguous_match", "id_collision", "invalid_row", "legacy_duplicate",
+               "legacy_invalid", "sidecar_unreadable"]
+
+
+class MergeIssuesTable(pa.DataFrameModel):
+    """What the merge reported and left alone, with the reason."""
+
+    kind: Series[str] = pa.Field(isin=ISSUE_KINDS)
+    group_id: Series[str] = pa.Field(description="'' when the issue has no group")
+    detail: Series[str]
+
+    class Config:
+        strict = True

@@ -1,0 +1,122 @@
+"""Applying a merge plan to a decision DB, inside the caller's transaction.
+
+The same code builds the pipeline's merged DB (on a copy) and publishes to production,
+so what `dvc repro` shows is exactly what `backfill publish` writes. Before changing
+anything, every planned cell is re-checked against the value the plan saw, and every
+new row against an existing one: a DB that moved on since planning is never half-merged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+
+import pandas as pd
+
+from backfill.decisiondb import DecisionDBError, table_columns
+from backfill.merge import SCHEMA_ROW, decode
+
+CHUNK = 500  # host parameters per query, well under SQLite's limit
+
+
+class PlanConflict(DecisionDBError):
+    """The DB no longer holds what the plan saw: nothing was applied."""
+
+
+def _same(stored, planned) -> bool:
+    """SQLite's IS, as Python sees the values (1 == 1.0 == True; NULL IS NULL)."""
+    if stored is None or planned is None:
+        return stored is None and planned is None
+    if isinstance(stored, str) or isinstance(planned, str):
+        return stored == planned
+    return float(stored) == float(planned)
+
+
+def _values(conn: sqlite3.Connection, column: str, ids: list[str]) -> dict[str, object]:
+    found = {}
+    for i in range(0, len(ids), CHUNK):
+        part = ids[i:i + CHUNK]
+        marks = ", ".join("?" * len(part))
+        found.update(conn.execute(
+            f"SELECT group_id, {column} FROM ai_decisions WHERE group_id IN ({marks})", part))
+    return found
+
+
+def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
+    """Each planned change whose premise no longer holds, in words (empty: all hold)."""
+    have = set(table_columns(conn))
+    stale = []
+    migrate = changes[changes["rule"] == "migrated"]
+    stale += [f"column {c} exists already (the plan would add it)"
+              for c in migrate["column"] if c in have]
+    added = set(migrate["column"])
+    rows = changes[changes["column"] == "*"]
+    present = _values(conn, "group_id", rows["group_id"].tolist())
+    stale += [f"{g}: a row with this group_id exists now (the plan would add it)"
+              for g in rows["group_id"] if g in present]
+    cells = changes[(changes["column"] != "*") & (changes["group_id"] != SCHEMA_ROW)]
+    for column, part in cells.groupby("column", sort=True):
+        if column not in have:
+            if column not in added:
+                stale.append(f"column {column} is missing")
+            continue  # added by the plan itself: NULL everywhere, as planned
+        now = _values(conn, column, part["group_id"].tolist())
+        for gid, old in zip(part["group_id"], part["old"], strict=True):
+            if gid not in now:
+                stale.append(f"{gid}: the row is gone")
+            elif not _same(now[gid], decode(old)):
+                stale.append(f"{gid}.{column} is {now[gid]!r} now, the plan saw {decode(old)!r}")
+    return stale
+
+
+def check_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> None:
+    """Raise PlanConflict, naming what moved, unless every planned premise holds."""
+    stale = stale_changes(conn, changes)
+    if stale:
+        shown = "\n  ".join(stale[:10])
+        more = f"\n  (+{len(stale) - 10} more)" if len(stale) > 10 else ""
+        raise PlanConflict(
+            f"the DB changed since the merge was planned ({len(stale)} planned value(s) no "
+            f"longer hold); nothing was written:\n  {shown}{more}\nRe-plan with `dvc repro` "
+            "(merge@<project>), then publish again.")
+
+
+def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> Counter:
+    """Re-check, then apply every change; the caller owns the transaction (BEGIN
+    IMMEDIATE ... COMMIT) and rolls back on PlanConflict."""
+    check_changes(conn, changes)
+    done: Counter = Counter()
+    for column, sql_type in zip(*_migrations(changes), strict=True):
+        conn.execute(f"ALTER TABLE ai_decisions ADD COLUMN {column} {sql_type}")
+        done["migrated"] += 1
+    have = table_columns(conn)
+    rows = changes[changes["column"] == "*"]
+    for rule, part in rows.groupby("rule"):
+        records = [json.loads(r) for r in part["new"]]
+        for cols, batch in _by_columns(records, have).items():
+            conn.executemany(
+                f"INSERT INTO ai_decisions ({', '.join(cols)}) VALUES "
+                f"({', '.join('?' * len(cols))})", batch)
+        done[rule] += len(part)
+    cells = changes[(changes["column"] != "*") & (changes["rule"] != "migrated")]
+    for column, part in cells.groupby("column", sort=True):
+        conn.executemany(f"UPDATE ai_decisions SET {column} = ? WHERE group_id = ?",
+                         [(decode(v), g) for v, g in zip(part["new"], part["group_id"],
+                                                         strict=True)])
+    done.update(cells["rule"].value_counts().to_dict())
+    return done
+
+
+def _migrations(changes: pd.DataFrame) -> tuple[list[str], list[str]]:
+    m = changes[changes["rule"] == "migrated"]
+    return m["column"].tolist(), [decode(v) for v in m["new"]]
+
+
+def _by_columns(records: list[dict], have: list[str]) -> dict[tuple, list[tuple]]:
+    """Rows grouped by the columns they set (only columns the table has)."""
+    out: dict[tuple, list[tuple]] = {}
+    for r in records:
+        cols = tuple(c for c in have if c in r)
+        out.setdefault(cols, []).append(tuple(r[c] for c in cols))
+    return out

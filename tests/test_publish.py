@@ -1,0 +1,229 @@
+"""The merge stage on a generated project with a partial production DB, and publish:
+backup, one transaction, clear errors, the production DB untouched until asked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from backfill.decisiondb import COLUMNS, DecisionDBError, read_rows
+from backfill.project import Project
+from backfill.publish import REWRITTEN_HEADER, run_publish
+from backfill.schemas import MergeIssuesTable, MergePlanTable
+from backfill.synthetic_production import make_production_db
+from backfill.tables import read_table, write_parquet
+
+AI = ["ai_selected_index", "ai_crop_coords", "ai_confidence"]
+
+
+def fake_predictions(groups: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
+    """A learned model's predictions: a pick and a box per group."""
+    rng = np.random.default_rng(seed)
+    n = len(groups)
+    low, high = rng.uniform(0, 0.4, (n, 2)), rng.uniform(0.6, 1, (n, 2))
+    return pd.DataFrame({
+        "group_id": groups["group_id"],
+        "ai_selected_index": pd.array([int(rng.integers(k)) for k in groups["n_images"]],
+                                      dtype="Int64"),
+        "ai_confidence": rng.uniform(0.3, 1, n),
+        "ai_scores": [list(rng.normal(size=k)) for k in groups["n_images"]],
+        "ai_crop_x1": low[:, 0], "ai_crop_y1": low[:, 1],
+        "ai_crop_x2": high[:, 0], "ai_crop_y2": high[:, 1],
+        "model_version": "v1", "ranker": "mlp:abc", "crop_proposer": "mlp:def",
+        "embedding_model": "ViT-B-32/openai"})
+
+
+def make_stage_project(tmp: Path, recovered, **paths) -> Project:
+    """A Project whose upstream tables are the recovered ones, ready for merge.run."""
+    cfg = OmegaConf.merge(recovered.cfg, {
+        "original_dir": str(recovered.gen.original_dir), "final_dir": str(recovered.gen.final_dir),
+        **{k: None if v is None else str(v) for k, v in paths.items()}})
+    project = Project("p", tmp, cfg, tmp / "cache")
+    write_parquet(recovered.scan, project.output("scan"))
+    write_parquet(recovered.groups, project.output("groups"))
+    write_parquet(recovered.truth, project.output("truth"))
+    write_parquet(fake_predictions(recovered.groups), project.output("predictions"))
+    return project
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rows_of(path: Path) -> pd.DataFrame:
+    with sqlite3.connect(path) as conn:
+        rows, _ = read_rows(conn)
+    return rows.set_index("group_id")
+
+
+@pytest.fixture
+def merged(tmp_path, recovered):
+    from backfill.merge import run
+
+    prod = make_production_db(recovered.gen, tmp_path / "live" / "ai_decisions.db", seed=5)
+    project = make_stage_project(tmp_path, recovered, real_db=prod.path)
+    before = digest(prod.path)
+    message = run(project)
+    return project, prod, before, message
+
+
+def test_merge_stage_fills_corrects_and_preserves_without_touching_production(merged,
+                                                                               recovered):
+    project, prod, before, message = merged
+    assert digest(prod.path) == before  # `dvc repro` never writes production
+    assert prod.wrong_coords and prod.close_coords and prod.null_cells  # the seed has each
+    out = rows_of(project.out_dir / "ai_decisions.db")
+    # Every group once: each group's renders are named by exactly one row.
+    for g in recovered.gen.groups:
+        names = {Path(p).name for p in g.rel_paths}
+        holders = [gid for gid, images in out["images"].items() if names & set(json.loads(images))]
+        assert len(holders) == 1, (g.first_timestamp, holders)
+    assert len(out) == len(recovered.gen.groups)
+    for gid, live in prod.rows.items():
+        row = out.loc[gid]
+        assert row["timestamp"] == live["timestamp"]
+        if live["crop_timestamp"] is not None:
+            assert row["crop_timestamp"] == live["crop_timestamp"]
+        for col in AI:  # live AI predictions stay; NULL ones are filled from the model
+            if live[col] is not None:
+                assert row[col] == live[col]
+            else:
+                assert row[col] is not None
+        for col in prod.null_cells.get(gid, []):
+            assert row[col] is not None, (gid, col)
+        true = np.array(next(g.crop or [0, 0, 1, 1] for g in recovered.gen.groups
+                             if g.first_timestamp == prod.first_timestamp[gid]), float)
+        coords = np.array(json.loads(row["final_crop_coords"] or "null") or [np.nan] * 4)
+        if gid in prod.wrong_coords:
+            assert np.abs(coords - true).max() < 0.01, gid  # corrected to what images show
+        if gid in prod.close_coords:
+            assert row["final_crop_coords"] == live["final_crop_coords"]  # within 1%: kept
+    plan = read_table(project.output("merge_plan"), MergePlanTable)
+    assert set(plan.loc[plan["rule"] == "corrected", "group_id"]) == prod.wrong_coords
+    read_table(project.output("merge_issues"), MergeIssuesTable)
+    assert message.startswith("merge p: Added ")
+    assert f"corrected {len(prod.wrong_coords)}, preserved " in message
+    summary = json.loads((project.out_dir / "merge_summary.json").read_text())
+    assert summary["rows_after"] == len(out) and summary["matched"] == len(prod.rows)
+
+
+def masked(data: bytes) -> bytes:
+    out = bytearray(data)
+    for start, end in REWRITTEN_HEADER:
+        out[start:end] = bytes(end - start)
+    return bytes(out)
+
+
+def test_publish_backs_up_then_applies_exactly_the_merged_rows(merged):
+    project, prod, before, _ = merged
+    image = prod.path.read_bytes()
+    dry = run_publish(project, dry_run=True)
+    assert "planned changes" in dry and "not touched" in dry and digest(prod.path) == before
+    message = run_publish(project, dry_run=False)
+    backups = list(prod.path.parent.glob("ai_decisions.db.backup-*"))
+    assert len(backups) == 1 and backups[0].name in message
+    assert masked(backups[0].read_bytes()) == masked(image)
+    after, expected = rows_of(prod.path), rows_of(project.out_dir / "ai_decisions.db")
+    pd.testing.assert_frame_equal(after, expected)
+    # Publishing the same plan again: production moved on, so nothing is applied.
+    with pytest.raises(DecisionDBError, match="changed since the merge was planned"):
+        run_publish(project, dry_run=False)
+    assert len(list(prod.path.parent.glob("ai_decisions.db.backup-*"))) == 1
+    pd.testing.assert_frame_equal(rows_of(prod.path), expected)
+
+
+def test_an_older_db_is_migrated_and_its_skip_rows_reported_or_fixed(tmp_path, recovered):
+    from backfill.merge import run
+
+    prod = make_production_db(recovered.gen, tmp_path / "old.db", seed=5, schema="old")
+    (skip,) = prod.skip_rows
+    project = make_stage_project(tmp_path, recovered, real_db=prod.path)
+    message = run(project)
+    assert "migrated: added column ai_crop_accepted" in message and "1 invalid row" in message
+    issues = read_table(project.output("merge_issues"), MergeIssuesTable)
+    assert issues.loc[issues["kind"] == "invalid_row", "group_id"].tolist() == [skip]
+    assert rows_of(project.out_dir / "ai_decisions.db").loc[skip, "user_action"] == "skip"
+    run_publish(project, dry_run=False)
+    with sqlite3.connect(prod.path) as conn:
+        assert "ai_crop_accepted" in [r[1] for r in conn.execute("PRAGMA table_info(ai_decisions)")]
+    fixed = make_stage_project(tmp_path / "fix", recovered, real_db=prod.path)
+    fixed.cfg.merge.fix_invalid_actions = True
+    run(fixed)
+    assert rows_of(fixed.out_dir / "ai_decisions.db").loc[skip, "user_action"] == "reject"
+
+
+def test_missing_corrupt_and_locked_production_dbs_fail_clearly(tmp_path, recovered):
+    from backfill.merge import run
+
+    missing = make_stage_project(tmp_path / "m", recovered, real_db=tmp_path / "nope.db")
+    with pytest.raises(DecisionDBError, match="does not exist"):
+        run(missing)
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DecisionDBError, match="cannot be read as an SQLite DB"):
+        run(make_stage_project(tmp_path / "c", recovered, real_db=corrupt))
+    assert corrupt.read_bytes() == b"this is not a database" * 100
+    prod = make_production_db(recovered.gen, tmp_path / "live.db", seed=5)
+    project = make_stage_project(tmp_path / "l", recovered, real_db=prod.path)
+    run(project)
+    project.cfg.merge.lock_timeout_s = 0.2
+    holder = sqlite3.connect(prod.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another program mid-write
+    try:
+        before = digest(prod.path)
+        with pytest.raises(DecisionDBError, match="locked by another program"):
+            run_publish(project, dry_run=False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert digest(prod.path) == before
+    assert not list(tmp_path.glob("live.db.backup-*"))
+
+
+def test_publish_is_safe_while_the_reviewer_writes(merged):
+    """The reviewer keeps a connection open and logs a decision every few ms during the
+    publish: both succeed, and the reviewer's rows are all there afterwards."""
+    project, prod, _, _ = merged
+    stop, logged, errors = threading.Event(), [], []
+
+    def reviewer() -> None:
+        conn = sqlite3.connect(prod.path, timeout=10)
+        n = 0
+        while not stop.is_set():
+            try:
+                gid = f"live_{n}"
+                conn.execute("INSERT INTO ai_decisions (group_id, timestamp, project_id, "
+                             "images, user_selected_index, user_action, image_width, "
+                             "image_height) VALUES (?, 't', 'p', ?, 0, 'reject', 8, 8)",
+                             (gid, json.dumps([f"{gid}.png"])))
+                conn.commit()
+                logged.append(gid)
+                n += 1
+                time.sleep(0.005)  # a person's pace would be seconds; this is stress
+            except sqlite3.Error as exc:  # pragma: no cover - the failure being tested
+                errors.append(exc)
+        conn.close()
+
+    thread = threading.Thread(target=reviewer)
+    thread.start()
+    try:
+        run_publish(project, dry_run=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and logged
+    after = rows_of(prod.path)
+    assert set(logged) <= set(after.index)
+    expected = rows_of(project.out_dir / "ai_decisions.db")
+    pd.testing.assert_frame_equal(after.drop(logged)[COLUMNS[1:]], expected[COLUMNS[1:]])
+    with sqlite3.connect(prod.path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
