@@ -8,7 +8,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from backfill.decisiondb import COLUMNS, INDEXES, VIEWS, create
+from backfill.decisiondb import COLUMNS, INDEXES, VIEWS, create, insert_rows
 from backfill.merge import MergeSettings, match_rows, plan_merge, with_matches
 
 SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
@@ -119,6 +119,5 @@ def test_backfilled_rows_of_a_generated_project_fit_the_v3_schema(tmp_path, reco
     assert rows["ai_selected_index"].isna().all()  # no predictions: AI columns NULL
     conn = sqlite3.connect(tmp_path / "d.db")
     create(conn)
-    conn.executemany(f"INSERT INTO ai_decisions VALUES ({', '.join('?' * len(COLUMNS))})",
-                     rows.astype(object).where(rows.notna(), None).itertuples(index=False))
+    insert_rows(conn, rows)
     assert conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0] == len(groups)

@@ -82,10 +82,13 @@ def check_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> None:
             "(merge@<project>), then publish again.")
 
 
-def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> Counter:
-    """Re-check, then apply every change; the caller owns the transaction (BEGIN
-    IMMEDIATE ... COMMIT) and rolls back on PlanConflict."""
-    check_changes(conn, changes)
+def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
+                  checked: bool = False) -> Counter:
+    """Re-check (unless already ``checked`` in this same transaction), then apply every
+    change; the caller owns the transaction (BEGIN IMMEDIATE ... COMMIT) and rolls back
+    on PlanConflict."""
+    if not checked:
+        check_changes(conn, changes)
     done: Counter = Counter()
     for column, sql_type in zip(*_migrations(changes), strict=True):
         conn.execute(f"ALTER TABLE ai_decisions ADD COLUMN {column} {sql_type}")

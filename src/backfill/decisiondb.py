@@ -208,3 +208,12 @@ def violations(rows: pd.DataFrame) -> pd.DataFrame:
              for (why, ok), col in zip(checks.items(), columns, strict=True)
              for i, gid in rows.loc[~ok, "group_id"].items()]
     return pd.DataFrame(found, columns=["group_id", "column", "detail"], dtype=object)
+
+
+def insert_rows(conn: sqlite3.Connection, rows: pd.DataFrame) -> None:
+    """Insert v3 rows (any subset of COLUMNS the table has), NaN written as NULL."""
+    cols = [c for c in rows.columns if c in COLUMNS]
+    values = rows[cols].astype(object)
+    conn.executemany(f"INSERT INTO ai_decisions ({', '.join(cols)}) VALUES "
+                     f"({', '.join('?' * len(cols))})",
+                     values.where(values.notna(), None).itertuples(index=False))

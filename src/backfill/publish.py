@@ -88,7 +88,7 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             conn.execute("BEGIN IMMEDIATE")  # no other writer until COMMIT; readers go on
             check_changes(conn, changes)  # before the backup: a stale plan leaves no trace
             backup = verified_backup(db, now) if len(changes) else None
-            applied = apply_changes(conn, changes)
+            applied = apply_changes(conn, changes, checked=True)  # same transaction
             rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

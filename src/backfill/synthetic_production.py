@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from backfill.decisiondb import COLUMNS, TABLE, create
-from backfill.synthetic import SyntheticProject
+from backfill.merge import MergeSettings, with_matches
+from backfill.synthetic import STAGE_DELAY, STAGE_LABELS, STAGE_SETS, SyntheticProject
 
 OLD_COLUMNS = [c for c in COLUMNS if c != "ai_crop_accepted"]
 
@@ -114,3 +117,111 @@ def make_production_db(project: SyntheticProject, path: Path, share: float = 0.6
     conn.commit()
     conn.close()
     return truth
+
+
+
+PROJECT = "bench"
+T0 = datetime(2025, 7, 8, 6, 0, 0, tzinfo=UTC)  # groups 5 minutes apart from here
+SIZES = {1.0: (832, 1216), 1.5: (832, 1216), 2.0: (1664, 2432), 3.0: (3072, 3072)}
+MATCHED = 0.7  # share of the backfilled groups that match a production row
+
+
+def _iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _group(rng: np.random.Generator, k: int) -> dict:
+    """Group ``k`` as the files show it: its renders, the person's pick and crop, and the
+    AI's prediction."""
+    t0 = T0 + timedelta(seconds=300 * k)
+    stages = STAGE_SETS[int(rng.integers(len(STAGE_SETS)))]
+    names = [f"{(t0 + timedelta(seconds=STAGE_DELAY[s])).strftime('%Y%m%d_%H%M%S')}_"
+             f"{STAGE_LABELS[s]}.png" for s in stages]
+    kept = None if rng.random() < 0.15 else int(rng.integers(len(stages)))
+    if kept is None:
+        action, box = "reject", None
+    elif rng.random() < 0.4:
+        action, box = "approve", [0.0, 0.0, 1.0, 1.0]
+    else:
+        action = "crop"
+        box = list(np.concatenate([rng.uniform(0, 0.3, 2), rng.uniform(0.7, 1, 2)]))
+    ai = int(rng.integers(len(stages)))
+    width, height = SIZES[stages[kept if kept is not None else ai]]
+    return {"k": k, "t0": t0, "names": names, "kept": kept, "action": action, "box": box,
+            "ai": ai, "ai_confidence": round(float(rng.uniform(0.3, 1)), 4),
+            "ai_box": list(np.concatenate([rng.uniform(0, 0.4, 2), rng.uniform(0.6, 1, 2)])),
+            "width": width, "height": height,
+            "directory": f"renders/batch_{k // 100:03d}"}
+
+
+def backfill_row(g: dict) -> dict:
+    """The merge stage's row for a group: its id form, the final's time, AI columns set."""
+    when = _iso(g["t0"] + timedelta(minutes=40))  # the final's modification time
+    kept = g["kept"]
+    return {
+        "group_id": f"{PROJECT}_group_{g['t0'].strftime('%Y%m%d_%H%M%S')}",
+        "timestamp": when, "project_id": PROJECT, "directory": g["directory"],
+        "batch_number": None, "images": json.dumps(g["names"]),
+        "ai_selected_index": g["ai"], "ai_crop_coords": _box(g["ai_box"]),
+        "ai_confidence": g["ai_confidence"],
+        "user_selected_index": kept if kept is not None else g["ai"],
+        "user_action": g["action"], "ai_crop_accepted": None,
+        "final_crop_coords": None if g["box"] is None else _box(g["box"]),
+        "crop_timestamp": None if g["box"] is None else when,
+        "image_width": g["width"], "image_height": g["height"],
+        "selection_match": None, "crop_match": None,
+    }
+
+
+def production_row(rng: np.random.Generator, g: dict, n: int) -> dict:
+    """The live tools' row for the same group: the reviewer's id form and log times, its
+    own AI prediction (or none), and cells NULL or off as described above."""
+    batch, index = n // 100, n % 100
+    when = T0 + timedelta(days=100, seconds=97 * n)  # logged months later
+    has_ai = rng.random() < 0.7
+    ai = int(rng.integers(len(g["names"]))) if has_ai else None
+    kept = g["kept"]
+    row = {
+        "group_id": f"{PROJECT}_group_{g['t0'].strftime('%Y%m%d_%H%M%S')}"
+                    f"_batch{batch:03d}_img{index:03d}",
+        "timestamp": _iso(when), "project_id": PROJECT,
+        "directory": g["directory"] if rng.random() < 0.6 else None,
+        "batch_number": batch, "images": json.dumps(g["names"]),
+        "ai_selected_index": ai,
+        "ai_crop_coords": _box(rng.uniform(0, 1, 4)) if has_ai else None,
+        "ai_confidence": round(float(rng.uniform(0.3, 1)), 4) if has_ai else None,
+        "user_selected_index": kept if kept is not None else (ai or 0),
+        "user_action": g["action"], "ai_crop_accepted": None,
+        "final_crop_coords": None, "crop_timestamp": None,
+        "image_width": g["width"], "image_height": g["height"],
+        "selection_match": None, "crop_match": None,
+    }
+    if g["box"] is not None:
+        fate = rng.random()
+        if fate >= 0.3:  # below: not cropped yet (NULL, filled from the images)
+            box = np.array(g["box"], float)
+            if fate < 0.45:  # wrong by 0.1: corrected
+                box[2] = box[2] + 0.1 if box[2] < 0.9 else box[2] - 0.1
+            elif fate < 0.6:  # off by less than the tolerance: kept
+                box[0] = box[0] + 0.004
+            row["final_crop_coords"] = _box(box)
+            row["crop_timestamp"] = _iso(when + timedelta(minutes=3))
+    return row
+
+
+def decision_tables(n_rows: int, n_backfill: int, seed: int,
+                    settings: MergeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(production rows, backfilled rows) with no images behind them, for the merge
+    benchmark and the kill tests: production logs groups 0..n_rows-1 in another order;
+    the backfill holds a random MATCHED share of them (cells NULL or off as
+    production_row says) and new groups after them."""
+    rng = np.random.default_rng(seed)
+    n_matched = min(round(MATCHED * n_backfill), n_rows)
+    groups = [_group(rng, k) for k in range(n_rows + n_backfill - n_matched)]
+    production = [production_row(rng, groups[k], n) for n, k in
+                  enumerate(rng.permutation(n_rows))]  # logged in another order
+    matched = sorted(rng.choice(n_rows, n_matched, replace=False))
+    backfill = [backfill_row(groups[k]) for k in [*matched, *range(n_rows, len(groups))]]
+    prod = with_matches(pd.DataFrame(production, columns=COLUMNS, dtype=object), settings)
+    back = with_matches(pd.DataFrame(backfill, columns=COLUMNS, dtype=object), settings)
+    return prod, back
