@@ -19,7 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	backfill demo generate
 	backfill compose
-	dvc repro predict@demo
+	dvc repro merge@demo
 	backfill summary demo
 
 test: $(STAMP)
@@ -32,6 +32,7 @@ bench: $(STAMP)
 	python benchmarks/bench_scan.py
 	python benchmarks/bench_extract.py
 	python benchmarks/bench_embed.py
+	python benchmarks/bench_merge.py
 
 clean-demo:
 	rm -rf data/demo

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from backfill.decisiondb import COLUMNS, INDEXES, VIEWS, create, insert_rows
+from backfill.legacy import crop_acceptance
 from backfill.merge import MergeSettings, match_rows, plan_merge, with_matches
 
 SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
@@ -121,3 +122,68 @@ def test_backfilled_rows_of_a_generated_project_fit_the_v3_schema(tmp_path, reco
     create(conn)
     insert_rows(conn, rows)
     assert conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0] == len(groups)
+
+
+def test_sidecars_set_ai_crop_accepted_by_seed_003s_rule(tmp_path):
+    from backfill.legacy import read_review_folders
+
+    def ai_approved(gid: str, name: str, **values) -> dict:
+        values = {"ai_selected_index": 1, "user_selected_index": 1,
+                  "ai_crop_coords": "[0.1, 0.1, 0.9, 0.9]", **values}
+        return row(gid, [f"{name}_stage1.png", f"{name}_stage2.png"], **values)
+
+    live = frame(ai_approved("auto", "a"), ai_approved("plain", "b"),
+                 ai_approved("both", "c"), ai_approved("nowhere", "d"),
+                 ai_approved("other", "e", ai_selected_index=0),  # approved another image
+                 ai_approved("known", "f", ai_crop_accepted=False))
+    for folder, stem in [("crop_auto", "a_stage2"), ("selected", "b_stage2"),
+                         ("selected", "c_stage2"), ("crop_auto", "e_stage2"),
+                         ("crop_auto", "f_stage2")]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{stem}.png").write_bytes(b"png")
+    (tmp_path / "crop_auto" / "a_stage2.decision").write_text('{"group_id": "auto"}')
+    # c's sidecar in crop_auto/ names its group though the file sits in selected/
+    (tmp_path / "crop_auto" / "x.decision").write_text('{"group_id": "both"}')
+    (tmp_path / "crop_auto" / "e_stage2.decision").write_text('{"group_id": "other"}')
+    (tmp_path / "crop_auto" / "f_stage2.decision").write_text('{"group_id": "known"}')
+    (tmp_path / "crop_auto" / "broken.decision").write_text("{not json")
+    folders, problems = read_review_folders(tmp_path, ["crop_auto", "selected"], [".png"])
+    assert len(problems) == 1 and "broken.decision" in problems[0]
+
+    def rule(rows):
+        return crop_acceptance(rows, folders, "crop_auto", "selected")
+
+    plan = plan_merge(frame(), live, SETTINGS, crop_accepted=rule)
+    got = plan.merged.set_index("group_id")["ai_crop_accepted"].to_dict()
+    assert got == {"auto": True, "plain": False, "both": None, "nowhere": None,
+                   "other": None, "known": False}
+    assert set(plan.changes.loc[plan.changes["rule"] == "sidecar", "group_id"]) == {
+        "auto", "plain"}
+
+
+def test_a_legacy_csv_reads_as_v3_rows_and_bad_lines_are_reported(tmp_path):
+    from backfill.legacy import read_decisions_csv
+
+    header = ("group_id,timestamp,project_id,directory,batch_number,image_1_filename,"
+              "image_2_filename,image_3_filename,image_4_filename,ai_selected_index,"
+              "ai_crop_x1,ai_crop_y1,ai_crop_x2,ai_crop_y2,ai_confidence,user_selected_index,"
+              "user_action,final_crop_x1,final_crop_y1,final_crop_x2,final_crop_y2,"
+              "crop_timestamp,image_width,image_height,selection_match,crop_match")
+    lines = [header,
+             "g1,2025-09-01T10:00:00Z,p,d,1,a.png,b.png,,,1,0.1,0.1,0.9,0.9,0.8,1,crop,"
+             "0.2,0.2,0.8,0.8,2025-09-01T11:00:00Z,832,1216,True,False",
+             "g2,2025-09-01T10:05:00Z,p,,,c.png,d.png,e.png,,,,,,,,0,reject,,,,,,832,1216,,",
+             ",2025-09-01T10:09:00Z,p,,,f.png,,,,,,,,,,0,approve,,,,,,832,1216,,",
+             "g4,2025-09-01T10:10:00Z,p,,,g.png,,,,,,,,,,x,approve,,,,,,832,1216,,"]
+    path = tmp_path / "p_decisions.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows, problems = read_decisions_csv(path, "p")
+    assert rows["group_id"].tolist() == ["g1", "g2"]
+    g1 = rows.iloc[0]
+    assert json.loads(g1["images"]) == ["a.png", "b.png"]
+    assert g1["ai_crop_coords"] == "[0.1, 0.1, 0.9, 0.9]" and g1["ai_selected_index"] == 1
+    assert g1["final_crop_coords"] == "[0.2, 0.2, 0.8, 0.8]" and g1["selection_match"] is True
+    assert rows.iloc[1]["ai_selected_index"] is None and rows.iloc[1]["final_crop_coords"] is None
+    assert [d.split(": ")[1] for d in problems["detail"]] == [
+        "no group_id", "user_selected_index unreadable"]
+    assert "line 4" in problems["detail"][0]

@@ -227,3 +227,44 @@ def test_publish_is_safe_while_the_reviewer_writes(merged):
     pd.testing.assert_frame_equal(after.drop(logged)[COLUMNS[1:]], expected[COLUMNS[1:]])
     with sqlite3.connect(prod.path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def to_legacy_csv(rows: pd.DataFrame, path: Path) -> None:
+    """Rows as the person's older tools logged them: seed 003's CSV header."""
+    from backfill.legacy import AI_BOX, FINAL_BOX, IMAGE_COLUMNS
+
+    out = rows.drop(columns=["images", "ai_crop_coords", "final_crop_coords",
+                             "ai_crop_accepted"]).copy()
+    names = rows["images"].map(json.loads)
+    for i, col in enumerate(IMAGE_COLUMNS):
+        out[col] = names.map(lambda n, i=i: n[i] if i < len(n) else None)
+    for src, cols in (("ai_crop_coords", AI_BOX), ("final_crop_coords", FINAL_BOX)):
+        boxes = rows[src].map(lambda b: json.loads(b) if isinstance(b, str) else [None] * 4)
+        for i, col in enumerate(cols):
+            out[col] = boxes.map(lambda b, i=i: b[i])
+    out.to_csv(path, index=False)
+
+
+def test_a_legacy_csv_is_one_more_production_source(tmp_path, recovered):
+    from backfill.merge import run
+
+    logged = make_production_db(recovered.gen, tmp_path / "old.db", seed=5)
+    live = rows_of(logged.path).reset_index()
+    csv = tmp_path / "p_decisions.csv"
+    to_legacy_csv(live, csv)
+    project = make_stage_project(tmp_path / "csv", recovered, legacy_csv=csv)
+    message = run(project)
+    assert f"{len(live)} of the new from the legacy CSV" in message
+    out = rows_of(project.out_dir / "ai_decisions.db")
+    assert len(out) == len(recovered.gen.groups)
+    for _, r in live.iterrows():  # CSV rows keep their times and AI predictions
+        assert out.at[r["group_id"], "timestamp"] == r["timestamp"]
+        for col in AI:
+            if r[col] is not None:
+                assert out.at[r["group_id"], col] == r[col]
+    # With the DB as well, the CSV's rows are already there: reported, not doubled.
+    both = make_stage_project(tmp_path / "both", recovered, real_db=logged.path, legacy_csv=csv)
+    run(both)
+    issues = read_table(both.output("merge_issues"), MergeIssuesTable)
+    assert (issues["kind"] == "legacy_duplicate").sum() == len(live)
+    assert len(rows_of(both.out_dir / "ai_decisions.db")) == len(recovered.gen.groups)

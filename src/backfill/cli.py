@@ -55,6 +55,29 @@ def cmd_project_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project_discover(args: argparse.Namespace) -> int:
+    from backfill.discover import discover, register, render
+    from backfill.registry import model_versions
+
+    root = find_root()
+    if args.model not in model_versions(root):
+        raise ConfigError(f"no model version '{args.model}' in conf/model/ (known: "
+                          f"{', '.join(model_versions(root))}).")
+    found = discover(Path(args.root), root)
+    print(render(found))
+    if not found.new:
+        print("nothing new to register.")
+    elif not args.yes:
+        print(f"would register {len(found.new)} project(s) under the names shown: run again "
+              "with --yes to do it.")
+    else:
+        added = register(found, root, args.model)
+        print(f"registered {len(added)} project(s): {', '.join(r.name for r in added)}; "
+              "params.yaml composed.")
+        print("next: `dvc repro` (or one project: `dvc repro group@NAME`)")
+    return 0
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     import importlib
 
@@ -149,6 +172,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    from backfill.export import FORMATS
+
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    if not chosen or any(f not in FORMATS for f in chosen):
+        raise argparse.ArgumentTypeError(f"'{text}': choose from {','.join(FORMATS)}")
+    return chosen
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from backfill.export import run
+
+    root = find_root()
+    if bool(args.names) == args.all:
+        raise ConfigError("name the projects to export, or pass --all (not both).")
+    out = Path(args.out) if args.out else Path("data") / "export"
+    stats, files = run(_projects(root, args.names), out if out.is_absolute() else root / out,
+                       args.format, args.exclude_needs_review, combined=args.all)
+    print(stats)
+    print(f"-> {', '.join(_config_path(str(f), root) for f in files)}")
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from backfill.registry import registered
     from backfill.summary import summarize
@@ -161,15 +207,37 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_demo_generate(args: argparse.Namespace) -> int:
     from backfill.synthetic import make_project
+    from backfill.synthetic_production import make_production_db
 
     out = Path(args.out)
-    if (out / "truth.json").exists() and not args.force:
+    live = out / "live" / "ai_decisions.db"
+    if (out / "truth.json").exists() and live.exists() and not args.force:
         print(f"demo project already in {out} (pass --force to regenerate)")
         return 0
+    import shutil
+
+    for folder in ("original", "final", "live"):  # no stale files from another generation
+        shutil.rmtree(out / folder, ignore_errors=True)
     project = make_project(out, n_groups=args.groups, seed=args.seed)
+    logged = make_production_db(project, live, seed=args.seed)
     n_files = sum(len(g.rel_paths) for g in project.groups)
     print(f"generated demo project in {out}: {len(project.groups)} groups, {n_files} renders, "
-          f"{len(project.bad_files)} bad files")
+          f"{len(project.bad_files)} bad files; a partial production DB of {len(logged.rows)} "
+          f"rows in {live} (as the reviewer would have logged them)")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import shutil
+
+    from backfill.query import query
+
+    fmt = "csv" if args.csv else "json" if args.json else "table"
+    out, note = query(load_project(args.name), args.sql, fmt, args.limit,
+                      shutil.get_terminal_size((120, 24)).columns)
+    print(out)
+    if note:  # on stderr for CSV and JSON, so that stdout stays machine-readable
+        print(note, file=sys.stdout if fmt == "table" else sys.stderr)
     return 0
 
 
@@ -201,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_project_add)
     p = psub.add_parser("list", help="list registered projects")
     p.set_defaults(func=cmd_project_list)
+    p = psub.add_parser("discover", help="find past projects' folder pairs under ROOT "
+                                         "(sandbox/<p> + <p>, <p>_raw + <p>_final or <p>)")
+    p.add_argument("root", help="folder holding past projects")
+    p.add_argument("--yes", action="store_true",
+                   help="register the new ones (default: only list what would be added)")
+    p.add_argument("--model", default="baseline",
+                   help="model version of the registered projects (conf/model/)")
+    p.set_defaults(func=cmd_project_discover)
 
     for stage, text in [("scan", "find and fingerprint every image"),
                         ("group", "group renders by the nearest-up rule"),
@@ -235,9 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: data/compare)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("export", help="training pairs from projects' decisions "
+                                      "(JSONL and CSV, seed 002's format)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="projects to export")
+    p.add_argument("--all", action="store_true",
+                   help="every registered project, plus combined _all.jsonl/_all.csv")
+    p.add_argument("--out", help="folder for the files (default: data/export)")
+    p.add_argument("--format", type=_formats, default=("jsonl", "csv"),
+                   help="comma-separated: jsonl, csv (default: jsonl,csv)")
+    p.add_argument("--exclude-needs-review", action="store_true",
+                   help="leave out decisions flagged needs_review (default: kept, flagged)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("summary", help="one-screen summary of projects' tables")
     p.add_argument("names", nargs="*", help="projects (default: all)")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("query", help="DuckDB SQL over a project's tables and merged DB")
+    p.add_argument("name", help="project name")
+    p.add_argument("sql", help="one query; views: its tables (scan, groups, truth, ...), "
+                               "decisions and provenance (data/NAME/ai_decisions.db)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="print CSV (every row by default)")
+    form.add_argument("--json", action="store_true",
+                      help="print a JSON array of rows (every row by default)")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="rows to print (default: 50 as a table, all as CSV/JSON; 0: all)")
+    p.set_defaults(func=cmd_query)
 
     demo = sub.add_parser("demo", help="the generated demo project")
     dsub = demo.add_subparsers(dest="demo_command", required=True)

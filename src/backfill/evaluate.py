@@ -56,21 +56,35 @@ def _share(hits: pd.Series) -> float | None:
     return float(hits.mean()) if len(hits) else None
 
 
-def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
-             settings: EvalSettings) -> dict:
-    """Counts and accuracies (None where there is nothing to measure)."""
+def scored(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
+           settings: EvalSettings) -> pd.DataFrame:
+    """Per measured decision (kept, and not needs_review unless asked for): the truth
+    with the AI's pick and box beside it, and whether they agree (``right``, ``anomaly``,
+    ``boxed``, ``iou``, ``crop_ok``); the stages of both picks, for plots and reports."""
     t = truth.assign(anomaly=anomalies(truth, groups))
-    excluded = 0
     if not settings.include_needs_review:
-        excluded = int(t["needs_review"].sum())
         t = t[~t["needs_review"]]
     t = t[t["user_selected_index"].notna()].merge(
         predictions[["group_id", "ai_selected_index", *BOX]], on="group_id", how="left")
-    right = (t["ai_selected_index"] == t["user_selected_index"]).fillna(False).astype(bool)
-    boxed = t[CROP_BOX].notna().all(axis=1)
-    ai = t.loc[boxed, BOX].to_numpy(float)
-    final = t.loc[boxed, CROP_BOX].to_numpy(float)
-    overlap = iou(ai, final)
+    t["right"] = (t["ai_selected_index"] == t["user_selected_index"]).fillna(False).astype(bool)
+    t["boxed"] = t[CROP_BOX].notna().all(axis=1) & t[BOX].notna().all(axis=1)
+    t["iou"] = np.where(t["boxed"], iou(t[BOX].to_numpy(float), t[CROP_BOX].to_numpy(float)),
+                        np.nan)
+    t["crop_ok"] = t["boxed"] & crop_match(t[BOX].to_numpy(float), t[CROP_BOX].to_numpy(float),
+                                           settings.crop_tolerance)
+    stages = t["group_id"].map(groups.set_index("group_id")["stages"])
+    t["ai_stage"] = [None if pd.isna(i) else float(s[int(i)])
+                     for s, i in zip(stages, t["ai_selected_index"], strict=True)]
+    return t
+
+
+def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
+             settings: EvalSettings) -> dict:
+    """Counts and accuracies (None where there is nothing to measure)."""
+    excluded = 0 if settings.include_needs_review else int(truth["needs_review"].sum())
+    t = scored(truth, groups, predictions, settings)
+    right = t["right"]
+    boxed = t[CROP_BOX].notna().all(axis=1)  # a kept box without an AI box counts as wrong
     return {
         "groups": int(len(truth)),
         "excluded_needs_review": excluded,
@@ -79,8 +93,8 @@ def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFram
         "anomaly_n": int(t["anomaly"].sum()),
         "anomaly_accuracy": _share(right[t["anomaly"]]),
         "crop_n": int(boxed.sum()),
-        "crop_accuracy": _share(pd.Series(crop_match(ai, final, settings.crop_tolerance))),
-        "mean_iou": float(overlap.mean()) if len(overlap) else None,
+        "crop_accuracy": _share(t.loc[boxed, "crop_ok"]),
+        "mean_iou": float(t.loc[boxed, "iou"].fillna(0).mean()) if boxed.any() else None,
     }
 
 

@@ -80,7 +80,8 @@ def read_decisions_csv(path: Path, project: str) -> tuple[pd.DataFrame, pd.DataF
     problems = pd.DataFrame({"group_id": rows.loc[bad != "", "group_id"].fillna(""),
                              "detail": [f"{path.name} line {i + 2}: {why}"
                                         for i, why in bad[bad != ""].items()]})
-    return rows[bad == ""].reset_index(drop=True), problems.reset_index(drop=True)
+    rows = rows[bad == ""].reset_index(drop=True).astype(object)
+    return rows.where(rows.notna(), None), problems.reset_index(drop=True)
 
 
 @dataclass(frozen=True)

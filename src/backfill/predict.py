@@ -19,7 +19,7 @@ from backfill.evaluate import EvalSettings, describe_metrics, evaluate
 from backfill.models import ModelVersion, build, crop_inputs, describe, normalise
 from backfill.project import ConfigError, Project
 from backfill.schemas import BOX, EmbeddingsTable, GroupsTable, PredictionsTable, TruthTable
-from backfill.tables import read_table, write_table
+from backfill.tables import read_table, write_table, write_text
 
 
 def check_embeddings(version: ModelVersion, embeddings: pd.DataFrame) -> None:
@@ -120,8 +120,7 @@ def load_version(project: Project) -> ModelVersion:
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", path)
 
 
 def run(project: Project) -> str:

@@ -25,6 +25,7 @@ from backfill.decisiondb import (
 from backfill.legacy import crop_acceptance, read_decisions_csv, read_review_folders
 from backfill.merge import ISSUE_COLUMNS, MergePlan
 from backfill.project import ConfigError, Project
+from backfill.tables import temp_beside
 
 
 @dataclass
@@ -103,8 +104,7 @@ def write_merged_db(out: Path, production_db: Path | None, plan: MergePlan,
     """The merged DB: a copy of production (SQLite's backup API, consistent while the
     reviewer writes) or a fresh v3 DB, with the plan applied exactly as publish would,
     plus the v3 indexes and views where missing and the provenance side table."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_beside(out)
     tmp.unlink(missing_ok=True)
     dst = sqlite3.connect(tmp, isolation_level=None)
     try:

@@ -86,8 +86,12 @@ def model_versions(root: Path) -> list[str]:
 def add_project(root: Path, name: str, original_dir: str, final_dir: str,
                 real_db: str | None = None, overrides: list[str] | None = None,
                 force: bool = False, model: str = "baseline", legacy_csv: str | None = None,
-                review_dir: str | None = None) -> Path:
-    """Write conf/project/<name>.yaml, register it, and compose params.yaml."""
+                review_dir: str | None = None, compose_params: bool = True) -> Path:
+    """Write conf/project/<name>.yaml, register it, and compose params.yaml.
+
+    ``compose_params=False`` skips composing (near a second each with 20 projects): a
+    caller registering many projects composes once at the end, and restores the configs
+    if that fails."""
     if not NAME_PATTERN.match(name):
         raise ConfigError(
             f"project name '{name}' must be letters, digits, '_' or '-' (it names folders"
@@ -116,6 +120,8 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
     added = name not in registered(root)
     if added:
         _register(root, name)
+    if not compose_params:
+        return path
     try:
         compose(root)  # fail before touching params.yaml if the result does not compose
     except Exception as exc:

@@ -262,3 +262,52 @@ class MergeIssuesTable(pa.DataFrameModel):
 
     class Config:
         strict = True
+
+
+EXPORT_KINDS = ["selection", "rejected"]
+
+
+class TrainingExportTable(pa.DataFrameModel):
+    """`backfill export`: one training entry per group, seed 002's format. A 'selection'
+    has the kept image against the group's others; a 'rejected' group has only
+    negatives. Paths are absolute, stages follow the group's order."""
+
+    project: Series[str]
+    kind: Series[str] = pa.Field(isin=EXPORT_KINDS)
+    timestamp: Series[str] = pa.Field(str_matches=TIMESTAMP_PATTERN,
+                                      description="the group's first timestamp")
+    chosen_path: Series[str] = pa.Field(nullable=True, description="null: rejected")
+    chosen_stage: Series[float] = pa.Field(nullable=True)
+    neg_paths: Series[object] = pa.Field(description="the group's other members")
+    neg_stages: Series[object]
+    was_cropped: Series[bool] = pa.Field(description="user_action == 'crop'")
+    anomaly: Series[bool] = pa.Field(description="a lower stage than the highest was kept")
+    group_id: Series[str]
+    user_action: Series[str] = pa.Field(isin=ACTIONS)
+    crop_box: Series[object] = pa.Field(
+        nullable=True, description="normalised [x1, y1, x2, y2] of the kept image")
+    needs_review: Series[bool] = pa.Field(description="the recovered decision may be wrong")
+    review_reason: Series[str] = pa.Field(nullable=True)
+    match_confidence: Series[float] = pa.Field(nullable=True, ge=0, le=1)
+    final_path: Series[str] = pa.Field(nullable=True, description="absolute, under final_dir")
+    final_modified_at: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
+    unreadable_paths: Series[object] = pa.Field(description="members that cannot be read")
+
+    @pa.dataframe_check
+    def kind_matches_choice(cls, df: pd.DataFrame) -> Series[bool]:
+        selection = df["kind"] == "selection"
+        return ((selection == df["chosen_path"].notna())
+                & (selection == (df["user_action"] != "reject")))
+
+    @pa.dataframe_check
+    def negatives_are_paired(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["neg_paths"].map(len) == df["neg_stages"].map(len)) & (
+            df["neg_paths"].map(len) > 0)
+
+    @pa.dataframe_check
+    def rejected_teaches_no_choice(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["kind"] == "selection") | ~(df["was_cropped"] | df["anomaly"])
+
+    class Config:
+        strict = True
+        unique = ["project", "group_id"]

@@ -83,4 +83,16 @@ def summarize(project: Project) -> str:
             ("anomaly accuracy", share("anomaly_accuracy", "anomaly_n")),
             ("crop accuracy", share("crop_accuracy", "crop_n")),
             ("mean IoU", iou)])
+    merge_path = project.out_dir / "merge_summary.json"
+    if merge_path.exists():
+        m = json.loads(merge_path.read_text())
+        live = project.cfg.get("real_db") or "none (built from scratch)"
+        rows = [("production DB", str(live)), ("matched", m["matched"]),
+                ("added", m["added"] + m["imported"]), ("filled", m["filled"]),
+                ("corrected", m["corrected"]), ("preserved timestamps", m["preserved_timestamps"]),
+                ("rows after", m["rows_after"])]
+        rows += [(k.removeprefix("issues_").replace("_", " "), v) for k, v in sorted(m.items())
+                 if k.startswith("issues_")]
+        lines += _section(f"merge (`backfill publish {project.name} --dry-run` shows the plan)",
+                          rows)
     return "\n".join(lines)

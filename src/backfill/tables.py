@@ -40,12 +40,24 @@ def validate(df: pd.DataFrame, schema: type, table: str) -> pd.DataFrame:
         raise ContractError(describe_failures(table, err)) from None
 
 
+def temp_beside(path: Path) -> Path:
+    """A private name in ``path``'s folder, so that os.replace onto ``path`` is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write ``df`` (index dropped) to ``path`` atomically: a crash leaves the old file."""
     arrow = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = temp_beside(path)
     pq.write_table(arrow, tmp, compression="zstd", write_statistics=True)
+    os.replace(tmp, path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, like write_parquet."""
+    tmp = temp_beside(path)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
