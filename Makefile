@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test lint bench clean-demo chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	backfill demo generate
 	backfill compose
-	dvc repro merge@demo
+	dvc repro validate@demo
 	backfill summary demo
+	backfill report demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	pytest
+
+# The report test opens the HTML report in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "could not install chromium: the report test will be skipped"
 
 lint: $(STAMP)
 	ruff check src tests benchmarks

@@ -45,9 +45,14 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     live = repo.parent / "live" / "alpha.db"
     before = live.read_bytes()
     first = run(["dvc", "repro"], repo).stdout
-    assert first.count("Running stage") == 12
+    assert first.count("Running stage") == 14
     assert live.read_bytes() == before  # `dvc repro` never writes production
     assert "merge alpha: Added " in first and "merge beta: Added 8 new records" in first
+    assert "validate alpha: 9 tables and 8 DB rows pass" in first
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert '"db_rows": 8' in json.dumps(shown).replace(" ", "").replace(":", ": ")
+    plots = run(["dvc", "plots", "show", "--json"], repo).stdout
+    assert "data/alpha/plots/iou.csv" in plots and "data/beta/plots/picks.csv" in plots
     assert "model ViT-B-32/random-seed0" in first and "model version 'baseline'" in first
     for name, project in truths.items():
         truth = pd.read_parquet(repo / "data" / name / "truth.parquet").set_index("group_id")
@@ -79,7 +84,9 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     # re-measures its predictions only if a label changed).
     conf.write_text(conf.read_text() + "extract:\n  approve_tolerance: 0.05\n")
     run(["backfill", "compose"], repo)
-    assert stages_in_status(repo) - {"merge@alpha", "merge@beta"} == {"extract@alpha"}
+    # validate checks approve rows against the same tolerance
+    assert stages_in_status(repo) - {"merge@alpha", "merge@beta"} == {"extract@alpha",
+                                                                   "validate@alpha"}
     fourth = run(["dvc", "repro"], repo).stdout
     assert "Running stage 'extract@alpha'" in fourth and "pairs: 0 matched" in fourth
     assert not {"scan", "group", "embed"} & set(re.findall(r"Running stage '(\w+)@", fourth))

@@ -93,6 +93,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from backfill.registry import registered
+    from backfill.report import performance_summary
+
+    root = find_root()
+    for name in args.names or registered(root):
+        print(performance_summary(load_project(name, root)))
+    return 0
+
+
 def _projects(root: Path, names: list[str] | None) -> list:
     from backfill.registry import registered
 
@@ -283,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("extract", "recover each group's decision from the final folder"),
                         ("embed", "CLIP embeddings of every grouped image (cached)"),
                         ("predict", "the model version's picks and crops, and its accuracy"),
-                        ("merge", "plan the merge into the production DB; write the merged DB")]:
+                        ("merge", "plan the merge into the production DB; write the merged DB"),
+                        ("validate", "check every table and the DB; metrics, plots, report")]:
         p = sub.add_parser(stage, help=f"stage: {text} (run by `dvc repro`)")
         p.add_argument("name", help="project name")
         p.set_defaults(func=cmd_stage, stage=stage)
@@ -322,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-needs-review", action="store_true",
                    help="leave out decisions flagged needs_review (default: kept, flagged)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="the AI's accuracy per project (seed 003) and the "
+                                      "path of its HTML report")
+    p.add_argument("names", nargs="*", help="projects (default: all)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("summary", help="one-screen summary of projects' tables")
     p.add_argument("names", nargs="*", help="projects (default: all)")

@@ -311,3 +311,12 @@ class TrainingExportTable(pa.DataFrameModel):
     class Config:
         strict = True
         unique = ["project", "group_id"]
+
+
+# Every Parquet table a stage writes, by its file stem: validate checks them all.
+TABLES = {
+    "scan": ScanTable, "groups": GroupsTable, "ungrouped": UngroupedTable,
+    "truth": TruthTable, "finals": FinalsTable, "embeddings": EmbeddingsTable,
+    "predictions": PredictionsTable, "merge_plan": MergePlanTable,
+    "merge_issues": MergeIssuesTable,
+}

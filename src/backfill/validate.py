@@ -1,0 +1,195 @@
+"""validate: the last stage. Every table against its contract, the emitted DB against
+seed 000's checks; then the project's metrics and plot data for DVC, and the report.
+
+A failed check stops the stage (and `dvc repro`) with the table, column or check, the
+failing values and their count. Rows that come from production as the person's tools
+wrote them are the person's record: what they break is a warning in the report, never a
+reason to stop (the merge reports and leaves them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backfill.decisiondb import ACTIONS, open_production, read_rows, violations
+from backfill.evaluate import EvalSettings, evaluate, scored
+from backfill.project import Project
+from backfill.schemas import TABLES
+from backfill.tables import ContractError, read_table, write_text
+
+FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str  # error: stops the stage; warning: shown in the report
+    group_ids: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def describe(self, limit: int = 5) -> str:
+        shown = ", ".join(self.group_ids[:limit])
+        more = f" (+{len(self.group_ids) - limit} more)" if len(self.group_ids) > limit else ""
+        return f"{self.check}: {len(self.group_ids)} row(s){': ' + shown if shown else ''}{more}" \
+               f"{' - ' + self.detail if self.detail else ''}"
+
+
+def read_tables(project: Project) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Every stage table, validated lazily; a broken or missing one is an error."""
+    tables, errors = {}, []
+    for name, schema in TABLES.items():
+        try:
+            tables[name] = read_table(project.output(name), schema, name)
+        except (ContractError, FileNotFoundError) as exc:
+            errors.append(str(exc))
+    return tables, errors
+
+
+def _coords(values: pd.Series) -> np.ndarray:
+    out = np.full((len(values), 4), np.nan)
+    for i, v in enumerate(values):
+        try:
+            box = json.loads(v) if isinstance(v, str) else None
+            if isinstance(box, list) and len(box) == 4:
+                out[i] = box
+        except ValueError:
+            pass
+    return out
+
+
+def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
+                    approve_tolerance: float, groups: pd.DataFrame,
+                    backfill_ids: pd.Series, reported: set[str]) -> list[Finding]:
+    """Seed 000's validation queries and this project's own invariants over the emitted
+    rows. ``sources``: per row, where it came from (production rows only warn)."""
+    live = sources.isin(["production", "legacy_csv"]).to_numpy()
+    findings = []
+
+    def add(check: str, bad: np.ndarray, detail: str = "") -> None:
+        for severity, mask in (("error", bad & ~live), ("warning", bad & live)):
+            if mask.any():
+                findings.append(Finding(check, severity, rows.loc[mask, "group_id"].tolist(),
+                                        detail))
+
+    add("crop rows without coordinates",
+        ((rows["user_action"] == "crop") & rows["final_crop_coords"].isna()).to_numpy(),
+        "seed 000: should be 0")
+    coords = _coords(rows["final_crop_coords"])
+    off = np.nan_to_num(np.abs(coords - FULL_FRAME).max(axis=1), nan=0.0) > approve_tolerance
+    add("approve rows not at full frame", (rows["user_action"] == "approve").to_numpy() & off,
+        f"a coordinate more than {approve_tolerance} from [0, 0, 1, 1]")
+    broken = violations(rows)
+    add("rows breaking seed 003's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
+        "; ".join(broken["detail"].head(3)))
+    names = rows["images"].map(lambda s: json.loads(s) if isinstance(s, str) else [])
+    missing = names.map(lambda n: not set(n) <= scan_names).to_numpy()
+    add("rows naming images the scan did not find", missing)
+    # Every group is in the DB once, or was reported by the merge and left alone.
+    held = set(backfill_ids.dropna())
+    lost = sorted(set(groups["group_id"]) - held - reported)
+    if lost:
+        findings.append(Finding("groups missing from the DB", "error", lost,
+                                "neither merged, added nor reported"))
+    twice = backfill_ids[backfill_ids.duplicated(keep=False) & backfill_ids.notna()]
+    if len(twice):
+        findings.append(Finding("groups in the DB twice", "error", sorted(set(twice))))
+    return findings
+
+
+@dataclass
+class Emitted:
+    rows: pd.DataFrame
+    provenance: pd.DataFrame
+    integrity: str
+
+
+def read_emitted(path: Path) -> Emitted:
+    with open_production(path) as conn:
+        rows, _ = read_rows(conn)
+        provenance = pd.read_sql_query("SELECT * FROM backfill_provenance", conn)
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    conn.close()
+    return Emitted(rows, provenance, integrity)
+
+
+def project_metrics(tables: dict[str, pd.DataFrame], emitted: Emitted,
+                    settings: EvalSettings, findings: list[Finding]) -> dict:
+    """The figures `dvc metrics show/diff` compares across projects, commits and runs."""
+    truth, scan = tables["truth"], tables["scan"]
+    quality = evaluate(truth, tables["groups"], tables["predictions"], settings)
+    actions = truth["user_action"].value_counts()
+    return {
+        "groups": int(len(truth)),
+        **{a: int(actions.get(a, 0)) for a in ACTIONS},
+        **{k: quality[k] for k in ("selection_accuracy", "anomaly_accuracy", "crop_accuracy",
+                                   "mean_iou", "selection_n", "anomaly_n", "crop_n")},
+        "needs_review": int(truth["needs_review"].sum()),
+        "orphans": int((tables["finals"]["role"] == "orphan").sum()),
+        "unreadable_files": int((scan["status"] == "error").sum()),
+        "db_rows": int(len(emitted.rows)),
+        "warnings": int(sum(len(f.group_ids) for f in findings if f.severity == "warning")),
+    }
+
+
+def plot_data(tables: dict[str, pd.DataFrame], settings: EvalSettings) -> dict[str, pd.DataFrame]:
+    """Plot tables for `dvc plots`: IoU distribution, accuracy by kept stage, and the AI's
+    pick against the person's by stage."""
+    s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
+    edges = np.linspace(0, 1, 11)
+    counts, _ = np.histogram(s.loc[s["boxed"], "iou"].to_numpy(float), bins=edges)
+    labels = [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    iou_bins = pd.DataFrame({"iou": labels, "decisions": counts})
+    by_stage = (s.groupby("kept_stage")["right"].agg(["mean", "size"]).reset_index()
+                .rename(columns={"mean": "selection_accuracy", "size": "decisions"}))
+    by_stage["kept_stage"] = by_stage["kept_stage"].map(lambda v: f"stage {v:g}")
+    picks = pd.DataFrame({"ai_stage": s["ai_stage"].map(
+        lambda v: "none" if v is None or pd.isna(v) else f"stage {v:g}"),
+        "user_stage": s["kept_stage"].map(lambda v: f"stage {v:g}")})
+    return {"iou": iou_bins, "accuracy_by_stage": by_stage, "picks": picks}
+
+
+def run(project: Project) -> str:
+    from backfill.report import write_report
+
+    started = time.perf_counter()
+    tables, errors = read_tables(project)
+    db = project.out_dir / "ai_decisions.db"
+    emitted = None
+    try:
+        emitted = read_emitted(db)
+    except Exception as exc:  # noqa: BLE001 - any unreadable DB is one failed check
+        errors.append(f"{db.name} cannot be read: {exc}")
+    if errors:
+        raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n"
+                            + "\n".join(errors))
+    if emitted.integrity != "ok":
+        errors.append(f"{db.name}: PRAGMA integrity_check says {emitted.integrity}")
+    sources = emitted.rows["group_id"].map(emitted.provenance.set_index("group_id")["source"])
+    originals = tables["scan"].loc[tables["scan"]["source"] == "original", "name"]
+    reported = set(tables["merge_issues"]["group_id"])
+    findings = check_decisions(
+        emitted.rows, sources.fillna("production"), set(originals),
+        float(project.cfg.extract.approve_tolerance), tables["groups"],
+        emitted.provenance["backfill_group_id"], reported)
+    errors += [f.describe() for f in findings if f.severity == "error"]
+    if errors:
+        raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n  - "
+                            + "\n  - ".join(errors))
+    settings = EvalSettings.from_config(project.cfg.evaluate)
+    metrics = project_metrics(tables, emitted, settings, findings)
+    write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n",
+               project.out_dir / "metrics.json")
+    plots = plot_data(tables, settings)
+    for name, frame in plots.items():
+        write_text(frame.to_csv(index=False), project.out_dir / "plots" / f"{name}.csv")
+    report = write_report(project, tables, emitted, metrics, findings, plots)
+    warned = sum(len(f.group_ids) for f in findings)
+    return (f"validate {project.name}: {len(TABLES)} tables and {len(emitted.rows):,} DB rows "
+            f"pass; {warned:,} warning(s) on production rows; "
+            f"{time.perf_counter() - started:.1f}s -> {report.relative_to(project.root)}")

@@ -1,0 +1,119 @@
+"""validate: contracts and seed 000's checks stop the stage with a readable message;
+metrics, plot data and an HTML report that renders in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+
+import pandas as pd
+import pytest
+
+from backfill.synthetic_production import make_production_db
+from backfill.tables import ContractError, write_parquet
+from test_publish import make_stage_project
+
+
+@pytest.fixture
+def validated(tmp_path, recovered):
+    from backfill.merge import run as merge
+    from backfill.validate import run as validate
+
+    live = make_production_db(recovered.gen, tmp_path / "live.db", seed=5)
+    project = make_stage_project(tmp_path, recovered, real_db=live.path)
+    # Upstream tables the merge does not need but validate checks.
+    from backfill.extract import ExtractSettings, extract_project
+    from backfill.group import GroupSettings, group_table
+
+    cfg = recovered.cfg
+    groups, ungrouped = group_table(recovered.scan, GroupSettings.from_config(cfg.group), "p")
+    finals = extract_project(groups, recovered.scan, ungrouped,
+                             ExtractSettings.from_config(cfg.extract), recovered.gen.original_dir,
+                             recovered.gen.final_dir, tmp_path / "cache").finals
+    write_parquet(ungrouped, project.output("ungrouped"))
+    write_parquet(finals, project.output("finals"))
+    write_parquet(pd.DataFrame({"content_hash": pd.Series(dtype="str"),
+                                "embedding": pd.Series(dtype=object),
+                                "model_id": pd.Series(dtype="str")}),
+                  project.output("embeddings"))
+    merge(project)
+    return project, validate
+
+
+def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
+    project, validate = validated
+    message = validate(project)
+    assert message.startswith("validate p: 9 tables and 30 DB rows pass")
+    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    gen = recovered.gen.groups
+    assert metrics["groups"] == len(gen) == metrics["db_rows"]
+    for action in ("approve", "crop", "reject"):
+        assert metrics[action] == sum(g.action == action for g in gen)
+    assert metrics["unreadable_files"] == 4  # the generator's undecodable files
+    iou = pd.read_csv(project.out_dir / "plots" / "iou.csv")
+    assert iou["decisions"].sum() == metrics["crop_n"]
+    picks = pd.read_csv(project.out_dir / "plots" / "picks.csv")
+    assert len(picks) == metrics["selection_n"]
+    assert (project.out_dir / "report.html").stat().st_size > 10_000
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("chromium is not installed (`make test` installs Debian's package)")
+    return path
+
+
+def open_in_chromium(path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and the console messages of the page."""
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--enable-logging=stderr", "--log-level=0", "--dump-dom",
+                           path.as_uri()], capture_output=True, text=True, timeout=120)
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return proc.stdout, console
+
+
+def test_the_report_renders_in_chromium_with_the_right_counts(validated, tmp_path):
+    project, validate = validated
+    validate(project)
+    dom, console = open_in_chromium(project.out_dir / "report.html")
+    assert console == []
+    assert 'data-rendered="' in dom  # its script ran to the end
+    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', dom))
+    for key in ("groups", "approve", "crop", "reject", "needs_review", "orphans",
+                "unreadable_files", "db_rows"):
+        assert int(shown[key]) == metrics[key], key
+    assert not re.search(r'(src|href)="(https?:)?//', dom)  # nothing loads from outside
+    # The checker does see a broken page.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>undefinedFn();</script></body></html>")
+    assert any("undefinedFn" in line for line in open_in_chromium(bad)[1])
+
+
+def test_a_corrupted_value_stops_validation_naming_table_column_and_value(validated):
+    project, validate = validated
+    truth = pd.read_parquet(project.output("truth"))
+    truth.loc[0, "user_action"] = "skipped"
+    write_parquet(truth, project.output("truth"))
+    with pytest.raises(ContractError) as err:
+        validate(project)
+    text = str(err.value)
+    assert "table 'truth'" in text and "column 'user_action'" in text and "'skipped'" in text
+
+
+def test_seed_000s_db_checks_fail_the_stage(validated):
+    project, validate = validated
+    db = project.out_dir / "ai_decisions.db"
+    with sqlite3.connect(db) as conn:
+        gid = conn.execute("SELECT d.group_id FROM ai_decisions d JOIN backfill_provenance p "
+                           "USING (group_id) WHERE user_action = 'crop' AND "
+                           "p.source = 'backfill' LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE ai_decisions SET final_crop_coords = NULL WHERE group_id = ?",
+                     (gid,))
+    conn.close()
+    with pytest.raises(ContractError, match=f"crop rows without coordinates: 1 row\\(s\\): {gid}"):
+        validate(project)
