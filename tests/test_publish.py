@@ -20,7 +20,7 @@ from backfill.project import Project
 from backfill.publish import REWRITTEN_HEADER, run_publish
 from backfill.schemas import MergeIssuesTable, MergePlanTable
 from backfill.synthetic_production import make_production_db
-from backfill.tables import read_table, write_parquet
+from backfill.tables import ContractError, read_table, write_parquet
 
 AI = ["ai_selected_index", "ai_crop_coords", "ai_confidence"]
 
@@ -268,3 +268,21 @@ def test_a_legacy_csv_is_one_more_production_source(tmp_path, recovered):
     issues = read_table(both.output("merge_issues"), MergeIssuesTable)
     assert (issues["kind"] == "legacy_duplicate").sum() == len(live)
     assert len(rows_of(both.out_dir / "ai_decisions.db")) == len(recovered.gen.groups)
+
+
+def test_a_plan_naming_unknown_columns_is_refused_before_any_sql(tmp_path):
+    from backfill.applyplan import apply_changes
+    from backfill.decisiondb import create
+
+    db = tmp_path / "d.db"
+    with sqlite3.connect(db) as conn:
+        create(conn)
+        evil = pd.DataFrame({"group_id": ["g"], "column": ["user_action = 'x'; --"],
+                             "old": ["null"], "new": ['"y"'], "rule": ["filled"]})
+        with pytest.raises(DecisionDBError, match="unknown columns"):
+            apply_changes(conn, evil)
+        from backfill.tables import validate
+
+        with pytest.raises(ContractError, match="column 'column'"):
+            validate(evil, MergePlanTable, "merge_plan")
+    conn.close()

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pandas as pd
 
-from backfill.decisiondb import DecisionDBError, table_columns
+from backfill.decisiondb import ADDABLE, COLUMNS, DecisionDBError, table_columns
 from backfill.merge import SCHEMA_ROW, decode
 
 CHUNK = 500  # host parameters per query, well under SQLite's limit
@@ -45,6 +45,12 @@ def _values(conn: sqlite3.Connection, column: str, ids: list[str]) -> dict[str, 
 
 def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
     """Each planned change whose premise no longer holds, in words (empty: all hold)."""
+    unknown = set(changes["column"]) - {*COLUMNS, "*"}
+    bad_types = {decode(v) for v in changes.loc[changes["rule"] == "migrated", "new"]} - set(
+        ADDABLE.values())
+    if unknown or bad_types:  # names go into SQL text: only the schema's own are allowed
+        raise DecisionDBError(f"the plan names unknown columns or types {sorted(unknown)} "
+                              f"{sorted(bad_types)}: it is not a plan this tool wrote.")
     have = set(table_columns(conn))
     stale = []
     migrate = changes[changes["rule"] == "migrated"]

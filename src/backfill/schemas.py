@@ -11,6 +11,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from backfill.decisiondb import COLUMNS as DECISION_COLUMNS
+
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 TIMESTAMP_PATTERN = r"^\d{8}_\d{6}$"
 STATUSES = ["ok", "warning", "error"]
@@ -231,7 +233,8 @@ class MergePlanTable(pa.DataFrameModel):
     (column '*'), or a column added to the table (group_id '(schema)')."""
 
     group_id: Series[str]
-    column: Series[str] = pa.Field(description="a v3 column, or '*' for a whole row")
+    column: Series[str] = pa.Field(isin=[*DECISION_COLUMNS, "*"],
+                                   description="a v3 column, or '*' for a whole row")
     old: Series[str] = pa.Field(str_matches=JSON_VALUE, description="JSON: what the DB holds")
     new: Series[str] = pa.Field(str_matches=JSON_VALUE, description="JSON: what it will hold")
     rule: Series[str] = pa.Field(isin=PLAN_RULES, description="seed 000's rule that applies")
