@@ -270,7 +270,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     ``imported``: production group ids that come from a legacy CSV, not the DB: each
     becomes one "imported" row carrying its merged values.
     """
-    from backfill.decisiondb import ADDABLE, violations
+    from backfill.decisiondb import ADDABLE, DecisionDBError, violations
 
     matching = match_rows(backfill, production)
     prod = production.set_index("group_id")
@@ -358,7 +358,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         "new": records, "rule": origin}, columns=PLAN_COLUMNS)], ignore_index=True)
     unknown = [c for c in missing_columns or [] if c not in ADDABLE]
     if unknown:
-        raise ValueError(f"the production DB lacks {unknown}, which cannot be added to an "
+        raise DecisionDBError(f"the production DB lacks {unknown}, which cannot be added to an "
                          "existing table: it predates seed 003's schema; migrate it by hand.")
     migrations = pd.DataFrame({"group_id": SCHEMA_ROW, "column": list(missing_columns or []),
                                "old": _enc(None),

@@ -132,7 +132,7 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
         else "-")
 
 
-def write_report(project: Project, tables: dict[str, pd.DataFrame], emitted, metrics: dict,
+def write_report(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
                  findings: list, plots: dict[str, pd.DataFrame]) -> Path:
     out = project.out_dir / "report.html"
     write_text(render(project, tables, metrics, findings, plots), out)

@@ -188,7 +188,7 @@ def run(project: Project) -> str:
     plots = plot_data(tables, settings)
     for name, frame in plots.items():
         write_text(frame.to_csv(index=False), project.out_dir / "plots" / f"{name}.csv")
-    report = write_report(project, tables, emitted, metrics, findings, plots)
+    report = write_report(project, tables, metrics, findings, plots)
     warned = sum(len(f.group_ids) for f in findings)
     return (f"validate {project.name}: {len(TABLES)} tables and {len(emitted.rows):,} DB rows "
             f"pass; {warned:,} warning(s) on production rows; "
