@@ -286,3 +286,77 @@ def test_a_plan_naming_unknown_columns_is_refused_before_any_sql(tmp_path):
         with pytest.raises(ContractError, match="column 'column'"):
             validate(evil, MergePlanTable, "merge_plan")
     conn.close()
+
+
+def live_and_plan(tmp_path, **prod_values):
+    """A tiny live DB (one matched row, one new group) and its plan."""
+    from backfill.merge import MergeSettings, plan_merge
+    from test_merge import frame, row
+
+    settings = MergeSettings(0.01, 0.05)
+    live = frame(row("live1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                     final_crop_coords=None, ai_selected_index=1, **prod_values))
+    back = frame(row("g1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                     final_crop_coords="[0.1, 0.1, 0.5, 0.5]", directory="d"),
+                 row("g2", ["c.png"], user_action="reject"))
+    db = tmp_path / "live.db"
+    with sqlite3.connect(db) as conn:
+        from backfill.decisiondb import create, insert_rows
+
+        create(conn)
+        insert_rows(conn, live)
+    conn.close()
+    return db, plan_merge(back, live, settings)
+
+
+@pytest.mark.parametrize("reviewer_sql", [
+    "UPDATE ai_decisions SET user_action = 'reject' WHERE group_id = 'live1'",
+    "INSERT INTO ai_decisions (group_id, timestamp, project_id, images, user_selected_index,"
+    " user_action, image_width, image_height) VALUES ('live2', 't', 'p', '[\"c.png\"]', 0,"
+    " 'reject', 8, 8)",
+])
+def test_a_plan_is_stale_when_the_row_or_a_new_rows_images_moved(tmp_path, reviewer_sql):
+    from backfill.applyplan import PlanConflict
+    from backfill.publish import publish_plan
+
+    db, plan = live_and_plan(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute(reviewer_sql)  # the reviewer, after planning
+    conn.close()
+    before = rows_of(db)
+    with pytest.raises(PlanConflict):
+        publish_plan(db, plan.changes)
+    pd.testing.assert_frame_equal(rows_of(db), before)
+
+
+def test_a_row_that_picked_another_image_keeps_its_crop_and_is_reported(tmp_path):
+    from backfill.merge import MergeSettings, plan_merge
+    from test_merge import frame, row
+
+    live = frame(row("live1", ["a.png", "b.png"], user_action="crop", user_selected_index=0,
+                     final_crop_coords="[0.1, 0.1, 0.5, 0.5]"))
+    back = frame(row("g1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                     final_crop_coords="[0.3, 0.3, 0.9, 0.9]"))
+    plan = plan_merge(back, live, MergeSettings(0.01, 0.05))
+    assert plan.merged.loc[0, "final_crop_coords"] == "[0.1, 0.1, 0.5, 0.5]"
+    assert plan.issues["kind"].tolist() == ["pick_differs"]
+
+
+def test_text_flags_and_malformed_boxes_in_production_do_not_break_the_merge(tmp_path):
+    from backfill.publish import publish_plan
+
+    db, plan = live_and_plan(tmp_path, selection_match="false", ai_crop_coords="not json")
+    publish_plan(db, plan.changes)  # re-checks pass: the plan saw the stored values
+    assert len(rows_of(db)) == 2
+
+
+def test_publish_refuses_a_plan_no_merge_rule_allows(tmp_path):
+    from backfill.publish import publish_plan
+
+    db, plan = live_and_plan(tmp_path)
+    forged = pd.concat([plan.changes, pd.DataFrame({
+        "group_id": ["live1"], "column": ["timestamp"], "old": ['"2025-10-01T10:00:00Z"'],
+        "new": ['"2000-01-01T00:00:00Z"'], "rule": ["filled"]})], ignore_index=True)
+    with pytest.raises(DecisionDBError, match="only fills NULLs"):
+        publish_plan(db, forged)
+    assert rows_of(db).loc["live1", "timestamp"] == "2025-10-01T10:00:00Z"

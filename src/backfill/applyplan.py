@@ -14,7 +14,7 @@ from collections import Counter
 
 import pandas as pd
 
-from backfill.decisiondb import ADDABLE, COLUMNS, DecisionDBError, table_columns
+from backfill.decisiondb import ADDABLE, COLUMNS, DERIVED, DecisionDBError, table_columns
 from backfill.merge import SCHEMA_ROW, decode
 
 CHUNK = 500  # host parameters per query, well under SQLite's limit
@@ -51,16 +51,36 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
     if unknown or bad_types:  # names go into SQL text: only the schema's own are allowed
         raise DecisionDBError(f"the plan names unknown columns or types {sorted(unknown)} "
                               f"{sorted(bad_types)}: it is not a plan this tool wrote.")
+    broken = rule_breaches(changes)
+    if broken:
+        raise DecisionDBError("the plan breaks the merge rules, so it is not one this tool "
+                              "wrote; nothing was written:\n  " + "\n  ".join(broken[:10]))
     have = set(table_columns(conn))
     stale = []
     migrate = changes[changes["rule"] == "migrated"]
     stale += [f"column {c} exists already (the plan would add it)"
               for c in migrate["column"] if c in have]
     added = set(migrate["column"])
-    rows = changes[changes["column"] == "*"]
+    rows = changes[changes["rule"].isin(NEW_ROWS)]
     present = _values(conn, "group_id", rows["group_id"].tolist())
     stale += [f"{g}: a row with this group_id exists now (the plan would add it)"
               for g in rows["group_id"] if g in present]
+    # A new row's images must still be in no live row: else it is no longer new.
+    names = {n: g for g, r in zip(rows["group_id"], rows["new"], strict=True)
+             for n in json.loads(json.loads(r)["images"])}
+    for gid, images in conn.execute("SELECT group_id, images FROM ai_decisions"):
+        shared = names.keys() & set(_image_names(images))
+        stale += [f"{names[n]}: {gid} holds its image {n} now (the plan would add it)"
+                  for n in sorted(shared)[:1]]
+    for gid, seen in zip(*_seen(changes), strict=True):
+        cols = [c for c in seen if c in have]  # a column the plan adds is not there yet
+        now = conn.execute(f"SELECT {', '.join(cols)} FROM ai_decisions WHERE group_id = ?",
+                           (gid,)).fetchone()
+        if now is None:
+            stale.append(f"{gid}: the row is gone")
+            continue
+        stale += [f"{gid}.{c} is {v!r} now, the plan saw {seen[c]!r}"
+                  for c, v in zip(cols, now, strict=True) if not _same(v, seen[c])]
     cells = changes[(changes["column"] != "*") & (changes["group_id"] != SCHEMA_ROW)]
     for column, part in cells.groupby("column", sort=True):
         if column not in have:
@@ -88,6 +108,42 @@ def check_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> None:
             "(merge@<project>), then publish again.")
 
 
+NEW_ROWS = ["added", "imported"]
+# Which columns each rule may change, and whether it needs the old value to be NULL.
+RULES = {"filled": (None, True), "sidecar": (["ai_crop_accepted"], True),
+         "corrected": (["final_crop_coords"], False), "recomputed": (DERIVED, False),
+         "fixed_action": (["user_action"], False)}
+
+
+def rule_breaches(changes: pd.DataFrame) -> list[str]:
+    """Changes no merge rule allows (a hand-edited or foreign plan): publish refuses."""
+    out = []
+    for c in changes.itertuples(index=False):
+        if c.rule in RULES:
+            columns, needs_null = RULES[c.rule]
+            if (columns is not None and c.column not in columns) or c.column == "*":
+                out.append(f"{c.group_id}.{c.column}: rule {c.rule} cannot change it")
+            elif needs_null and c.old != "null":
+                out.append(f"{c.group_id}.{c.column}: rule {c.rule} only fills NULLs")
+        elif c.rule == "migrated" and decode(c.new) != ADDABLE.get(c.column):
+            out.append(f"column {c.column}: type {c.new} is not {ADDABLE.get(c.column)}")
+        elif c.rule in [*NEW_ROWS, "seen"] and c.column != "*":
+            out.append(f"{c.group_id}.{c.column}: rule {c.rule} is for whole rows")
+    return out
+
+
+def _seen(changes: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    s = changes[changes["rule"] == "seen"]
+    return s["group_id"].tolist(), [json.loads(v) for v in s["old"]]
+
+
+def _image_names(images) -> list[str]:
+    try:
+        return [str(n) for n in json.loads(images)]
+    except (TypeError, ValueError):
+        return []
+
+
 def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
                   checked: bool = False) -> Counter:
     """Re-check (unless already ``checked`` in this same transaction), then apply every
@@ -100,7 +156,7 @@ def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
         conn.execute(f"ALTER TABLE ai_decisions ADD COLUMN {column} {sql_type}")
         done["migrated"] += 1
     have = table_columns(conn)
-    rows = changes[changes["column"] == "*"]
+    rows = changes[changes["rule"].isin(NEW_ROWS)]
     for rule, part in rows.groupby("rule"):
         records = [json.loads(r) for r in part["new"]]
         for cols, batch in _by_columns(records, have).items():

@@ -28,6 +28,10 @@ from backfill.project import Project
 from backfill.schemas import BOX, CROP_BOX
 
 PLAN_COLUMNS = ["group_id", "column", "old", "new", "rule"]
+CROP_FIELDS = ["final_crop_coords", "crop_timestamp"]
+# What selection_match and crop_match are computed from.
+FLAG_INPUTS = ["user_action", "user_selected_index", "ai_selected_index", "ai_crop_coords",
+               "final_crop_coords"]
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,21 @@ def with_matches(rows: pd.DataFrame, settings: MergeSettings) -> pd.DataFrame:
     boxes = measured & rows["ai_crop_coords"].notna() & rows["final_crop_coords"].notna()
     match = [None] * len(rows)
     for i in np.flatnonzero(boxes.to_numpy()):
-        ai = np.array(json.loads(rows["ai_crop_coords"].iat[i]), dtype=float)[None]
-        final = np.array(json.loads(rows["final_crop_coords"].iat[i]), dtype=float)[None]
-        match[i] = bool(crop_match(ai, final, settings.crop_tolerance)[0])
+        ai, final = _box(rows["ai_crop_coords"].iat[i]), _box(rows["final_crop_coords"].iat[i])
+        if ai is not None and final is not None:  # a malformed box measures nothing
+            match[i] = bool(crop_match(ai[None], final[None], settings.crop_tolerance)[0])
     rows["crop_match"] = match
     rows["selection_match"] = [None if v is None else bool(v) for v in rows["selection_match"]]
     return rows
+
+
+def _box(text) -> np.ndarray | None:
+    """A stored box as 4 finite numbers, or None when it is anything else."""
+    try:
+        box = np.array(json.loads(text), dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return box if box.shape == (4,) and np.isfinite(box).all() else None
 
 
 def _names(images: str) -> list[str]:
@@ -280,10 +293,17 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     old = prod.loc[p_ids, COLUMNS[1:]].reset_index(drop=True)
     new = back.loc[matching.pairs["backfill_id"].to_numpy(), COLUMNS[1:]].reset_index(drop=True)
     parts, preserved = [], 0
+    # A crop describes one image: the files' crop replaces or fills the row's only when
+    # both name the same pick; otherwise the row is reported and its crop left alone.
+    same_pick = (pd.to_numeric(old["user_selected_index"], errors="coerce").to_numpy()
+                 == pd.to_numeric(new["user_selected_index"], errors="coerce").to_numpy())
+    kept = (new["user_action"] != "reject").to_numpy()
     for col in COLUMNS[1:]:
         if col in DERIVED:
             continue
         have, want = old[col].isna().to_numpy(), new[col].isna().to_numpy()
+        if col in CROP_FIELDS:
+            want = want | ~same_pick
         fill = have & ~want
         if col in TIMESTAMPS:
             preserved += int((~have).sum())
@@ -302,6 +322,13 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
                             "detail": [f"{side} {why}: {', '.join(o)}" for side, why, o in
                                        matching.conflicts[["side", "reason", "others"]]
                                        .itertuples(index=False)]}, columns=ISSUE_COLUMNS)]
+    differs = ~same_pick & kept
+    issues.append(pd.DataFrame({
+        "kind": "pick_differs", "group_id": p_ids[differs],
+        "detail": [f"the row picked image {o}, the final folder holds image {n}: its crop "
+                   "is left as it is" for o, n in zip(old["user_selected_index"][differs],
+                                                       new["user_selected_index"][differs],
+                                                       strict=True)]}, columns=ISSUE_COLUMNS))
     invalid = violations(production)
     issues.append(invalid.assign(kind="invalid_row")[ISSUE_COLUMNS])
     skip = invalid.loc[invalid["column"] == "user_action", "group_id"]
@@ -334,15 +361,22 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         parts.append(_cells(ids, "ai_crop_accepted", [None] * len(ids), accepted[ids],
                             "sidecar"))
         merged.loc[ids, "ai_crop_accepted"] = accepted[ids].to_numpy()
+    # The flags follow the values they are computed from, on rows where the merge changed
+    # one of those; elsewhere the reviewer's own flags stand.
+    touched = set().union(*(set(p.loc[p["column"].isin(FLAG_INPUTS), "group_id"])
+                            for p in parts if len(p)))
+    redo = merged.index.isin(touched) & ~merged.index.isin(added["group_id"])
     recomputed = with_matches(merged.reset_index(), settings).set_index("group_id")
     for col in DERIVED:
         before = merged[col].map(_norm)
         after = recomputed[col]
         differ = (before.isna() != after.isna()) | (before.notna() & after.notna()
                                                      & (before != after))
-        differ &= ~merged.index.isin(added["group_id"])
-        ids = merged.index[differ.to_numpy()]
-        parts.append(_cells(ids, col, before[ids], after[ids], "recomputed"))
+        ids = merged.index[(differ & redo).to_numpy()]
+        parts.append(_cells(ids, col, merged.loc[ids, col], after[ids], "recomputed"))
+        keep = ~redo & ~merged.index.isin(added["group_id"])
+        recomputed[col] = recomputed[col].astype(object)
+        recomputed.loc[keep, col] = merged.loc[keep, col].to_numpy()
     merged = recomputed.reset_index()
     changes = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=PLAN_COLUMNS)],
                         ignore_index=True)
@@ -356,6 +390,15 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     changes = pd.concat([changes, pd.DataFrame({
         "group_id": rows["group_id"].to_numpy(), "column": "*", "old": _enc(None),
         "new": records, "rule": origin}, columns=PLAN_COLUMNS)], ignore_index=True)
+    # Each live row the plan changes, whole as the plan saw it: publish re-checks every
+    # column, since a fill or a flag is only right for the row it was computed from.
+    seen_ids = sorted(set(changes["group_id"]) - whole)
+    seen = prod.loc[seen_ids, COLUMNS[1:]]
+    changes = pd.concat([changes, pd.DataFrame({
+        "group_id": seen_ids, "column": "*",
+        "old": [json.dumps({c: _plain(v) for c, v in zip(COLUMNS[1:], r, strict=True)})
+                for r in seen.itertuples(index=False)], "rule": "seen"},
+        columns=PLAN_COLUMNS).assign(new=lambda d: d["old"])], ignore_index=True)
     unknown = [c for c in missing_columns or [] if c not in ADDABLE]
     if unknown:
         raise DecisionDBError(f"the production DB lacks {unknown}, which cannot be added to an "
@@ -382,8 +425,13 @@ def _linked(backfill: pd.DataFrame, production: pd.DataFrame) -> set[str]:
 
 
 def _norm(value):
+    """A stored flag as True/False/None ('false' as text is False, as the CSV has it)."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
+    if isinstance(value, str):
+        from backfill.legacy import BOOLEANS
+
+        return BOOLEANS.get(value.strip().lower())
     return bool(value)
 
 

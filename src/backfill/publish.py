@@ -91,6 +91,11 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             applied = apply_changes(conn, changes, checked=True)  # same transaction
             rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
             conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:  # the DB is fine; the plan is not
+            conn.execute("ROLLBACK")
+            raise DecisionDBError(f"the plan breaks {db.name}'s constraints ({exc}); nothing "
+                                  "was written. Re-plan with `dvc repro`, then publish again.")\
+                from None
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

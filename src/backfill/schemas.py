@@ -224,13 +224,14 @@ class PredictionsTable(pa.DataFrameModel):
 
 
 PLAN_RULES = ["added", "imported", "filled", "corrected", "recomputed", "sidecar",
-              "fixed_action", "migrated"]
+              "fixed_action", "migrated", "seen"]
 JSON_VALUE = r"^(null|true|false|-?[0-9].*|\".*\"|\{.*\})$"  # json.dumps of one DB value
 
 
 class MergePlanTable(pa.DataFrameModel):
     """Every change the merge makes to the production DB: one cell, a whole new row
-    (column '*'), or a column added to the table (group_id '(schema)')."""
+    (column '*'), or a column added to the table (group_id '(schema)'); and each live
+    row it changes, whole as it was seen (rule 'seen'), for publish to re-check."""
 
     group_id: Series[str]
     column: Series[str] = pa.Field(isin=[*DECISION_COLUMNS, "*"],
@@ -246,14 +247,15 @@ class MergePlanTable(pa.DataFrameModel):
     @pa.dataframe_check
     def whole_rows_are_new(cls, df: pd.DataFrame) -> Series[bool]:
         whole = df["column"] == "*"
-        return (~whole | (df["rule"].isin(["added", "imported"]) & (df["old"] == "null")))
+        new_row = df["rule"].isin(["added", "imported"]) & (df["old"] == "null")
+        return ~whole | new_row | ((df["rule"] == "seen") & (df["old"] == df["new"]))
 
     class Config:
         strict = True
 
 
 ISSUE_KINDS = ["ambiguous_match", "id_collision", "invalid_row", "legacy_duplicate",
-               "legacy_invalid", "sidecar_unreadable"]
+               "legacy_invalid", "pick_differs", "sidecar_unreadable"]
 
 
 class MergeIssuesTable(pa.DataFrameModel):
