@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from backfill.applyplan import NEW_ROWS
 from backfill.decisiondb import (
     COLUMNS,
     PROVENANCE_COLUMNS,
@@ -74,7 +75,7 @@ def provenance_frame(backfill: pd.DataFrame) -> pd.DataFrame:
 
 def bare_writes(changes: pd.DataFrame) -> tuple[list[tuple], dict[str, list[tuple]]]:
     """The plan's inserts (whole rows) and cell updates by column, as plain parameters."""
-    rows = changes[changes["column"] == "*"]
+    rows = changes[changes["rule"].isin(NEW_ROWS)]  # "seen" rows are premises, not writes
     inserts = [tuple(json.loads(r)[c] for c in COLUMNS) for r in rows["new"]]
     cells = changes[(changes["column"] != "*") & (changes["rule"] != "migrated")]
     updates = {column: [(json.loads(v), g) for v, g in zip(part["new"], part["group_id"],
