@@ -187,3 +187,20 @@ def test_a_legacy_csv_reads_as_v3_rows_and_bad_lines_are_reported(tmp_path):
     assert [d.split(": ")[1] for d in problems["detail"]] == [
         "no group_id", "user_selected_index unreadable"]
     assert "line 4" in problems["detail"][0]
+
+
+def test_the_reviewers_own_flags_stand_on_rows_the_merge_leaves_alone():
+    live = frame(
+        # The reviewer measured crop_match with its own tolerance: it stays.
+        row("mine", ["a.png"], user_action="crop", ai_selected_index=0,
+            ai_crop_coords="[0.1, 0.1, 0.5, 0.5]", final_crop_coords="[0.13, 0.1, 0.5, 0.5]",
+            selection_match=True, crop_match=False),
+        # Flags never logged: filled from the values, like any NULL cell.
+        row("empty", ["b.png"], user_action="crop", ai_selected_index=1,
+            ai_crop_coords="[0.1, 0.1, 0.5, 0.5]", final_crop_coords="[0.1, 0.1, 0.5, 0.5]"))
+    plan = plan_merge(frame(), live, SETTINGS)
+    merged = plan.merged.set_index("group_id")
+    assert merged.loc["mine", "crop_match"] is False  # 0.03 is within 5%, but not ours
+    assert merged.loc["empty", "selection_match"] is False
+    assert merged.loc["empty", "crop_match"] is True
+    assert set(plan.changes.loc[plan.changes["rule"] == "recomputed", "group_id"]) == {"empty"}

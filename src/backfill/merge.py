@@ -362,7 +362,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
                             "sidecar"))
         merged.loc[ids, "ai_crop_accepted"] = accepted[ids].to_numpy()
     # The flags follow the values they are computed from, on rows where the merge changed
-    # one of those; elsewhere the reviewer's own flags stand.
+    # one of those; elsewhere the reviewer's own flags stand...
     touched = set().union(*(set(p.loc[p["column"].isin(FLAG_INPUTS), "group_id"])
                             for p in parts if len(p)))
     redo = merged.index.isin(touched) & ~merged.index.isin(added["group_id"])
@@ -372,9 +372,11 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         after = recomputed[col]
         differ = (before.isna() != after.isna()) | (before.notna() & after.notna()
                                                      & (before != after))
-        ids = merged.index[(differ & redo).to_numpy()]
+        # ...and where the flag is NULL: an empty cell is filled like any other.
+        mine = redo | (before.isna().to_numpy() & ~merged.index.isin(added["group_id"]))
+        ids = merged.index[(differ & mine).to_numpy()]
         parts.append(_cells(ids, col, merged.loc[ids, col], after[ids], "recomputed"))
-        keep = ~redo & ~merged.index.isin(added["group_id"])
+        keep = ~mine & ~merged.index.isin(added["group_id"])
         recomputed[col] = recomputed[col].astype(object)
         recomputed.loc[keep, col] = merged.loc[keep, col].to_numpy()
     merged = recomputed.reset_index()
