@@ -23,8 +23,8 @@ import pandas as pd
 
 from backfill.evaluate import anomalies, percent
 from backfill.project import ConfigError, Project
-from backfill.schemas import CROP_BOX, GroupsTable, TrainingExportTable, TruthTable
-from backfill.tables import read_table, validate, write_text
+from backfill.schemas import CROP_BOX, TrainingExportTable
+from backfill.tables import read_stage_tables, validate, write_text
 
 # Seed 002's training entry, plus what the entry is and whether it is an anomaly...
 TOP = ["project", "kind", "timestamp", "chosen_path", "chosen_stage", "neg_paths",
@@ -219,13 +219,8 @@ def write_export(records: pd.DataFrame, out_dir: Path, stem: str,
 
 def load_records(project: Project) -> pd.DataFrame:
     """A project's entries, from its groups and truth tables."""
-    paths = {t: project.output(t) for t in ("groups", "truth")}
-    missing = [str(p.relative_to(project.root)) for p in paths.values() if not p.exists()]
-    if missing:
-        raise ConfigError(f"project '{project.name}' has no {', '.join(missing)}: run "
-                          f"`dvc repro extract@{project.name}` first.")
-    groups = read_table(paths["groups"], GroupsTable, "groups")
-    truth = read_table(paths["truth"], TruthTable, "truth")
+    tables = read_stage_tables(project, ["groups", "truth"], "extract")
+    groups, truth = tables["groups"], tables["truth"]
     return build_records(project.name, groups, truth, project.path("original_dir"),
                          project.path("final_dir"))
 

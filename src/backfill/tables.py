@@ -74,3 +74,16 @@ def read_table(path: Path, schema: type | None = None, table: str | None = None)
         )
     df = pq.read_table(path).to_pandas()
     return validate(df, schema, table or path.stem) if schema is not None else df
+
+
+def read_stage_tables(project, names: list[str], stage: str) -> dict[str, pd.DataFrame]:
+    """A project's named tables, validated; a missing one says which stage makes it."""
+    from backfill.project import ConfigError
+    from backfill.schemas import TABLES
+
+    paths = {t: project.output(t) for t in names}
+    missing = [str(p.relative_to(project.root)) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ConfigError(f"project '{project.name}' has no {', '.join(missing)}: run "
+                          f"`dvc repro {stage}@{project.name}` first.")
+    return {t: read_table(paths[t], TABLES[t], t) for t in names}

@@ -32,8 +32,8 @@ from backfill.models import (
 )
 from backfill.predict import predict_groups
 from backfill.project import NAME_PATTERN, ConfigError, Project
-from backfill.schemas import CROP_BOX, EmbeddingsTable, GroupsTable, TruthTable
-from backfill.tables import read_table
+from backfill.schemas import CROP_BOX
+from backfill.tables import read_stage_tables
 
 
 @dataclass
@@ -58,18 +58,15 @@ class Dataset:
 def load_dataset(projects: list[Project]) -> Dataset:
     truths, groups, embeddings, used = [], [], [], {}
     for p in projects:
-        paths = {t: p.output(t) for t in ("truth", "groups", "embeddings")}
-        missing = [str(path.relative_to(p.root)) for path in paths.values() if not path.exists()]
-        if missing:
-            raise ConfigError(f"project '{p.name}' has no {', '.join(missing)}: run "
-                              f"`dvc repro predict@{p.name}` first.")
-        t = read_table(paths["truth"], TruthTable, "truth")
-        g = read_table(paths["groups"], GroupsTable, "groups")
+        names = ["truth", "groups", "embeddings"]
+        tables = read_stage_tables(p, names, "predict")
+        paths = {t: p.output(t) for t in names}
+        t, g = tables["truth"], tables["groups"]
         for df in (t, g):
             df["group_id"] = p.name + "/" + df["group_id"]
         truths.append(t)
         groups.append(g)
-        embeddings.append(read_table(paths["embeddings"], EmbeddingsTable, "embeddings"))
+        embeddings.append(tables["embeddings"])
         used[p.name] = {"groups": len(g), **{f"{k}_sha256": file_sha256(v)
                                              for k, v in paths.items()}}
     models = sorted({m for e in embeddings for m in e["model_id"].unique()})
