@@ -15,7 +15,7 @@ from collections import Counter
 import pandas as pd
 
 from backfill.decisiondb import ADDABLE, COLUMNS, DERIVED, DecisionDBError, table_columns
-from backfill.merge import SCHEMA_ROW, decode
+from backfill.merge import SCHEMA_ROW, decode, image_names
 
 CHUNK = 500  # host parameters per query, well under SQLite's limit
 
@@ -46,11 +46,9 @@ def _values(conn: sqlite3.Connection, column: str, ids: list[str]) -> dict[str, 
 def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
     """Each planned change whose premise no longer holds, in words (empty: all hold)."""
     unknown = set(changes["column"]) - {*COLUMNS, "*"}
-    bad_types = {decode(v) for v in changes.loc[changes["rule"] == "migrated", "new"]} - set(
-        ADDABLE.values())
-    if unknown or bad_types:  # names go into SQL text: only the schema's own are allowed
-        raise DecisionDBError(f"the plan names unknown columns or types {sorted(unknown)} "
-                              f"{sorted(bad_types)}: it is not a plan this tool wrote.")
+    if unknown:  # names go into SQL text: only the schema's own are allowed
+        raise DecisionDBError(f"the plan names unknown columns {sorted(unknown)}: it is not "
+                              "a plan this tool wrote.")
     broken = rule_breaches(changes)
     if broken:
         raise DecisionDBError("the plan breaks the merge rules, so it is not one this tool "
@@ -69,7 +67,7 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
     names = {n: g for g, r in zip(rows["group_id"], rows["new"], strict=True)
              for n in json.loads(json.loads(r)["images"])}
     for gid, images in conn.execute("SELECT group_id, images FROM ai_decisions"):
-        shared = names.keys() & set(_image_names(images))
+        shared = names.keys() & set(image_names(images))
         stale += [f"{names[n]}: {gid} holds its image {n} now (the plan would add it)"
                   for n in sorted(shared)[:1]]
     for gid, seen in zip(*_seen(changes), strict=True):
@@ -135,13 +133,6 @@ def rule_breaches(changes: pd.DataFrame) -> list[str]:
 def _seen(changes: pd.DataFrame) -> tuple[list[str], list[dict]]:
     s = changes[changes["rule"] == "seen"]
     return s["group_id"].tolist(), [json.loads(v) for v in s["old"]]
-
-
-def _image_names(images) -> list[str]:
-    try:
-        return [str(n) for n in json.loads(images)]
-    except (TypeError, ValueError):
-        return []
 
 
 def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,

@@ -144,7 +144,8 @@ def _box(text) -> np.ndarray | None:
     return box if box.shape == (4,) and np.isfinite(box).all() else None
 
 
-def _names(images: str) -> list[str]:
+def image_names(images: str) -> list[str]:
+    """The file names a row's ``images`` JSON lists ([] when it is not a list)."""
     try:
         return [str(n) for n in json.loads(images)]
     except (TypeError, ValueError):
@@ -160,7 +161,7 @@ class Matching:
 def match_rows(backfill: pd.DataFrame, production: pd.DataFrame) -> Matching:
     """Pairs that share an image file name, one to one; everything else is a conflict."""
     def by_name(rows: pd.DataFrame) -> pd.DataFrame:
-        names = rows[["group_id", "images"]].assign(name=rows["images"].map(_names))
+        names = rows[["group_id", "images"]].assign(name=rows["images"].map(image_names))
         return names.explode("name").dropna(subset=["name"])[["group_id", "name"]]
 
     links = by_name(backfill).merge(by_name(production), on="name",
@@ -421,9 +422,9 @@ SCHEMA_ROW = "(schema)"  # the plan's group_id for a change to the table, not a 
 
 def _linked(backfill: pd.DataFrame, production: pd.DataFrame) -> set[str]:
     """Backfilled groups sharing any image name with production (matched or not)."""
-    names = set(n for images in production["images"] for n in _names(images))
+    names = set(n for images in production["images"] for n in image_names(images))
     return {g for g, images in zip(backfill["group_id"], backfill["images"], strict=True)
-            if names & set(_names(images))}
+            if names & set(image_names(images))}
 
 
 def _norm(value):

@@ -5,7 +5,6 @@ DB the pipeline emits. Production itself is only ever opened read-only here.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from backfill.decisiondb import (
     read_rows,
 )
 from backfill.legacy import crop_acceptance, read_decisions_csv, read_review_folders
-from backfill.merge import ISSUE_COLUMNS, MergePlan
+from backfill.merge import ISSUE_COLUMNS, MergePlan, image_names
 from backfill.project import ConfigError, Project
 from backfill.tables import temp_beside
 
@@ -42,7 +41,7 @@ def _optional_path(project: Project, key: str) -> Path | None:
 
 
 def _names(images: pd.Series) -> pd.Series:
-    return images.map(lambda s: set(json.loads(s)) if isinstance(s, str) else set())
+    return images.map(lambda s: set(image_names(s)))
 
 
 def load_production(project: Project) -> Production:
