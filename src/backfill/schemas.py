@@ -98,6 +98,12 @@ class UngroupedTable(pa.DataFrameModel):
 
 
 ACTIONS = ["approve", "crop", "reject"]
+# The truth may also say that the person kept an image (its name pairs it with a group
+# member) whose file cannot be read, so the box is unknown: such a group is not written
+# to ai_decisions (the DB's CHECKs allow only ACTIONS), but reported by the merge as
+# final_unreadable, and recovered on the run after the file is fixed.
+UNREADABLE = "unreadable"
+TRUTH_ACTIONS = [*ACTIONS, UNREADABLE]
 CROP_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the truth's box, normalised
 ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
@@ -106,7 +112,7 @@ class TruthTable(pa.DataFrameModel):
     """One row per group: what the person decided, as recovered from the final folder."""
 
     group_id: Series[str] = pa.Field(unique=True)
-    user_action: Series[str] = pa.Field(isin=ACTIONS)
+    user_action: Series[str] = pa.Field(isin=TRUTH_ACTIONS)
     user_selected_index: Series[pd.Int64Dtype] = pa.Field(
         nullable=True, ge=0, lt=MAX_IMAGES, description="index of the kept image; null: reject")
     kept_stage: Series[float] = pa.Field(nullable=True)
@@ -146,6 +152,12 @@ class TruthTable(pa.DataFrameModel):
     @pa.dataframe_check
     def review_is_explained(cls, df: pd.DataFrame) -> Series[bool]:
         return df["needs_review"] == df["review_reason"].notna()
+
+    @pa.dataframe_check
+    def unreadable_has_no_box(cls, df: pd.DataFrame) -> Series[bool]:
+        """An unreadable final gives no box and is always flagged, with the reason."""
+        unreadable = df["user_action"] == UNREADABLE
+        return ~unreadable | (df["crop_x1"].isna() & df["needs_review"])
 
     class Config:
         strict = True
@@ -254,8 +266,8 @@ class MergePlanTable(pa.DataFrameModel):
         strict = True
 
 
-ISSUE_KINDS = ["ambiguous_match", "id_collision", "invalid_row", "legacy_duplicate",
-               "legacy_invalid", "pick_differs", "sidecar_unreadable"]
+ISSUE_KINDS = ["ambiguous_match", "final_unreadable", "id_collision", "invalid_row",
+               "legacy_duplicate", "legacy_invalid", "pick_differs", "sidecar_unreadable"]
 
 
 class MergeIssuesTable(pa.DataFrameModel):

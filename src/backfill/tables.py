@@ -40,6 +40,36 @@ def validate(df: pd.DataFrame, schema: type, table: str) -> pd.DataFrame:
         raise ContractError(describe_failures(table, err)) from None
 
 
+def contract_dtypes(schema: type) -> dict[str, str]:
+    """Each column of a pandera model and the pandas dtype its contract wants, in order."""
+    out = {}
+    for name, column in schema.to_schema().columns.items():
+        dtype = str(column.dtype)
+        out[name] = "str" if dtype.startswith("string") else dtype
+    return out
+
+
+def typed_frame(schema: type, data=None) -> pd.DataFrame:
+    """The one way to build a stage's table: exactly ``schema``'s columns, in order, each
+    with the contract's dtype, from a frame, a dict of columns or a list of records.
+
+    pandas infers a column's dtype from its values, so an empty input or a column whose
+    values are all missing would come out as object (or float) and break the contract;
+    missing text stays missing (NaN in a str column), never the string 'None'.
+    """
+    dtypes = contract_dtypes(schema)
+    if data is None:
+        data = {}
+    if isinstance(data, pd.DataFrame):
+        df = data.reset_index(drop=True)
+    elif isinstance(data, dict):
+        df = pd.DataFrame(data)
+    else:
+        df = pd.DataFrame.from_records(list(data), columns=list(dtypes))
+    df = df.reindex(columns=list(dtypes))
+    return df.astype(dtypes)
+
+
 def temp_beside(path: Path) -> Path:
     """A private name in ``path``'s folder, so that os.replace onto ``path`` is atomic."""
     path.parent.mkdir(parents=True, exist_ok=True)
