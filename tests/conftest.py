@@ -39,7 +39,8 @@ def recovered(tmp_path_factory) -> SimpleNamespace:
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(cfg.scan), root / "cache").table
     groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
-    truth = extract_project(groups, scan, ungrouped, ExtractSettings.from_config(cfg.extract),
+    settings = ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels)
+    truth = extract_project(groups, scan, ungrouped, settings,
                             gen.original_dir, gen.final_dir, root / "cache").truth
     return SimpleNamespace(gen=gen, scan=scan, groups=groups, truth=truth, cfg=cfg)
 

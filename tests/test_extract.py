@@ -18,7 +18,7 @@ from backfill.tables import validate
 from conftest import REPO
 
 PIPELINE = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
-SETTINGS = ExtractSettings.from_config(PIPELINE.extract)
+SETTINGS = ExtractSettings.from_config(PIPELINE.extract, PIPELINE.scan.max_pixels)
 H = "a" * 64
 
 
@@ -51,7 +51,7 @@ def test_a_group_with_nothing_kept_is_rejected_and_a_kept_name_is_its_decision()
                          [file_row("final", "x/b1.png")])
     assert pd.isna(pairs.loc["g1", "user_selected_index"])
     assert pairs.loc["g2", "user_selected_index"] == 0
-    assert pairs.loc["g2", "final_path"] == "x/b1.png" and pairs.loc["g2", "review"] is None
+    assert pairs.loc["g2", "final_path"] == "x/b1.png" and pd.isna(pairs.loc["g2", "review"])
     assert finals.loc["x/b1.png", "role"] == "kept"
 
 
@@ -63,7 +63,7 @@ def test_a_final_exported_as_jpeg_still_pairs_with_its_png_render():
 def test_identical_copies_are_one_decision_and_reported():
     pairs, finals = pair([group("g", ["a1.png", "a2.png"])],
                          [file_row("final", "a2.png"), file_row("final", "sub/a2.png")])
-    assert pairs.loc["g", "final_copies"] == 1 and pairs.loc["g", "review"] is None
+    assert pairs.loc["g", "final_copies"] == 1 and pd.isna(pairs.loc["g", "review"])
     assert finals.loc["sub/a2.png", "role"] == "copy"
     assert "same content" in finals.loc["sub/a2.png", "reason"]
 
@@ -94,11 +94,12 @@ def test_orphans_say_why():
     assert set(finals["role"]) == {"orphan"}
 
 
-def test_an_unreadable_final_is_still_the_decision_and_flagged():
+def test_an_unreadable_final_is_still_the_pick_and_says_why():
     pairs, finals = pair([group("g", ["a1.png", "a2.png"])],
                          [file_row("final", "a2.png", None, status="error", reason="truncated")])
     assert pairs.loc["g", "user_selected_index"] == 1 and pd.isna(pairs.loc["g", "final_hash"])
-    assert "final cannot be read: truncated" in pairs.loc["g", "review"]
+    assert pairs.loc["g", "unreadable"] == "final unreadable: truncated"
+    assert pd.isna(pairs.loc["g", "review"])
     assert "unreadable: truncated" in finals.loc["a2.png", "reason"]
 
 
@@ -112,7 +113,8 @@ def located(box_px, confidence=0.99, runner_up=0.0, kept=True, support=1.0) -> d
             "final_copies": 0, "final_mtime_ns": 1_752_000_000 * 10**9 if kept else None,
             "review": None, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "scale": 1.0,
             "confidence": confidence if box_px else np.nan, "runner_up": runner_up,
-            "support": support, "method": "1:1" if box_px else None, "locate_error": None}
+            "support": support, "method": "1:1" if box_px else None, "locate_error": None,
+            "unreadable": None}
 
 
 def labels(rows: list[dict], **overrides) -> pd.DataFrame:

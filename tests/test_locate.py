@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from backfill.imageinfo import Unreadable
 from backfill.locate import LocateError, MatchSettings, locate, read_gray
 from backfill.synthetic import low_texture, texture
 from conftest import REPO
@@ -95,7 +96,7 @@ def test_grayscale_rgba_and_16_bit_files_decode_alike(picture, tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), wide)
     assert Image.open(tmp_path / "deep.png").mode.startswith(("I", "RGB"))
     for name in ("gray.png", "rgba.png", "deep.png"):
-        final = read_gray(tmp_path / name)
+        final = read_gray(tmp_path / name, 10**8)
         assert final.dtype == np.uint8 and final.ndim == 2
         check(picture, final, box, tolerance=0.002)
 
@@ -115,8 +116,15 @@ def test_an_impossible_scale_and_an_undecodable_file_raise(picture, tmp_path):
     with pytest.raises(LocateError, match="max_scale"):
         locate(gray(picture), huge, SETTINGS)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(LocateError, match="cannot decode"):
-        read_gray(tmp_path / "bad.png")
+    with pytest.raises(Unreadable, match="corrupt header|not an image"):
+        read_gray(tmp_path / "bad.png", 10**8)
+
+
+def test_an_image_over_max_pixels_is_refused_from_its_header(tmp_path):
+    Image.new("L", (400, 300), 128).save(tmp_path / "big.png")
+    with pytest.raises(Unreadable, match="too large to decode: 400x300"):
+        read_gray(tmp_path / "big.png", 400 * 300 - 1)
+    assert read_gray(tmp_path / "big.png", 400 * 300).shape == (300, 400)
 
 
 def test_settings_key_changes_with_any_setting():

@@ -97,9 +97,11 @@ def workspace(tmp_path_factory):
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(PIPELINE.scan), cache).table
     groups, ungrouped = group_table(scan, GroupSettings.from_config(PIPELINE.group), "gen")
-    truth = extract_project(groups, scan, ungrouped, ExtractSettings.from_config(
-        PIPELINE.extract), gen.original_dir, gen.final_dir, cache).truth
-    clip = dataclasses.replace(ClipSettings.from_config(PIPELINE.embed, root), pretrained=None)
+    settings = ExtractSettings.from_config(PIPELINE.extract, PIPELINE.scan.max_pixels)
+    truth = extract_project(groups, scan, ungrouped, settings, gen.original_dir,
+                            gen.final_dir, cache).truth
+    clip = dataclasses.replace(ClipSettings.from_config(PIPELINE.embed, root,
+                                                        PIPELINE.scan.max_pixels), pretrained=None)
     embeddings = embed_images(members(groups), gen.original_dir, clip, cache).table
     cfg = OmegaConf.merge(PIPELINE, {"original_dir": str(gen.original_dir),
                                      "final_dir": str(gen.final_dir)})

@@ -31,7 +31,8 @@ def validated(tmp_path, recovered):
     cfg = recovered.cfg
     groups, ungrouped = group_table(recovered.scan, GroupSettings.from_config(cfg.group), "p")
     finals = extract_project(groups, recovered.scan, ungrouped,
-                             ExtractSettings.from_config(cfg.extract), recovered.gen.original_dir,
+                             ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
+                             recovered.gen.original_dir,
                              recovered.gen.final_dir, tmp_path / "cache").finals
     write_parquet(ungrouped, project.output("ungrouped"))
     write_parquet(finals, project.output("finals"))

@@ -32,9 +32,11 @@ class ClipSettings:
     batch_size: int
     workers: int
     precision: str
+    max_pixels: int  # scan.max_pixels: larger images are never decoded (not in the model id)
 
     @classmethod
-    def from_config(cls, cfg, root: Path) -> ClipSettings:
+    def from_config(cls, cfg, root: Path, max_pixels: int) -> ClipSettings:
+        """From the project's embed section, and its scan.max_pixels."""
         workers = (os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
         if workers < 1 or int(cfg.batch_size) < 1:
             raise ConfigError(f"embed.workers ({cfg.workers}) and embed.batch_size "
@@ -47,7 +49,7 @@ class ClipSettings:
             path = Path(pretrained).expanduser()
             pretrained = str(path if path.is_absolute() else root / path)
         return cls(str(cfg.model), pretrained, int(cfg.seed), str(cfg.device),
-                   int(cfg.batch_size), workers, str(cfg.precision))
+                   int(cfg.batch_size), workers, str(cfg.precision), int(max_pixels))
 
 
 def _looks_like_path(pretrained: str) -> bool:

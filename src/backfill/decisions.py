@@ -6,6 +6,10 @@ image of the group was kept (there is no 'skip'). A decision the evidence does n
 support firmly (low confidence, an ambiguous match, several kept images, unreadable
 files) is kept and flagged ``needs_review`` with the reason: never trusted silently,
 never dropped.
+
+A kept image whose final (or original) cannot be read has no box: its action is
+'unreadable', flagged, its reason first ("final unreadable: ..."). The merge leaves such a
+group out of ai_decisions and reports it; the run after the file is fixed labels it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from backfill.schemas import CROP_BOX
+from backfill.schemas import CROP_BOX, UNREADABLE, TruthTable
+from backfill.tables import typed_frame
 
 FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
 
@@ -44,11 +49,13 @@ def iso_utc(mtime_ns: float | None) -> str | None:
 def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     """The truth table from pairs joined to their locations (pure, vectorised).
 
-    ``located`` holds pairing's columns plus the location in original pixels (x1, y1,
-    x2, y2, scale, confidence, runner_up, support, method) and ``locate_error``.
+    ``located`` holds pairing's columns (``unreadable`` among them) plus the location in
+    original pixels (x1, y1, x2, y2, scale, confidence, runner_up, support, method) and
+    ``locate_error``.
     """
     df = located
-    kept = df["user_selected_index"].notna()
+    unreadable = df["user_selected_index"].notna() & df["unreadable"].notna()
+    kept = df["user_selected_index"].notna() & ~unreadable  # a kept image with a box to find
     width = df["original_width"].astype("float64")
     height = df["original_height"].astype("float64")
     box = pd.DataFrame({
@@ -57,11 +64,13 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     }).astype("float64").clip(0.0, 1.0)
     located_ok = box.notna().all(axis=1)
     full = (box.sub(FULL_FRAME, axis=1).abs() <= s.approve_tolerance).all(axis=1)
-    action = np.where(~kept, "reject", np.where(located_ok & full, "approve", "crop"))
+    action = np.where(unreadable, UNREADABLE, np.where(
+        ~kept, "reject", np.where(located_ok & full, "approve", "crop")))
 
     confidence = df["confidence"].astype("float64")
     runner_up = df["runner_up"].astype("float64").fillna(0.0)
     reasons = pd.DataFrame({
+        "unreadable": df["unreadable"].where(unreadable),
         "pairing": df["review"],
         "error": df["locate_error"].map(lambda e: f"not located: {e}", na_action="ignore"),
         "low": np.where(
@@ -81,7 +90,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     review = reasons.apply(lambda r: "; ".join(v for v in r if isinstance(v, str)) or None,
                            axis=1) if len(df) else pd.Series(dtype="object")
     mtime = df["final_mtime_ns"]
-    truth = pd.DataFrame({
+    truth = typed_frame(TruthTable, {
         "group_id": df["group_id"],
         "user_action": action,
         "user_selected_index": df["user_selected_index"].astype("Int64"),

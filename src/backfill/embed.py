@@ -4,7 +4,13 @@ Embeddings are cached by (content hash, model id) in one store per model under t
 cache folder, shared by every project and run: a re-run embeds nothing and three new
 renders embed three. The CLIP model is loaded only when something is left to embed.
 Threads decode and preprocess the next images while the model runs on the current
-batch; at most ``window`` prepared images wait, so memory stays bounded.
+batch; at most ``window`` prepared images wait, so memory stays bounded. Every decode
+goes through imageinfo.decode with scan.max_pixels: a bomb or an over-limit file is
+reported with its reason, never decoded, never cached.
+
+Memory stays flat as the count grows: each result is one small float32 vector in a
+list (no frame per image), and the cache's periodic save appends a part file rather
+than re-reading its store.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from backfill.clip import ClipSettings, load_clip, model_id, resolve_device
+from backfill.imageinfo import decode
 from backfill.project import Project
 from backfill.resultcache import ResultCache
-from backfill.schemas import EmbeddingsTable, GroupsTable
-from backfill.tables import read_table, write_table
+from backfill.schemas import EmbeddingsTable
+from backfill.tables import read_stage_tables, read_table, typed_frame, write_table
 
 # Bump when decoding or preprocessing changes what an image embeds to: cached
 # embeddings of other versions are then not reused. (Not the module's source hash, as
@@ -35,15 +42,18 @@ from backfill.tables import read_table, write_table
 PREPROCESS_VERSION = 1
 DTYPES = {"content_hash": "str", "embedding": "object"}
 
+# (index into the paths, embedding or None, error or None) for every path, in any order.
+Embedded = Iterator[tuple[int, np.ndarray | None, str | None]]
+# What embeds a list of files, and the device it runs on; loaded only when needed.
+Embedder = Callable[[list[Path]], Embedded]
 
-def decode_rgb(path: Path):
-    """The image as 8-bit RGB for CLIP: 16-bit is scaled down, alpha and grey handled."""
+
+def decode_rgb(path: Path, max_pixels: int):
+    """The image as 8-bit RGB for CLIP: 16-bit is scaled down, alpha and grey handled.
+    Raises imageinfo.Unreadable (a ValueError) with the reason."""
     from PIL import Image
 
-    data = np.fromfile(path, dtype=np.uint8)
-    pixels = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if pixels is None:
-        raise ValueError(f"cannot decode {path.name}")
+    pixels = decode(path, cv2.IMREAD_COLOR, max_pixels)
     return Image.fromarray(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB))
 
 
@@ -61,14 +71,14 @@ def prefetch(fn: Callable, items: Iterable, workers: int, window: int) -> Iterat
 
 
 def embed_files(paths: list[Path], model, preprocess, device: str, settings: ClipSettings,
-                ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+                ) -> Embedded:
     """(index into ``paths``, embedding or None, error or None) for every file."""
     import torch
 
     def prepare(item: tuple[int, Path]):
         i, path = item
         try:
-            return i, preprocess(decode_rgb(path)), None
+            return i, preprocess(decode_rgb(path, settings.max_pixels)), None
         except (OSError, ValueError, cv2.error) as exc:
             return i, None, str(exc)
 
@@ -107,7 +117,7 @@ def members(groups: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct readable image of the groups: content_hash, image_path."""
     rows = groups[["image_paths", "content_hashes"]].explode(["image_paths", "content_hashes"])
     rows = rows.rename(columns={"image_paths": "image_path", "content_hashes": "content_hash"})
-    rows = rows[rows["content_hash"].notna()]
+    rows = rows[rows["content_hash"].notna()].astype({"image_path": "str", "content_hash": "str"})
     return rows.drop_duplicates("content_hash").sort_values("content_hash").reset_index(drop=True)
 
 
@@ -121,37 +131,47 @@ class EmbedResult:
     device: str | None  # None: nothing was embedded, no model loaded
 
 
-def embed_images(images: pd.DataFrame, root: Path, settings: ClipSettings,
-                 cache_dir: Path) -> EmbedResult:
+def clip_embedder(settings: ClipSettings) -> tuple[Embedder, str]:
+    """The CLIP model of ``settings`` on the best device, as an Embedder."""
+    device = resolve_device(settings.device)
+    model, preprocess = load_clip(settings, device)
+    return (lambda paths: embed_files(paths, model, preprocess, device, settings)), device
+
+
+def embed_images(images: pd.DataFrame, root: Path, settings: ClipSettings, cache_dir: Path,
+                 load: Callable[[ClipSettings], tuple[Embedder, str]] = clip_embedder
+                 ) -> EmbedResult:
     """Embeddings of ``images`` (content_hash, image_path under ``root``), from the cache
-    where it has them."""
+    where it has them; ``load`` gives what embeds the rest (CLIP, or a test's stand-in)."""
     mid = model_id(settings)
     cache = embedding_cache(cache_dir, mid)
     hits, todo_keys = cache.lookup(images)
     todo = todo_keys.merge(images, on="content_hash", how="left")
-    failed, device, fresh = {}, None, []
+    failed, device = {}, None
+    hashes: list[str] = [*hits["content_hash"]]
+    vectors: list[np.ndarray] = [np.asarray(v, dtype=np.float32) for v in hits["embedding"]]
     if len(todo):
-        device = resolve_device(settings.device)
-        model, preprocess = load_clip(settings, device)
+        embed, device = load(settings)
         paths = [root / p for p in todo["image_path"]]
-        hashes = todo["content_hash"].tolist()
         try:
-            for i, vector, error in tqdm(embed_files(paths, model, preprocess, device,
-                                                     settings), total=len(paths),
-                                         desc="embed: CLIP", unit="img", disable=None):
+            for i, vector, error in tqdm(embed(paths), total=len(paths), desc="embed: CLIP",
+                                         unit="img", disable=None):
                 if error is not None:
-                    failed[todo["image_path"].iat[i]] = error
+                    failed[str(todo["image_path"].iat[i])] = error
                     continue
-                row = pd.DataFrame({"content_hash": [hashes[i]], "embedding": [vector]})
-                fresh.append(row)
-                cache.add(row)
+                # A copy of its own: a view would keep its whole batch alive.
+                vector = np.array(vector, dtype=np.float32)
+                hashes.append(todo["content_hash"].iat[i])
+                vectors.append(vector)
+                cache.add({"content_hash": hashes[-1], "embedding": vector})
         finally:  # an interrupted run keeps what it embedded
             cache.save()
-    found = pd.concat([hits, *fresh], ignore_index=True) if fresh else hits
-    table = found.astype(DTYPES).sort_values("content_hash").reset_index(drop=True)
-    table["embedding"] = [np.asarray(v, dtype=np.float32) for v in table["embedding"]]
-    table["model_id"] = mid
-    return EmbedResult(table, len(fresh), len(hits), failed, mid, device)
+    order = sorted(range(len(hashes)), key=hashes.__getitem__)
+    table = typed_frame(EmbeddingsTable, {
+        "content_hash": pd.Series([hashes[k] for k in order], dtype="str"),
+        "embedding": pd.Series([vectors[k] for k in order], dtype="object"),
+        "model_id": pd.Series([mid] * len(order), dtype="str")})
+    return EmbedResult(table, len(hashes) - len(hits), len(hits), failed, mid, device)
 
 
 def read_embeddings(path: Path) -> pd.DataFrame:
@@ -160,8 +180,9 @@ def read_embeddings(path: Path) -> pd.DataFrame:
 
 def run(project: Project) -> str:
     started = time.perf_counter()
-    settings = ClipSettings.from_config(project.cfg.embed, project.root)
-    groups = read_table(project.output("groups"), GroupsTable, "groups")
+    settings = ClipSettings.from_config(project.cfg.embed, project.root,
+                                        project.cfg.scan.max_pixels)
+    groups = read_stage_tables(project, ["groups"], "group")["groups"]
     images = members(groups)
     result = embed_images(images, project.path("original_dir"), settings, project.cache_dir)
     write_table(result.table, project.output("embeddings"), EmbeddingsTable, "embeddings")

@@ -4,6 +4,11 @@ pairing finds each group's kept final by name, locate finds where it lies in its
 original (cached by both files' content hashes and the matcher settings), decisions
 labels the action with the configured tolerances. Changing a tolerance therefore
 re-labels a project without matching a single image again.
+
+Every decode goes through imageinfo.decode with scan.max_pixels. A kept final (or its
+original) that cannot be read, or must not be (a decompression bomb, over the limit),
+gives the action 'unreadable' with the reason, never a crop without a box; it is never
+cached, so the run after the file is fixed (scan re-hashes it) locates it.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from tqdm import tqdm
 
 from backfill import locate as locate_module
 from backfill.decisions import LabelSettings, label
+from backfill.imageinfo import Unreadable
 from backfill.locate import LocateError, MatchSettings, locate, read_gray
 from backfill.pairing import pair_finals
 from backfill.project import ConfigError, Project
 from backfill.resultcache import ResultCache, code_version
-from backfill.schemas import FinalsTable, GroupsTable, ScanTable, TruthTable, UngroupedTable
-from backfill.tables import read_table, write_table
+from backfill.schemas import ACTIONS, UNREADABLE, FinalsTable, TruthTable
+from backfill.tables import read_stage_tables, write_table
 
 KEYS = ["original_hash", "final_hash"]
 RESULTS = {"x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64",
@@ -39,9 +45,11 @@ class ExtractSettings:
     match: MatchSettings
     labels: LabelSettings
     workers: int
+    max_pixels: int  # scan.max_pixels: larger images are never decoded
 
     @classmethod
-    def from_config(cls, cfg) -> ExtractSettings:
+    def from_config(cls, cfg, max_pixels: int) -> ExtractSettings:
+        """From the project's extract section, and its scan.max_pixels."""
         workers = (os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
         if workers < 1:
             raise ConfigError(f"extract.workers is {cfg.workers}: use 1 or more, or null "
@@ -52,7 +60,7 @@ class ExtractSettings:
                 "extract.match needs 0 < min_scale <= 1 <= max_scale and scale_step > 1; got "
                 f"{match.min_scale}, {match.max_scale} and {match.scale_step}."
             )
-        return cls(match, LabelSettings.from_config(cfg), workers)
+        return cls(match, LabelSettings.from_config(cfg), workers, int(max_pixels))
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
@@ -71,20 +79,28 @@ def same_bytes(width: int, height: int) -> dict:
             "confidence": 1.0, "runner_up": 0.0, "support": 1.0, "method": "identical"}
 
 
-def locate_files(original: Path, final: Path, match: MatchSettings) -> dict:
-    """One pair's location in original pixels; ``error`` says why there is none."""
+def locate_files(original: Path, final: Path, match: MatchSettings, max_pixels: int) -> dict:
+    """One pair's location in original pixels; else ``unreadable`` says which file cannot
+    be decoded and why, or ``error`` why the readable pair cannot be located."""
+    images = {}
+    for role, path in (("original", original), ("final", final)):
+        try:
+            images[role] = read_gray(path, max_pixels)
+        except Unreadable as exc:
+            return {"error": None, "unreadable": f"{role} unreadable: {exc}"}
     try:
-        loc = locate(read_gray(original), read_gray(final), match)
-    except (LocateError, OSError, cv2.error) as exc:
-        return {"error": str(exc)}
-    return {**loc._asdict(), "error": None}
+        loc = locate(images["original"], images["final"], match)
+    except (LocateError, cv2.error) as exc:
+        return {"error": str(exc), "unreadable": None}
+    return {**loc._asdict(), "error": None, "unreadable": None}
 
 
 def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
-               match: MatchSettings, workers: int, cache: ResultCache
+               match: MatchSettings, workers: int, max_pixels: int, cache: ResultCache
                ) -> Iterator[dict]:
     """Locate every (original, final) of ``todo`` on ``workers`` threads, yielding a row
-    (KEYS, RESULTS and ``error``) per pair and saving results to ``cache`` as they come.
+    (KEYS, RESULTS, ``error`` and ``unreadable``) per pair and saving results to ``cache``
+    as they come.
     OpenCV releases the GIL while it decodes and matches, and each thread holds one
     pair's pixels at a time, so memory stays bounded."""
     cv2.setNumThreads(1 if workers > 1 else -1)  # -1: OpenCV's default; no oversubscription
@@ -92,15 +108,16 @@ def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
     def one(row: tuple) -> dict:
         o_hash, f_hash, o_path, f_path = row
         return {"original_hash": o_hash, "final_hash": f_hash,
-                **locate_files(original_root / o_path, final_root / f_path, match)}
+                **locate_files(original_root / o_path, final_root / f_path, match,
+                               max_pixels)}
 
     rows = todo[KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for row in tqdm(pool.map(one, rows), total=len(todo), desc="extract: locating",
                             unit="pair", disable=None):
-                if row["error"] is None:  # errors are never cached: a file may come back
-                    cache.add(pd.DataFrame([row]))
+                if row["error"] is None and row["unreadable"] is None:
+                    cache.add(row)  # failures are never cached: a file may be fixed
                 yield row
     finally:  # an interrupted run keeps what it matched
         cache.save()
@@ -112,8 +129,15 @@ class ExtractResult:
     finals: pd.DataFrame
     matched: int  # pairs located in this run
     cached: int  # pairs whose location came from the cache
-    failed: int
+    failed: int  # pairs that could not be located or decoded in this run
     identical: int  # finals that are their original byte for byte: nothing to match
+
+
+def located_table(records: list[dict]) -> pd.DataFrame:
+    """Located pairs (KEYS and RESULTS) with their dtypes, also when there are none."""
+    columns = KEYS + list(RESULTS)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    return frame.astype({"original_hash": "str", "final_hash": "str", **RESULTS})
 
 
 def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
@@ -122,53 +146,64 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     pairs, finals = pair_finals(groups, scan, ungrouped)
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
     same = locatable["original_hash"] == locatable["final_hash"]
-    identical = pd.DataFrame([
+    identical = located_table([
         {"original_hash": h, "final_hash": h, **same_bytes(w, ht)} for h, w, ht in zip(
             locatable.loc[same, "original_hash"], locatable.loc[same, "original_width"],
-            locatable.loc[same, "original_height"], strict=True)
-    ], columns=KEYS + list(RESULTS))
+            locatable.loc[same, "original_height"], strict=True)])
     cache = locate_cache(cache_dir, settings.match)
     hits, todo_keys = cache.lookup(locatable[~same])
     todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
-    matched, errors = [], {}
+    matched, errors, unreadable = [], {}, {}
     for row in locate_all(todo, original_root, final_root, settings.match, settings.workers,
-                          cache):
-        if row["error"] is None:
-            matched.append(row)
+                          settings.max_pixels, cache):
+        key = row["original_hash"], row["final_hash"]
+        if row["unreadable"] is not None:
+            unreadable[key] = row["unreadable"]
+        elif row["error"] is not None:
+            errors[key] = row["error"]
         else:
-            errors[row["original_hash"], row["final_hash"]] = row["error"]
-    fresh = pd.DataFrame(matched, columns=KEYS + list(RESULTS))
-    located = pd.concat([identical, hits, fresh], ignore_index=True).astype(
-        {"original_hash": "str", "final_hash": "str", **RESULTS}).drop_duplicates(KEYS)
+            matched.append(row)
+    located = pd.concat([identical, hits[identical.columns], located_table(matched)],
+                        ignore_index=True).drop_duplicates(KEYS)
     joined = pairs.merge(located, on=KEYS, how="left")
-    joined["locate_error"] = [errors.get((o, f)) for o, f in
-                              zip(joined["original_hash"], joined["final_hash"], strict=True)]
+    keys = list(zip(joined["original_hash"], joined["final_hash"], strict=True))
+    joined["locate_error"] = pd.Series([errors.get(k) for k in keys], dtype="str")
+    # What pairing found unreadable (scan's status) comes first; a decode failure here
+    # (a file changed since the scan, or over max_pixels) otherwise.
+    joined["unreadable"] = joined["unreadable"].fillna(
+        pd.Series([unreadable.get(k) for k in keys], dtype="str"))
     truth = label(joined, settings.labels)
-    return ExtractResult(truth, finals, len(todo), len(hits), len(errors),
+    return ExtractResult(truth, finals, len(todo), len(hits), len(errors) + len(unreadable),
                          int(same.sum()))
+
+
+def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
+    """The decisions by action, then what the final folder holds."""
+    actions = truth["user_action"].value_counts()
+    by_action = ", ".join(f"{actions.get(a, 0):,} {a}" for a in (*ACTIONS, UNREADABLE))
+    roles = finals["role"].value_counts()
+    return (f"{len(truth):,} groups ({by_action}); {int(truth['needs_review'].sum()):,} need "
+            f"review; finals: {roles.get('orphan', 0):,} orphans, {roles.get('copy', 0):,} "
+            f"copies, {roles.get('extra', 0):,} extra kept")
 
 
 def run(project: Project) -> str:
     started = time.perf_counter()
-    settings = ExtractSettings.from_config(project.cfg.extract)
-    result = extract_project(
-        read_table(project.output("groups"), GroupsTable, "groups"),
-        read_table(project.output("scan"), ScanTable, "scan"),
-        read_table(project.output("ungrouped"), UngroupedTable, "ungrouped"),
-        settings, project.path("original_dir"), project.path("final_dir"), project.cache_dir,
-    )
+    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels)
+    scan = read_stage_tables(project, ["scan"], "scan")["scan"]
+    tables = read_stage_tables(project, ["groups", "ungrouped"], "group")
+    result = extract_project(tables["groups"], scan, tables["ungrouped"], settings,
+                             project.path("original_dir"), project.path("final_dir"),
+                             project.cache_dir)
     write_table(result.truth, project.output("truth"), TruthTable, "truth")
     write_table(result.finals, project.output("finals"), FinalsTable, "finals")
-    truth, finals = result.truth, result.finals
-    actions = truth["user_action"].value_counts()
-    by_action = ", ".join(f"{actions.get(a, 0):,} {a}" for a in ("approve", "crop", "reject"))
-    roles = finals["role"].value_counts()
-    return (
-        f"extract {project.name}: {len(truth):,} groups ({by_action}); "
-        f"{int(truth['needs_review'].sum()):,} need review; pairs: {result.matched:,} matched, "
-        f"{result.cached:,} from cache, {result.identical:,} identical, {result.failed:,} "
-        f"failed; finals: "
-        f"{roles.get('orphan', 0):,} orphans, {roles.get('copy', 0):,} copies, "
-        f"{roles.get('extra', 0):,} extra kept; {time.perf_counter() - started:.1f}s -> "
-        f"{project.output('truth').relative_to(project.root)}"
-    )
+    unreadable = result.truth.loc[result.truth["user_action"] == UNREADABLE]
+    lines = [
+        f"extract {project.name}: {describe(result.truth, result.finals)}; pairs: "
+        f"{result.matched:,} matched, {result.cached:,} from cache, {result.identical:,} "
+        f"identical, {result.failed:,} failed; {time.perf_counter() - started:.1f}s -> "
+        f"{project.output('truth').relative_to(project.root)}"]
+    lines += [f"  kept final of {g} not used (fix the file, then `dvc repro`): {why}"
+              for g, why in zip(unreadable["group_id"], unreadable["review_reason"],
+                                strict=True)]
+    return "\n".join(lines)

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from backfill.imageinfo import decode
+
 MIN_TEMPLATE = 8  # pixels: a smaller coarse template carries no shape to match
 FLAT = 1.0  # grey-level standard deviation below which a patch has nothing to match on
 PATCH_MIN_SCORE = 0.5  # a patch correlating less than this found nothing
@@ -84,13 +86,10 @@ class Location(NamedTuple):
         return [self.x1 / width, self.y1 / height, self.x2 / width, self.y2 / height]
 
 
-def read_gray(path: Path | str) -> np.ndarray:
-    """Decode any PNG/JPEG (8/16-bit, grey, RGB, RGBA) to 8-bit grayscale."""
-    data = np.fromfile(str(path), dtype=np.uint8)  # any file name, unlike cv2.imread
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if img is None:
-        raise LocateError(f"cannot decode {Path(path).name}")
-    return img
+def read_gray(path: Path | str, max_pixels: int) -> np.ndarray:
+    """Decode any PNG/JPEG (8/16-bit, grey, RGB, RGBA) to 8-bit grayscale, through the
+    one bounded decoder: imageinfo.Unreadable says why a file cannot or must not be."""
+    return decode(path, cv2.IMREAD_GRAYSCALE, max_pixels)
 
 
 def _shrink(img: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -11,7 +11,9 @@ for the cases a real folder holds (README, "How decisions are recovered"):
   one is taken (the person's latest edit);
 - two different images of one group kept: flagged for review, and the highest stage of
   them is taken (the most finished render, as the reviewer sees it last);
-- a final whose name is in no group: an orphan, reported with the reason.
+- a final whose name is in no group: an orphan, reported with the reason;
+- a kept final, or its original, that cannot be read (scan's status 'error'): still the
+  person's pick, with the reason in ``unreadable`` (the box cannot be known).
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ import os
 
 import pandas as pd
 
-# The columns of one pair: a group and what the final folder says about it.
-PAIR_COLUMNS = [
-    "group_id", "user_selected_index", "kept_stage", "original_path", "original_hash",
-    "original_width", "original_height", "final_path", "final_hash", "final_mtime_ns",
-    "final_copies", "review",
-]
+from backfill.schemas import FinalsTable
+from backfill.tables import typed_frame
+
+# The columns of one pair, with their dtypes: a group and what the final folder says
+# about it. ``unreadable``: why the kept final (or its original) cannot be read.
+PAIR_DTYPES = {
+    "group_id": "str", "user_selected_index": "Int64", "kept_stage": "float64",
+    "original_path": "str", "original_hash": "str", "original_width": "Int64",
+    "original_height": "Int64", "final_path": "str", "final_hash": "str",
+    "final_mtime_ns": "Int64", "final_copies": "int64", "review": "str", "unreadable": "str",
+}
+PAIR_COLUMNS = list(PAIR_DTYPES)
 
 
 def stem(name: str) -> str:
@@ -67,7 +75,7 @@ def pair_finals(
         names = [stem(n) for n in g.image_names]
         kept = [i for i, name in enumerate(names) if name in by_name]
         pair = dict.fromkeys(PAIR_COLUMNS)
-        pair.update(group_id=g.group_id, final_copies=0, review=None)
+        pair.update(group_id=g.group_id, final_copies=0)
         if not kept:
             pairs.append(pair)
             continue
@@ -93,10 +101,8 @@ def pair_finals(
                               f" {final['rel_path']}")
         roles[final["rel_path"]] = ("kept", g.group_id, None)
         original = originals.loc[g.image_paths[index]]
-        if final["status"] == "error":
-            reviews.append(f"the final cannot be read: {final['reason']}")
-        if original["status"] == "error":
-            reviews.append(f"the original cannot be read: {original['reason']}")
+        unreadable = [f"{role} unreadable: {row['reason']}" for role, row
+                      in (("final", final), ("original", original)) if row["status"] == "error"]
         pair.update(
             user_selected_index=index,
             kept_stage=g.stages[index],
@@ -109,6 +115,7 @@ def pair_finals(
             final_mtime_ns=final["mtime_ns"],
             final_copies=len(copies) - 1,
             review="; ".join(reviews) or None,
+            unreadable="; ".join(unreadable) or None,
         )
         pairs.append(pair)
 
@@ -123,8 +130,5 @@ def pair_finals(
             why = "; ".join(filter(None, [why, f"unreadable: {f.reason}"]))
         report.append({"rel_path": f.rel_path, "name": f.name, "role": role,
                        "group_id": group_id, "content_hash": f.content_hash, "reason": why})
-    pairs_df = pd.DataFrame(pairs, columns=PAIR_COLUMNS)
-    finals_df = pd.DataFrame(
-        report, columns=["rel_path", "name", "role", "group_id", "content_hash", "reason"]
-    )
-    return pairs_df, finals_df
+    pairs_df = pd.DataFrame.from_records(pairs, columns=PAIR_COLUMNS).astype(PAIR_DTYPES)
+    return pairs_df, typed_frame(FinalsTable, report)
