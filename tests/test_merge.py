@@ -204,3 +204,170 @@ def test_the_reviewers_own_flags_stand_on_rows_the_merge_leaves_alone():
     assert merged.loc["empty", "selection_match"] is False
     assert merged.loc["empty", "crop_match"] is True
     assert set(plan.changes.loc[plan.changes["rule"] == "recomputed", "group_id"]) == {"empty"}
+
+
+def publish_to(tmp_path, live: pd.DataFrame, changes: pd.DataFrame) -> pd.DataFrame:
+    """Write ``live`` to a fresh v3 DB, publish ``changes`` to it, return its rows."""
+    from backfill.decisiondb import read_rows
+    from backfill.publish import publish_plan
+
+    db = tmp_path / "live.db"
+    with sqlite3.connect(db) as conn:
+        create(conn)
+        insert_rows(conn, live)
+    conn.close()
+    publish_plan(db, changes)
+    with sqlite3.connect(db) as conn:
+        rows, _ = read_rows(conn)
+    conn.close()
+    return rows.set_index("group_id")
+
+
+def test_an_empty_merge_keeps_its_contracts():
+    """Nothing to change (the steady state after a publish), and no group at all."""
+    from backfill.schemas import MergeIssuesTable, MergePlanTable
+    from backfill.tables import validate
+
+    live = frame(row("p1", ["a.png"], user_action="reject"))
+    for back, prod in [(frame(), frame()), (frame(), live)]:
+        plan = plan_merge(back, prod, SETTINGS)
+        assert plan.changes.empty and plan.issues.empty
+        validate(plan.changes, MergePlanTable, "merge_plan")
+        validate(plan.issues, MergeIssuesTable, "merge_issues")
+        assert len(plan.merged) == len(prod)
+
+
+@pytest.mark.parametrize("logged", [
+    ["batch_00/a.png", "batch_00/b.png"],  # a folder prefix
+    "['a.png', 'b.png']",  # a Python repr list
+    ["A.PNG", "B.PNG"],  # another case
+    ["a.jpg", "b.jpg"],  # the render's stem under another extension
+    ["C:\\renders\\a.png", "C:\\renders\\b.png"],  # a Windows path
+])
+def test_a_row_naming_its_images_in_an_older_form_matches_its_group(tmp_path, logged):
+    from backfill.merge import image_names
+
+    images = logged if isinstance(logged, str) else json.dumps(logged)
+    assert [n.lower().split(".")[0] for n in image_names(images)] == ["a", "b"]
+    live = frame({**row("live1", [], user_action="crop", user_selected_index=1,
+                        final_crop_coords=None), "images": images})
+    back = frame(row("g1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                     final_crop_coords="[0.1, 0.1, 0.5, 0.5]"))
+    plan = plan_merge(back, live, SETTINGS)
+    assert plan.pairs.values.tolist() == [["g1", "live1"]]
+    assert "added" not in set(plan.changes["rule"])  # no second decision for the renders
+    after = publish_to(tmp_path, live, plan.changes)
+    assert list(after.index) == ["live1"]
+    assert after.loc["live1", "final_crop_coords"] == "[0.1, 0.1, 0.5, 0.5]"
+    assert after.loc["live1", "images"] == images  # the row's own form is kept
+
+
+def test_a_stem_two_groups_share_is_ambiguous_and_reported_not_guessed():
+    live = frame(row("live1", ["a.jpg"]))
+    back = frame(row("g1", ["a.png"]), row("g2", ["a.webp"]))
+    plan = plan_merge(back, live, SETTINGS)
+    assert plan.pairs.empty
+    assert plan.issues["kind"].tolist() == ["ambiguous_match"]
+    assert plan.changes.empty  # neither group is added beside the live row
+
+
+def test_unreadable_images_cells_match_nothing_and_never_crash():
+    from backfill.merge import image_names
+
+    for cell in [None, float("nan"), "", "not a list", "{'a': 1}", "[1, 2]", b"\xff\xfe",
+                 "['a.png'", b'["a.png"]']:
+        assert image_names(cell) in ([], ["a.png"])
+    assert image_names(b'["x/a.png"]') == ["a.png"]
+
+
+def test_a_blob_cell_in_a_changed_row_survives_the_plan_and_publish(tmp_path):
+    blob = b"\x00\x01legacy"
+    live = frame(row("live1", ["a.png"], user_action="crop", directory=blob,
+                     final_crop_coords=None))
+    back = frame(row("g1", ["a.png"], user_action="crop",
+                     final_crop_coords="[0.1, 0.1, 0.5, 0.5]"))
+    plan = plan_merge(back, live, SETTINGS)
+    from backfill.schemas import MergePlanTable
+    from backfill.tables import validate
+
+    validate(plan.changes, MergePlanTable, "merge_plan")
+    after = publish_to(tmp_path, live, plan.changes)
+    assert after.loc["live1", "directory"] == blob  # untouched, still bytes
+    assert after.loc["live1", "final_crop_coords"] == "[0.1, 0.1, 0.5, 0.5]"
+
+
+def test_a_live_approve_whose_final_is_a_crop_is_reported_never_given_crop_coords(tmp_path):
+    live = frame(row("live1", ["a.png", "b.png"], user_action="approve", user_selected_index=1,
+                     final_crop_coords="[0.0, 0.0, 1.0, 1.0]"),
+                 row("live2", ["c.png"], user_action="approve", final_crop_coords=None))
+    back = frame(row("g1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                     final_crop_coords="[0.2, 0.2, 0.7, 0.7]"),
+                 row("g2", ["c.png"], user_action="crop", final_crop_coords="[0.2, 0.2, 0.7, 0.7]"))
+    plan = plan_merge(back, live, SETTINGS)
+    merged = plan.merged.set_index("group_id")
+    assert merged.loc["live1", "final_crop_coords"] == "[0.0, 0.0, 1.0, 1.0]"
+    assert pd.isna(merged.loc["live2", "final_crop_coords"])
+    assert (merged["user_action"] == "approve").all()
+    assert sorted(plan.issues["group_id"]) == ["live1", "live2"]
+    assert set(plan.issues["kind"]) == {"action_conflict"}
+    assert "the row says approve, the final folder shows crop" in plan.issues["detail"][0]
+    after = publish_to(tmp_path, live, plan.changes)
+    approve = after[after["user_action"] == "approve"]["final_crop_coords"].dropna()
+    assert (approve == "[0.0, 0.0, 1.0, 1.0]").all()
+
+
+def test_an_unreadable_final_is_reported_not_written_and_its_live_row_left_alone(tmp_path):
+    live = frame(row("live1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                     final_crop_coords=None, directory=None))
+    unreadable = dict(user_action="unreadable", user_selected_index=1, directory="d")
+    back = frame(row("g1", ["a.png", "b.png"], **unreadable),
+                 row("g2", ["c.png", "d.png"], **unreadable))
+    why = {"g1": "final unreadable: 0 bytes", "g2": "final unreadable: truncated"}
+    plan = plan_merge(back, live, SETTINGS, reasons=why)
+    assert plan.changes.empty  # no new row, no fill of live1's NULLs
+    assert plan.issues["kind"].tolist() == ["final_unreadable"] * 2
+    details = plan.issues.set_index("group_id")["detail"]
+    assert details["g1"].startswith("final unreadable: 0 bytes")
+    assert "live row live1 is left alone" in details["g1"]
+    assert details["g2"].startswith("final unreadable: truncated")
+    after = publish_to(tmp_path, live, plan.changes)
+    assert list(after.index) == ["live1"] and pd.isna(after.loc["live1", "directory"])
+    # Fixed on disk: the next merge fills and adds as usual.
+    fixed = frame(row("g1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
+                      final_crop_coords="[0.1, 0.1, 0.5, 0.5]", directory="d"),
+                  row("g2", ["c.png", "d.png"], user_action="approve",
+                      final_crop_coords="[0.0, 0.0, 1.0, 1.0]"))
+    plan = plan_merge(fixed, live, SETTINGS)
+    assert plan.issues.empty
+    rules = plan.changes.drop_duplicates("group_id").set_index("group_id")["rule"]
+    assert rules["g2"] == "added" and "live1" in rules.index
+
+
+def test_a_legacy_skip_row_for_a_group_production_lacks_is_reported_or_fixed():
+    """A CSV row the v3 CHECKs refuse is never imported as it is: reported (and the
+    files' own row added), or fixed where merge.fix_invalid_actions says so."""
+    from dataclasses import replace
+
+    legacy = frame(row("old1", ["a.png", "b.png"], user_action="skip",
+                       timestamp="2024-01-01T00:00:00Z"))
+    back = frame(row("g1", ["a.png", "b.png"], user_action="reject"))
+    plan = plan_merge(back, legacy, SETTINGS, imported={"old1"})
+    assert plan.issues["kind"].tolist() == ["legacy_invalid"]
+    assert "fix_invalid_actions" in plan.issues["detail"][0]
+    assert plan.merged["group_id"].tolist() == ["g1"]  # one decision, the files'
+    db = sqlite3.connect(":memory:")
+    create(db)
+    from backfill.applyplan import apply_changes
+
+    apply_changes(db, plan.changes)  # no IntegrityError
+    fix = plan_merge(back, legacy, replace(SETTINGS, fix_invalid_actions=True),
+                     imported={"old1"})
+    assert fix.merged[["group_id", "user_action", "timestamp"]].values.tolist() == [
+        ["old1", "reject", "2024-01-01T00:00:00Z"]]
+    assert db.execute("SELECT group_id, user_action FROM ai_decisions").fetchall() == [
+        ("g1", "reject")]
+    fresh = sqlite3.connect(":memory:")
+    create(fresh)
+    apply_changes(fresh, fix.changes)
+    assert fresh.execute("SELECT group_id, user_action FROM ai_decisions").fetchall() == [
+        ("old1", "reject")]

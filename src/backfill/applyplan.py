@@ -8,14 +8,13 @@ new row against an existing one: a DB that moved on since planning is never half
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import Counter
 
 import pandas as pd
 
 from backfill.decisiondb import ADDABLE, COLUMNS, DERIVED, DecisionDBError, table_columns
-from backfill.merge import SCHEMA_ROW, decode, image_names
+from backfill.merge import IDENTITY, SCHEMA_ROW, decode, image_names, loads
 
 CHUNK = 500  # host parameters per query, well under SQLite's limit
 
@@ -28,6 +27,8 @@ def _same(stored, planned) -> bool:
     """SQLite's IS, as Python sees the values (1 == 1.0 == True; NULL IS NULL)."""
     if stored is None or planned is None:
         return stored is None and planned is None
+    if isinstance(stored, bytes) or isinstance(planned, bytes):
+        return stored == planned
     if isinstance(stored, str) or isinstance(planned, str):
         return stored == planned
     return float(stored) == float(planned)
@@ -64,10 +65,10 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
     stale += [f"{g}: a row with this group_id exists now (the plan would add it)"
               for g in rows["group_id"] if g in present]
     # A new row's images must still be in no live row: else it is no longer new.
-    names = {n: g for g, r in zip(rows["group_id"], rows["new"], strict=True)
-             for n in json.loads(json.loads(r)["images"])}
+    names = {n.lower(): g for g, r in zip(rows["group_id"], rows["new"], strict=True)
+             for n in image_names(loads(r)["images"])}
     for gid, images in conn.execute("SELECT group_id, images FROM ai_decisions"):
-        shared = names.keys() & set(image_names(images))
+        shared = names.keys() & {n.lower() for n in image_names(images)}
         stale += [f"{names[n]}: {gid} holds its image {n} now (the plan would add it)"
                   for n in sorted(shared)[:1]]
     for gid, seen in zip(*_seen(changes), strict=True):
@@ -127,12 +128,14 @@ def rule_breaches(changes: pd.DataFrame) -> list[str]:
             out.append(f"column {c.column}: type {c.new} is not {ADDABLE.get(c.column)}")
         elif c.rule in [*NEW_ROWS, "seen"] and c.column != "*":
             out.append(f"{c.group_id}.{c.column}: rule {c.rule} is for whole rows")
+        elif c.rule == IDENTITY and (c.group_id, c.column) != (SCHEMA_ROW, "*"):
+            out.append(f"{c.group_id}.{c.column}: rule {c.rule} names the DB, not a cell")
     return out
 
 
 def _seen(changes: pd.DataFrame) -> tuple[list[str], list[dict]]:
     s = changes[changes["rule"] == "seen"]
-    return s["group_id"].tolist(), [json.loads(v) for v in s["old"]]
+    return s["group_id"].tolist(), [loads(v) for v in s["old"]]
 
 
 def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
@@ -149,7 +152,7 @@ def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
     have = table_columns(conn)
     rows = changes[changes["rule"].isin(NEW_ROWS)]
     for rule, part in rows.groupby("rule"):
-        records = [json.loads(r) for r in part["new"]]
+        records = [loads(r) for r in part["new"]]
         for cols, batch in _by_columns(records, have).items():
             conn.executemany(
                 f"INSERT INTO ai_decisions ({', '.join(cols)}) VALUES "

@@ -7,6 +7,7 @@ schema has no column for, so the person's tools never see a column they do not k
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -161,13 +162,30 @@ def open_production(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
     return conn
 
 
-def explain(exc: sqlite3.Error, path: Path) -> DecisionDBError:
-    """SQLite's error as a message that says what happened and what to do."""
+def unwritable(path: Path, why: str) -> DecisionDBError:
+    """The DB is fine but cannot be written here: say so, and what to check."""
+    return DecisionDBError(
+        f"{path} cannot be written ({why}): nothing was written, and the DB itself is "
+        "fine. Check the permissions of the file and of its folder (ls -l, lsattr: "
+        "read-only or immutable?) or whether the drive is mounted read-only, then publish "
+        "again.")
+
+
+# SQLite's codes for a write the file system refused (the DB's content is not at fault).
+WRITE_REFUSED = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR")
+
+
+def explain(exc: sqlite3.Error, path: Path, writing: bool = False) -> DecisionDBError:
+    """SQLite's error as a message that says what happened and what to do; ``writing``:
+    it came while writing, where a refused write is not a damaged DB."""
     text = str(exc)
     if "locked" in text or "busy" in text:
         return DecisionDBError(
             f"{path} is locked by another program (the reviewer or crop tool mid-write?): "
             "nothing was written. Try again in a moment, or close that tool.")
+    code = getattr(exc, "sqlite_errorname", None) or ""
+    if writing and (code.startswith(WRITE_REFUSED) or "readonly" in text):
+        return unwritable(path, text)
     return DecisionDBError(
         f"{path} cannot be read as an SQLite DB ({text}): nothing was written. Restore it "
         "from its latest backup (<db>.backup-<UTC>) or check the path.")
@@ -185,6 +203,20 @@ def read_rows(conn: sqlite3.Connection) -> tuple[pd.DataFrame, list[str]]:
     for c in missing:
         rows[c] = pd.Series([None] * len(rows), dtype=object)
     return rows[COLUMNS], missing
+
+
+def identity(conn: sqlite3.Connection, path: Path | None) -> dict:
+    """Which DB a plan is made against: its resolved path, its schema version and a hash
+    of every ai_decisions row as stored (None for all when there is no production DB)."""
+    if path is None:
+        return {"path": None, "schema_version": None, "rows": 0, "rows_sha256": None}
+    digest, n = hashlib.sha256(), 0
+    for row in conn.execute("SELECT * FROM ai_decisions ORDER BY group_id"):
+        digest.update(repr(row).encode("utf-8", "backslashreplace"))
+        n += 1
+    return {"path": str(Path(path).resolve()),
+            "schema_version": conn.execute("PRAGMA schema_version").fetchone()[0],
+            "rows": n, "rows_sha256": digest.hexdigest()}
 
 
 def violations(rows: pd.DataFrame) -> pd.DataFrame:

@@ -12,9 +12,12 @@ column, old, new, rule), values JSON-encoded so that NULL, numbers and text surv
 
 from __future__ import annotations
 
+import ast
+import base64
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -25,7 +28,14 @@ from backfill.decisiondb import COLUMNS, DERIVED, PROVENANCE_COLUMNS, TIMESTAMPS
 from backfill.decisions import iso_utc
 from backfill.evaluate import crop_match
 from backfill.project import Project
-from backfill.schemas import BOX, CROP_BOX
+from backfill.schemas import (
+    BOX,
+    CROP_BOX,
+    UNREADABLE,
+    MergeIssuesTable,
+    MergePlanTable,
+)
+from backfill.tables import typed_frame
 
 PLAN_COLUMNS = ["group_id", "column", "old", "new", "rule"]
 CROP_FIELDS = ["final_crop_coords", "crop_timestamp"]
@@ -144,12 +154,64 @@ def _box(text) -> np.ndarray | None:
     return box if box.shape == (4,) and np.isfinite(box).all() else None
 
 
-def image_names(images: str) -> list[str]:
-    """The file names a row's ``images`` JSON lists ([] when it is not a list)."""
-    try:
-        return [str(n) for n in json.loads(images)]
-    except (TypeError, ValueError):
+def image_names(images) -> list[str]:
+    """The file names a row's ``images`` lists, in any form the tools ever wrote it: a
+    JSON list, a Python repr list (older scripts: ``['a.png', 'b.png']``), or the bytes
+    of either; each name reduced to its last path component, since some tools wrote
+    ``batch_00/a.png``. [] when the value is not a list of names. The one reader of
+    ``images``: matching, publish's checks and validate all go through it."""
+    if isinstance(images, (bytes, bytearray, memoryview)):
+        try:
+            images = bytes(images).decode("utf-8")
+        except UnicodeDecodeError:
+            return []
+    if not isinstance(images, str):
         return []
+    try:
+        value = json.loads(images)
+    except ValueError:
+        if not images.lstrip().startswith(("[", "(")):
+            return []
+        try:
+            value = ast.literal_eval(images)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return []
+    if not isinstance(value, (list, tuple)):
+        return []
+    names = [re.split(r"[\\/]", n)[-1] for n in value if isinstance(n, str)]
+    return [n for n in names if n]
+
+
+STEM = "stem:"  # a match key made from a name's stem, never equal to a file name
+
+
+def _stem(name: str) -> str:
+    return STEM + PurePosixPath(name).stem
+
+
+def name_keys(images) -> set[str]:
+    """Every key a row can be matched by: its names, case aside, and their stems."""
+    names = [n.lower() for n in image_names(images)]
+    return {*names, *(_stem(n) for n in names)}
+
+
+def name_links(backfill: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
+    """(group_id_b, group_id_p) for every backfilled group and production row that name
+    the same render: the same file name, case aside (``.PNG``); or, for a production
+    name no backfilled group holds as such, the same stem (``a.jpg`` logged for the
+    render ``a.png``). A stem two groups share links both, so it is reported as
+    ambiguous by the matching, never guessed."""
+    def by_name(rows: pd.DataFrame) -> pd.DataFrame:
+        names = rows["images"].map(lambda s: [n.lower() for n in image_names(s)])
+        out = pd.DataFrame({"group_id": rows["group_id"].to_numpy(), "name": names.to_numpy()})
+        return out.explode("name").dropna(subset=["name"]).reset_index(drop=True)
+
+    b, p = by_name(backfill), by_name(production)
+    exact = p["name"].isin(set(b["name"]))
+    p.loc[~exact, "name"] = p.loc[~exact, "name"].map(_stem)
+    b = pd.concat([b, b.assign(name=b["name"].map(_stem))], ignore_index=True)
+    links = b.merge(p, on="name", suffixes=("_b", "_p"))[["group_id_b", "group_id_p"]]
+    return links.drop_duplicates().reset_index(drop=True)
 
 
 @dataclass
@@ -159,14 +221,9 @@ class Matching:
 
 
 def match_rows(backfill: pd.DataFrame, production: pd.DataFrame) -> Matching:
-    """Pairs that share an image file name, one to one; everything else is a conflict."""
-    def by_name(rows: pd.DataFrame) -> pd.DataFrame:
-        names = rows[["group_id", "images"]].assign(name=rows["images"].map(image_names))
-        return names.explode("name").dropna(subset=["name"])[["group_id", "name"]]
-
-    links = by_name(backfill).merge(by_name(production), on="name",
-                                    suffixes=("_b", "_p"))[["group_id_b", "group_id_p"]]
-    links = links.drop_duplicates()
+    """Pairs that name the same renders (name_links), one to one; everything else is a
+    conflict."""
+    links = name_links(backfill, production)
     per_b = links.groupby("group_id_b")["group_id_p"].agg(sorted)
     per_p = links.groupby("group_id_p")["group_id_b"].agg(sorted)
     conflicts = [
@@ -201,18 +258,37 @@ def _coords_differ(old: pd.Series, new: pd.Series, tolerance: float) -> np.ndarr
     return out
 
 
+BYTES = "$bytes"  # a BLOB, as older tools sometimes stored a value: {"$bytes": base64}
+
+
+def _tag(value) -> dict:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {BYTES: base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not a DB value")
+
+
+def _untag(obj: dict):
+    return base64.b64decode(obj[BYTES]) if obj.keys() == {BYTES} else obj
+
+
+def dumps(value) -> str:
+    """JSON of a DB value or a row of them; a BLOB is tagged, so it comes back as bytes."""
+    return json.dumps(value, default=_tag)
+
+
+def loads(text: str):
+    """The inverse of dumps."""
+    return json.loads(text, object_hook=_untag)
+
+
 def _enc(value) -> str:
-    """A DB value as JSON: None, int, float and str each come back as they went in."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is not None and isinstance(value, float) and np.isnan(value):
-        value = None
-    return json.dumps(value)
+    """A DB value as JSON: None, int, float, str and bytes each come back as they went in."""
+    return dumps(_plain(value))
 
 
 def decode(value: str):
     """A plan value back to what the DB holds."""
-    return json.loads(value)
+    return loads(value)
 
 
 ISSUE_COLUMNS = ["kind", "group_id", "detail"]
@@ -231,7 +307,7 @@ class MergePlan:
         return len(self.pairs)
 
     def counts(self) -> dict[str, int]:
-        rows = self.changes.drop_duplicates(["group_id", "rule"])["rule"].value_counts()
+        rows = work(self.changes).drop_duplicates(["group_id", "rule"])["rule"].value_counts()
         cells = self.changes["rule"].value_counts()
         return {
             "added": int(rows.get("added", 0)), "imported": int(rows.get("imported", 0)),
@@ -276,17 +352,57 @@ def _cells(ids, column: str, old, new, rule: str) -> pd.DataFrame:
 def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: MergeSettings,
                missing_columns: list[str] | None = None,
                crop_accepted: Callable[[pd.DataFrame], pd.Series] | None = None,
-               imported: set[str] | None = None) -> MergePlan:
+               imported: set[str] | None = None,
+               reasons: Mapping[str, str] | None = None,
+               identity: dict | None = None) -> MergePlan:
     """What merging ``backfill`` into ``production`` changes, cell by cell.
 
     ``missing_columns``: v3 columns the production DB lacks (added first, "migrated").
     ``crop_accepted``: seed 003's sidecar rule, giving True/False/None per merged row.
     ``imported``: production group ids that come from a legacy CSV, not the DB: each
     becomes one "imported" row carrying its merged values.
+    ``reasons``: why a backfilled group's final is unreadable (user_action
+    'unreadable'): such a group is reported, never written, and its live row left alone.
+    ``identity``: the production DB the plan is made against (decisiondb.identity):
+    recorded as the plan's first row, for publish to refuse any other DB.
     """
-    from backfill.decisiondb import ADDABLE, DecisionDBError, violations
+    from backfill.decisiondb import ACTIONS, ADDABLE, DecisionDBError, violations
+
+    issues = []
+    # A legacy-CSV row the v3 CHECKs refuse (and no rule fixes) is reported, not
+    # imported: the DB would refuse it, and the files' own row for that group stands.
+    invalid = violations(production)
+    fixable = (invalid["column"] == "user_action") & settings.fix_invalid_actions
+    dropped = set(invalid.loc[~fixable, "group_id"]) & set(imported or ())
+    if dropped:
+        bad = invalid[invalid["group_id"].isin(dropped)].drop_duplicates("group_id")
+        issues.append(pd.DataFrame({
+            "kind": "legacy_invalid", "group_id": bad["group_id"],
+            "detail": [f"{d}: breaks seed 003's checks, not imported"
+                       + (" (merge.fix_invalid_actions=true rewrites 'skip')"
+                          if c == "user_action" else "")
+                       for d, c in zip(bad["detail"], bad["column"], strict=True)]},
+            columns=ISSUE_COLUMNS))
+        production = production[~production["group_id"].isin(dropped)]
+        imported = set(imported) - dropped
+        invalid = invalid[~invalid["group_id"].isin(dropped)]
 
     matching = match_rows(backfill, production)
+    # A group whose kept final cannot be read has no decision to write: it is reported,
+    # and a live row it names is left alone (no pair), until the file is fixed.
+    unreadable = backfill["user_action"] == UNREADABLE
+    held = backfill.loc[unreadable, "group_id"]
+    held_pairs = matching.pairs[matching.pairs["backfill_id"].isin(held)]
+    live_of = dict(zip(held_pairs["backfill_id"], held_pairs["production_id"], strict=True))
+    issues.append(pd.DataFrame({
+        "kind": "final_unreadable", "group_id": held,
+        "detail": [f"{(reasons or {}).get(g) or 'final unreadable'}; not written to "
+                   "ai_decisions" + (f" (its live row {live_of[g]} is left alone)"
+                                     if g in live_of else "")
+                   + ": fix or replace the file, then re-run" for g in held]},
+        columns=ISSUE_COLUMNS))
+    matching.pairs = matching.pairs[~matching.pairs["backfill_id"].isin(held)]
+    matching.pairs = matching.pairs.reset_index(drop=True)
     prod = production.set_index("group_id")
     back = backfill.set_index("group_id")
     merged = prod[COLUMNS[1:]].astype(object).copy()
@@ -299,12 +415,17 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     same_pick = (pd.to_numeric(old["user_selected_index"], errors="coerce").to_numpy()
                  == pd.to_numeric(new["user_selected_index"], errors="coerce").to_numpy())
     kept = (new["user_action"] != "reject").to_numpy()
+    # A live action the files contradict (approve, yet the final is a crop) is the
+    # person's word against the files': reported, and its crop left alone, so that no
+    # approve row ever gets a crop's coordinates. No rule changes a valid action.
+    conflict = (old["user_action"].isin(ACTIONS)
+                & (old["user_action"] != new["user_action"])).to_numpy()
     for col in COLUMNS[1:]:
         if col in DERIVED:
             continue
         have, want = old[col].isna().to_numpy(), new[col].isna().to_numpy()
         if col in CROP_FIELDS:
-            want = want | ~same_pick
+            want = want | ~same_pick | conflict
         fill = have & ~want
         if col in TIMESTAMPS:
             preserved += int((~have).sum())
@@ -319,10 +440,11 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         parts.append(_cells(p_ids[fill], col, old[col][fill], new[col][fill], "filled"))
         merged.loc[p_ids[fill], col] = new[col][fill].to_numpy()
 
-    issues = [pd.DataFrame({"kind": "ambiguous_match", "group_id": matching.conflicts["group_id"],
+    issues.append(pd.DataFrame({"kind": "ambiguous_match",
+                                "group_id": matching.conflicts["group_id"],
                             "detail": [f"{side} {why}: {', '.join(o)}" for side, why, o in
                                        matching.conflicts[["side", "reason", "others"]]
-                                       .itertuples(index=False)]}, columns=ISSUE_COLUMNS)]
+                                       .itertuples(index=False)]}, columns=ISSUE_COLUMNS))
     differs = ~same_pick & kept
     issues.append(pd.DataFrame({
         "kind": "pick_differs", "group_id": p_ids[differs],
@@ -330,7 +452,12 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
                    "is left as it is" for o, n in zip(old["user_selected_index"][differs],
                                                        new["user_selected_index"][differs],
                                                        strict=True)]}, columns=ISSUE_COLUMNS))
-    invalid = violations(production)
+    issues.append(pd.DataFrame({
+        "kind": "action_conflict", "group_id": p_ids[conflict],
+        "detail": [f"the row says {o}, the final folder shows {n}: its action and crop are "
+                   "left as they are; correct the row in the reviewer if the files are right"
+                   for o, n in zip(old["user_action"][conflict], new["user_action"][conflict],
+                                   strict=True)]}, columns=ISSUE_COLUMNS))
     issues.append(invalid.assign(kind="invalid_row")[ISSUE_COLUMNS])
     skip = invalid.loc[invalid["column"] == "user_action", "group_id"]
     if settings.fix_invalid_actions and len(skip):
@@ -345,8 +472,9 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
 
     conflicted_b = set(matching.conflicts.loc[matching.conflicts["side"] == "backfill",
                                               "group_id"])
-    linked_b = set(matching.pairs["backfill_id"]) | conflicted_b | _linked(backfill, production)
-    unlinked = backfill[~backfill["group_id"].isin(linked_b)]
+    linked_b = (set(matching.pairs["backfill_id"]) | conflicted_b
+                | set(name_links(backfill, production)["group_id_b"]))
+    unlinked = backfill[~backfill["group_id"].isin(linked_b) & ~unreadable]
     taken = unlinked["group_id"].isin(prod.index)  # never over an existing key
     issues.append(pd.DataFrame({
         "kind": "id_collision", "group_id": unlinked.loc[taken, "group_id"],
@@ -388,7 +516,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     changes = changes[~changes["group_id"].isin(whole)]
     rows = merged[merged["group_id"].isin(whole)]
     origin = np.where(rows["group_id"].isin(added["group_id"]), "added", "imported")
-    records = [json.dumps({c: _plain(v) for c, v in zip(COLUMNS, r, strict=True)})
+    records = [dumps({c: _plain(v) for c, v in zip(COLUMNS, r, strict=True)})
                for r in rows[COLUMNS].itertuples(index=False)]
     changes = pd.concat([changes, pd.DataFrame({
         "group_id": rows["group_id"].to_numpy(), "column": "*", "old": _enc(None),
@@ -399,7 +527,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     seen = prod.loc[seen_ids, COLUMNS[1:]]
     changes = pd.concat([changes, pd.DataFrame({
         "group_id": seen_ids, "column": "*",
-        "old": [json.dumps({c: _plain(v) for c, v in zip(COLUMNS[1:], r, strict=True)})
+        "old": [dumps({c: _plain(v) for c, v in zip(COLUMNS[1:], r, strict=True)})
                 for r in seen.itertuples(index=False)], "rule": "seen"},
         columns=PLAN_COLUMNS).assign(new=lambda d: d["old"])], ignore_index=True)
     unknown = [c for c in missing_columns or [] if c not in ADDABLE]
@@ -410,21 +538,35 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
                                "old": _enc(None),
                                "new": [_enc(ADDABLE[c]) for c in missing_columns or []],
                                "rule": "migrated"}, columns=PLAN_COLUMNS)
-    changes = pd.concat([migrations, changes.sort_values(["group_id", "column"], kind="stable")],
+    bound = pd.DataFrame({"group_id": [SCHEMA_ROW] if identity else [], "column": "*",
+                          "old": [dumps(identity)] if identity else [], "rule": IDENTITY},
+                         columns=PLAN_COLUMNS).assign(new=lambda d: d["old"])
+    changes = pd.concat([bound, migrations,
+                         changes.sort_values(["group_id", "column"], kind="stable")],
                         ignore_index=True)
-    return MergePlan(changes.reset_index(drop=True),
+    # Typed even when empty: an empty plan is the steady state after a publish.
+    return MergePlan(typed_frame(MergePlanTable, changes),
                      merged.sort_values("group_id").reset_index(drop=True)[COLUMNS],
-                     pd.concat(issues, ignore_index=True), preserved, matching.pairs)
+                     typed_frame(MergeIssuesTable, pd.concat(issues, ignore_index=True)
+                                 .fillna({"group_id": ""})),
+                     preserved, matching.pairs)
 
 
 SCHEMA_ROW = "(schema)"  # the plan's group_id for a change to the table, not a row
+# The plan's row naming the production DB it was made against (path, schema version,
+# a hash of the rows read): group SCHEMA_ROW, column '*', old = new = that JSON.
+IDENTITY = "identity"
 
 
-def _linked(backfill: pd.DataFrame, production: pd.DataFrame) -> set[str]:
-    """Backfilled groups sharing any image name with production (matched or not)."""
-    names = set(n for images in production["images"] for n in image_names(images))
-    return {g for g, images in zip(backfill["group_id"], backfill["images"], strict=True)
-            if names & set(image_names(images))}
+def plan_identity(changes: pd.DataFrame) -> dict | None:
+    """The production DB a plan was made against, or None for a plan without one."""
+    row = changes[changes["rule"] == IDENTITY]
+    return loads(row["old"].iloc[0]) if len(row) else None
+
+
+def work(changes: pd.DataFrame) -> pd.DataFrame:
+    """The plan's changes proper: all but the identity row."""
+    return changes[changes["rule"] != IDENTITY]
 
 
 def _norm(value):
@@ -439,6 +581,8 @@ def _norm(value):
 
 
 def _plain(value):
+    if isinstance(value, memoryview):
+        value = bytes(value)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and np.isnan(value):
@@ -486,10 +630,12 @@ def run(project: Project) -> str:
         read_table(project.output("predictions"), PredictionsTable, "predictions"), settings)
     source = load_production(project)
     rule, sidecar_issues = review_rule(project)
+    reasons = dict(zip(prov["group_id"], prov["review_reason"], strict=True))
     plan = plan_merge(backfilled, source.rows, settings, source.missing_columns, rule,
-                      source.imported)
-    plan.issues = pd.concat([plan.issues, source.issues, sidecar_issues], ignore_index=True)
-    plan.issues = plan.issues.fillna({"group_id": ""}).astype("str")
+                      source.imported, reasons, source.identity)
+    plan.issues = typed_frame(MergeIssuesTable, pd.concat(
+        [plan.issues, source.issues, sidecar_issues], ignore_index=True)
+        .fillna({"group_id": ""}))
     write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
     write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")

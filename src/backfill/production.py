@@ -18,11 +18,13 @@ from backfill.decisiondb import (
     COLUMNS,
     PROVENANCE_COLUMNS,
     create,
+    explain,
+    identity,
     open_production,
     read_rows,
 )
 from backfill.legacy import crop_acceptance, read_decisions_csv, read_review_folders
-from backfill.merge import ISSUE_COLUMNS, MergePlan, image_names
+from backfill.merge import ISSUE_COLUMNS, MergePlan, name_keys
 from backfill.project import ConfigError, Project
 from backfill.tables import temp_beside
 
@@ -34,14 +36,15 @@ class Production:
     missing_columns: list[str] = field(default_factory=list)
     imported: set[str] = field(default_factory=set)  # group ids from the CSV only
     issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
+    identity: dict | None = None  # the DB read (decisiondb.identity), for the plan
+
+
+def _names(images: pd.Series) -> pd.Series:
+    return images.map(name_keys)
 
 
 def _optional_path(project: Project, key: str) -> Path | None:
     return project.path(key) if project.cfg.get(key) else None
-
-
-def _names(images: pd.Series) -> pd.Series:
-    return images.map(lambda s: set(image_names(s)))
 
 
 def load_production(project: Project) -> Production:
@@ -49,14 +52,22 @@ def load_production(project: Project) -> Production:
     db_path = _optional_path(project, "real_db")
     if db_path is not None:
         timeout = float(project.cfg.merge.lock_timeout_s)
-        with open_production(db_path, timeout) as conn:
+        conn = open_production(db_path, timeout)
+        try:
+            conn.execute("BEGIN")  # one snapshot: the rows and their fingerprint agree
             rows, missing = read_rows(conn)
-        conn.close()
+            read = identity(conn, db_path)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise explain(exc, db_path) from None
+        finally:
+            conn.close()
     else:
         rows, missing = pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS}), []
+        read = identity(None, None)
     csv_path = _optional_path(project, "legacy_csv")
     if csv_path is None:
-        return Production(rows, db_path, missing)
+        return Production(rows, db_path, missing, identity=read)
     if not csv_path.is_file():
         raise ConfigError(f"legacy_csv {csv_path} does not exist: fix the path in "
                           f"conf/project/{project.name}.yaml or set it to null.")
@@ -77,7 +88,7 @@ def load_production(project: Project) -> Production:
                      columns=ISSUE_COLUMNS)], ignore_index=True)
     legacy = legacy[~dup]
     both = pd.concat([rows, legacy[COLUMNS].astype(object)], ignore_index=True)
-    return Production(both, db_path, missing, set(legacy["group_id"]), issues)
+    return Production(both, db_path, missing, set(legacy["group_id"]), issues, read)
 
 
 def review_rule(project: Project) -> tuple[Callable[[pd.DataFrame], pd.Series] | None,

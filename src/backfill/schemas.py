@@ -236,14 +236,16 @@ class PredictionsTable(pa.DataFrameModel):
 
 
 PLAN_RULES = ["added", "imported", "filled", "corrected", "recomputed", "sidecar",
-              "fixed_action", "migrated", "seen"]
+              "fixed_action", "migrated", "seen", "identity"]
 JSON_VALUE = r"^(null|true|false|-?[0-9].*|\".*\"|\{.*\})$"  # json.dumps of one DB value
 
 
 class MergePlanTable(pa.DataFrameModel):
     """Every change the merge makes to the production DB: one cell, a whole new row
-    (column '*'), or a column added to the table (group_id '(schema)'); and each live
-    row it changes, whole as it was seen (rule 'seen'), for publish to re-check."""
+    (column '*'), or a column added to the table (group_id '(schema)'); each live row
+    it changes, whole as it was seen (rule 'seen'), for publish to re-check; and the
+    production DB it was planned against (rule 'identity', group_id '(schema)', column
+    '*'), for publish to refuse any other. A plan of only that row changes nothing."""
 
     group_id: Series[str]
     column: Series[str] = pa.Field(isin=[*DECISION_COLUMNS, "*"],
@@ -260,14 +262,16 @@ class MergePlanTable(pa.DataFrameModel):
     def whole_rows_are_new(cls, df: pd.DataFrame) -> Series[bool]:
         whole = df["column"] == "*"
         new_row = df["rule"].isin(["added", "imported"]) & (df["old"] == "null")
-        return ~whole | new_row | ((df["rule"] == "seen") & (df["old"] == df["new"]))
+        as_seen = df["rule"].isin(["seen", "identity"]) & (df["old"] == df["new"])
+        return ~whole | new_row | as_seen
 
     class Config:
         strict = True
 
 
-ISSUE_KINDS = ["ambiguous_match", "final_unreadable", "id_collision", "invalid_row",
-               "legacy_duplicate", "legacy_invalid", "pick_differs", "sidecar_unreadable"]
+ISSUE_KINDS = ["action_conflict", "ambiguous_match", "final_unreadable", "id_collision",
+               "invalid_row", "legacy_duplicate", "legacy_invalid", "pick_differs",
+               "sidecar_unreadable"]
 
 
 class MergeIssuesTable(pa.DataFrameModel):
