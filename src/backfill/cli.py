@@ -122,13 +122,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     # KEY=VALUE words typed after --projects land there; they are overrides.
     args.overrides += [p for p in args.projects or [] if "=" in p]
     args.projects = [p for p in args.projects or [] if "=" not in p]
+    from backfill.settings import SettingError, TrainConfig, typed
+
     cfg = load_params(root).get("train")
     if cfg is None:
         raise ConfigError("params.yaml has no train section: run `backfill compose`.")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"train overrides look like KEY=VALUE, e.g. ranker.epochs=60: {bad}")
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
+        typed(TrainConfig, cfg, prefix="train.")  # types, ranges, unknown keys
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
     except Exception as exc:
-        raise ConfigError(f"bad train override {args.overrides}: {exc}") from exc
+        raise ConfigError(f"bad train override {args.overrides}: {exc}") from None
     projects = _projects(root, args.projects)
     if args.stage:
         return _add_train_stage(root, args, projects)
@@ -173,13 +181,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     root = find_root()
     versions = [version_from_file(root, v) for v in args.versions]
+    out = _output_folder(args.out, "data/compare", root)
     table = compare(versions, _projects(root, args.projects))
-    out = Path(args.out) if args.out else Path("data") / "compare"
-    csv, metrics = write(table, out if out.is_absolute() else root / out)
+    csv, metrics = write(table, out)
     print(render(table))
     print(f"-> {csv.relative_to(root)} and {metrics.relative_to(root)} "
           f"(`dvc metrics show {metrics.relative_to(root)}`)")
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': use a whole number of 1 or more")
+    return value
+
+
+def _output_folder(value: str | None, default: str, root: Path) -> Path:
+    """Where a command writes its files: created if missing; a file, or a folder that
+    cannot be written, is refused before any work, naming the path."""
+    out = Path(value).expanduser() if value else Path(default)
+    out = out if out.is_absolute() else root / out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose a folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out} cannot be created ({exc.strerror or exc}): choose "
+                          "a folder you can write.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written (permission denied): choose a "
+                          "folder you can write.")
+    return out
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -197,9 +233,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     root = find_root()
     if bool(args.names) == args.all:
         raise ConfigError("name the projects to export, or pass --all (not both).")
-    out = Path(args.out) if args.out else Path("data") / "export"
-    stats, files = run(_projects(root, args.names), out if out.is_absolute() else root / out,
-                       args.format, args.exclude_needs_review, combined=args.all)
+    out = _output_folder(args.out, "data/export", root)
+    stats, files = run(_projects(root, args.names), out, args.format, args.exclude_needs_review,
+                       combined=args.all)
     print(stats)
     print(f"-> {', '.join(_config_path(str(f), root) for f in files)}")
     return 0
@@ -215,18 +251,38 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MARK = ".backfill-demo"  # written first into every folder the demo generates
+DEMO_ENTRIES = {"original", "final", "live", "truth.json", DEMO_MARK}
+
+
+def _is_demo(out: Path) -> bool:
+    """A folder this command made: marked, or (older demos) holding only its entries."""
+    if (out / DEMO_MARK).is_file():
+        return True
+    names = {p.name for p in out.iterdir()}
+    return "truth.json" in names and names <= DEMO_ENTRIES
+
+
 def cmd_demo_generate(args: argparse.Namespace) -> int:
     from backfill.synthetic import make_project
     from backfill.synthetic_production import make_production_db
 
     out = Path(args.out)
     live = out / "live" / "ai_decisions.db"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: choose a new or empty folder.")
+    if out.is_dir() and any(out.iterdir()) and not _is_demo(out):
+        raise ConfigError(f"--out {out} is not empty and holds no demo made by backfill "
+                          f"(no {DEMO_MARK}): nothing was deleted. Choose a new or empty "
+                          "folder.")
     if (out / "truth.json").exists() and live.exists() and not args.force:
         print(f"demo project already in {out} (pass --force to regenerate)")
         return 0
     import shutil
 
-    for folder in ("original", "final", "live"):  # no stale files from another generation
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("made by `backfill demo generate`; safe to regenerate\n")
+    for folder in ("original", "final", "live"):  # ours (checked above): no stale files
         shutil.rmtree(out / folder, ignore_errors=True)
     project = make_project(out, n_groups=args.groups, seed=args.seed)
     logged = make_production_db(project, live, seed=args.seed)
@@ -359,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = demo.add_subparsers(dest="demo_command", required=True)
     p = dsub.add_parser("generate", help="write the demo project's images (once)")
     p.add_argument("--out", default="data/demo", help="where to write it")
-    p.add_argument("--groups", type=int, default=40, help="number of image groups")
+    p.add_argument("--groups", type=_positive, default=40, help="number of image groups")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--force", action="store_true", help="regenerate even if present")
     p.set_defaults(func=cmd_demo_generate)
@@ -386,6 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backfill: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say on stdout, and Python
+        # must not try again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("backfill: output closed early (by a pipe such as `| head`); nothing else "
+              "was done", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a disk, permission or path problem: one line, not a trace
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"backfill: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

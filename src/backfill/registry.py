@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from backfill.project import NAME_PATTERN, ConfigError, compose, write_params
+from backfill.settings import escape
 
 _ENTRY = "  - project@projects.{name}: {name}\n"
 
@@ -43,8 +44,10 @@ def _leaves(tree: dict, prefix: str):
 def project_yaml(name: str, original_dir: str, final_dir: str, real_db: str | None,
                  overrides: dict, model: str = "baseline", legacy_csv: str | None = None,
                  review_dir: str | None = None) -> str:
-    body = {"original_dir": original_dir, "final_dir": final_dir, "real_db": real_db,
-            "legacy_csv": legacy_csv, "review_dir": review_dir}
+    paths = {"original_dir": original_dir, "final_dir": final_dir, "real_db": real_db,
+             "legacy_csv": legacy_csv, "review_dir": review_dir}
+    # A folder may be named like an interpolation (`${x}`): stored literally.
+    body = {k: None if v is None else escape(v) for k, v in paths.items()}
     body.update(overrides)
     return (
         f"# Project {name}, registered by `backfill project add`. Paths are absolute or\n"
@@ -123,8 +126,8 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
     if not compose_params:
         return path
     try:
-        compose(root)  # fail before touching params.yaml if the result does not compose
-    except Exception as exc:
+        compose(root)  # types, ranges, layout: fail before params.yaml is touched
+    except BaseException as exc:  # Ctrl-C too: conf/ is left as it was
         if previous is None:
             path.unlink()
         else:
@@ -132,6 +135,8 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
         if added:
             cfg = root / "conf" / "config.yaml"
             cfg.write_text(cfg.read_text().replace(_ENTRY.format(name=name), ""))
+        if isinstance(exc, ConfigError | KeyboardInterrupt):
+            raise
         raise ConfigError(f"the project's config does not compose: {exc}") from exc
     write_params(root)
     return path

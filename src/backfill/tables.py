@@ -15,9 +15,15 @@ import pandera.errors
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backfill.project import ConfigError
+
 
 class ContractError(Exception):
     """A table broke its pandera contract; the message names table, column and values."""
+
+
+class MissingTable(ConfigError, FileNotFoundError):
+    """A stage's input table does not exist yet; the message names the stage to run."""
 
 
 def describe_failures(table: str, err: pandera.errors.SchemaErrors, limit: int = 5) -> str:
@@ -99,16 +105,21 @@ def write_table(df: pd.DataFrame, path: Path, schema: type, table: str) -> None:
 def read_table(path: Path, schema: type | None = None, table: str | None = None) -> pd.DataFrame:
     """Read a stage's Parquet output, validating it when a schema is given."""
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: run the stage that makes it first (`dvc repro`)."
-        )
+        stage = STAGE_OF.get(path.stem)
+        run = f"`dvc repro {stage}@{path.parent.name}`" if stage else "`dvc repro`"
+        raise MissingTable(f"{path} does not exist yet: run {run} first.")
     df = pq.read_table(path).to_pandas()
     return validate(df, schema, table or path.stem) if schema is not None else df
 
 
+# The stage (dvc.yaml) that writes each table, for "run this first" messages.
+STAGE_OF = {"scan": "scan", "groups": "group", "ungrouped": "group", "truth": "extract",
+            "finals": "extract", "embeddings": "embed", "predictions": "predict",
+            "merge_plan": "merge", "merge_issues": "merge"}
+
+
 def read_stage_tables(project, names: list[str], stage: str) -> dict[str, pd.DataFrame]:
     """A project's named tables, validated; a missing one says which stage makes it."""
-    from backfill.project import ConfigError
     from backfill.schemas import TABLES
 
     paths = {t: project.output(t) for t in names}
