@@ -6,6 +6,11 @@ highest: the cases a "highest stage wins" rule gets wrong), crop accuracy (every
 coordinate of the AI's box within ``crop_tolerance`` of the final's) and mean IoU.
 Rejected groups have no kept image and count for none of them. Decisions flagged
 needs_review are left out unless asked for, since their truth may be wrong.
+
+A group whose kept final cannot be read (action 'unreadable') is always flagged, so it
+is left out by default. When needs_review decisions are counted, its pick is known and
+counts for selection (and anomaly) accuracy; its box is not, so it never counts for
+crop accuracy or IoU.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from backfill.schemas import BOX, CROP_BOX
+from backfill.schemas import BOX, CROP_BOX, UNREADABLE
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,12 @@ def anomalies(truth: pd.DataFrame, groups: pd.DataFrame) -> pd.Series:
     return (truth["user_selected_index"] < n - 1).fillna(False).astype(bool)
 
 
+def has_box(truth: pd.DataFrame) -> pd.Series:
+    """Decisions whose kept image has a known box: what crop measures count. An
+    unreadable final has none (and no crop metric), whatever its other columns say."""
+    return truth[CROP_BOX].notna().all(axis=1) & (truth["user_action"] != UNREADABLE)
+
+
 def _share(hits: pd.Series) -> float | None:
     return float(hits.mean()) if len(hits) else None
 
@@ -67,7 +78,7 @@ def scored(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
     t = t[t["user_selected_index"].notna()].merge(
         predictions[["group_id", "ai_selected_index", *BOX]], on="group_id", how="left")
     t["right"] = (t["ai_selected_index"] == t["user_selected_index"]).fillna(False).astype(bool)
-    t["boxed"] = t[CROP_BOX].notna().all(axis=1) & t[BOX].notna().all(axis=1)
+    t["boxed"] = has_box(t) & t[BOX].notna().all(axis=1)
     t["iou"] = np.where(t["boxed"], iou(t[BOX].to_numpy(float), t[CROP_BOX].to_numpy(float)),
                         np.nan)
     t["crop_ok"] = t["boxed"] & crop_match(t[BOX].to_numpy(float), t[CROP_BOX].to_numpy(float),
@@ -84,7 +95,7 @@ def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFram
     excluded = 0 if settings.include_needs_review else int(truth["needs_review"].sum())
     t = scored(truth, groups, predictions, settings)
     right = t["right"]
-    boxed = t[CROP_BOX].notna().all(axis=1)  # a kept box without an AI box counts as wrong
+    boxed = has_box(t)  # a kept box without an AI box counts as wrong
     return {
         "groups": int(len(truth)),
         "excluded_needs_review": excluded,

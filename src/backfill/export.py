@@ -7,6 +7,11 @@ A rejected group is a 'rejected' entry: every render a negative, nothing chosen
 (seed 002: "Store as negative examples"). Decisions flagged needs_review are kept and
 flagged, since they may be wrong, unless the caller leaves them out.
 
+A group whose kept final cannot be read (truth action 'unreadable') is left out: its box
+is unknown, and seed 002's entry says whether the image was cropped, which cannot be
+told. Its pick is known, but an entry that teaches a half-known decision is worse than
+none; the next export after the file is fixed (and `dvc repro`) includes it.
+
 JSONL nests the provenance under ``metadata``; CSV is flat, its list cells JSON arrays
 and its empty cells null. Both read back to the same table (``read_jsonl``,
 ``read_csv``).
@@ -23,7 +28,7 @@ import pandas as pd
 
 from backfill.evaluate import anomalies, percent
 from backfill.project import ConfigError, Project
-from backfill.schemas import CROP_BOX, TrainingExportTable
+from backfill.schemas import CROP_BOX, UNREADABLE, TrainingExportTable
 from backfill.tables import read_stage_tables, validate, write_text
 
 # Seed 002's training entry, plus what the entry is and whether it is an anomaly...
@@ -79,11 +84,13 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 
 def build_records(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
                   original_dir: Path, final_dir: Path) -> pd.DataFrame:
-    """Every group's training entry (TrainingExportTable), in group order."""
+    """Every group's training entry (TrainingExportTable), in group order; none for a
+    group whose kept final cannot be read."""
     t = truth.merge(groups, on="group_id", how="inner", validate="one_to_one")
     if not len(t) == len(groups) == len(truth):
         raise ConfigError(f"project '{project}': truth.parquet and groups.parquet name "
                           f"different groups; run `dvc repro extract@{project}`.")
+    t = t[t["user_action"] != UNREADABLE]
     t["anomaly"] = anomalies(t, groups).to_numpy()
     t = t.sort_values("group_id")
     return _table([_entry(project, r, original_dir, final_dir)

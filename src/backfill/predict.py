@@ -18,8 +18,8 @@ import pandas as pd
 from backfill.evaluate import EvalSettings, describe_metrics, evaluate
 from backfill.models import ModelVersion, build, crop_inputs, describe, normalise
 from backfill.project import ConfigError, Project
-from backfill.schemas import BOX, EmbeddingsTable, GroupsTable, PredictionsTable, TruthTable
-from backfill.tables import read_table, write_table, write_text
+from backfill.schemas import BOX, PredictionsTable
+from backfill.tables import read_stage_tables, typed_frame, write_table, write_text
 
 
 def check_embeddings(version: ModelVersion, embeddings: pd.DataFrame) -> None:
@@ -112,7 +112,7 @@ def predict_groups(groups: pd.DataFrame, embeddings: pd.DataFrame, version: Mode
     out["crop_proposer"] = describe(version.crop)
     used = version.embedding_model if version.needs_embeddings else None
     out["embedding_model"] = pd.Series([used] * len(out), dtype="str")
-    return out.sort_values("group_id").reset_index(drop=True)
+    return typed_frame(PredictionsTable, out.sort_values("group_id"))
 
 
 def load_version(project: Project) -> ModelVersion:
@@ -126,11 +126,12 @@ def write_metrics(metrics: dict, path: Path) -> None:
 def run(project: Project) -> str:
     started = time.perf_counter()
     version = load_version(project)
-    groups = read_table(project.output("groups"), GroupsTable, "groups")
-    embeddings = read_table(project.output("embeddings"), EmbeddingsTable, "embeddings")
+    # Each input names the stage that makes it, should it be missing.
+    groups = read_stage_tables(project, ["groups"], "group")["groups"]
+    truth = read_stage_tables(project, ["truth"], "extract")["truth"]
+    embeddings = read_stage_tables(project, ["embeddings"], "embed")["embeddings"]
     predictions = predict_groups(groups, embeddings, version)
     write_table(predictions, project.output("predictions"), PredictionsTable, "predictions")
-    truth = read_table(project.output("truth"), TruthTable, "truth")
     metrics = evaluate(truth, groups, predictions, EvalSettings.from_config(project.cfg.evaluate))
     write_metrics({"model_version": version.name, **metrics},
                   project.out_dir / "model_metrics.json")

@@ -2,8 +2,10 @@
 
 Summary figures, the plots (matplotlib, inline SVG), thumbnail strips of the groups where
 the AI and the person disagree, every needs-review case with the located box drawn on
-its original, orphans and unreadable files with their reasons, and what validation
-warned about. Images are inline JPEG thumbnails, so the file works anywhere.
+its original, kept finals that cannot be read (in no DB row until fixed), orphans and
+unreadable files with their reasons, and what validation warned about. Images are inline
+JPEG thumbnails, so the file works anywhere; each is decoded through imageinfo.decode
+with scan.max_pixels, and one that cannot be shows a placeholder.
 """
 
 from __future__ import annotations
@@ -14,22 +16,25 @@ import json
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 
 from backfill.evaluate import EvalSettings, percent, scored
+from backfill.imageinfo import Unreadable, decode
 from backfill.project import Project
+from backfill.schemas import UNREADABLE
 from backfill.tables import write_text
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
 
-def thumbnail(path: Path, px: int, box: list[float] | None = None) -> str | None:
+def thumbnail(path: Path, px: int, max_pixels: int, box: list[float] | None = None
+              ) -> str | None:
     """A JPEG data URI of ``path`` with its long side ``px``; ``box`` (normalised) drawn
-    in red. None when the file cannot be decoded."""
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
+    in red. None when the file cannot, or must not, be decoded (the page shows a
+    placeholder)."""
+    try:
+        image = decode(path, cv2.IMREAD_COLOR, max_pixels)
+    except Unreadable:
         return None
     h, w = image.shape[:2]
     scale = px / max(h, w)
@@ -64,7 +69,7 @@ def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) ->
 
 
 def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
-                  px: int, limit: int) -> tuple[list[dict], int]:
+                  px: int, max_pixels: int, limit: int) -> tuple[list[dict], int]:
     """Groups where the AI picked another image than the person: a strip each."""
     s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
     wrong = s[~s["right"] & s["ai_selected_index"].notna()]
@@ -73,14 +78,14 @@ def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, origi
     for r in wrong.head(limit).itertuples():
         g = members.loc[r.group_id]
         strips.append({"group_id": r.group_id, "images": [
-            {"src": thumbnail(original / p, px), "stage": stage, "name": name,
+            {"src": thumbnail(original / p, px, max_pixels), "stage": stage, "name": name,
              "user": i == int(r.user_selected_index), "ai": i == int(r.ai_selected_index)}
             for i, (p, name, stage) in enumerate(zip(g["image_paths"], g["image_names"],
                                                      g["stages"], strict=True))]})
     return strips, len(wrong)
 
 
-def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
+def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int, max_pixels: int,
                  limit: int) -> tuple[list[dict], int]:
     """Every needs-review decision: the original with the located box, and the final."""
     cases = truth[truth["needs_review"]]
@@ -90,12 +95,21 @@ def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
         out.append({
             "group_id": r.group_id, "action": r.user_action, "reason": r.review_reason,
             "confidence": "n/a" if pd.isna(r.confidence) else f"{r.confidence:.3f}",
-            "original": thumbnail(original / r.original_path, px * 2, box)
-            if isinstance(r.original_path, str) else None,
-            "final": thumbnail(final / r.final_path, px * 2)
-            if isinstance(r.final_path, str) else None,
+            # "" when there is no file to show, None when it cannot be read.
+            "original": thumbnail(original / r.original_path, px * 2, max_pixels, box)
+            if isinstance(r.original_path, str) else "",
+            "final": thumbnail(final / r.final_path, px * 2, max_pixels)
+            if isinstance(r.final_path, str) else "",
         })
     return out, len(cases)
+
+
+def unreadable_finals(truth: pd.DataFrame) -> list[dict]:
+    """Groups whose kept final cannot be read: in no DB row until the file is fixed."""
+    rows = truth[truth["user_action"] == UNREADABLE]
+    return [{"group_id": g, "final_path": f if isinstance(f, str) else "-", "reason": why}
+            for g, f, why in zip(rows["group_id"], rows["final_path"], rows["review_reason"],
+                                 strict=True)]
 
 
 def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
@@ -104,10 +118,11 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
 
     cfg = project.cfg.validate
     px, limit = int(cfg.thumbnail_px), int(cfg.max_cases)
+    max_pixels = int(project.cfg.scan.max_pixels)
     original, final = project.path("original_dir"), project.path("final_dir")
     settings = EvalSettings.from_config(project.cfg.evaluate)
-    strips, n_wrong = disagreements(tables, settings, original, px, limit)
-    reviews, n_review = review_cases(tables["truth"], original, final, px, limit)
+    strips, n_wrong = disagreements(tables, settings, original, px, max_pixels, limit)
+    reviews, n_review = review_cases(tables["truth"], original, final, px, max_pixels, limit)
     scan, finals = tables["scan"], tables["finals"]
     merge_path = project.out_dir / "merge_summary.json"
     iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
@@ -122,6 +137,7 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
     return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
         project=project.name, metrics=metrics, percent=percent, charts=charts,
         picks=picks, strips=strips, n_wrong=n_wrong, reviews=reviews, n_review=n_review,
+        unreadable_finals=unreadable_finals(tables["truth"]),
         orphans=finals[finals["role"] == "orphan"][["rel_path", "reason"]].to_dict("records"),
         unreadable=scan[scan["status"] == "error"][["source", "rel_path", "reason"]]
         .to_dict("records"),

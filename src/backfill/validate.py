@@ -5,11 +5,17 @@ A failed check stops the stage (and `dvc repro`) with the table, column or check
 failing values and their count. Rows that come from production as the person's tools
 wrote them are the person's record: what they break is a warning in the report, never a
 reason to stop (the merge reports and leaves them).
+
+A group whose kept final cannot be read (truth action 'unreadable') is in no ai_decisions
+row of this run: the merge reports it as final_unreadable and the report lists it, so it
+is accounted for; metrics count it apart (unreadable_finals), the counts by action are
+those of the DB's actions. Run before the merge, the stage says to run it.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backfill.decisiondb import ACTIONS, open_production, read_rows, violations
+from backfill.decisiondb import ACTIONS, read_rows, violations
 from backfill.evaluate import EvalSettings, evaluate, scored
-from backfill.project import Project
-from backfill.schemas import TABLES
+from backfill.project import ConfigError, Project
+from backfill.schemas import TABLES, UNREADABLE
 from backfill.tables import ContractError, read_table, write_text
 
 FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
@@ -40,13 +46,31 @@ class Finding:
                f"{' - ' + self.detail if self.detail else ''}"
 
 
+MERGED_DB = "ai_decisions.db"  # the merge's output: the production DB as publish would leave it
+
+
+def check_inputs(project: Project) -> None:
+    """Stop with one line when validate runs before the stages that make its inputs.
+
+    `dvc repro merge@<p>` makes them all: it runs every stage before the merge (scan,
+    group, extract, embed, predict), and those write every other table too."""
+    wanted = [project.output(name) for name in TABLES] + [project.out_dir / MERGED_DB]
+    missing = [p for p in wanted if not p.exists()]
+    if not missing:
+        return
+    names = [str(p.relative_to(project.root)) + (" (the merged DB)" if p.name == MERGED_DB
+                                                  else "") for p in missing]
+    raise ConfigError(f"project '{project.name}' has no {', '.join(names)}: run "
+                      f"`dvc repro merge@{project.name}` first (it runs the stages before it).")
+
+
 def read_tables(project: Project) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Every stage table, validated lazily; a broken or missing one is an error."""
+    """Every stage table, validated lazily; a broken one is an error."""
     tables, errors = {}, []
     for name, schema in TABLES.items():
         try:
             tables[name] = read_table(project.output(name), schema, name)
-        except (ContractError, FileNotFoundError) as exc:
+        except ContractError as exc:
             errors.append(str(exc))
     return tables, errors
 
@@ -61,6 +85,23 @@ def _coords(values: pd.Series) -> np.ndarray:
         except ValueError:
             pass
     return out
+
+
+def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
+                     provenance: pd.DataFrame) -> list[Finding]:
+    """Groups whose kept final cannot be read: each reported by the merge as
+    final_unreadable, none written to the DB from the files."""
+    unreadable = set(truth.loc[truth["user_action"] == UNREADABLE, "group_id"])
+    reported = set(issues.loc[issues["kind"] == "final_unreadable", "group_id"])
+    written = set(provenance.loc[provenance["source"] == "backfill", "backfill_group_id"])
+    findings = []
+    if unreadable - reported:
+        findings.append(Finding("unreadable finals the merge did not report", "error",
+                                sorted(unreadable - reported), "expected kind final_unreadable"))
+    if unreadable & written:
+        findings.append(Finding("unreadable finals written to the DB", "error",
+                                sorted(unreadable & written), "their box is unknown"))
+    return findings
 
 
 def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
@@ -111,11 +152,16 @@ class Emitted:
 
 
 def read_emitted(path: Path) -> Emitted:
-    with open_production(path) as conn:
+    """The merged DB (read-only); sqlite3.Error when it is not one the merge wrote."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
         rows, _ = read_rows(conn)
         provenance = pd.read_sql_query("SELECT * FROM backfill_provenance", conn)
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    conn.close()
+    except pd.errors.DatabaseError as exc:  # pandas wraps SQLite's error
+        raise sqlite3.DatabaseError(str(exc)) from None
+    finally:
+        conn.close()
     return Emitted(rows, provenance, integrity)
 
 
@@ -127,7 +173,8 @@ def project_metrics(tables: dict[str, pd.DataFrame], emitted: Emitted,
     actions = truth["user_action"].value_counts()
     return {
         "groups": int(len(truth)),
-        **{a: int(actions.get(a, 0)) for a in ACTIONS},
+        **{a: int(actions.get(a, 0)) for a in ACTIONS},  # the DB's actions
+        "unreadable_finals": int(actions.get(UNREADABLE, 0)),  # in no DB row: see the report
         **{k: quality[k] for k in ("selection_accuracy", "anomaly_accuracy", "crop_accuracy",
                                    "mean_iou", "selection_n", "anomaly_n", "crop_n")},
         "needs_review": int(truth["needs_review"].sum()),
@@ -159,13 +206,15 @@ def run(project: Project) -> str:
     from backfill.report import write_report
 
     started = time.perf_counter()
+    check_inputs(project)
     tables, errors = read_tables(project)
-    db = project.out_dir / "ai_decisions.db"
+    db = project.out_dir / MERGED_DB
     emitted = None
     try:
         emitted = read_emitted(db)
-    except Exception as exc:  # noqa: BLE001 - any unreadable DB is one failed check
-        errors.append(f"{db.name} cannot be read: {exc}")
+    except sqlite3.Error as exc:
+        errors.append(f"the merged DB {db.relative_to(project.root)} cannot be read ({exc}): "
+                      f"run `dvc repro merge@{project.name}` to rebuild it")
     if errors:
         raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n"
                             + "\n".join(errors))
@@ -178,6 +227,7 @@ def run(project: Project) -> str:
         emitted.rows, sources.fillna("production"), set(originals),
         float(project.cfg.extract.approve_tolerance), tables["groups"],
         emitted.provenance["backfill_group_id"], reported)
+    findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
     errors += [f.describe() for f in findings if f.severity == "error"]
     if errors:
         raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n  - "
