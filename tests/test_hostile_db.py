@@ -232,3 +232,16 @@ def test_a_project_with_no_group_merges_to_an_empty_plan_and_a_valid_db(tmp_path
         assert run_publish(project, dry_run=False).startswith("nothing to publish")
         assert "the plan is empty" in run_publish(project, dry_run=True)
     assert isinstance(pd.read_parquet(project.output("merge_plan")), pd.DataFrame)
+
+
+def test_a_dry_run_says_whether_production_moved_since_planning(planned):
+    project, db = planned
+    assert "unchanged since" in run_publish(project, dry_run=True)
+    with sqlite3.connect(db) as conn:  # the reviewer logs a decision after the merge
+        conn.execute("INSERT INTO ai_decisions (group_id, timestamp, project_id, images, "
+                     "user_selected_index, user_action, image_width, image_height) VALUES "
+                     "('late', 't', 'p', '[\"late.png\"]', 0, 'reject', 8, 8)")
+    conn.close()
+    assert "changed since" in run_publish(project, dry_run=True)
+    run_publish(project, dry_run=False)  # a row no planned value depends on: it goes on
+    assert "late" in rows_of(db).index

@@ -360,3 +360,40 @@ def test_publish_refuses_a_plan_no_merge_rule_allows(tmp_path):
     with pytest.raises(DecisionDBError, match="only fills NULLs"):
         publish_plan(db, forged)
     assert rows_of(db).loc["live1", "timestamp"] == "2025-10-01T10:00:00Z"
+
+
+def test_an_unreadable_final_at_the_merge_stage_is_reported_and_never_written(tmp_path,
+                                                                               recovered):
+    """Extract says a kept final cannot be read: the merge stage writes no row for that
+    group, reports it with extract's reason, and leaves its live row as it is."""
+    from backfill.merge import run
+
+    prod = make_production_db(recovered.gen, tmp_path / "live" / "ai_decisions.db", seed=5)
+    project = make_stage_project(tmp_path, recovered, real_db=prod.path)
+    truth = recovered.truth.copy()
+    by_first = {f"p_group_{g.first_timestamp}": g for g in recovered.gen.groups}
+    live_of = {f"p_group_{prod.first_timestamp[gid]}": gid for gid in prod.rows}
+    kept = truth["user_action"].isin(["approve", "crop"])
+    logged = truth["group_id"].isin(live_of)
+    broken = [truth.loc[kept & logged, "group_id"].iloc[0],
+              truth.loc[kept & ~logged, "group_id"].iloc[0]]
+    at = truth["group_id"].isin(broken)
+    truth.loc[at, "user_action"] = "unreadable"
+    truth.loc[at, ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]] = float("nan")
+    truth.loc[at, "needs_review"] = True
+    truth.loc[at, "review_reason"] = "final unreadable: 0 bytes"
+    write_parquet(truth, project.output("truth"))
+    message = run(project)
+    assert "2 final unreadable (reported, left alone)" in message
+    issues = read_table(project.output("merge_issues"), MergeIssuesTable)
+    mine = issues[issues["kind"] == "final_unreadable"].set_index("group_id")["detail"]
+    assert sorted(mine.index) == sorted(broken)
+    assert all(d.startswith("final unreadable: 0 bytes") for d in mine)
+    out = rows_of(project.out_dir / "ai_decisions.db")
+    assert len(out) == len(recovered.gen.groups) - 1  # the unlogged one is not added
+    names = {Path(p).name for p in by_first[broken[1]].rel_paths}
+    assert not any(names & set(json.loads(i)) for i in out["images"])
+    live = live_of[broken[0]]
+    plan = read_table(project.output("merge_plan"), MergePlanTable)
+    assert live not in set(plan["group_id"])  # no fill, no correction of its live row
+    assert out.loc[live, "final_crop_coords"] == prod.rows[live]["final_crop_coords"]

@@ -19,7 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from backfill.applyplan import PlanConflict, apply_changes, check_changes
-from backfill.decisiondb import DecisionDBError, explain, open_production, unwritable
+from backfill.decisiondb import (
+    DecisionDBError,
+    explain,
+    identity,
+    open_production,
+    unwritable,
+)
 from backfill.merge import IDENTITY, plan_identity, work
 from backfill.project import ConfigError, Project
 from backfill.tables import read_stage_tables
@@ -185,11 +191,19 @@ def run_publish(project: Project, dry_run: bool) -> str:
     changes = read_stage_tables(project, ["merge_plan"], "merge")["merge_plan"]
     check_identity(project, db, changes)
     if dry_run:
+        planned = plan_identity(changes)
+        with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
+            now = identity(conn, db)
+        conn.close()
+        moved = ("; it has changed since (rows written or altered): publishing re-checks "
+                 "every planned value and refuses if one moved" if now != planned else
+                 "; unchanged since")
         partials = leftover_partials(db)
         stale = (f"\n{len(partials)} partial backup(s) from an interrupted publish "
                  f"({', '.join(p.name for p in partials)}): publish removes them."
                  if partials else "")
-        return (f"{describe_plan(changes)}\ndry run: {db} not touched. "
+        return (f"{describe_plan(changes)}\nplanned against {db} ({planned['rows']:,} rows)"
+                f"{moved}.\ndry run: {db} not touched. "
                 f"`backfill publish {project.name}` backs it up and applies this plan.{stale}")
     try:
         done = publish_plan(db, changes, float(project.cfg.merge.lock_timeout_s))
