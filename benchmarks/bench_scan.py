@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
     settings = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True,
-                            args.workers)
+                            args.workers, 10**8)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (n, gen_s) = timed(lambda: generate(root, args.files, args.side))

@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from backfill.tables import ContractError, write_table
 from conftest import add_renders
 
 SETTINGS = ScanSettings(
-    frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "Thumbs.db", "._*"), True, 4
+    frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "Thumbs.db", "._*"), True, 4, 10**8
 )
 
 
@@ -111,7 +112,8 @@ def test_broken_links_and_missing_targets_are_errors_not_crashes(tmp_path):
     os.symlink(tmp_path / "gone.png", orig / "20250101_000000_stage1.png")
     table = scan({"original": orig, "final": final}, tmp_path / "cache").table
     assert table.status.tolist() == ["error"]
-    assert "unreadable" in table.reason[0]
+    assert table.reason[0].startswith("broken symlink: its target ")
+    assert "gone.png" in table.reason[0]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
@@ -222,3 +224,67 @@ def test_read_errors_are_not_cached(tmp_path, monkeypatch):
     monkeypatch.undo()
     again = scan({"original": orig, "final": final}, tmp_path / "c")
     assert again.probed == 1 and again.table.status[0] == "ok"
+
+
+def _mixed_folder(tmp_path):
+    orig, final = tmp_path / "o", tmp_path / "f"
+    orig.mkdir()
+    final.mkdir()
+    for k in range(3):
+        (orig / f"20250101_00000{k}_stage{k + 1}.png").write_bytes(_png("RGB"))
+    jpeg = io.BytesIO()
+    Image.new("RGB", (20, 10)).save(jpeg, format="JPEG")
+    (orig / "20250101_000100_stage1.jpg").write_bytes(jpeg.getvalue())
+    return {"original": orig, "final": final}
+
+
+@pytest.mark.parametrize("others", [frozenset({".jpg"}), frozenset(".png"), frozenset()])
+def test_a_scan_with_other_extensions_keeps_what_the_cache_knows(tmp_path, others):
+    # frozenset(".png") is what `scan.extensions=.png` (a string) once gave: 0 files.
+    roots, cache = _mixed_folder(tmp_path), tmp_path / "cache"
+    first = scan(roots, cache)
+    assert first.probed == 4
+    narrow = scan_project(roots, replace(SETTINGS, extensions=others), cache)
+    assert set(narrow.table.ext) <= others
+    again = scan(roots, cache)
+    assert again.probed == 0 and again.cached == 4  # nothing was forgotten
+    pd.testing.assert_frame_equal(again.table, first.table)
+
+
+def test_files_gone_from_the_selection_are_forgotten(tmp_path):
+    roots, cache = _mixed_folder(tmp_path), tmp_path / "cache"
+    scan(roots, cache)
+    gone = roots["original"] / "20250101_000000_stage1.png"
+    gone.unlink()
+    scan(roots, cache)
+    (known,) = cache.glob("*.parquet")
+    assert str(gone) not in set(pd.read_parquet(known).path)
+    assert len(pd.read_parquet(known)) == 3
+
+
+def test_the_pixel_limit_applies_to_cached_rows_and_is_never_cached(tmp_path):
+    roots, cache = _mixed_folder(tmp_path), tmp_path / "cache"
+    before = scan(roots, cache).table
+    limited = scan_project(roots, replace(SETTINGS, max_pixels=40 * 30 - 1), cache)
+    assert limited.probed == 0  # the limit is checked from the cached width and height
+    write_table(limited.table, tmp_path / "scan.parquet", ScanTable, "scan")
+    rows = limited.table.set_index("ext")
+    pngs = rows.loc[[".png"]]
+    assert (pngs.status == "error").all() and pngs.width.isna().all()
+    assert pngs.reason.str.fullmatch(
+        r"too large to decode: 40x30 is 1,200 pixels, over scan.max_pixels \(1,199 pixels\); "
+        r"raise the limit if the image is real").all()
+    assert pngs.content_hash.notna().all()  # the bytes' facts stay
+    assert rows.at[".jpg", "status"] == "ok"  # 20x10: within the limit
+    # Under the usual limit again, from the cache: the rows as they were.
+    after = scan(roots, cache)
+    assert after.probed == 0
+    pd.testing.assert_frame_equal(after.table, before)
+
+
+def test_cold_and_warm_scans_of_an_unchanged_tree_write_the_same_bytes(small_project, tmp_path):
+    tables = [scan(small_project, tmp_path / "a").table, scan(small_project, tmp_path / "a").table,
+              scan(small_project, tmp_path / "b").table]
+    for k, table in enumerate(tables):
+        write_table(table, tmp_path / f"{k}.parquet", ScanTable, "scan")
+    assert len({(tmp_path / f"{k}.parquet").read_bytes() for k in range(3)}) == 1

@@ -9,6 +9,7 @@ is replaced atomically, so a crash leaves the old one.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -61,17 +62,26 @@ class FingerprintCache:
         facts = known[KNOWN].where(pd.Series(same, index=known.index), axis=0)
         return pd.concat([found.reset_index(drop=True), facts.reset_index(drop=True)], axis=1)
 
-    def update(self, rows: pd.DataFrame, described: bool) -> None:
-        """Make ``rows`` (IDENTITY + KNOWN columns, every file now under the folder) all
-        that is known of it; ``described`` says whether any row was just described.
+    def update(self, rows: pd.DataFrame, described: bool,
+               selected: Callable[[str], bool]) -> None:
+        """Make ``rows`` (IDENTITY + KNOWN columns, every file the scan now selects under
+        the folder) what is known of the files ``selected`` (a file name test) picks;
+        ``described`` says whether any row was just described.
 
-        Rows in error are never kept: a read error may pass (a drive remounted, a
-        permission fixed) without the file's identity changing. Nothing is written when
-        nothing was described and no file went away.
+        Known files that ``selected`` does not pick are kept: a scan with other
+        extensions or ignore patterns (an experiment, a typo) must not throw away what
+        the folder's usual scan knows, and each file is known once, whatever the
+        settings. Rows in error are never kept: a read error may pass (a drive
+        remounted, a permission fixed) without the file's identity changing. Nothing is
+        written when nothing was described and no known file went away.
         """
         rows = rows[rows["status"] != "error"]
-        if not described and len(rows) == len(self.known):
+        names = self.known["path"].str.rsplit("/", n=1).str[-1]
+        others = ~np.fromiter(map(selected, names), dtype=bool, count=len(names))
+        kept = self.known[others]
+        if not described and len(rows) + len(kept) == len(self.known):
             return
-        rows = typed(rows[IDENTITY + KNOWN]).reset_index(drop=True)
+        rows = typed(pd.concat([rows[IDENTITY + KNOWN], kept[IDENTITY + KNOWN]])
+                     ).reset_index(drop=True)
         write_parquet(rows, self.path)
         self.known = rows

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import io
 import mmap
+import os
+import stat
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import blake3
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+# Our own limit (max_pixels) is the one that speaks; PIL's warning below its hard limit
+# would only add noise. Set once for the process: warning filters are not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"
@@ -34,6 +40,44 @@ class ImageFacts(NamedTuple):  # a tuple: tens of thousands are built per scan
     content_hash: str | None
     status: str  # ok | warning | error
     reason: str | None
+
+
+class Unreadable(ValueError):
+    """A file that cannot, or must not, be decoded; the message says why."""
+
+
+def entry_kind(mode: int) -> str:
+    """What a non-regular directory entry is, in words, from its stat mode."""
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return next((word for test, word in kinds if test(mode)), "not a file")
+
+
+def not_regular(mode: int) -> str:
+    """The reason recorded for an entry that is not a regular file."""
+    return f"not a regular file ({entry_kind(mode)}): skipped without reading it"
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """``path`` opened for binary reading, or Unreadable when it is not a regular file.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO named like an image
+    would block a plain open() forever, and a file swapped for one after a stat would
+    slip past a check made before opening.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Unreadable(not_regular(mode))
+    return os.fdopen(fd, "rb")
 
 
 def _error(reason: str, content_hash: str | None = None) -> ImageFacts:
@@ -59,13 +103,21 @@ def probe(path: str, ext: str, size: int) -> ImageFacts:
     if size == 0:
         return _error("empty file (0 bytes)")
     try:
-        with open(path, "rb") as fh:
+        fh = open_regular(path)
+    except Unreadable as exc:
+        return _error(str(exc))
+    try:
+        with fh:
             try:
                 with Image.open(fh) as im:
                     fmt, (width, height), mode = im.format, im.size, im.mode
+            except Image.DecompressionBombError as exc:  # PIL's own guard, from the header
+                return _error(f"decompression bomb: {exc}")
             except UnidentifiedImageError:
                 return _error("not an image: its bytes are not PNG or JPEG")
-            except OSError as exc:  # a header cut short
+            except OSError as exc:  # a header cut short, or a read error
+                if "truncated" in str(exc).lower():
+                    return _error(f"truncated: the file ends inside its header ({exc})")
                 return _error(f"unreadable: {exc.strerror or exc}")
             except Exception as exc:  # PIL raises assorted errors on corrupt headers
                 return _error(f"corrupt header: {exc}")
@@ -74,6 +126,8 @@ def probe(path: str, ext: str, size: int) -> ImageFacts:
                 tail = data[-1024:]
     except OSError as exc:
         return _error(f"unreadable: {exc.strerror or exc}")
+    except ValueError:  # mmap of a file emptied since it was listed
+        return _error("empty file (0 bytes)")
     if width <= 0 or height <= 0:
         return _error(f"invalid size {width}x{height} in the header", content_hash)
     truncated = _truncation(fmt, tail)
@@ -85,17 +139,19 @@ def probe(path: str, ext: str, size: int) -> ImageFacts:
     return ImageFacts(fmt, width, height, mode, content_hash, "ok", None)
 
 
-class Unreadable(ValueError):
-    """A file that cannot, or must not, be decoded; the message says why."""
-
-
 def pixel_problem(width: int, height: int, max_pixels: int) -> str | None:
     """Why an image of this size is not decoded, or None when it is within the limit."""
     if width * height <= max_pixels:
         return None
-    return (f"too large to decode: {width}x{height} is {width * height / 1e6:,.0f} "
-            f"megapixels, over scan.max_pixels ({max_pixels / 1e6:,.0f} megapixels); raise "
-            "the limit if the image is real")
+    return (f"too large to decode: {width}x{height} is {_pixels(width * height)}, over "
+            f"scan.max_pixels ({_pixels(max_pixels)}); raise the limit if the image is real")
+
+
+def _pixels(n: int) -> str:
+    """A pixel count as people read it: megapixels when large, else the count."""
+    if n < 1_000_000:
+        return f"{n:,} pixels"
+    return f"{n / 1e6:,.1f}".removesuffix(".0") + " megapixels"
 
 
 def header_size(data: bytes | np.ndarray) -> tuple[int, int]:
@@ -121,7 +177,8 @@ def decode(path: Path | str, flags: int, max_pixels: int) -> np.ndarray:
     Raises Unreadable, with the reason, for an empty, unreadable, over-limit or
     undecodable file."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+        with open_regular(path) as fh:
+            data = np.fromfile(fh, dtype=np.uint8)
     except OSError as exc:
         raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
     if not data.size:

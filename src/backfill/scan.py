@@ -8,6 +8,7 @@ from the fingerprint cache.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -15,6 +16,7 @@ import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 from backfill.filenames import parse_name
 from backfill.fingerprints import KNOWN, FingerprintCache, typed
-from backfill.imageinfo import probe
+from backfill.imageinfo import not_regular, pixel_problem, probe
 from backfill.project import ConfigError, Project
 from backfill.schemas import ScanTable
 from backfill.tables import write_table
@@ -39,11 +41,41 @@ class Found(NamedTuple):
     size_bytes: int
     mtime_ns: int
     inode: int
-    problem: str | None  # set when the entry cannot even be stat'ed or listed
+    problem: str | None  # set when the entry is not a file that may be read, and why
+
+
+# Explicit dtypes: pandas infers a column's dtype from its values, so one entry with a
+# problem would turn every other row's missing problem into NaN of a text column.
+FOUND_DTYPES = {"source": "str", "rel_path": "str", "path": "str", "ext": "str",
+                "size_bytes": "int64", "mtime_ns": "int64", "inode": "int64", "problem": "str"}
+
+
+def found_frame(records: list[tuple]) -> pd.DataFrame:
+    """``walk``'s records as a typed frame, the same dtypes for one, many or no rows."""
+    return pd.DataFrame.from_records(records, columns=list(FOUND_DTYPES)).astype(FOUND_DTYPES)
 
 
 def _unreadable(source: str, rel_path: str, path: str, ext: str, problem: str) -> Found:
     return Found(source, rel_path, path, ext, 0, 0, 0, problem)
+
+
+def _shown(name: str) -> str:
+    """A name as text that is valid UTF-8 (Parquet needs it): bytes that are not UTF-8
+    are written as \\xNN escapes, so two such names never read the same."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _stat_problem(entry: os.DirEntry, exc: OSError) -> str:
+    """Why an entry that lists but cannot be stat'ed is skipped, in the user's words."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop: the link leads back to itself; fix or remove it"
+    if exc.errno == errno.ENOENT and entry.is_symlink():
+        try:
+            target = _shown(os.readlink(entry.path))
+        except OSError:
+            target = "?"
+        return f"broken symlink: its target {target} does not exist (a drive not mounted?)"
+    return f"unreadable: {exc.strerror or exc}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +84,7 @@ class ScanSettings:
     ignore: tuple[str, ...]  # glob patterns of file names
     follow_symlinks: bool
     workers: int
+    max_pixels: int  # larger images (from the header) are errors: never decoded
 
     @classmethod
     def from_config(cls, cfg) -> ScanSettings:
@@ -60,16 +93,29 @@ class ScanSettings:
             ignore=tuple(cfg.ignore),
             follow_symlinks=bool(cfg.follow_symlinks),
             workers=int(cfg.workers),
+            max_pixels=int(cfg.max_pixels),
         )
+
+    @cached_property
+    def ignored(self) -> re.Pattern:
+        return re.compile("|".join(fnmatch.translate(p) for p in self.ignore) or "(?!)")
+
+    def selects(self, name: str) -> bool:
+        """Whether a file of this name is an image these settings scan."""
+        ext = name[name.rfind("."):].lower() if "." in name else ""
+        return ext in self.extensions and not self.ignored.match(name)
 
 
 def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
     """Every candidate image under ``root``; hidden folders skipped, symlink loops cut.
 
     A plain scandir loop: on a warm scan this listing and one stat per file is nearly
-    all the work, so it is kept lean.
+    all the work, so it is kept lean. Nothing is opened here: an entry that is not a
+    regular file (a FIFO would block any open), cannot be stat'ed (a broken link, a
+    link loop) or has a name that is not UTF-8 is one row with its problem, and every
+    other entry of its folder is walked as usual.
     """
-    ignored = re.compile("|".join(fnmatch.translate(p) for p in settings.ignore) or "(?!)")
+    ignored = settings.ignored
     extensions = settings.extensions
     seen_dirs: set[tuple[int, int]] = set()
     found: list[tuple] = []
@@ -91,16 +137,23 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
         for entry in entries:
             name = entry.name
             try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:  # bytes that are not UTF-8 (possible on Linux)
-                shown = os.fsencode(name).decode("utf-8", "replace")
-                found.append(_unreadable(source, prefix + shown, shown, "",
-                                         "file name is not valid UTF-8: rename it"))
-                continue
-            try:
                 is_dir = entry.is_dir(follow_symlinks=settings.follow_symlinks)
             except OSError:
                 is_dir = False
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 (possible on Linux)
+                shown = _shown(name)
+                if is_dir and not name.startswith("."):
+                    found.append(_unreadable(
+                        source, prefix + shown, os.path.join(folder, shown), "",
+                        "folder name is not valid UTF-8: rename it; its files were not scanned"))
+                elif not is_dir and settings.selects(shown):
+                    found.append(_unreadable(
+                        source, prefix + shown, os.path.join(folder, shown),
+                        shown[shown.rfind("."):].lower(),
+                        "file name is not valid UTF-8: rename it (shown with \\x escapes)"))
+                continue
             if is_dir:
                 if not name.startswith("."):
                     subfolders.append((entry.path, f"{prefix}{name}/"))
@@ -112,11 +165,13 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
                 fst = entry.stat()
             except OSError as exc:
                 found.append(_unreadable(source, prefix + name, entry.path, ext,
-                                         f"unreadable: {exc.strerror or exc} (a broken link?)"))
+                                         _stat_problem(entry, exc)))
                 continue
             if not stat.S_ISREG(fst.st_mode):
+                if stat.S_ISDIR(fst.st_mode):
+                    continue  # a linked folder, not followed as the settings say
                 found.append(_unreadable(source, prefix + name, entry.path, ext,
-                                         "not a regular file"))
+                                         not_regular(fst.st_mode)))
                 continue
             # A plain tuple in Found's field order: a NamedTuple costs more per file.
             found.append((source, prefix + name, entry.path, ext, fst.st_size,
@@ -139,9 +194,11 @@ def describe(f: Found) -> dict:
     """Everything the scan says of one file (the KNOWN columns): facts, name, verdict."""
     name = os.path.basename(f.rel_path)
     parsed = parse_name(name) if f.ext else None
-    facts = probe(f.path, f.ext, f.size_bytes) if f.problem is None else None
+    # Found rows come out of a frame: a missing problem may be NaN there, not None.
+    problem = f.problem if isinstance(f.problem, str) else None
+    facts = probe(f.path, f.ext, f.size_bytes) if problem is None else None
     if facts is None:
-        status, reason = "error", f.problem
+        status, reason = "error", problem
     else:
         status, reason = _merge(
             (facts.status, facts.reason), ("warning" if parsed.problem else "ok", parsed.problem)
@@ -184,6 +241,28 @@ def finish_table(rows: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["source", "rel_path"], kind="stable").reset_index(drop=True)
 
 
+def limit_pixels(table: pd.DataFrame, max_pixels: int) -> pd.DataFrame:
+    """``table`` with every image whose header size is over ``max_pixels`` an error.
+
+    Applied after the fingerprint cache, from the width and height it holds, so a cached
+    row never carries the verdict of another limit. Such a row keeps its format and hash
+    (facts of its bytes) but no size, like any other file that is not decoded.
+    """
+    area = (table["width"] * table["height"]).fillna(0).to_numpy()
+    over = (table["status"] != "error").to_numpy() & (area > max_pixels)
+    if not over.any():
+        return table
+    table = table.copy()
+    sizes = table.loc[over, ["width", "height", "reason"]].itertuples(index=False)
+    table.loc[over, "reason"] = [
+        pixel_problem(int(w), int(h), max_pixels) + (f"; {r}" if isinstance(r, str) else "")
+        for w, h, r in sizes
+    ]
+    table.loc[over, "status"] = "error"
+    table.loc[over, ["width", "height", "mode"]] = pd.NA
+    return table
+
+
 @dataclass(frozen=True)
 class ScanResult:
     table: pd.DataFrame
@@ -195,10 +274,10 @@ def scan_project(
     roots: dict[str, Path], settings: ScanSettings, cache_dir: Path
 ) -> ScanResult:
     """Walk every root (``{"original": dir, "final": dir}``) and describe each file,
-    from the cache when its identity is unchanged."""
+    from the cache when its identity is unchanged; then apply the pixel limit."""
     parts, probed, n_files = [], 0, 0
     for source, root in roots.items():
-        found = pd.DataFrame.from_records(walk(root, source, settings), columns=Found._fields)
+        found = found_frame(walk(root, source, settings))
         cache = FingerprintCache(cache_dir, root)
         rows = cache.lookup(found)
         misses = rows["status"].isna()
@@ -208,11 +287,12 @@ def scan_project(
             rows = rows.astype(dict.fromkeys(KNOWN, object))
             rows.loc[misses, KNOWN] = describe_all(rows[misses], settings.workers, source)
         files = rows["problem"].isna()
-        cache.update(rows[files], described=bool(misses.any()))
+        fresh = misses & files & (rows["status"] != "error")
+        cache.update(rows[files], described=bool(fresh.any()), selected=settings.selects)
         probed += int((misses & files).sum())
         n_files += int(files.sum())
         parts.append(rows)
-    table = finish_table(pd.concat(parts, ignore_index=True))
+    table = limit_pixels(finish_table(pd.concat(parts, ignore_index=True)), settings.max_pixels)
     return ScanResult(table, probed, n_files - probed)
 
 
