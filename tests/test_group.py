@@ -77,7 +77,7 @@ def settings(**kw) -> GroupSettings:
     return GroupSettings(**{**base, **kw})
 
 
-SCAN = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True, 2)
+SCAN = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True, 2, 10**8)
 
 
 def scan_of(project, tmp_path):
@@ -150,3 +150,91 @@ def test_bad_group_settings_are_refused(change, message):
     cfg = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml").group
     with pytest.raises(ConfigError, match=message):
         GroupSettings.from_config(OmegaConf.merge(cfg, change))
+
+
+def _two_sources(tmp_path, folders: dict[str, int]):
+    """An original folder holding generated projects side by side, one per subfolder
+    (``name -> seed``): the same names, other pictures. Returns the generated projects."""
+    import shutil
+
+    from backfill.synthetic import make_project
+
+    root = tmp_path / "p"
+    (root / "final").mkdir(parents=True)
+    made = {}
+    for folder, seed in folders.items():
+        gen = make_project(tmp_path / f"gen_{folder}", n_groups=4, seed=seed, scale=0.05,
+                           bad_files=False, companions=False, variants=False)
+        shutil.copytree(gen.original_dir, root / "original" / folder)
+        made[folder] = gen
+    return root, made
+
+
+def _scan_and_group(root, tmp_path):
+    roots = {"original": root / "original", "final": root / "final"}
+    return group_table(scan_project(roots, SCAN, tmp_path / "cache").table, settings(), "p")
+
+
+def test_a_name_clash_never_mixes_two_sources(tmp_path):
+    # Two machines wrote the same timestamped names with other pictures. Machine b's
+    # last two groups were taken a day later, so only its first two groups clash.
+    root, made = _two_sources(tmp_path, {"machine_a": 1, "machine_b": 2})
+    later = {p for g in made["machine_b"].groups[2:] for p in g.rel_paths}
+    for rel in later:
+        path = root / "original" / "machine_b" / rel
+        path.rename(path.with_name(path.name.replace("20250708_", "20250709_")))
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+
+    def on_disk(folder, rel):
+        moved = folder == "machine_b" and rel in later
+        return f"{folder}/{rel.replace('20250708_', '20250709_') if moved else rel}"
+
+    clashing = {p.rsplit("/", 1)[1] for g in made["machine_b"].groups[:2] for p in g.rel_paths}
+    clashing &= {p.rsplit("/", 1)[1] for g in made["machine_a"].groups for p in g.rel_paths}
+    assert clashing
+    expected = {tuple(on_disk(folder, p) for p in g.rel_paths)
+                for folder, gen in made.items() for g in gen.groups
+                if not {p.rsplit("/", 1)[1] for p in g.rel_paths} & clashing}
+    assert {tuple(p) for p in groups["image_paths"]} == expected
+    assert len(expected) == 2 + 2  # machine a's last two groups, machine b's (renamed)
+    assert not any({p.split("/")[0] for p in g} == {"machine_a", "machine_b"}
+                   for g in groups["image_paths"])
+    why = ungrouped.set_index("rel_path")["reason"]
+    for folder, other in (("machine_a", "machine_b"), ("machine_b", "machine_a")):
+        for g in made[folder].groups[:2]:
+            for p in g.rel_paths:
+                name = p.rsplit("/", 1)[1]
+                if name in clashing:
+                    assert why[f"{folder}/{p}"].startswith(f"name clash: {name} also in {other}/")
+                    assert "with other pixels" in why[f"{folder}/{p}"]
+                else:  # a member of a group that held a clashing name
+                    assert why[f"{folder}/{p}"].startswith("its group held ")
+    # Nothing lost: every original is in a group or ungrouped with its reason.
+    in_groups = {p for g in groups["image_paths"] for p in g}
+    assert len(in_groups) + len(ungrouped) == sum(len(g.rel_paths) for gen in made.values()
+                                                  for g in gen.groups)
+
+
+def test_identical_copies_are_grouped_once_and_are_no_clash(tmp_path):
+    import shutil
+
+    root, made = _two_sources(tmp_path, {"machine_a": 1})
+    shutil.copytree(root / "original" / "machine_a", root / "original" / "machine_a_backup")
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+    truth = {tuple(f"machine_a/{p}" for p in g.rel_paths) for g in made["machine_a"].groups}
+    assert {tuple(p) for p in groups["image_paths"]} == truth
+    assert ungrouped["rel_path"].str.startswith("machine_a_backup/").all()
+    assert len(ungrouped) == sum(len(g) for g in truth)
+    assert ungrouped["reason"].str.startswith("copy of machine_a/").all()
+    assert not ungrouped["reason"].str.contains("clash").any()
+
+
+def test_clash_folders_are_where_the_copies_paths_part():
+    from backfill.group import clash_folders, partitions
+
+    assert clash_folders(["a/x/n.png", "b/x/n.png"]) == ["a/", "b/"]
+    assert clash_folders(["m/a/n.png", "m/b/n.png"]) == ["m/a/", "m/b/"]
+    # A copy at the top: only the other side is a folder of its own.
+    assert clash_folders(["n.png", "b/n.png"]) == ["b/"]
+    assert partitions(["a/x/1.png", "b/2.png", "c/3.png", "a/4.png"], ["a/", "a/x/", "b/"]) \
+        == ["a/x/", "b/", "", "a/"]

@@ -6,6 +6,20 @@ a window of ``lookahead`` files, the smallest stage above its last one, earliest
 the window ends at a stage <= the last one or at a time gap. ``exact_timestamp`` groups
 files that share one timestamp instead (a documented option, rarely right on real data:
 each stage gets its own timestamp).
+
+Names are the key, so one name must mean one picture. Two originals with the same file
+name in different subfolders are handled before grouping:
+
+- same content hash (a copy): grouped once, as the first copy by path; the other
+  copies are ungrouped as "copy of <path>";
+- other content (a **name clash**, e.g. two machines that wrote the same timestamped
+  names into their own folders): the folders where the copies' paths part (say
+  ``machine_a/`` and ``machine_b/``) are each grouped on their own, so no group takes
+  renders from both; then no group that holds a clashing name is kept. Its copies are
+  ungrouped with "name clash: <name> also in <folder> with other pixels", the other
+  members with "its group held <name>, a name clash": a name that means two pictures
+  cannot name a decision (finals and DB rows are matched by name). The person renames
+  one source's files and the next run groups them.
 """
 
 from __future__ import annotations
@@ -26,6 +40,61 @@ ALONE = "no higher stage followed it within the window (run shorter than min_gro
 SAME_STAGE = "another file of the same stage shares its timestamp"
 ALONE_AT_TIMESTAMP = "no other stage shares its timestamp"
 GROUP_FULL = "its timestamp's group already holds max_group_size images"
+
+
+def _folder(rel_path: str) -> str:
+    head = rel_path.rpartition("/")[0]
+    return f"{head}/" if head else "the top folder"
+
+
+def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """Files that share their name with another: ``(copies, clashes)``, each
+    ``rel_path -> reason``. ``copies``: identical copies but the first by path (grouped
+    once, as that file); ``clashes``: every copy of a name that holds other content.
+    ``files`` has rel_path, name and content_hash; a copy with no hash (unreadable) is
+    taken for other content, never for a copy."""
+    copies: dict[str, str] = {}
+    clashes: dict[str, str] = {}
+    dupes = files[files["name"].duplicated(keep=False)].sort_values("rel_path", kind="stable")
+    for name, same_name in dupes.groupby("name", sort=True):
+        paths = same_name["rel_path"].tolist()
+        content = [h if isinstance(h, str) else f"unknown:{p}"
+                   for h, p in zip(same_name["content_hash"], paths, strict=True)]
+        if len(set(content)) == 1:
+            copies.update({p: f"copy of {paths[0]} (same name, same pixels): grouped once, "
+                              "as that file" for p in paths[1:]})
+            continue
+        for path, mine in zip(paths, content, strict=True):
+            others = sorted({_folder(p) for p, c in zip(paths, content, strict=True)
+                             if c != mine})
+            clashes[path] = (f"name clash: {name} also in {', '.join(others)} with other "
+                             "pixels; rename one of them")
+    return copies, clashes
+
+
+def clash_folders(clashing: list[str]) -> list[str]:
+    """Folders grouped on their own because of name clashes: for each two copies of a
+    clashing name, the folder on each side just below where their paths part (two
+    machines' folders, say). ``clashing``: the rel_paths of every clashing copy."""
+    by_name: dict[str, list[list[str]]] = {}
+    for path in clashing:
+        *folders, name = path.split("/")
+        by_name.setdefault(name, []).append(folders)
+    out = set()
+    for copies in by_name.values():
+        for a in copies:
+            for b in copies:
+                common = next((k for k, (x, y) in enumerate(zip(a, b, strict=False))
+                               if x != y), min(len(a), len(b)))
+                if a is not b and len(a) > common:
+                    out.add("/".join(a[:common + 1]) + "/")
+    return sorted(out)
+
+
+def partitions(paths: Sequence[str], folders: list[str]) -> list[str]:
+    """Each path's partition: the deepest of ``folders`` holding it, or "" (the rest)."""
+    deepest = sorted(folders, key=len, reverse=True)
+    return [next((f for f in deepest if p.startswith(f)), "") for p in paths]
 
 
 @dataclass(frozen=True)
@@ -144,6 +213,39 @@ def _nullable(values: pd.Series) -> list:
     return [None if pd.isna(v) else v for v in values.tolist()]
 
 
+def _group(candidates: pd.DataFrame, settings: GroupSettings
+           ) -> tuple[list[list[int]], dict[int, str]]:
+    """``settings.method`` run on sorted candidates: groups and left-out reasons, by
+    position in ``candidates``."""
+    stages = candidates["stage"].tolist()
+    if settings.method == "nearest_up":
+        return nearest_up(
+            stages, pd.to_datetime(candidates["timestamp"], format="%Y%m%d_%H%M%S").tolist(),
+            settings.lookahead,
+            settings.time_gap_minutes, settings.min_group_size, settings.max_group_size,
+        )
+    return exact_timestamp(stages, candidates["timestamp"].tolist(),
+                           settings.min_group_size, settings.max_group_size)
+
+
+def _without_clashes(groups: list[list[int]], candidates: pd.DataFrame,
+                     clashes: dict[str, str]) -> tuple[list[list[int]], dict[int, str]]:
+    """Groups holding no clashing name, and why each member of the others and each
+    clashing copy is left out: a name that means two pictures cannot name a decision."""
+    paths, names = candidates["rel_path"].tolist(), candidates["name"].tolist()
+    left_out = {i: clashes[p] for i, p in enumerate(paths) if p in clashes}
+    kept = []
+    for members in groups:
+        hit = sorted({names[i] for i in members if i in left_out})
+        if not hit:
+            kept.append(members)
+            continue
+        for i in members:
+            left_out.setdefault(i, f"its group held {', '.join(hit)}, a name clash: not "
+                                   "grouped until one copy is renamed")
+    return kept, left_out
+
+
 def group_table(
     scan: pd.DataFrame, settings: GroupSettings, project: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -155,22 +257,25 @@ def group_table(
     """
     # Files only: a folder that could not be listed is reported by scan, not here.
     originals = scan[(scan["source"] == "original") & (scan["ext"] != "")]
-    usable = originals["timestamp"].notna() & (originals["stage"] > 0)
+    named = originals["timestamp"].notna() & (originals["stage"] > 0)
+    copies, clashes = shared_names(originals[named])
+    usable = named & ~originals["rel_path"].isin(list(copies))
     candidates = originals[usable].sort_values(
         ["timestamp", "stage", "name", "rel_path"], kind="stable"
     ).reset_index(drop=True)
-    stages = candidates["stage"].tolist()
     timestamps = candidates["timestamp"].tolist()
-    if settings.method == "nearest_up":
-        groups, left_out = nearest_up(
-            stages, pd.to_datetime(candidates["timestamp"], format="%Y%m%d_%H%M%S").tolist(),
-            settings.lookahead,
-            settings.time_gap_minutes, settings.min_group_size, settings.max_group_size,
-        )
-    else:
-        groups, left_out = exact_timestamp(
-            stages, timestamps, settings.min_group_size, settings.max_group_size
-        )
+    # A clash means two sources wrote the same names: each clashing folder is grouped
+    # on its own, so no group takes renders from both.
+    part_of = partitions(candidates["rel_path"].tolist(), clash_folders(list(clashes)))
+    groups, left_out = [], {}
+    for key in sorted(set(part_of)):
+        idx = [i for i, p in enumerate(part_of) if p == key]
+        found, why = _group(candidates.iloc[idx], settings)
+        groups += [[idx[i] for i in members] for members in found]
+        left_out.update({idx[i]: reason for i, reason in why.items()})
+    groups.sort()  # by first member, that is by time, whatever the partition
+    groups, dissolved = _without_clashes(groups, candidates, clashes)
+    left_out.update(dissolved)
 
     rows, used_ids = [], set()
     for members in groups:
@@ -204,8 +309,12 @@ def group_table(
         row = candidates.iloc[k]
         unreadable = f"; unreadable: {row['reason']}" if row["status"] == "error" else ""
         reasons[row["rel_path"]] = why + unreadable
-    left = originals[~usable]
+    left = originals[~named]
     reasons.update(zip(left["rel_path"], left["reason"], strict=True))
+    state = originals.set_index("rel_path")[["status", "reason"]]
+    for rel, why in copies.items():
+        status, reason = state.loc[rel]
+        reasons[rel] = why + (f"; unreadable: {reason}" if status == "error" else "")
     ungrouped = originals[originals["rel_path"].isin(list(reasons))][
         ["rel_path", "name", "timestamp", "stage"]
     ].copy()
