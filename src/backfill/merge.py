@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import base64
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -178,7 +177,7 @@ def image_names(images) -> list[str]:
             return []
     if not isinstance(value, (list, tuple)):
         return []
-    names = [re.split(r"[\\/]", n)[-1] for n in value if isinstance(n, str)]
+    names = [n.replace("\\", "/").rsplit("/", 1)[-1] for n in value if isinstance(n, str)]
     return [n for n in names if n]
 
 
@@ -186,7 +185,8 @@ STEM = "stem:"  # a match key made from a name's stem, never equal to a file nam
 
 
 def _stem(name: str) -> str:
-    return STEM + PurePosixPath(name).stem
+    dot = name.rfind(".")
+    return STEM + (name[:dot] if dot > 0 else name)
 
 
 def name_keys(images) -> set[str]:
@@ -203,13 +203,14 @@ def name_links(backfill: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame
     ambiguous by the matching, never guessed."""
     def by_name(rows: pd.DataFrame) -> pd.DataFrame:
         names = rows["images"].map(lambda s: [n.lower() for n in image_names(s)])
-        out = pd.DataFrame({"group_id": rows["group_id"].to_numpy(), "name": names.to_numpy()})
+        out = pd.DataFrame({"group_id": rows["group_id"].to_numpy(), "name": names.to_numpy()},
+                           dtype=object)
         return out.explode("name").dropna(subset=["name"]).reset_index(drop=True)
 
     b, p = by_name(backfill), by_name(production)
     exact = p["name"].isin(set(b["name"]))
-    p.loc[~exact, "name"] = p.loc[~exact, "name"].map(_stem)
-    b = pd.concat([b, b.assign(name=b["name"].map(_stem))], ignore_index=True)
+    p.loc[~exact, "name"] = [_stem(n) for n in p.loc[~exact, "name"]]
+    b = pd.concat([b, b.assign(name=[_stem(n) for n in b["name"]])], ignore_index=True)
     links = b.merge(p, on="name", suffixes=("_b", "_p"))[["group_id_b", "group_id_p"]]
     return links.drop_duplicates().reset_index(drop=True)
 
@@ -220,10 +221,11 @@ class Matching:
     conflicts: pd.DataFrame  # group_id, side, other ids, reason: left alone
 
 
-def match_rows(backfill: pd.DataFrame, production: pd.DataFrame) -> Matching:
-    """Pairs that name the same renders (name_links), one to one; everything else is a
-    conflict."""
-    links = name_links(backfill, production)
+def match_rows(backfill: pd.DataFrame, production: pd.DataFrame,
+               links: pd.DataFrame | None = None) -> Matching:
+    """Pairs that name the same renders (name_links, unless given), one to one;
+    everything else is a conflict."""
+    links = name_links(backfill, production) if links is None else links
     per_b = links.groupby("group_id_b")["group_id_p"].agg(sorted)
     per_p = links.groupby("group_id_p")["group_id_b"].agg(sorted)
     conflicts = [
@@ -387,7 +389,8 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         imported = set(imported) - dropped
         invalid = invalid[~invalid["group_id"].isin(dropped)]
 
-    matching = match_rows(backfill, production)
+    links = name_links(backfill, production)
+    matching = match_rows(backfill, production, links)
     # A group whose kept final cannot be read has no decision to write: it is reported,
     # and a live row it names is left alone (no pair), until the file is fixed.
     unreadable = backfill["user_action"] == UNREADABLE
@@ -473,7 +476,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     conflicted_b = set(matching.conflicts.loc[matching.conflicts["side"] == "backfill",
                                               "group_id"])
     linked_b = (set(matching.pairs["backfill_id"]) | conflicted_b
-                | set(name_links(backfill, production)["group_id_b"]))
+                | set(links["group_id_b"]))
     unlinked = backfill[~backfill["group_id"].isin(linked_b) & ~unreadable]
     taken = unlinked["group_id"].isin(prod.index)  # never over an existing key
     issues.append(pd.DataFrame({
