@@ -7,9 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from backfill.decisiondb import DecisionDBError
-from backfill.project import ConfigError, find_root, load_project, write_params
-from backfill.tables import ContractError
+try:  # a Ctrl-C while the libraries load is one line too, not a traceback
+    from backfill.decisiondb import DecisionDBError
+    from backfill.project import ConfigError, find_root, load_project, write_params
+    from backfill.tables import ContractError
+except KeyboardInterrupt:
+    print("backfill: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def _config_path(value: str, root: Path) -> str:

@@ -6,6 +6,7 @@ so rows come sorted, the index is dropped, and nothing time-dependent is stored.
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 from pathlib import Path
@@ -76,9 +77,26 @@ def typed_frame(schema: type, data=None) -> pd.DataFrame:
     return df.astype(dtypes)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
 def temp_beside(path: Path) -> Path:
-    """A private name in ``path``'s folder, so that os.replace onto ``path`` is atomic."""
+    """A private name in ``path``'s folder, so that os.replace onto ``path`` is atomic.
+
+    Temporaries of ``path`` left by a process that no longer runs (killed mid-write)
+    are ours, named by us, and removed here."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = old.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
