@@ -53,7 +53,8 @@ def crop_match(ai: np.ndarray, final: np.ndarray, tolerance: float) -> np.ndarra
 
 def anomalies(truth: pd.DataFrame, groups: pd.DataFrame) -> pd.Series:
     """Per truth row: the person kept a lower stage than the group's highest."""
-    n = truth["group_id"].map(groups.set_index("group_id")["n_images"])
+    # float: an empty map would keep the ids' str dtype
+    n = truth["group_id"].map(groups.set_index("group_id")["n_images"]).astype("float64")
     return (truth["user_selected_index"] < n - 1).fillna(False).astype(bool)
 
 
