@@ -276,10 +276,15 @@ def test_max_pixels_reaches_extract_embed_and_the_thumbnails(built, tmp_path):
 @pytest.mark.parametrize(("stage", "expected"), [
     (extract, "run `dvc repro scan@p` first"), (embed, "run `dvc repro group@p` first"),
     (predict, "run `dvc repro group@p` first")])
-def test_a_stage_before_its_inputs_names_the_stage_to_run(tmp_path, stage, expected):
+def test_a_stage_before_its_inputs_names_the_stage_to_run(tmp_path, stage, expected,
+                                                          monkeypatch, capsys):
     project = project_at(tmp_path, tmp_path, tmp_path)
     with pytest.raises(ConfigError, match=expected.replace("`", ".")):
         stage.run(project)
+    monkeypatch.setattr(cli, "load_project", lambda name: project)
+    assert cli.main([stage.__name__.rsplit(".", 1)[1], "p"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
 
 
 def test_validate_before_merge_names_the_merged_db_and_the_merge(built, monkeypatch, capsys):

@@ -118,3 +118,19 @@ def test_seed_000s_db_checks_fail_the_stage(validated):
     conn.close()
     with pytest.raises(ContractError, match=f"crop rows without coordinates: 1 row\\(s\\): {gid}"):
         validate(project)
+
+
+def test_an_unreadable_final_must_be_reported_by_the_merge_and_not_written():
+    from backfill.validate import check_unreadable
+
+    truth = pd.DataFrame({"group_id": ["g1", "g2"], "user_action": ["unreadable", "crop"]})
+    reported = pd.DataFrame({"kind": ["final_unreadable"], "group_id": ["g1"], "detail": ["x"]})
+    nothing = pd.DataFrame({"group_id": ["r2"], "source": ["backfill"],
+                            "backfill_group_id": ["g2"]})
+    assert check_unreadable(truth, reported, nothing) == []
+    unreported = check_unreadable(truth, reported.assign(kind="pick_differs"), nothing)
+    assert [f.check for f in unreported] == ["unreadable finals the merge did not report"]
+    written = check_unreadable(truth, reported, pd.concat([nothing, pd.DataFrame(
+        {"group_id": ["r1"], "source": ["backfill"], "backfill_group_id": ["g1"]})]))
+    assert [(f.check, f.group_ids) for f in written] == [
+        ("unreadable finals written to the DB", ["g1"])]
