@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backfill.decisiondb import ACTIONS, COLUMNS, create, insert_rows, read_rows
-from backfill.merge import MergeSettings, plan_merge
+from backfill.merge import MergeSettings, name_keys, plan_merge
 from backfill.publish import REWRITTEN_HEADER, publish_plan
 from backfill.synthetic_production import decision_tables
 from backfill.tables import write_parquet
@@ -64,10 +64,22 @@ def decision(draw, gid: str) -> dict:
     }
 
 
+# How older tools wrote a row's images (issue 12): each must match like the JSON form.
+FORMS = {
+    "json": json.dumps,
+    "repr": repr,
+    "prefixed": lambda names: json.dumps([f"batch_00/{n}" for n in names]),
+    "upper": lambda names: json.dumps([n.upper() for n in names]),
+    "jpg": lambda names: json.dumps([n.replace(".png", ".jpg") for n in names]),
+}
+
+
 @st.composite
 def tables(draw) -> tuple[pd.DataFrame, pd.DataFrame]:
     n_prod, n_back = draw(st.integers(0, 7)), draw(st.integers(0, 7))
     prod = [draw(decision(f"live_{i}")) for i in range(n_prod)]
+    for r in prod:
+        r["images"] = FORMS[draw(st.sampled_from(sorted(FORMS)))](json.loads(r["images"]))
     # Backfilled ids sometimes equal a live id: a key collision must never overwrite.
     back = [draw(decision(draw(st.sampled_from([f"p_group_{i}", f"live_{i}"]))))
             for i in range(n_back)]
@@ -135,9 +147,9 @@ def test_every_backfilled_group_is_matched_added_or_reported(data):
     added = set(plan.changes.loc[plan.changes["rule"] == "added", "group_id"])
     matched = set(plan.pairs["backfill_id"])
     reported = set(plan.issues["group_id"])
-    live_names = {n for s in production["images"] for n in json.loads(s)}
+    live_names = {n for s in production["images"] for n in name_keys(s)}
     for _, r in backfill.iterrows():
-        gid, names = r["group_id"], set(json.loads(r["images"]))
+        gid, names = r["group_id"], name_keys(r["images"])
         assert gid in added or gid in matched or gid in reported or names & live_names
         assert not (gid in added and names & live_names)  # a live image never twice
     assert len(plan.merged) == len(production) + len(added)
