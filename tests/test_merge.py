@@ -318,7 +318,7 @@ def test_a_live_approve_whose_final_is_a_crop_is_reported_never_given_crop_coord
 
 def test_an_unreadable_final_is_reported_not_written_and_its_live_row_left_alone(tmp_path):
     live = frame(row("live1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
-                     final_crop_coords=None, directory=None))
+                     final_crop_coords=None, directory=None, ai_selected_index=1))
     unreadable = dict(user_action="unreadable", user_selected_index=1, directory="d")
     back = frame(row("g1", ["a.png", "b.png"], **unreadable),
                  row("g2", ["c.png", "d.png"], **unreadable))

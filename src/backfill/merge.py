@@ -514,6 +514,13 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     merged = recomputed.reset_index()
     changes = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=PLAN_COLUMNS)],
                         ignore_index=True)
+    # The live row of an unreadable group stays exactly as it is (no flag, sidecar or
+    # action rule either) until the file is fixed and the group can speak for it.
+    alone = [p for p in live_of.values() if p not in set(imported or ())]
+    if alone:
+        changes = changes[~changes["group_id"].isin(alone)]
+        at = merged["group_id"].isin(alone).to_numpy()
+        merged.loc[at, COLUMNS[1:]] = prod.loc[merged.loc[at, "group_id"], COLUMNS[1:]].to_numpy()
     # Whole rows: new groups, and legacy-CSV rows the DB has never held.
     whole = set(added["group_id"]) | (imported or set())
     changes = changes[~changes["group_id"].isin(whole)]
