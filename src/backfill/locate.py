@@ -41,7 +41,8 @@ COARSE_SPREAD = 0.1  # coarse peaks this close to the best are refined too
 
 
 class LocateError(Exception):
-    """A pair that cannot be located at all (unreadable file, impossible scale)."""
+    """A readable pair that cannot be located at all (an impossible scale); a file that
+    cannot be decoded raises imageinfo.Unreadable instead."""
 
 
 @dataclass(frozen=True)
