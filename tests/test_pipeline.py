@@ -1,6 +1,7 @@
 """End to end: `backfill project add` + `dvc repro` in a throwaway copy of the repo."""
 
 import json
+import os
 import re
 import shutil
 
@@ -20,9 +21,15 @@ def stages_in_status(repo) -> set[str]:
     return set(json.loads(out or "{}"))
 
 
+# Stages that run on every `dvc repro`: scan (DVC does not hash the image folders) and
+# merge (production is live). Both write the same bytes when nothing changed.
+ALWAYS = ("scan@", "merge@")
+ALWAYS_CHANGED = {"scan@alpha", "scan@beta", "merge@alpha", "merge@beta"}
+
+
 def ran(out: str) -> list[str]:
-    """Stages a `dvc repro` ran, merge aside: it always runs (production is live)."""
-    return [s for s in re.findall(r"Running stage '([\w@-]+)'", out) if not s.startswith("merge@")]
+    """Stages a `dvc repro` ran, the ALWAYS ones aside."""
+    return [s for s in re.findall(r"Running stage '([\w@-]+)'", out) if not s.startswith(ALWAYS)]
 
 
 @pytest.fixture
@@ -69,13 +76,17 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
 
     second = run(["dvc", "repro"], repo).stdout
     assert ran(second) == []
-    assert stages_in_status(repo) == {"merge@alpha", "merge@beta"}  # always_changed
+    # Scan ran again and wrote the same bytes, so nothing after it did.
+    assert "Running stage 'scan@alpha'" in second
+    for stage in ("group", "extract", "embed"):
+        assert f"Stage '{stage}@alpha' didn't change, skipping" in second
+    assert stages_in_status(repo) == ALWAYS_CHANGED
 
     # One project's group setting changes: only its group stage is out of date.
     conf = repo / "conf" / "project" / "alpha.yaml"
     conf.write_text(conf.read_text() + "group:\n  lookahead: 10\n")
     run(["backfill", "compose"], repo)
-    assert stages_in_status(repo) - {"merge@alpha", "merge@beta"} == {"group@alpha"}
+    assert stages_in_status(repo) - ALWAYS_CHANGED == {"group@alpha"}
     third = run(["dvc", "repro"], repo).stdout
     # The same groups come out byte for byte, so extract is not run again.
     assert ran(third) == ["group@alpha"]
@@ -85,11 +96,10 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     conf.write_text(conf.read_text() + "extract:\n  approve_tolerance: 0.05\n")
     run(["backfill", "compose"], repo)
     # validate checks approve rows against the same tolerance
-    assert stages_in_status(repo) - {"merge@alpha", "merge@beta"} == {"extract@alpha",
-                                                                   "validate@alpha"}
+    assert stages_in_status(repo) - ALWAYS_CHANGED == {"extract@alpha", "validate@alpha"}
     fourth = run(["dvc", "repro"], repo).stdout
     assert "Running stage 'extract@alpha'" in fourth and "pairs: 0 matched" in fourth
-    assert not {"scan", "group", "embed"} & set(re.findall(r"Running stage '(\w+)@", fourth))
+    assert not {"group", "embed"} & set(re.findall(r"Running stage '(\w+)@", fourth))
 
 
 def test_new_renders_are_the_only_ones_embedded_and_a_trained_version_runs_by_exp(
@@ -157,3 +167,20 @@ def test_train_as_a_dvc_stage_has_exact_deps_and_feeds_predict(two_projects):
     # The predictions depend on data/models, so a retrained version re-runs them.
     dag = run(["dvc", "dag", "--dot"], repo).stdout
     assert '"train-v9" -> "predict@alpha"' in dag, dag
+
+
+def test_dvc_never_reads_the_image_folders_so_odd_entries_cannot_stop_it(two_projects):
+    # DVC could not hash these (and would block on the FIFO): only scan meets them now.
+    repo, projects = two_projects
+    folder = projects["alpha"].original_dir
+    os.symlink(folder / "gone.png", folder / "20300101_000000_stage1.png")
+    os.symlink("20300101_000100_stage1.png", folder / "20300101_000100_stage1.png")
+    os.mkfifo(folder / "20300101_000200_stage1.png")
+    (folder / os.fsdecode(b"20300101_000300_stage1_\xff.png")).write_bytes(b"")
+    out = run(["timeout", "300", "dvc", "repro", "group@alpha"], repo).stdout
+    assert "Running stage 'group@alpha'" in out
+    scan = pd.read_parquet(repo / "data" / "alpha" / "scan.parquet").set_index("rel_path")
+    odd = scan[scan.index.str.startswith("20300101_")]
+    assert len(odd) == 4 and (odd.status == "error").all()
+    renders = [p for g in projects["alpha"].groups for p in g.rel_paths]
+    assert (scan.loc[renders, "status"] == "ok").all()
