@@ -8,9 +8,9 @@ batch; at most ``window`` prepared images wait, so memory stays bounded. Every d
 goes through imageinfo.decode with scan.max_pixels: a bomb or an over-limit file is
 reported with its reason, never decoded, never cached.
 
-Memory stays flat as the count grows: each result is one small float32 vector in a
-list (no frame per image), and the cache's periodic save appends a part file rather
-than re-reading its store.
+Memory stays flat as the count grows: results go into one float32 block allocated once
+(no frame, no array per image), and the cache's periodic save appends a part file
+rather than re-reading its store.
 """
 
 from __future__ import annotations
@@ -148,30 +148,37 @@ def embed_images(images: pd.DataFrame, root: Path, settings: ClipSettings, cache
     hits, todo_keys = cache.lookup(images)
     todo = todo_keys.merge(images, on="content_hash", how="left")
     failed, device = {}, None
-    hashes: list[str] = [*hits["content_hash"]]
-    vectors: list[np.ndarray] = [np.asarray(v, dtype=np.float32) for v in hits["embedding"]]
+    done = np.zeros(len(todo), dtype=bool)
+    block: np.ndarray | None = None  # row i: todo's image i; one allocation for the run
     if len(todo):
         embed, device = load(settings)
         paths = [root / p for p in todo["image_path"]]
+        hashes = todo["content_hash"].tolist()
         try:
             for i, vector, error in tqdm(embed(paths), total=len(paths), desc="embed: CLIP",
                                          unit="img", disable=None):
                 if error is not None:
                     failed[str(todo["image_path"].iat[i])] = error
                     continue
-                # A copy of its own: a view would keep its whole batch alive.
-                vector = np.array(vector, dtype=np.float32)
-                hashes.append(todo["content_hash"].iat[i])
-                vectors.append(vector)
-                cache.add({"content_hash": hashes[-1], "embedding": vector})
+                # Copied into one preallocated block: no allocation per image that would
+                # outlive the model's large temporaries and fragment the heap, and no view
+                # keeping a whole batch alive.
+                if block is None:
+                    block = np.empty((len(todo), len(vector)), dtype=np.float32)
+                block[i] = vector
+                done[i] = True
+                cache.add({"content_hash": hashes[i], "embedding": block[i]})
         finally:  # an interrupted run keeps what it embedded
             cache.save()
-    order = sorted(range(len(hashes)), key=hashes.__getitem__)
+    fresh = np.flatnonzero(done)
     table = typed_frame(EmbeddingsTable, {
-        "content_hash": pd.Series([hashes[k] for k in order], dtype="str"),
-        "embedding": pd.Series([vectors[k] for k in order], dtype="object"),
-        "model_id": pd.Series([mid] * len(order), dtype="str")})
-    return EmbedResult(table, len(hashes) - len(hits), len(hits), failed, mid, device)
+        "content_hash": pd.concat([hits["content_hash"], todo["content_hash"].iloc[fresh]],
+                                  ignore_index=True),
+        "embedding": pd.Series([np.asarray(v, dtype=np.float32) for v in hits["embedding"]]
+                               + ([] if block is None else list(block[fresh])), dtype="object"),
+        "model_id": mid})
+    table = table.sort_values("content_hash", kind="stable").reset_index(drop=True)
+    return EmbedResult(table, len(fresh), len(hits), failed, mid, device)
 
 
 def read_embeddings(path: Path) -> pd.DataFrame:
