@@ -134,3 +134,23 @@ def test_an_unreadable_final_must_be_reported_by_the_merge_and_not_written():
         {"group_id": ["r1"], "source": ["backfill"], "backfill_group_id": ["g1"]})]))
     assert [(f.check, f.group_ids) for f in written] == [
         ("unreadable finals written to the DB", ["g1"])]
+
+
+def test_rows_naming_images_in_older_forms_are_found_in_the_scan():
+    """validate reads `images` with the merge's one reader: repr lists, folder prefixes,
+    other case and another extension are the same renders, not missing ones."""
+    from backfill.decisiondb import COLUMNS
+    from backfill.validate import check_decisions
+
+    names = ["20250101_000000_stage1_generated.png", "20250101_000015_stage2_upscaled.png"]
+    forms = [json.dumps(names), repr(names), json.dumps([f"batch_00/{n}" for n in names]),
+             json.dumps([n.upper().replace(".PNG", ".png") for n in names][:1] + names[1:]),
+             json.dumps([n.replace(".png", ".jpg") for n in names]), '["gone.png"]']
+    rows = pd.DataFrame([{c: None for c in COLUMNS} | {
+        "group_id": f"g{i}", "images": form, "user_action": "reject",
+        "user_selected_index": 0} for i, form in enumerate(forms)], columns=COLUMNS)
+    found = check_decisions(rows, pd.Series(["backfill"] * len(rows)), set(names), 0.02,
+                            pd.DataFrame({"group_id": rows["group_id"]}), rows["group_id"],
+                            set())
+    missing = [f for f in found if f.check == "rows naming images the scan did not find"]
+    assert [f.group_ids for f in missing] == [["g5"]]

@@ -25,6 +25,7 @@ import pandas as pd
 
 from backfill.decisiondb import ACTIONS, read_rows, violations
 from backfill.evaluate import EvalSettings, evaluate, scored
+from backfill.merge import image_names, name_keys
 from backfill.project import ConfigError, Project
 from backfill.schemas import TABLES, UNREADABLE
 from backfill.tables import ContractError, read_table, write_text
@@ -129,8 +130,11 @@ def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str]
     broken = violations(rows)
     add("rows breaking seed 003's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
         "; ".join(broken["detail"].head(3)))
-    names = rows["images"].map(lambda s: json.loads(s) if isinstance(s, str) else [])
-    missing = names.map(lambda n: not set(n) <= scan_names).to_numpy()
+    # Names as the merge matched them: any form older tools wrote, case and folder
+    # prefixes aside, or the render's stem for a name logged with another extension.
+    known = name_keys(json.dumps(sorted(scan_names)))
+    missing = rows["images"].map(lambda s: any(
+        not name_keys(json.dumps([n])) & known for n in image_names(s))).to_numpy()
     add("rows naming images the scan did not find", missing)
     # Every group is in the DB once, or was reported by the merge and left alone.
     held = set(backfill_ids.dropna())
