@@ -229,3 +229,17 @@ def test_workers_do_not_change_the_result(variant_project, tmp_path):
 
 def test_label_settings_come_from_config():
     assert SETTINGS.labels == LabelSettings(0.02, 0.8, 0.02)
+
+
+def test_a_kept_final_that_cannot_be_located_is_boxless_not_a_crop():
+    """A readable final not found in its original (heavily edited, another picture) has
+    no box: 'unreadable' with the reason, so the merge reports it; never a 'crop' row
+    without coordinates, which would stop validate."""
+    rows = [located(None) | {"group_id": "a", "locate_error": "larger than its original"},
+            located(None) | {"group_id": "b"}, located((15, 5, 990, 495)) | {"group_id": "c"}]
+    t = labels(rows).set_index("group_id")
+    assert list(t["user_action"]) == ["unreadable", "unreadable", "approve"]
+    assert t.loc["a", "review_reason"].startswith("not located: larger than its original")
+    assert t.loc["b", "review_reason"] == "not located"
+    assert t.loc[["a", "b"], "needs_review"].all() and t.loc[["a", "b"], "crop_x1"].isna().all()
+    assert list(t.loc[["a", "b"], "user_selected_index"]) == [1, 1]

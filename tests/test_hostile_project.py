@@ -4,6 +4,7 @@ unreadable kept finals, and a production DB. `dvc repro` is green, every normal 
 read are reported, never written, and recovered once the file is fixed."""
 
 import json
+import re
 import sqlite3
 
 import pandas as pd
@@ -76,6 +77,7 @@ def test_a_project_holding_every_odd_entry_builds_green_and_recovers_fixed_final
     assert set(merged.values()) <= {"approve", "crop", "reject"}
     report = (data / "report.html").read_text()
     assert all(g in report for g in unreadable)
+    assert re.search(r"\n  unreadable\s+3\n", run(["backfill", "summary", "p"], repo_copy).stdout)
 
     run(["backfill", "publish", "p"], repo_copy)
     again = run(["dvc", "repro"], repo_copy).stdout

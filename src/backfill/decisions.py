@@ -7,9 +7,12 @@ support firmly (low confidence, an ambiguous match, several kept images, unreada
 files) is kept and flagged ``needs_review`` with the reason: never trusted silently,
 never dropped.
 
-A kept image whose final (or original) cannot be read has no box: its action is
-'unreadable', flagged, its reason first ("final unreadable: ..."). The merge leaves such a
-group out of ai_decisions and reports it; the run after the file is fixed labels it.
+A kept image whose box cannot be recovered from the files has none: its final (or
+original) cannot be read ("final unreadable: ..."), or the readable final is not found
+in its original ("not located: ..."). Its action is 'unreadable' (the box is unreadable
+from the files), flagged with the reason. The merge leaves such a group out of
+ai_decisions and reports it; the run after the file is fixed labels it. Never a 'crop'
+without coordinates, which the DB's own check refuses.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     }).astype("float64").clip(0.0, 1.0)
     located_ok = box.notna().all(axis=1)
     full = (box.sub(FULL_FRAME, axis=1).abs() <= s.approve_tolerance).all(axis=1)
-    action = np.where(unreadable, UNREADABLE, np.where(
-        ~kept, "reject", np.where(located_ok & full, "approve", "crop")))
+    boxless = unreadable | (kept & ~located_ok)
+    action = np.where(boxless, UNREADABLE, np.where(
+        ~kept, "reject", np.where(full, "approve", "crop")))
 
     confidence = df["confidence"].astype("float64")
     runner_up = df["runner_up"].astype("float64").fillna(0.0)

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from backfill.evaluate import percent
 from backfill.project import Project
+from backfill.schemas import TRUTH_ACTIONS
 
 
 def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
@@ -58,7 +59,7 @@ def summarize(project: Project) -> str:
         truth = pd.read_parquet(truth_path)
         finals = pd.read_parquet(project.output("finals"))
         actions = truth["user_action"].value_counts()
-        rows = [(a, int(actions.get(a, 0))) for a in ("approve", "crop", "reject")]
+        rows = [(a, int(actions.get(a, 0))) for a in TRUTH_ACTIONS]
         rows += [("need review", int(truth["needs_review"].sum()))]
         kinds = truth["review_reason"].dropna().str.split("; ").explode().map(_reason_head)
         rows += [(f"  {k}", int(n)) for k, n in kinds.value_counts().items()]
