@@ -17,8 +17,8 @@ from pathlib import Path
 import blake3
 
 from backfill.project import ConfigError
+from backfill.settings import EmbedConfig, section
 
-PRECISIONS = {"fp32", "fp16", "bf16"}
 HUB_HOST = ("huggingface.co", 443)  # where open_clip fetches weights from
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -37,19 +37,14 @@ class ClipSettings:
     @classmethod
     def from_config(cls, cfg, root: Path, max_pixels: int) -> ClipSettings:
         """From the project's embed section, and its scan.max_pixels."""
-        workers = (os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
-        if workers < 1 or int(cfg.batch_size) < 1:
-            raise ConfigError(f"embed.workers ({cfg.workers}) and embed.batch_size "
-                              f"({cfg.batch_size}) must be 1 or more (workers: null = cores).")
-        if cfg.precision not in PRECISIONS:
-            raise ConfigError(f"embed.precision is {cfg.precision!r}: use one of "
-                              f"{', '.join(sorted(PRECISIONS))}.")
-        pretrained = None if cfg.pretrained is None else str(cfg.pretrained)
+        c = section(EmbedConfig, cfg, "embed")  # types and ranges, checked once
+        workers = (os.cpu_count() or 1) if c.workers is None else c.workers
+        pretrained = c.pretrained
         if pretrained and _looks_like_path(pretrained):
             path = Path(pretrained).expanduser()
             pretrained = str(path if path.is_absolute() else root / path)
-        return cls(str(cfg.model), pretrained, int(cfg.seed), str(cfg.device),
-                   int(cfg.batch_size), workers, str(cfg.precision), int(max_pixels))
+        return cls(c.model, pretrained, c.seed, c.device, c.batch_size, workers, c.precision,
+                   int(max_pixels))
 
 
 def _looks_like_path(pretrained: str) -> bool:

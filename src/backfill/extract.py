@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -29,9 +29,10 @@ from backfill.decisions import LabelSettings, label
 from backfill.imageinfo import Unreadable
 from backfill.locate import LocateError, MatchSettings, locate, read_gray
 from backfill.pairing import pair_finals
-from backfill.project import ConfigError, Project
+from backfill.project import Project
 from backfill.resultcache import ResultCache, code_version
 from backfill.schemas import ACTIONS, UNREADABLE, FinalsTable, TruthTable
+from backfill.settings import ExtractConfig, section
 from backfill.tables import read_stage_tables, write_table
 
 KEYS = ["original_hash", "final_hash"]
@@ -49,18 +50,12 @@ class ExtractSettings:
 
     @classmethod
     def from_config(cls, cfg, max_pixels: int) -> ExtractSettings:
-        """From the project's extract section, and its scan.max_pixels."""
-        workers = (os.cpu_count() or 1) if cfg.workers is None else int(cfg.workers)
-        if workers < 1:
-            raise ConfigError(f"extract.workers is {cfg.workers}: use 1 or more, or null "
-                              "for one per core.")
-        match = MatchSettings.from_config(cfg.match)
-        if not 0 < match.min_scale <= 1 <= match.max_scale or match.scale_step <= 1:
-            raise ConfigError(
-                "extract.match needs 0 < min_scale <= 1 <= max_scale and scale_step > 1; got "
-                f"{match.min_scale}, {match.max_scale} and {match.scale_step}."
-            )
-        return cls(match, LabelSettings.from_config(cfg), workers, int(max_pixels))
+        """From the project's extract section (checked by settings.ExtractConfig), and
+        its scan.max_pixels."""
+        c = section(ExtractConfig, cfg, "extract")
+        labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
+        return cls(MatchSettings(**asdict(c.match)), labels,
+                   (os.cpu_count() or 1) if c.workers is None else c.workers, int(max_pixels))
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:

@@ -31,8 +31,9 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from backfill.project import ConfigError, Project
-from backfill.schemas import MAX_IMAGES, GroupsTable, ScanTable, UngroupedTable
+from backfill.project import Project
+from backfill.schemas import GroupsTable, ScanTable, UngroupedTable
+from backfill.settings import GroupConfig, section
 from backfill.tables import read_table, write_table
 
 SKIPPED = "passed over: a lower stage later in the window was taken instead"
@@ -108,26 +109,10 @@ class GroupSettings:
 
     @classmethod
     def from_config(cls, cfg) -> GroupSettings:
-        if cfg.method not in ("nearest_up", "exact_timestamp"):
-            raise ConfigError(
-                f"group.method is '{cfg.method}': use 'nearest_up' or 'exact_timestamp'."
-            )
-        if int(cfg.lookahead) < 1:
-            raise ConfigError(f"group.lookahead is {cfg.lookahead}: it must be 1 or more.")
-        # A group of one offers no choice, and the groups table's contract says so too.
-        if not 2 <= int(cfg.min_group_size) <= int(cfg.max_group_size) <= MAX_IMAGES:
-            raise ConfigError(
-                f"group sizes must satisfy 2 <= min_group_size <= max_group_size <= {MAX_IMAGES}"
-                f" (the DB indexes images 0-3); got {cfg.min_group_size} and {cfg.max_group_size}."
-            )
-        return cls(
-            method=str(cfg.method),
-            lookahead=int(cfg.lookahead),
-            time_gap_minutes=None if cfg.time_gap_minutes is None else float(cfg.time_gap_minutes),
-            min_group_size=int(cfg.min_group_size),
-            max_group_size=int(cfg.max_group_size),
-            id_format=str(cfg.id_format),
-        )
+        """From the project's group section, checked by settings.GroupConfig."""
+        c = section(GroupConfig, cfg, "group")
+        return cls(c.method, c.lookahead, c.time_gap_minutes, c.min_group_size,
+                   c.max_group_size, c.id_format)
 
 
 def nearest_up(

@@ -25,11 +25,11 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-MAX_IMAGES = 4  # the decision DB indexes a group's images 0-3
+from backfill.schemas import MAX_IMAGES
+
 PRECISIONS = ["fp32", "fp16", "bf16"]
 NORMALIZATIONS = ["raw", "l2"]
 GROUP_METHODS = ["nearest_up", "exact_timestamp"]
-ACTIONS = ["approve", "crop", "reject"]
 
 
 def rule(allowed: str, ok: Callable[[Any], bool], each: bool = False) -> Any:
@@ -327,6 +327,18 @@ def typed(schema: type, cfg: DictConfig | dict, prefix: str = "") -> Any:
     if problems:
         raise SettingError("\n".join(problems))
     return obj
+
+
+def section(schema: type, cfg: DictConfig | dict, name: str) -> Any:
+    """One section of a project's settings (``name``: ``group``, ``extract``, ...) as its
+    typed class, checked: what a stage's own settings are built from, so each range is
+    checked in one place. A bad value is a ConfigError naming the key."""
+    from backfill.project import ConfigError
+
+    try:
+        return typed(schema, cfg, prefix=f"{name}.")
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check(cfg: DictConfig | dict, root: Path | None = None) -> Settings:
