@@ -79,22 +79,11 @@ INT_RANGES = [
 ]
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(RANGES), st.floats(-10, 10, allow_nan=False))
-def test_float_settings_are_accepted_exactly_in_their_range(composed, field, value):
-    key, ok = field
-    cfg = _with(composed, f"projects.demo.{key}", value)
-    if ok(value):
-        check(cfg)
-    else:
-        with pytest.raises(SettingError, match=key.split(".")[-1]):
-            check(cfg)
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(INT_RANGES), st.integers(-5, 10**9))
-def test_integer_settings_are_accepted_exactly_in_their_range(composed, field, value):
-    key, ok = field
+@settings(max_examples=120, deadline=None)
+@given(st.one_of(st.tuples(st.sampled_from(RANGES), st.floats(-10, 10, allow_nan=False)),
+                 st.tuples(st.sampled_from(INT_RANGES), st.integers(-5, 10**9))))
+def test_number_settings_are_accepted_exactly_in_their_range(composed, case):
+    (key, ok), value = case
     cfg = _with(composed, f"projects.demo.{key}", value)
     if ok(value):
         check(cfg)

@@ -169,12 +169,12 @@ class ProjectConfig:
 
 
 @dataclass
-class RankerTrainConfig:
+class NetTrainConfig:
+    """What the ranker and the crop proposer are both trained with."""
+
     hidden: list[int] = rule("a list of layer sizes >= 1", lambda v: v >= 1, each=True)
     dropout: float = rule("a number from 0 to below 1", lambda v: 0 <= v < 1)
     normalization: str = one_of(NORMALIZATIONS)
-    margin: float = above(0)
-    anomaly_weight: float = above(0)
     epochs: int = at_least(1)
     lr: float = above(0)
     weight_decay: float = at_least(0)
@@ -182,18 +182,17 @@ class RankerTrainConfig:
 
 
 @dataclass
-class CropTrainConfig:
-    hidden: list[int] = rule("a list of layer sizes >= 1", lambda v: v >= 1, each=True)
-    dropout: float = rule("a number from 0 to below 1", lambda v: 0 <= v < 1)
-    normalization: str = one_of(NORMALIZATIONS)
+class RankerTrainConfig(NetTrainConfig):
+    margin: float = above(0)
+    anomaly_weight: float = above(0)
+
+
+@dataclass
+class CropTrainConfig(NetTrainConfig):
     size_divisor: float = above(0)
     actions: list[str] = rule("a list of approve, crop", lambda v: v in ("approve", "crop"),
                               each=True)
     l1_weight: float = at_least(0)
-    epochs: int = at_least(1)
-    lr: float = above(0)
-    weight_decay: float = at_least(0)
-    batch_size: int = at_least(1)
 
 
 @dataclass
