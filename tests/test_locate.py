@@ -13,9 +13,8 @@ from backfill.locate import LocateError, MatchSettings, locate, read_gray
 from backfill.synthetic import low_texture, texture
 from conftest import REPO
 
-SETTINGS = MatchSettings.from_config(
-    OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml").extract.match
-)
+SETTINGS = MatchSettings(**OmegaConf.to_container(
+    OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml").extract.match))
 
 
 @pytest.fixture(scope="module")

@@ -314,6 +314,10 @@ def live_and_plan(tmp_path, **prod_values):
     "INSERT INTO ai_decisions (group_id, timestamp, project_id, images, user_selected_index,"
     " user_action, image_width, image_height) VALUES ('live2', 't', 'p', '[\"c.png\"]', 0,"
     " 'reject', 8, 8)",
+    # The same render logged by an older tool, as the merge would link it (stem, case).
+    "INSERT INTO ai_decisions (group_id, timestamp, project_id, images, user_selected_index,"
+    " user_action, image_width, image_height) VALUES ('live2', 't', 'p',"
+    " '[\"batch_00/C.jpg\"]', 0, 'reject', 8, 8)",
 ])
 def test_a_plan_is_stale_when_the_row_or_a_new_rows_images_moved(tmp_path, reviewer_sql):
     from backfill.applyplan import PlanConflict

@@ -73,7 +73,7 @@ INT_RANGES = [
     ("group.lookahead", lambda v: v >= 1),
     ("group.max_group_size", lambda v: 2 <= v <= 4),
     ("scan.workers", lambda v: v >= 1),
-    ("scan.max_pixels", lambda v: v >= 1),
+    ("scan.max_pixels", lambda v: 1 <= v <= 2 * 89_478_485),  # Pillow's guard stays on
     ("embed.batch_size", lambda v: v >= 1),
     ("validate.max_cases", lambda v: v >= 0),
 ]

@@ -14,7 +14,7 @@ from collections import Counter
 import pandas as pd
 
 from backfill.decisiondb import ADDABLE, COLUMNS, DERIVED, DecisionDBError, table_columns
-from backfill.merge import IDENTITY, SCHEMA_ROW, decode, image_names, loads
+from backfill.merge import IDENTITY, SCHEMA_ROW, decode, loads, name_keys
 
 CHUNK = 500  # host parameters per query, well under SQLite's limit
 
@@ -65,12 +65,14 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
     stale += [f"{g}: a row with this group_id exists now (the plan would add it)"
               for g in rows["group_id"] if g in present]
     # A new row's images must still be in no live row: else it is no longer new.
-    names = {n.lower(): g for g, r in zip(rows["group_id"], rows["new"], strict=True)
-             for n in image_names(loads(r)["images"])}
+    # Keys as the merge links rows (case aside, stems): a live row the merge would have
+    # linked to the new one makes the plan stale.
+    names = {k: g for g, r in zip(rows["group_id"], rows["new"], strict=True)
+             for k in name_keys(loads(r)["images"])}
     for gid, images in conn.execute("SELECT group_id, images FROM ai_decisions"):
-        shared = names.keys() & {n.lower() for n in image_names(images)}
-        stale += [f"{names[n]}: {gid} holds its image {n} now (the plan would add it)"
-                  for n in sorted(shared)[:1]]
+        shared = names.keys() & name_keys(images)
+        stale += [f"{names[k]}: {gid} holds one of its images now (the plan would add it)"
+                  for k in sorted(shared)[:1]]
     for gid, seen in zip(*_seen(changes), strict=True):
         cols = [c for c in seen if c in have]  # a column the plan adds is not there yet
         now = conn.execute(f"SELECT {', '.join(cols)} FROM ai_decisions WHERE group_id = ?",

@@ -256,15 +256,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 DEMO_MARK = ".backfill-demo"  # written first into every folder the demo generates
-DEMO_ENTRIES = {"original", "final", "live", "truth.json", DEMO_MARK}
 
 
 def _is_demo(out: Path) -> bool:
-    """A folder this command made: marked, or (older demos) holding only its entries."""
-    if (out / DEMO_MARK).is_file():
-        return True
-    names = {p.name for p in out.iterdir()}
-    return "truth.json" in names and names <= DEMO_ENTRIES
+    """A folder this command made: only its mark says so (a real project can hold
+    original/ and final/ too)."""
+    return (out / DEMO_MARK).is_file()
 
 
 def cmd_demo_generate(args: argparse.Namespace) -> int:

@@ -35,11 +35,6 @@ class LabelSettings:
     min_confidence: float
     ambiguity_margin: float
 
-    @classmethod
-    def from_config(cls, cfg) -> LabelSettings:
-        return cls(float(cfg.approve_tolerance), float(cfg.min_confidence),
-                   float(cfg.ambiguity_margin))
-
 
 def iso_utc(mtime_ns: float | None) -> str | None:
     """A file time as the decision DB writes times: ISO 8601 UTC with a 'Z'."""

@@ -263,7 +263,7 @@ def render(found: Discovery) -> str:
 def register(found: Discovery, repo: Path, model: str = "baseline") -> list[Row]:
     """Register every new project, then compose params.yaml once; on any failure the
     configs are restored as they were."""
-    from backfill.project import compose, write_params
+    from backfill.project import write_params
     from backfill.registry import add_project
 
     config = repo / "conf" / "config.yaml"
@@ -275,7 +275,7 @@ def register(found: Discovery, repo: Path, model: str = "baseline") -> list[Row]
                 repo, r.name, _config_path(found.root / r.pair.original, repo),
                 _config_path(found.root / r.pair.final, repo), model=model,
                 compose_params=False))
-        compose(repo)  # once for all: fails before params.yaml is touched
+        write_params(repo)  # once for all: checked before params.yaml is touched
     except Exception as exc:
         config.write_text(before)
         for path in written:
@@ -284,5 +284,4 @@ def register(found: Discovery, repo: Path, model: str = "baseline") -> list[Row]
             raise
         raise ConfigError(f"the discovered projects' configs do not compose ({exc}); "
                           "nothing was registered.") from exc
-    write_params(repo)
     return found.new

@@ -58,12 +58,6 @@ class MatchSettings:
     verify_size: int
     candidates: int
 
-    @classmethod
-    def from_config(cls, cfg) -> MatchSettings:
-        cast = {"int": int, "float": float}
-        fields = cls.__dataclass_fields__.items()
-        return cls(**{name: cast[f.type](cfg[name]) for name, f in fields})
-
     def key(self) -> str:
         """A short id of these settings, for the result cache's file name."""
         blob = repr(sorted(asdict(self).items())).encode()

@@ -79,9 +79,12 @@ def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from backfill.settings import register
+
     problem = _yaml_problem(root)
     if problem:
         raise ConfigError(problem)
+    register()
     try:
         with initialize_config_dir(str(root / "conf"), version_base=None):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
@@ -146,7 +149,7 @@ def check_params_fresh(root: Path) -> None:
     if os.environ.get("DVC_EXP_NAME") or _composed_from(root) == conf_digest(root):
         return
     current = yaml.safe_load(params.read_text()) or {}
-    if OmegaConf.to_container(compose(root)) != current:
+    if OmegaConf.to_container(compose(root), resolve=True) != current:
         raise ConfigError(
             "params.yaml is stale: conf/ changed since it was composed. Run "
             "`backfill compose` (then `dvc repro`), or use `dvc exp run`."

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from backfill.project import NAME_PATTERN, ConfigError, compose, write_params
+from backfill.project import NAME_PATTERN, ConfigError, write_params
 from backfill.settings import escape
 
 _ENTRY = "  - project@projects.{name}: {name}\n"
@@ -126,7 +126,7 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
     if not compose_params:
         return path
     try:
-        compose(root)  # types, ranges, layout: fail before params.yaml is touched
+        write_params(root)  # types, ranges, layout checked before params.yaml is touched
     except BaseException as exc:  # Ctrl-C too: conf/ is left as it was
         if previous is None:
             path.unlink()
@@ -138,5 +138,4 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
         if isinstance(exc, ConfigError | KeyboardInterrupt):
             raise
         raise ConfigError(f"the project's config does not compose: {exc}") from exc
-    write_params(root)
     return path

@@ -27,6 +27,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from backfill.schemas import MAX_IMAGES
 
+PIL_LIMIT = 2 * 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS x 2: Pillow's DecompressionBombError
+
 PRECISIONS = ["fp32", "fp16", "bf16"]
 NORMALIZATIONS = ["raw", "l2"]
 GROUP_METHODS = ["nearest_up", "exact_timestamp"]
@@ -66,7 +68,9 @@ class ScanConfig:
     ignore: list[str] = text()
     follow_symlinks: bool = text()
     workers: int = at_least(1)
-    max_pixels: int = at_least(1)
+    # Up to Pillow's own guard, which stays on: it refuses anything larger as a bomb.
+    max_pixels: int = rule(f"a number from 1 to {PIL_LIMIT} (Pillow's own bomb guard)",
+                           lambda v: 1 <= v <= PIL_LIMIT)
 
     def cross(self) -> list[tuple[str, Any, str]]:
         if not self.extensions:
@@ -231,16 +235,16 @@ class SettingError(ValueError):
     """A setting of the wrong type, shape or range; the message is one line per problem."""
 
 
-def _register() -> None:
+def register() -> None:
+    """Put the classes in Hydra's ConfigStore (group ``schema``), for compositions made
+    through Hydra in this process (``project.compose`` calls it: Hydra is loaded there
+    anyway, so no command pays for it at start-up)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(group="schema", name="settings", node=Settings)
     store.store(group="schema", name="project", node=ProjectConfig)
     store.store(group="schema", name="train", node=TrainConfig)
-
-
-_register()
 
 
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}

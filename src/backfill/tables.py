@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import socket
 import threading
 from pathlib import Path
 
@@ -77,6 +79,9 @@ def typed_frame(schema: type, data=None) -> pd.DataFrame:
     return df.astype(dtypes)
 
 
+HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -93,11 +98,14 @@ def temp_beside(path: Path) -> Path:
     Temporaries of ``path`` left by a process that no longer runs (killed mid-write)
     are ours, named by us, and removed here."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = old.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+    # The host is in the name: a cache folder on a shared drive may hold another
+    # machine's write in progress, whose pid means nothing here.
+    mine = f".{path.name}.tmp-{HOST}-"
+    for old in path.parent.glob(glob.escape(mine) + "*"):
+        pid = old.name[len(mine):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             old.unlink(missing_ok=True)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    return path.with_name(f"{mine}{os.getpid()}-{threading.get_ident()}")
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
