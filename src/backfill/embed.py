@@ -189,7 +189,7 @@ def run(project: Project) -> str:
     started = time.perf_counter()
     settings = ClipSettings.from_config(project.cfg.embed, project.root,
                                         project.cfg.scan.max_pixels)
-    groups = read_stage_tables(project, ["groups"], "group")["groups"]
+    groups = read_stage_tables(project, ["groups"])["groups"]
     images = members(groups)
     result = embed_images(images, project.path("original_dir"), settings, project.cache_dir)
     write_table(result.table, project.output("embeddings"), EmbeddingsTable, "embeddings")

@@ -226,7 +226,7 @@ def write_export(records: pd.DataFrame, out_dir: Path, stem: str,
 
 def load_records(project: Project) -> pd.DataFrame:
     """A project's entries, from its groups and truth tables."""
-    tables = read_stage_tables(project, ["groups", "truth"], "extract")
+    tables = read_stage_tables(project, ["groups", "truth"])
     groups, truth = tables["groups"], tables["truth"]
     return build_records(project.name, groups, truth, project.path("original_dir"),
                          project.path("final_dir"))

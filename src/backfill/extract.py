@@ -185,9 +185,8 @@ def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
 def run(project: Project) -> str:
     started = time.perf_counter()
     settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels)
-    scan = read_stage_tables(project, ["scan"], "scan")["scan"]
-    tables = read_stage_tables(project, ["groups", "ungrouped"], "group")
-    result = extract_project(tables["groups"], scan, tables["ungrouped"], settings,
+    tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
+    result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"], settings,
                              project.path("original_dir"), project.path("final_dir"),
                              project.cache_dir)
     write_table(result.truth, project.output("truth"), TruthTable, "truth")

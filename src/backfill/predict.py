@@ -126,10 +126,8 @@ def write_metrics(metrics: dict, path: Path) -> None:
 def run(project: Project) -> str:
     started = time.perf_counter()
     version = load_version(project)
-    # Each input names the stage that makes it, should it be missing.
-    groups = read_stage_tables(project, ["groups"], "group")["groups"]
-    truth = read_stage_tables(project, ["truth"], "extract")["truth"]
-    embeddings = read_stage_tables(project, ["embeddings"], "embed")["embeddings"]
+    tables = read_stage_tables(project, ["groups", "truth", "embeddings"])
+    groups, truth, embeddings = tables["groups"], tables["truth"], tables["embeddings"]
     predictions = predict_groups(groups, embeddings, version)
     write_table(predictions, project.output("predictions"), PredictionsTable, "predictions")
     metrics = evaluate(truth, groups, predictions, EvalSettings.from_config(project.cfg.evaluate))

@@ -188,7 +188,7 @@ def run_publish(project: Project, dry_run: bool) -> str:
             f"Its merged DB is {project.out_dir / 'ai_decisions.db'}; to make that the "
             f"production DB, copy it and set real_db in conf/project/{project.name}.yaml.")
     db = project.path("real_db")
-    changes = read_stage_tables(project, ["merge_plan"], "merge")["merge_plan"]
+    changes = read_stage_tables(project, ["merge_plan"])["merge_plan"]
     check_identity(project, db, changes)
     if dry_run:
         planned = plan_identity(changes)

@@ -138,19 +138,23 @@ def read_table(path: Path, schema: type | None = None, table: str | None = None)
     return validate(df, schema, table or path.stem) if schema is not None else df
 
 
-# The stage (dvc.yaml) that writes each table, for "run this first" messages.
+# The stage (dvc.yaml) that writes each table, in pipeline order, for "run this first".
 STAGE_OF = {"scan": "scan", "groups": "group", "ungrouped": "group", "truth": "extract",
             "finals": "extract", "embeddings": "embed", "predictions": "predict",
             "merge_plan": "merge", "merge_issues": "merge"}
 
 
-def read_stage_tables(project, names: list[str], stage: str) -> dict[str, pd.DataFrame]:
-    """A project's named tables, validated; a missing one says which stage makes it."""
+def read_stage_tables(project, names: list[str]) -> dict[str, pd.DataFrame]:
+    """A project's named tables, validated; missing ones name the stage to run (the
+    latest of their stages: `dvc repro` runs the ones before it too)."""
     from backfill.schemas import TABLES
 
     paths = {t: project.output(t) for t in names}
-    missing = [str(p.relative_to(project.root)) for p in paths.values() if not p.exists()]
+    missing = [t for t, p in paths.items() if not p.exists()]
     if missing:
-        raise ConfigError(f"project '{project.name}' has no {', '.join(missing)}: run "
-                          f"`dvc repro {stage}@{project.name}` first.")
+        order = list(dict.fromkeys(STAGE_OF.values()))
+        stage = max((STAGE_OF[t] for t in missing), key=order.index)
+        shown = ", ".join(str(paths[t].relative_to(project.root)) for t in missing)
+        raise MissingTable(f"project '{project.name}' has no {shown}: run "
+                           f"`dvc repro {stage}@{project.name}` first.")
     return {t: read_table(paths[t], TABLES[t], t) for t in names}

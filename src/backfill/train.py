@@ -59,7 +59,7 @@ def load_dataset(projects: list[Project]) -> Dataset:
     truths, groups, embeddings, used = [], [], [], {}
     for p in projects:
         names = ["truth", "groups", "embeddings"]
-        tables = read_stage_tables(p, names, "predict")
+        tables = read_stage_tables(p, names)
         paths = {t: p.output(t) for t in names}
         t, g = tables["truth"], tables["groups"]
         for df in (t, g):
