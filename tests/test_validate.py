@@ -64,7 +64,7 @@ def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("chromium is not installed (`make test` installs Debian's package)")
+        pytest.skip("no chromium on PATH (`make test` installs Debian's package only as root)")
     return path
 
 
