@@ -5,10 +5,12 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from blake3 import blake3
 from omegaconf import OmegaConf
 
 from backfill.decisions import LabelSettings, iso_utc, label
 from backfill.extract import ExtractSettings, extract_project
+from backfill.filenames import parse_name
 from backfill.group import GroupSettings, group_table
 from backfill.pairing import pair_finals
 from backfill.scan import ScanSettings, scan_project
@@ -26,10 +28,14 @@ H = "a" * 64
 
 def file_row(source: str, rel: str, content: str | None = H, mtime: int = 0,
              status: str = "ok", reason: str | None = None) -> dict:
+    """A scan row; an original's content hash comes from its path (renders differ)."""
     name = rel.rsplit("/", 1)[-1]
+    parsed = parse_name(name)
+    if source == "original" and content == H:
+        content = blake3(rel.encode()).hexdigest()
     return {"source": source, "rel_path": rel, "name": name, "ext": "." + name.split(".")[-1],
             "status": status, "reason": reason, "content_hash": content, "mtime_ns": mtime,
-            "width": 100, "height": 80}
+            "width": 100, "height": 80, "timestamp": parsed.timestamp, "stage": parsed.stage}
 
 
 def group(gid: str, names: list[str]) -> dict:
@@ -37,7 +43,15 @@ def group(gid: str, names: list[str]) -> dict:
             "stages": [1.0, 2.0, 3.0][: len(names)]}
 
 
-NO_UNGROUPED = pd.DataFrame({"name": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+def ungrouped_rows(reasons: dict[str, str]) -> pd.DataFrame:
+    names = list(reasons)
+    return pd.DataFrame({"name": pd.Series(names, dtype=str),
+                         "timestamp": [parse_name(n).timestamp for n in names],
+                         "stage": pd.Series([parse_name(n).stage for n in names], dtype=float),
+                         "reason": pd.Series(list(reasons.values()), dtype=str)})
+
+
+NO_UNGROUPED = ungrouped_rows({})
 
 
 def pair(groups: list[dict], files: list[dict], ungrouped=NO_UNGROUPED):
@@ -86,7 +100,7 @@ def test_two_kept_images_of_one_group_take_the_highest_stage_for_review():
 
 
 def test_orphans_say_why():
-    ungrouped = pd.DataFrame({"name": ["lone.png"], "reason": ["no higher stage followed it"]})
+    ungrouped = ungrouped_rows({"lone.png": "no higher stage followed it"})
     _, finals = pair([group("g", ["a1.png", "a2.png"])],
                      [file_row("final", "stray.png"), file_row("final", "lone.png")], ungrouped)
     assert finals.loc["stray.png", "reason"] == "no original render has this name"
@@ -111,6 +125,7 @@ def located(box_px, confidence=0.99, runner_up=0.0, kept=True, support=1.0) -> d
             1 if kept else None, "kept_stage": 2.0 if kept else None, "original_path": "o.png",
             "original_width": 1000, "original_height": 500, "final_path": "f.png",
             "final_copies": 0, "final_mtime_ns": 1_752_000_000 * 10**9 if kept else None,
+            "pair_method": "name" if kept else None,
             "review": None, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "scale": 1.0,
             "confidence": confidence if box_px else np.nan, "runner_up": runner_up,
             "support": support, "method": "1:1" if box_px else None, "locate_error": None,

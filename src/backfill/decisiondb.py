@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS backfill_provenance (
     source TEXT NOT NULL,  -- production | backfill | merged
     backfill_group_id TEXT,
     final_path TEXT,
+    pair_method TEXT,  -- name | identity | content: how the kept final was paired
     match_method TEXT,
     match_confidence REAL,
     needs_review BOOLEAN,
@@ -106,10 +107,12 @@ CREATE TABLE IF NOT EXISTS backfill_provenance (
     embedding_model TEXT
 )"""
 PROVENANCE_COLUMNS = [
-    "group_id", "source", "backfill_group_id", "final_path", "match_method",
+    "group_id", "source", "backfill_group_id", "final_path", "pair_method", "match_method",
     "match_confidence", "needs_review", "review_reason", "model_version", "ranker",
     "crop_proposer", "embedding_model",
 ]
+# Columns added to the side table since it was first written: an older DB gets them.
+PROVENANCE_ADDED = {"pair_method": "TEXT"}
 
 
 def create(conn: sqlite3.Connection) -> None:
@@ -120,6 +123,10 @@ def create(conn: sqlite3.Connection) -> None:
     for name, body in VIEWS.items():
         conn.execute(f"CREATE VIEW IF NOT EXISTS {name} AS {body}")
     conn.execute(PROVENANCE)
+    have = set(table_columns(conn, "backfill_provenance"))
+    for column, kind in PROVENANCE_ADDED.items():
+        if column not in have:
+            conn.execute(f"ALTER TABLE backfill_provenance ADD COLUMN {column} {kind}")
 
 
 def table_columns(conn: sqlite3.Connection, table: str = "ai_decisions") -> list[str]:

@@ -47,9 +47,9 @@ def iso_utc(mtime_ns: float | None) -> str | None:
 def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     """The truth table from pairs joined to their locations (pure, vectorised).
 
-    ``located`` holds pairing's columns (``unreadable`` among them) plus the location in
-    original pixels (x1, y1, x2, y2, scale, confidence, runner_up, support, method) and
-    ``locate_error``.
+    ``located`` holds pairing's columns (``unreadable`` and ``pair_method`` among them)
+    plus the location in original pixels (x1, y1, x2, y2, scale, confidence, runner_up,
+    support, method) and ``locate_error``.
     """
     df = located
     unreadable = df["user_selected_index"].notna() & df["unreadable"].notna()
@@ -103,6 +103,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
         "scale": df["scale"].astype("float64"),
         "confidence": confidence,
         "support": df["support"].astype("float64"),
+        "pair_method": df["pair_method"],
         "match_method": df["method"],
         "needs_review": review.notna().to_numpy(),
         "review_reason": review.to_numpy(),

@@ -1,9 +1,10 @@
 """extract: every decision the person made, recovered from the final folder.
 
-pairing finds each group's kept final by name, locate finds where it lies in its
-original (cached by both files' content hashes and the matcher settings), decisions
-labels the action with the configured tolerances. Changing a tolerance therefore
-re-labels a project without matching a single image again.
+pairing finds each group's kept final by name, by the identity in its name, or by
+content (content_pairing, only for finals the names leave unpaired), locate finds where
+it lies in its original (cached by both files' content hashes and the matcher
+settings), decisions labels the action with the configured tolerances. Changing a
+tolerance therefore re-labels a project without matching a single image again.
 
 Every decode goes through imageinfo.decode with scan.max_pixels. A kept final (or its
 original) that cannot be read, or must not be (a decompression bomb, over the limit),
@@ -25,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from backfill import locate as locate_module
+from backfill.content_pairing import ContentPairing, ContentSettings, ContentStats
 from backfill.decisions import LabelSettings, label
 from backfill.imageinfo import Unreadable
 from backfill.locate import LocateError, MatchSettings, locate, read_gray
@@ -47,6 +49,7 @@ class ExtractSettings:
     labels: LabelSettings
     workers: int
     max_pixels: int  # scan.max_pixels: larger images are never decoded
+    content_candidates: int  # renders a nameless final is located in; 0: no content pairing
 
     @classmethod
     def from_config(cls, cfg, max_pixels: int) -> ExtractSettings:
@@ -55,7 +58,13 @@ class ExtractSettings:
         c = section(ExtractConfig, cfg, "extract")
         labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
         return cls(MatchSettings(**asdict(c.match)), labels,
-                   (os.cpu_count() or 1) if c.workers is None else c.workers, int(max_pixels))
+                   (os.cpu_count() or 1) if c.workers is None else c.workers, int(max_pixels),
+                   c.content_candidates)
+
+    def content(self) -> ContentSettings:
+        return ContentSettings(self.content_candidates, self.labels.min_confidence,
+                               self.labels.ambiguity_margin, self.match, self.workers,
+                               self.max_pixels)
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
@@ -126,6 +135,7 @@ class ExtractResult:
     cached: int  # pairs whose location came from the cache
     failed: int  # pairs that could not be located or decoded in this run
     identical: int  # finals that are their original byte for byte: nothing to match
+    content: ContentStats  # finals paired by content, and what that cost
 
 
 def located_table(records: list[dict]) -> pd.DataFrame:
@@ -138,15 +148,19 @@ def located_table(records: list[dict]) -> pd.DataFrame:
 def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
                     settings: ExtractSettings, original_root: Path, final_root: Path,
                     cache_dir: Path) -> ExtractResult:
-    pairs, finals = pair_finals(groups, scan, ungrouped)
+    cache = locate_cache(cache_dir, settings.match)
+    by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache)
+    pairs, finals = pair_finals(groups, scan, ungrouped, by_content)
+    located_by_content = located_table(by_content.located)
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
     same = locatable["original_hash"] == locatable["final_hash"]
     identical = located_table([
         {"original_hash": h, "final_hash": h, **same_bytes(w, ht)} for h, w, ht in zip(
             locatable.loc[same, "original_hash"], locatable.loc[same, "original_width"],
             locatable.loc[same, "original_height"], strict=True)])
-    cache = locate_cache(cache_dir, settings.match)
     hits, todo_keys = cache.lookup(locatable[~same])
+    todo_keys = todo_keys.merge(located_by_content[KEYS], on=KEYS, how="left", indicator=True)
+    todo_keys = todo_keys[todo_keys.pop("_merge") == "left_only"]
     todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
     matched, errors, unreadable = [], {}, {}
     for row in locate_all(todo, original_root, final_root, settings.match, settings.workers,
@@ -158,8 +172,8 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
             errors[key] = row["error"]
         else:
             matched.append(row)
-    located = pd.concat([identical, hits[identical.columns], located_table(matched)],
-                        ignore_index=True).drop_duplicates(KEYS)
+    located = pd.concat([identical, hits[identical.columns], located_by_content,
+                         located_table(matched)], ignore_index=True).drop_duplicates(KEYS)
     joined = pairs.merge(located, on=KEYS, how="left")
     keys = list(zip(joined["original_hash"], joined["final_hash"], strict=True))
     joined["locate_error"] = pd.Series([errors.get(k) for k in keys], dtype="str")
@@ -169,7 +183,7 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
         pd.Series([unreadable.get(k) for k in keys], dtype="str"))
     truth = label(joined, settings.labels)
     return ExtractResult(truth, finals, len(todo), len(hits), len(errors) + len(unreadable),
-                         int(same.sum()))
+                         int(same.sum()), by_content.stats)
 
 
 def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
@@ -197,6 +211,11 @@ def run(project: Project) -> str:
         f"{result.matched:,} matched, {result.cached:,} from cache, {result.identical:,} "
         f"identical, {result.failed:,} failed; {time.perf_counter() - started:.1f}s -> "
         f"{project.output('truth').relative_to(project.root)}"]
+    c = result.content
+    if c.finals:
+        lines.append(f"  by content: {c.paired:,} of {c.finals:,} unnamed finals paired "
+                     f"({c.signatures:,} signatures and {c.locates:,} locates computed, "
+                     f"{c.seconds:.1f}s)")
     lines += [f"  kept final of {g} not used (fix the file, then `dvc repro`): {why}"
               for g, why in zip(unreadable["group_id"], unreadable["review_reason"],
                                 strict=True)]

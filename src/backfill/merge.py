@@ -113,6 +113,7 @@ def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
         prov.append({
             "group_id": gid, "source": "backfill", "backfill_group_id": gid,
             "final_path": tr["final_path"] if isinstance(tr["final_path"], str) else None,
+            "pair_method": tr["pair_method"] if isinstance(tr["pair_method"], str) else None,
             "match_method": tr["match_method"] if isinstance(tr["match_method"], str) else None,
             "match_confidence": None if pd.isna(tr["confidence"]) else float(tr["confidence"]),
             "needs_review": bool(tr["needs_review"]),
@@ -602,7 +603,7 @@ def _plain(value):
 
 def provenance(plan: MergePlan, backfilled: pd.DataFrame, imported: set[str]) -> pd.DataFrame:
     """One side-table row per merged row: where it came from, and for backfilled values
-    how the final was located and by which model version."""
+    how the final was paired and located, and by which model version."""
     back = backfilled.set_index("group_id")
     ids = plan.merged["group_id"]
     out = pd.DataFrame({"group_id": ids}).assign(**{c: None for c in PROVENANCE_COLUMNS[1:]})

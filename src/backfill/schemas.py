@@ -105,6 +105,11 @@ ACTIONS = ["approve", "crop", "reject"]
 UNREADABLE = "unreadable"
 TRUTH_ACTIONS = [*ACTIONS, UNREADABLE]
 CROP_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the truth's box, normalised
+# How a kept final was tied to its group, tried in this order: its file name less the
+# extension is a render's ('name'); the (timestamp, stage) parsed from its name is a
+# render's, whatever the suffix or extension ('identity'); its pixels are found in a
+# render ('content': a nameless export, or an identity that matches no render).
+PAIR_METHODS = ["name", "identity", "content"]
 ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 
@@ -129,7 +134,11 @@ class TruthTable(pa.DataFrameModel):
     confidence: Series[float] = pa.Field(nullable=True, ge=0, le=1)
     support: Series[float] = pa.Field(
         nullable=True, ge=0, le=1, description="share of patches confirmed at full resolution")
-    match_method: Series[str] = pa.Field(nullable=True, isin=["1:1", "multi-scale", "identical"])
+    pair_method: Series[str] = pa.Field(
+        nullable=True, isin=PAIR_METHODS, description="how the kept final was paired")
+    match_method: Series[str] = pa.Field(
+        nullable=True, isin=["1:1", "multi-scale", "identical"],
+        description="how the kept final was located in its render")
     needs_review: Series[bool]
     review_reason: Series[str] = pa.Field(nullable=True)
     final_modified_at: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
@@ -138,6 +147,10 @@ class TruthTable(pa.DataFrameModel):
     @pa.dataframe_check
     def reject_keeps_nothing(cls, df: pd.DataFrame) -> Series[bool]:
         return (df["user_action"] == "reject") == df["user_selected_index"].isna()
+
+    @pa.dataframe_check
+    def reject_pairs_nothing(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["user_action"] != "reject") | df["pair_method"].isna()
 
     @pa.dataframe_check
     def boxes_are_ordered(cls, df: pd.DataFrame) -> Series[bool]:
@@ -170,15 +183,22 @@ class FinalsTable(pa.DataFrameModel):
     name: Series[str]
     role: Series[str] = pa.Field(
         isin=["kept", "copy", "extra", "orphan"],
-        description="kept: a group's decision; copy: same name elsewhere; extra: another "
-                    "image of a group that has a kept one; orphan: matches no group")
+        description="kept: a group's decision; copy: another file of that same kept image "
+                    "(same name elsewhere, a renamed copy or export); extra: another image "
+                    "of a group that has a kept one; orphan: paired with no group")
     group_id: Series[str] = pa.Field(nullable=True)
+    pair_method: Series[str] = pa.Field(
+        nullable=True, isin=PAIR_METHODS, description="how it was tied to its group")
     content_hash: Series[str] = pa.Field(nullable=True, str_matches=HASH_PATTERN)
     reason: Series[str] = pa.Field(nullable=True)
 
     @pa.dataframe_check
     def orphans_say_why(cls, df: pd.DataFrame) -> Series[bool]:
         return (df["role"] != "orphan") | df["reason"].notna()
+
+    @pa.dataframe_check
+    def only_orphans_are_unpaired(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["role"] == "orphan") == df["pair_method"].isna()
 
     class Config:
         strict = True

@@ -117,6 +117,8 @@ class ExtractConfig:
     min_confidence: float = fraction()
     ambiguity_margin: float = fraction()
     workers: int | None = at_least(1)
+    content_candidates: int = rule("a whole number >= 0 (0: no content pairing)",
+                                   lambda v: v >= 0)
     match: MatchConfig = field(default_factory=MatchConfig)
 
 

@@ -3,7 +3,8 @@
 A project mimics the person's layout: renders named ``YYYYMMDD_HHMMSS_<stage>.png`` in
 subfolders of ``original/``, each stage with its own timestamp, companions beside them,
 and ``final/`` holding the image kept from each group, whole or cropped. Bad files of
-every kind the scan must survive can be mixed in. ``truth.json`` records what is true.
+every kind the scan must survive can be mixed in, and kept finals can be named as Finder
+and editors name them (``odd_names``). ``truth.json`` records what is true.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ STAGE_SETS = [(1.0, 1.5, 2.0, 3.0), (1.0, 1.5, 2.0), (1.0, 2.0), (1.0, 2.0, 3.0)
 CROP_KINDS = ["whole", "near_full", "margin4", "tiny", "edge", "free", "free"]
 # ...and how the file was saved (resized: by a factor from 0.5 to 1.6).
 ENCODINGS = ["png", "png", "jpeg", "resized", "resized_jpeg", "gray", "rgba", "png16"]
+# How make_project's ``odd_names`` names kept finals, in turn. Finder duplicates and
+# editor exports keep the render's timestamp and stage ("<stem> copy.png", "<stem> 2.png",
+# "<stem>_edit.png", "<stem> copy.jpg": paired by identity); other tools' exports keep
+# nothing ("IMG_0412.jpg", "export-3.png": paired by content). "exact_plus_copy" keeps
+# the exact name and adds a Finder copy with the same bytes; "edited_copy" adds a later
+# "<stem> 2.png" whose pixels differ (the decision: the latest file); "exact" changes
+# nothing. The *_jpg kinds re-save the final as JPEG.
+ODD_NAMES = ["copy", "nameless_jpg", "number", "nameless_png", "edit", "nameless_jpg",
+             "copy_jpg", "nameless_png", "exact_plus_copy", "edited_copy", "exact"]
 
 
 @dataclass
@@ -64,11 +74,15 @@ class SyntheticProject:
     bad_files: dict[str, str] = field(default_factory=dict)  # rel_path -> kind
     # Finals that are not a group's decision: rel_path -> copy, extra, orphan, unreadable.
     other_finals: dict[str, str] = field(default_factory=dict)
+    # With ``odd_names``: each kept final's rel_path -> its ODD_NAMES kind.
+    final_names: dict[str, str] = field(default_factory=dict)
 
     def save_truth(self) -> Path:
         out = self.root / "truth.json"
         data = {"groups": [asdict(g) for g in self.groups], "bad_files": self.bad_files,
                 "other_finals": self.other_finals}
+        if self.final_names:  # only then: older projects' truth stays byte for byte
+            data["final_names"] = self.final_names
         out.write_text(json.dumps(data, indent=1, sort_keys=True))
         return out
 
@@ -189,6 +203,7 @@ def make_project(
     bad_files: bool = True,
     companions: bool = True,
     variants: bool = True,
+    odd_names: bool = False,
 ) -> SyntheticProject:
     """Write a project under ``root`` (``original/``, ``final/``, ``truth.json``).
 
@@ -196,6 +211,10 @@ def make_project(
     give them (CROP_KINDS x ENCODINGS, some low-texture pictures), and the final folder
     also holds a copy, a second kept image of one group, orphans and an unreadable
     final. Without it, finals are PNG crops (``crop_rate``) or whole copies.
+
+    With ``odd_names``, kept finals are renamed in turn as ODD_NAMES says (recorded in
+    ``final_names``), and the final folder also holds true orphans with no source. It
+    draws from its own random stream: every other file is as without it.
     """
     rng = np.random.default_rng(seed)
     project = SyntheticProject(root, root / "original", root / "final")
@@ -245,6 +264,8 @@ def make_project(
         _add_other_finals(project, rng)
     if bad_files:
         _add_bad_files(project, rng, start + timedelta(minutes=5 * n_groups + 30), scale)
+    if odd_names:
+        _rename_finals(project, np.random.default_rng([seed, 1013]), scale)
     project.save_truth()
     return project
 
@@ -308,3 +329,79 @@ def _add_bad_files(project: SyntheticProject, rng: np.random.Generator, when: da
             os.symlink("..", loop)
         except OSError:
             pass
+
+
+def resave(data: bytes, ext: str, quality: int = 90) -> bytes:
+    """An image file's pixels saved again as ``ext`` (.jpg or .png), 8-bit, as an
+    editor's export writes them."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else []
+    return cv2.imencode(ext, img, params)[1].tobytes()
+
+
+def odd_name(kind: str, render: str, ext: str, number: int) -> str:
+    """The file name of ODD_NAMES' ``kind`` for a final of the render named ``render``
+    (no extension) saved as ``ext``; ``number`` numbers nameless exports."""
+    if kind == "nameless_jpg":
+        return f"IMG_{number:04d}.jpg"
+    if kind == "nameless_png":
+        return f"export-{number}.png"
+    suffix = {"copy": " copy", "number": " 2", "edit": "_edit", "copy_jpg": " copy"}[kind]
+    return f"{render}{suffix}{'.jpg' if kind == 'copy_jpg' else ext}"
+
+
+def _rename_finals(project: SyntheticProject, rng: np.random.Generator, scale: float
+                   ) -> None:
+    """Kept finals named as Finder and editors name them (ODD_NAMES, in turn), and
+    finals with no source at all. Groups whose final other_finals refers to keep it."""
+    final = project.final_dir
+    busy = {os.path.basename(r) for r in project.other_finals}
+    kept = [g for g in project.groups if g.final_rel_path and g.final_rel_path not in busy
+            and not any(os.path.basename(p) in busy for p in g.rel_paths)]
+    nameless = iter(range(400, 10_000))
+    for g, kind in zip(kept, ODD_NAMES * len(kept), strict=False):
+        old = final / g.final_rel_path
+        data, ext = old.read_bytes(), old.suffix
+        render = os.path.splitext(os.path.basename(g.rel_paths[g.kept_index]))[0]
+        if kind == "exact":
+            project.final_names[g.final_rel_path] = kind
+            continue
+        if kind == "exact_plus_copy":
+            project.final_names[g.final_rel_path] = "exact"
+            copy = f"{render} copy{ext}"
+            _write(final / copy, data)
+            project.other_finals[copy] = "copy"
+            continue
+        if kind == "edited_copy":  # a later edit of the crop: other pixels, a newer file
+            project.other_finals[g.final_rel_path] = "copy"
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            top = np.iinfo(img.dtype).max
+            new = f"{render} 2.png"
+            _write(final / new, cv2.imencode(".png", np.clip(img.astype(np.int64) + 3, 0, top)
+                                             .astype(img.dtype))[1].tobytes())
+            when = old.stat().st_mtime_ns + 10**9
+            os.utime(final / new, ns=(when, when))
+        else:
+            new = odd_name(kind, render, ext, next(nameless))
+            if kind.endswith("_jpg"):
+                data = resave(data, ".jpg", int(rng.integers(80, 95)))
+            elif kind == "nameless_png" and ext != ".png":
+                data = resave(data, ".png")
+            old.unlink()
+            _write(final / new, data)
+        project.final_names[new] = kind
+        g.final_rel_path = new
+    # Finals with no source: other pictures, by name without identity, and one whose
+    # identity matches no render.
+    side = max(48, int(600 * scale))
+    for name in ("IMG_0999.jpg", "exports/export-99.png",
+                 "20240101_000200_stage2_upscaled copy.png"):
+        buf = io.BytesIO()
+        img = texture(rng, side, side * 4 // 3)
+        img.save(buf, format="JPEG" if name.endswith(".jpg") else "PNG")
+        _write(final / name, buf.getvalue())
+        project.other_finals[name] = "orphan"
