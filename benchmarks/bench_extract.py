@@ -15,15 +15,23 @@ Each is run sequentially (OpenCV's own threads) and on a pool of threads (one Op
 thread each, as the extract stage runs). The pairs are written to benchmarks/out/ and
 reused by later runs with the same arguments.
 
+Then content pairing (backfill.content_pairing): every final that is not its original
+byte for byte is taken as nameless (``IMG_0412.jpg``) and paired among all the originals,
+each its own group, from a cold cache: the signature of each render (once, ever), then
+per final its shortlist and ``extract.content_candidates`` (k) locates, against one
+locate (both files decoded and matched, as extract does for a named final).
+
     python benchmarks/bench_extract.py [--pairs 12] [--workers N] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +39,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from blake3 import blake3
 from omegaconf import OmegaConf
 from PIL import Image
 
-from backfill.extract import ExtractSettings, locate_files, same_bytes
+from backfill.content_pairing import ContentPairing
+from backfill.extract import ExtractSettings, locate_cache, locate_files, same_bytes
 from backfill.locate import MatchSettings, locate, read_gray
 from backfill.synthetic import crop_box, encode_final, texture
 
@@ -53,6 +63,7 @@ MIX = [
 ]
 TOLERANCE = 0.01  # normalised box error that still counts as located correctly...
 TOLERANCE_RESIZED = 0.02  # ...and for a resized final, whose edges are resampled
+MAX_PIXELS = OmegaConf.load(CONFIG).scan.max_pixels
 
 
 def generate(folder: Path, n_pairs: int, scale: float, seed: int) -> list[dict]:
@@ -114,7 +125,7 @@ def extract(original: Path, final: Path, match: MatchSettings) -> list[float] | 
         with Image.open(original) as img:  # the header only, as scan reads it
             r = same_bytes(*img.size)
     else:
-        r = locate_files(original, final, match)
+        r = locate_files(original, final, match, MAX_PIXELS)
     return None if r.get("error") else [r["x1"], r["y1"], r["x2"], r["y2"]]
 
 
@@ -135,7 +146,7 @@ def matching_alone(pairs: list[tuple[Path, Path]], match: MatchSettings) -> tupl
     shortcut): the full-resolution correlation against our coarse-to-fine search."""
     old = new = 0.0
     for o_path, f_path in pairs:
-        orig, fin = read_gray(o_path), read_gray(f_path)
+        orig, fin = read_gray(o_path, MAX_PIXELS), read_gray(f_path, MAX_PIXELS)
         start = time.perf_counter()
         if fin.shape[0] <= orig.shape[0] and fin.shape[1] <= orig.shape[1]:
             cv2.minMaxLoc(cv2.matchTemplate(orig, fin, cv2.TM_CCOEFF_NORMED))
@@ -176,6 +187,55 @@ def correct(box: list[float] | None, truth: dict) -> bool:
     return max(abs(a - b) for a, b in zip(norm, truth["box"], strict=True)) <= tol
 
 
+def content_cost(folder: Path, truths: list[dict], settings: ExtractSettings, workers: int
+                 ) -> None:
+    """Content pairing of every final that is not its original byte for byte, among all
+    the originals (each its own group), from a cold cache; printed per render and per
+    final, against one locate of a named final."""
+    def digest(name: str) -> str:
+        return blake3((folder / name).read_bytes()).hexdigest()
+
+    renders = pd.DataFrame({
+        "group_id": [f"g{i:03d}" for i in range(len(truths))], "index": 0,
+        "original_path": [t["original"] for t in truths],
+        "name": [t["original"] for t in truths],
+        "content_hash": [digest(t["original"]) for t in truths]})
+    finals = pd.DataFrame({"rel_path": [t["final"] for t in truths],
+                           "content_hash": [digest(t["final"]) for t in truths]})
+    orphans = finals[finals["content_hash"] != renders["content_hash"]].reset_index(drop=True)
+    content = dataclasses.replace(settings.content(), workers=workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        pairing = ContentPairing(content, folder, folder, Path(tmp),
+                                 locate_cache(Path(tmp), settings.match))
+        start = time.perf_counter()
+        pairing._signatures(dict(zip(renders["content_hash"], renders["original_path"].map(
+            lambda p: folder / p), strict=True)))
+        per_render = (time.perf_counter() - start) / len(renders)
+        start = time.perf_counter()
+        outcome = pairing(orphans, renders)
+        per_final = (time.perf_counter() - start) / len(orphans)
+    named = [t for t in truths if digest(t["final"]) != digest(t["original"])]
+    start = time.perf_counter()
+    run_all(lambda o, f, m: locate_files(o, f, m, MAX_PIXELS),
+            [(folder / t["original"], folder / t["final"]) for t in named], settings.match,
+            workers)
+    one = (time.perf_counter() - start) / len(named)
+    own = {t["final"]: (f"g{i:03d}", t) for i, t in enumerate(truths)}
+    located = {r["final_hash"]: r for r in pairing.located}
+    hashes = dict(zip(orphans["rel_path"], orphans["content_hash"], strict=True))
+    right = sum(1 for c in outcome.claims if c.group_id == own[c.rel_path][0] and correct(
+        [located[hashes[c.rel_path]][k] for k in ("x1", "y1", "x2", "y2")],
+        own[c.rel_path][1]))
+    print(f"\ncontent pairing: {len(orphans)} finals taken as nameless, among {len(renders)} "
+          f"renders; k = {content.candidates}; {workers} thread(s); cold cache")
+    print(f"  signature per render (once, ever)   {per_render:6.3f}s")
+    print(f"  per final: shortlist + locates      {per_final:6.3f}s   "
+          f"({pairing.stats.locates / len(orphans):.1f} locates each)")
+    print(f"  one locate of a named final         {one:6.3f}s   (both files decoded)")
+    print(f"  per final / one locate              {per_final / one:6.2f}x")
+    print(f"  paired with the right render and box: {right}/{len(orphans)}")
+
+
 def verdict(value: float, target: float, at_most: bool) -> str:
     ok = value <= target if at_most else value >= target
     return f"{value:5.2f} ({'<=' if at_most else '>='} {target:g} {'ok' if ok else 'MISSED'})"
@@ -195,7 +255,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.scale = 2, 0.25
-    settings = ExtractSettings.from_config(OmegaConf.load(CONFIG).extract)
+    settings = ExtractSettings.from_config(OmegaConf.load(CONFIG).extract, MAX_PIXELS)
 
     folder = OUT / f"{args.pairs}pairs_scale{args.scale:g}_seed{args.seed}"
     start = time.perf_counter()
@@ -254,6 +314,9 @@ def main() -> None:
                                if not good)
             print(f"  wrong ({who}): {t['final']} {t['kind']}/{t['encoding']} "
                   f"x{t['resize']:g} in {t['width']}x{t['height']}")
+    content_cost(folder, truths, settings, 1)
+    if args.workers > 1:
+        content_cost(folder, truths, settings, args.workers)
 
 
 if __name__ == "__main__":
