@@ -206,9 +206,13 @@ def test_every_decision_of_a_generated_project_is_recovered(variant_project):
     assert (truth.loc[moved, "match_method"] == "identical").all()
     flagged = truth[truth["needs_review"]]
     assert all("images of this group" in r for r in flagged["review_reason"])
-    roles = result.finals.set_index("rel_path")["role"]
+    finals = result.finals.set_index("rel_path")
     for rel, kind in project.other_finals.items():
-        assert roles[rel] == ("orphan" if kind == "unreadable" else kind)
+        assert finals.loc[rel, "role"] == ("orphan" if kind == "unreadable" else kind)
+    # Every final here is named like its render; the orphans were compared by content.
+    assert set(truth["pair_method"].dropna()) == {"name"}
+    assert truth["pair_method"].isna().sum() == sum(g.kept_index is None for g in project.groups)
+    assert "no render matches its content" in finals.loc["misc/wallpaper.png", "reason"]
 
 
 def test_results_are_cached_and_a_tolerance_change_matches_nothing(variant_project):

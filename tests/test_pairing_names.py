@@ -1,6 +1,7 @@
 """Finals not named exactly like their render: paired by identity, by bytes or by content,
 never by a guess (issue 13, part 1)."""
 
+import dataclasses
 import shutil
 import sqlite3
 from datetime import datetime, timedelta
@@ -139,9 +140,9 @@ def test_content_pairing_is_cached_and_can_be_turned_off(odd):
     assert first.content.signatures > 0 and first.content.locates > 0
     assert again.content.signatures == 0  # every signature came from the cache
     pd.testing.assert_frame_equal(first.truth, again.truth)
-    off = extract_project(groups, scan, ungrouped, ExtractSettings(
-        **{**SETTINGS.__dict__, "content_candidates": 0}), project.original_dir,
-        project.final_dir, root / "cache")
+    off = extract_project(groups, scan, ungrouped,
+                          dataclasses.replace(SETTINGS, content_candidates=0),
+                          project.original_dir, project.final_dir, root / "cache")
     assert off.content.finals == 0 and "content" not in set(off.truth["pair_method"])
     orphan = off.finals.set_index("rel_path").loc["IMG_0999.jpg", "reason"]
     assert orphan.endswith("not compared by content (extract.content_candidates: 0)")
@@ -277,3 +278,39 @@ def test_shortlist_on_empty_and_one_row():
     many = pd.DataFrame({"group_id": ["a", "a", "b", "c"], "index": [0, 1, 0, 0]})
     top = shortlist(np.array([0.5, 0.9, 0.9, 0.1]), many, 2)
     assert top[["group_id", "index"]].values.tolist() == [["a", 1], ["b", 0]]
+
+
+# --- content pairing's rules ---------------------------------------------------------
+
+def located_at(index: int, confidence: float, scale: float = 1.0, support: float = 1.0,
+               runner_up: float = 0.0):
+    from backfill.content_pairing import _Target
+    target = _Target("f.png", "f" * 64, "g", index, f"{index:064x}", f"r{index}.png")
+    return target, {"original_hash": target.original_hash, "final_hash": target.final_hash,
+                    "confidence": confidence, "scale": scale, "support": support,
+                    "runner_up": runner_up, "error": None}
+
+
+def test_the_stage_rule_takes_the_better_match_then_scale_one_then_the_highest_stage():
+    from backfill.content_pairing import _stage
+    s = SETTINGS.content()
+
+    def pick(*options):
+        found = {(t.original_hash, t.final_hash): row for t, row in options}
+        target, note = _stage([t for t, _ in options], found, s)
+        return target.index, note
+
+    assert pick(located_at(0, 0.99), located_at(1, 0.90)) == (0, None)  # no tie
+    index, note = pick(located_at(0, 0.999), located_at(1, 0.990))  # other pixels show
+    assert index == 0 and "about equally" in note
+    assert pick(located_at(1, 0.998), located_at(2, 0.998, scale=0.5))[0] == 1  # an upscale
+    assert pick(located_at(0, 0.997), located_at(1, 0.997))[0] == 1  # the same pixels
+
+
+def test_a_nameless_final_needs_a_match_beyond_doubt():
+    from backfill.content_pairing import _doubt
+    s = SETTINGS.content()
+    assert _doubt(located_at(0, 0.99)[1], s) is None
+    assert "confirmed at full resolution" in _doubt(located_at(0, 0.9, support=0.5)[1], s)
+    assert "almost as well" in _doubt(located_at(0, 0.9, runner_up=0.89)[1], s)
+    assert _doubt({"error": "no scale fits", "confidence": 0.0}, s).startswith("not located")

@@ -16,13 +16,17 @@ readable final here, with the renders of the groups that have no kept final yet:
 2. Verify. The final is located in each shortlisted render (locate.locate; results in
    extract's locate cache). The most confident match must reach ``min_confidence``.
    When a render of another group comes within ``ambiguity_margin`` of it, the final is
-   paired with neither (never a guess) and both groups are flagged for review.
+   paired with neither (never a guess) and both groups are flagged for review. With no
+   name to back it, a match must also be beyond doubt (``_doubt``): most of the final's
+   detail confirmed at full resolution, no other place in the render as good.
 3. Stage. A group's renders are one picture at several stages (stage 2 is an upscale
    of 1.5, stage 1.5 is stage 1 with a face swapped), so the final is also located in
    the winning group's renders that were not shortlisted. Stages within
    ``ambiguity_margin`` of the best are told apart by a rule, and the group is flagged
-   saying so: the scale closest to 1 (the crop tool saves at the render's own size),
-   then the highest stage (the most finished render, as when two are kept).
+   saying so: the best match unless others are within SAME_CONFIDENCE of it (then they
+   differ by resampling alone), then the scale closest to 1 (the crop tool saves at the
+   render's own size), then the highest stage (the most finished render, as when two
+   are kept).
 
 Cost per final: one histogram comparison against every candidate render's cached
 signature (milliseconds), then k locates plus the winner's other stages; near
@@ -45,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from backfill.imageinfo import Unreadable, decode
-from backfill.locate import LocateError, MatchSettings, locate, read_gray
+from backfill.locate import ONE_TO_ONE_SUPPORT, LocateError, MatchSettings, locate, read_gray
 from backfill.pairing import Claim, ContentOutcome
 from backfill.resultcache import ResultCache, code_version
 
@@ -55,6 +59,10 @@ GREY_BINS = 32
 THUMB = 128  # pixels on the long side of the decode a signature is taken from
 GREY_SPREAD = 2  # grey levels between channels below which an image counts as grey
 SAME_SCALE = math.log(1.05)  # scales within 5% of each other are alike for the stage rule
+# Stages matching within this of each other differ by resampling alone (one is an upscale
+# of the other), not by what they show: the stage rule decides between them.
+SAME_CONFIDENCE = 0.002
+CONFIRMED = ONE_TO_ONE_SUPPORT  # share of a final's patches a content match must confirm
 CHUNK = 512  # renders whose rectangle histograms are held at once while scoring
 COLOUR_BINS = COLOUR_LEVELS ** 3
 BINS = COLOUR_BINS + GREY_BINS
@@ -234,13 +242,13 @@ class ContentPairing:
         for rel, tried in _by_final(first).items():
             best = max(tried, key=lambda t: _confidence(found, t))
             top = _confidence(found, best)
-            if top < s.min_confidence or top == 0:
-                outcome.reasons[rel] = (f"no render matches its content (best: "
-                                        f"{names[best.original_path]}, confidence {top:.2f})")
-                continue
             near = sorted({t.group_id for t in _tied(tried, found, s)})
             if len(near) > 1:
                 _ambiguous(outcome, rel, near, tried, found)
+                continue
+            if not near:
+                outcome.reasons[rel] = (f"no render matches its content (best: "
+                                        f"{names[best.original_path]}, confidence {top:.2f})")
                 continue
             winners[rel] = (best.final_hash, near[0], tried)
         # The winner's other stages, so that the stage rule sees them all.
@@ -252,7 +260,15 @@ class ContentPairing:
         more = _by_final(rest)
         for rel, (_, g, tried) in winners.items():
             options = [t for t in tried + more.get(rel, []) if t.group_id == g]
-            pick, note = _stage(options, found, s)
+            firm = [t for t in options if _doubt(found[t.original_hash, t.final_hash], s) is None]
+            if not firm:  # a nameless final is paired only by a match beyond doubt
+                best = max(options, key=lambda t: _confidence(found, t))
+                outcome.reasons[rel] = (
+                    f"no render matches its content beyond doubt (best: "
+                    f"{names[best.original_path]}, confidence {_confidence(found, best):.2f}, "
+                    f"{_doubt(found[best.original_hash, best.final_hash], s)})")
+                continue
+            pick, note = _stage(firm, found, s)
             outcome.claims.append(Claim(rel, g, pick.index, "content"))
             self.located.append(found[pick.original_hash, pick.final_hash])
             if note:
@@ -358,6 +374,20 @@ def _confidence(found: dict[tuple[str, str], dict], t: _Target) -> float:
     return 0.0 if row.get("error") is not None else float(row["confidence"])
 
 
+def _doubt(row: dict, s: ContentSettings) -> str | None:
+    """Why a location would not pair a nameless final (which has no name to back it):
+    not located, too little of the final's detail confirmed at full resolution (as
+    locate trusts a 1:1 answer), or another place in the render matching almost as
+    well. None when there is no doubt."""
+    if row.get("error") is not None:
+        return f"not located: {row['error']}"
+    if row["support"] < CONFIRMED:
+        return f"{row['support']:.0%} of its detail confirmed at full resolution"
+    if row["runner_up"] > 0 and row["runner_up"] >= row["confidence"] - s.ambiguity_margin:
+        return f"another place matches almost as well ({row['runner_up']:.2f})"
+    return None
+
+
 def _tied(targets: list[_Target], found: dict[tuple[str, str], dict], s: ContentSettings
           ) -> list[_Target]:
     """The targets that match about as well as the best, and well enough."""
@@ -394,11 +424,14 @@ def _stage(options: list[_Target], found: dict[tuple[str, str], dict], s: Conten
     tied = _tied(options, found, s)
     if len(tied) == 1:
         return tied[0], None
+    top = max(_confidence(found, t) for t in tied)
+    alike = [t for t in tied if _confidence(found, t) >= top - SAME_CONFIDENCE]
     scale = {t.index: float(found[t.original_hash, t.final_hash]["scale"]) for t in tied}
     off = {i: abs(math.log(v)) for i, v in scale.items()}
-    closest = min(off.values())
-    pick = max((t for t in tied if off[t.index] <= closest + SAME_SCALE), key=lambda t: t.index)
+    closest = min(off[t.index] for t in alike)
+    pick = max((t for t in alike if off[t.index] <= closest + SAME_SCALE), key=lambda t: t.index)
     said = ", ".join(f"{t.index} (confidence {_confidence(found, t):.3f}, scale "
                      f"{scale[t.index]:.2f})" for t in sorted(tied, key=lambda t: t.index))
     return pick, (f"its content fits indexes {said} of this group about equally; index "
-                  f"{pick.index} is taken (the scale closest to 1, then the highest stage)")
+                  f"{pick.index} is taken (the best match, then the scale closest to 1, "
+                  "then the highest stage)")
