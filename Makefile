@@ -51,15 +51,18 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
+# Programs named by their venv path: make runs a plain command without a shell and may
+# look it up in the PATH it started with (macOS's make does). dvc's stages find
+# `backfill` through the exported PATH.
 demo: $(STAMP)
-	backfill demo generate
-	backfill compose
-	dvc repro validate@demo
-	backfill summary demo
-	backfill report demo
+	$(BIN)/backfill demo generate
+	$(BIN)/backfill compose
+	$(BIN)/dvc repro validate@demo
+	$(BIN)/backfill summary demo
+	$(BIN)/backfill report demo
 
 test: $(STAMP) chromium
-	pytest
+	$(BIN)/pytest
 
 # The report test opens the HTML report in headless Chromium. Installed only where that
 # needs no password (root with apt-get: CI and the development machines); anywhere else
@@ -77,23 +80,24 @@ chromium:
 	fi
 
 lint: $(STAMP)
-	ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts
 
 bench: $(STAMP)
-	python benchmarks/bench_scan.py
-	python benchmarks/bench_extract.py
-	python benchmarks/bench_embed.py
-	python benchmarks/bench_merge.py
+	$(BIN)/python benchmarks/bench_scan.py
+	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_merge.py
 
 # Re-pin every package for every platform after changing pyproject.toml's dependencies
 # (the versions already in the lock are kept where they still fit). Needs uv.
 lock:
+	@command -v uv >/dev/null 2>&1 || { echo "make lock needs uv: pip install uv"; exit 2; }
 	uv pip compile --universal --python-version 3.11 pyproject.toml --extra test \
 	  --custom-compile-command "make lock" -o requirements.lock
 
 # Does the lock install on macOS arm64, Windows and Linux? Asks the package index.
 check-lock: $(STAMP)
-	python scripts/check_lock.py
+	$(BIN)/python scripts/check_lock.py
 
 clean-demo:
 	rm -rf data/demo
