@@ -212,11 +212,11 @@ class ContentPairing:
                 finals["rel_path"], "not compared by content: every group has a kept final")
             return outcome
         self.stats.finals += len(finals)
-        wanted = {**dict(zip(renders["content_hash"], renders["original_path"].map(
-            lambda p: self.original_root / p), strict=True)),
+        signatures, failed = self._signatures({
+            **dict(zip(renders["content_hash"], renders["original_path"].map(
+                lambda p: self.original_root / p), strict=True)),
             **dict(zip(finals["content_hash"], finals["rel_path"].map(
-                lambda p: self.final_root / p), strict=True))}
-        signatures, failed = self._signatures(wanted)
+                lambda p: self.final_root / p), strict=True))})
         for rel, h in zip(finals["rel_path"], finals["content_hash"], strict=True):
             if h in failed:
                 outcome.reasons[rel] = f"not compared by content: {failed[h]}"
@@ -224,41 +224,17 @@ class ContentPairing:
         renders = renders[renders["content_hash"].isin(signatures)].reset_index(drop=True)
         if finals.empty or renders.empty:
             return outcome
-        table = scores(np.stack([signatures[h][0].sum(axis=0) for h in finals["content_hash"]]),
-                       np.array([signatures[h][1] for h in finals["content_hash"]]),
-                       np.stack([signatures[h][0] for h in renders["content_hash"]]))
         names = dict(zip(renders["original_path"], renders["name"], strict=True))
-
-        def targets(rel: str, final_hash: str, rows: pd.DataFrame) -> list[_Target]:
-            return [_Target(rel, final_hash, g, int(i), h, p) for g, i, h, p in zip(
-                rows["group_id"], rows["index"], rows["content_hash"], rows["original_path"],
-                strict=True)]
-
-        first = [t for (rel, h), score in zip(zip(finals["rel_path"], finals["content_hash"],
-                                                   strict=True), table, strict=True)
-                 for t in targets(rel, h, shortlist(score, renders, s.candidates))]
+        first = shortlisted(finals, renders, signatures, s.candidates)
         found = self._locate(first)
-        winners = {}
-        for rel, tried in _by_final(first).items():
-            best = max(tried, key=lambda t: _confidence(found, t))
-            top = _confidence(found, best)
-            near = sorted({t.group_id for t in _tied(tried, found, s)})
-            if len(near) > 1:
-                _ambiguous(outcome, rel, near, tried, found)
-                continue
-            if not near:
-                outcome.reasons[rel] = (f"no render matches its content (best: "
-                                        f"{names[best.original_path]}, confidence {top:.2f})")
-                continue
-            winners[rel] = (best.final_hash, near[0], tried)
-        # The winner's other stages, so that the stage rule sees them all.
-        rest = [t for rel, (h, g, tried) in winners.items()
-                for t in targets(rel, h, renders[(renders["group_id"] == g)
-                                                 & ~renders["index"].isin([x.index for x in tried
-                                                                           if x.group_id == g])])]
+        winners = _choose_groups(first, found, s, names, outcome)
+        # The winners' other stages, so that the stage rule sees them all.
+        rest = [t for rel, (g, tried) in winners.items() for t in _targets(
+            rel, tried[0].final_hash, renders[(renders["group_id"] == g) & ~renders["index"].isin(
+                [x.index for x in tried if x.group_id == g])])]
         found.update(self._locate(rest))
         more = _by_final(rest)
-        for rel, (_, g, tried) in winners.items():
+        for rel, (g, tried) in winners.items():
             options = [t for t in tried + more.get(rel, []) if t.group_id == g]
             firm = [t for t in options if _doubt(found[t.original_hash, t.final_hash], s) is None]
             if not firm:  # a nameless final is paired only by a match beyond doubt
@@ -366,6 +342,44 @@ def _threaded(fn, items: list, workers: int) -> Iterator:
     cv2.setNumThreads(1 if workers > 1 else -1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(fn, items)
+
+
+def _targets(rel: str, final_hash: str, renders: pd.DataFrame) -> list[_Target]:
+    """The final ``rel`` to locate in each of ``renders``."""
+    return [_Target(rel, final_hash, g, int(i), h, p) for g, i, h, p in zip(
+        renders["group_id"], renders["index"], renders["content_hash"],
+        renders["original_path"], strict=True)]
+
+
+def shortlisted(finals: pd.DataFrame, renders: pd.DataFrame,
+                signatures: dict[str, tuple[np.ndarray, bool]], k: int) -> list[_Target]:
+    """Each final with the ``k`` renders its signature fits best."""
+    table = scores(np.stack([signatures[h][0].sum(axis=0) for h in finals["content_hash"]]),
+                   np.array([signatures[h][1] for h in finals["content_hash"]]),
+                   np.stack([signatures[h][0] for h in renders["content_hash"]]))
+    return [t for rel, h, score in zip(finals["rel_path"], finals["content_hash"], table,
+                                       strict=True)
+            for t in _targets(rel, h, shortlist(score, renders, k))]
+
+
+def _choose_groups(tried: list[_Target], found: dict[tuple[str, str], dict],
+                   s: ContentSettings, names: dict[str, str], outcome: ContentOutcome
+                   ) -> dict[str, tuple[str, list[_Target]]]:
+    """The one group each final's content fits (final -> group, targets tried); the
+    reason in ``outcome`` for a final that fits none, or several about equally."""
+    winners = {}
+    for rel, mine in _by_final(tried).items():
+        best = max(mine, key=lambda t: _confidence(found, t))
+        near = sorted({t.group_id for t in _tied(mine, found, s)})
+        if len(near) > 1:
+            _ambiguous(outcome, rel, near, mine, found)
+        elif not near:
+            outcome.reasons[rel] = (f"no render matches its content (best: "
+                                    f"{names[best.original_path]}, confidence "
+                                    f"{_confidence(found, best):.2f})")
+        else:
+            winners[rel] = (near[0], mine)
+    return winners
 
 
 def _confidence(found: dict[tuple[str, str], dict], t: _Target) -> float:
