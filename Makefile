@@ -21,7 +21,7 @@ CPU_INDEX := https://download.pytorch.org/whl/cpu
 PATHSEP := $(if $(findstring ;,$(PATH)),;,:)
 export PATH := $(abspath $(BIN))$(PATHSEP)$(PATH)
 
-.PHONY: venv demo test lint bench clean-demo chromium lock check-lock
+.PHONY: venv demo test test-fast lint bench clean-demo chromium lock check-lock
 
 # auto: uv when it is on PATH and pip has no settings of its own (pip.conf, PIP_*):
 # uv reads none of them, so a machine whose pip is set up to take wheels from its own
@@ -61,8 +61,15 @@ demo: $(STAMP)
 	$(BIN)/backfill summary demo
 	$(BIN)/backfill report demo
 
+# The full suite, after the import layers (pyproject.toml's [tool.importlinter]).
 test: $(STAMP) chromium
+	$(BIN)/lint-imports
 	$(BIN)/pytest
+
+# The quick loop while working: layers, then every test not marked slow (no dvc runs).
+test-fast: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/pytest -m "not slow"
 
 # The report test opens the HTML report in headless Chromium. Installed only where that
 # needs no password (root with apt-get: CI and the development machines); anywhere else
@@ -81,6 +88,7 @@ chromium:
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scan.py

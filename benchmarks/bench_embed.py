@@ -4,13 +4,13 @@ Generates N groups of renders at the person's real sizes (stage1 and stage1.5 83
 stage2 1664x2432, stage3 3072x3072; textured PNGs saved as ComfyUI saves them, so decoding
 costs what it does on real renders) and times, on the same files in the same run, with
 the page cache warm, best of R:
-- decode only: ``backfill.embed.decode_rgb`` on every file, on the embed stage's pool of
+- decode only: ``backfill.stages.embed.decode_rgb`` on every file, on the embed stage's pool of
   threads (``prefetch``, same workers and window), results consumed as they come;
 - decode + preprocess: the same, followed by the open_clip preprocess transform (resize
   to 224, crop, normalise): everything the threads do for the model;
 - model only: ``encode_image`` on the already-preprocessed tensors, in batches as the
   stage forms them (stacked, moved to the device and back, as the stage does);
-- embed: ``backfill.embed.embed_files`` consumed fully, the model already loaded.
+- embed: ``backfill.stages.embed.embed_files`` consumed fully, the model already loaded.
 The question is whether the stage keeps up with decoding (target: embed >= 0.8 of decode
 only) and, when it does not, what holds it back. The model has random weights: the same
 compute as trained ones, without a download. Memory: the process's peak RSS, and the RSS
@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,10 +38,11 @@ import cv2
 import numpy as np
 import psutil
 from PIL import ImageDraw
+from timing import peak_rss_mib, timed
 
-from backfill.clip import ClipSettings, load_clip, resolve_device
-from backfill.embed import decode_rgb, embed_files, prefetch
-from backfill.synthetic import STAGE_DELAY, STAGE_LABELS, texture
+from backfill.demo.synthetic import STAGE_DELAY, STAGE_LABELS, texture
+from backfill.models.clip import ClipSettings, load_clip, resolve_device
+from backfill.stages.embed import decode_rgb, embed_files, prefetch
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "embed_renders"
@@ -108,10 +108,6 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 class RssSampler:
     """The highest RSS seen, every ``interval`` seconds, on a background thread."""
 
@@ -143,12 +139,6 @@ def consume(results: Iterable) -> int:
     for _ in results:
         n += 1
     return n
-
-
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
-    start = time.perf_counter()
-    n = fn()
-    return time.perf_counter() - start, n
 
 
 def encode_batches(tensors: list, model, device: str, batch_size: int) -> int:

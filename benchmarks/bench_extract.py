@@ -7,7 +7,7 @@ of crops and encodings, and times, per pair, on the same files in the same run:
 - extract: what the stage does per pair: a final that is its original byte for byte (an
   approval: the person's tools move the render as it is) is the whole frame, with no
   decoding; any other is decoded to grey and located coarse to fine
-  (``backfill.extract.locate_files``). The content hashes come from the scan stage; here
+  (``stages.extract.stage.locate_files``). The content hashes come from the scan stage; here
   they are computed in the timed part, so the figure is, if anything, pessimistic;
 - original method: the old tool's way, both read in colour, converted to grey and matched
   with one full-resolution ``cv2.matchTemplate``.
@@ -15,7 +15,7 @@ Each is run sequentially (OpenCV's own threads) and on a pool of threads (one Op
 thread each, as the extract stage runs). The pairs are written to benchmarks/out/ and
 reused by later runs with the same arguments.
 
-Then content pairing (backfill.content_pairing): every final that is not its original
+Then content pairing (backfill.stages.extract.content_pairing): every final that is not its original
 byte for byte is taken as nameless (``IMG_0412.jpg``) and paired among all the originals,
 each its own group, from a cold cache: the signature of each render (once, ever), then
 per final its shortlist and ``extract.content_candidates`` (k) locates, against one
@@ -44,10 +44,10 @@ from blake3 import blake3
 from omegaconf import OmegaConf
 from PIL import Image
 
-from backfill.content_pairing import ContentPairing
-from backfill.extract import ExtractSettings, locate_cache, locate_files, same_bytes
-from backfill.locate import MatchSettings, locate, read_gray
-from backfill.synthetic import crop_box, encode_final, texture
+from backfill.demo.synthetic import crop_box, encode_final, texture
+from backfill.stages.extract.content_pairing import ContentPairing
+from backfill.stages.extract.locate import MatchSettings, locate, read_gray
+from backfill.stages.extract.stage import ExtractSettings, locate_cache, locate_files, same_bytes
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "conf" / "pipeline" / "default.yaml"

@@ -28,18 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from timing import peak_rss_mib, timed
 
-from backfill.applyplan import NEW_ROWS
-from backfill.decisiondb import (
+from backfill.db.schema import (
     COLUMNS,
     PROVENANCE_COLUMNS,
     create,
@@ -47,10 +44,11 @@ from backfill.decisiondb import (
     open_production,
     read_rows,
 )
-from backfill.merge import MergeSettings, plan_merge, provenance
-from backfill.production import write_merged_db
-from backfill.publish import publish_plan
-from backfill.synthetic_production import MATCHED, decision_tables
+from backfill.demo.production import MATCHED, decision_tables
+from backfill.production.apply import NEW_ROWS
+from backfill.production.publish import publish_plan
+from backfill.production.sources import write_merged_db
+from backfill.stages.merge import MergeSettings, plan_merge, provenance
 
 SETTINGS = MergeSettings(0.01, 0.05)  # the pipeline's coord_tolerance and crop_tolerance
 
@@ -110,16 +108,6 @@ def table_rows(db: Path) -> list[tuple]:
     return rows
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="production DB rows")
@@ -134,7 +122,7 @@ def main() -> None:
         work = Path(tmp)
         prod_db = work / "production.db"
         gen_s, (backfill, production) = timed(
-            lambda: decision_tables(args.rows, n_backfill, args.seed, SETTINGS))
+            lambda: decision_tables(args.rows, n_backfill, args.seed, SETTINGS.crop_tolerance))
         production, backfill = backfill, production  # decision_tables: (production, backfill)
         write_s, _ = timed(lambda: write_production(prod_db, production))
         prov_frame = provenance_frame(backfill)

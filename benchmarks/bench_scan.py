@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from timing import timed
 
-from backfill.scan import ScanSettings, scan_project
-from backfill.schemas import ScanTable
-from backfill.synthetic import STAGE_DELAY, STAGE_LABELS
-from backfill.tables import write_table
+from backfill.contracts.schemas import ScanTable
+from backfill.contracts.tables import write_table
+from backfill.demo.synthetic import STAGE_DELAY, STAGE_LABELS
+from backfill.stages.scan import ScanSettings, scan_project
 
 
 def generate(root: Path, n_files: int, side: int, seed: int = 0) -> int:
@@ -62,12 +63,6 @@ def evict_from_page_cache(root: Path) -> None:
             os.close(fd)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20_000)
@@ -78,7 +73,7 @@ def main() -> None:
                             args.workers, 10**8)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (n, gen_s) = timed(lambda: generate(root, args.files, args.side))
+        gen_s, n = timed(lambda: generate(root, args.files, args.side))
         size_mb = sum(p.stat().st_size for p in root.rglob("*.png")) / 1e6
         print(f"generated {n:,} renders ({size_mb:,.0f} MB) in {gen_s:.1f}s")
         roots = {"original": root / "original", "final": root / "final"}
@@ -89,9 +84,9 @@ def main() -> None:
                 shutil.rmtree(cache, ignore_errors=True)
             if label == "cold, from disk":
                 evict_from_page_cache(root / "original")
-            result, scan_s = timed(lambda: scan_project(roots, settings, cache))
+            scan_s, result = timed(lambda: scan_project(roots, settings, cache))
             out = root / "scan.parquet"
-            _, write_s = timed(lambda r=result, o=out: write_table(r.table, o, ScanTable, "scan"))
+            write_s, _ = timed(lambda r=result, o=out: write_table(r.table, o, ScanTable, "scan"))
             runs[label] = scan_s + write_s
             print(f"{label:>16}: read {result.probed:,} files; scan {scan_s:.2f}s "
                   f"({n / scan_s:,.0f} files/s); validate+write {write_s:.2f}s; "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import os
 import shutil
 import subprocess
@@ -11,10 +14,37 @@ from types import SimpleNamespace
 
 import pytest
 
-from backfill.synthetic import make_project
+from backfill.demo.synthetic import make_project
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: backfill and dvc live here
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from backfill.config.settings import ProjectConfig, section
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        # A config in a group folder lands under the group's name.
+        cfg = compose(config_name="pipeline/default",
+                      overrides=[f"pipeline.{o}" for o in overrides]).pipeline
+    for f in dataclasses.fields(ProjectConfig):
+        if f.name in cfg and f.default_factory is not dataclasses.MISSING:  # each section, typed
+            section(f.default_factory, cfg[f.name], f.name)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def pipeline_config(*overrides: str):
+    """The pipeline's settings as every project starts from them: the real
+    conf/pipeline/default.yaml composed by Hydra, with overrides as on the command line
+    (``"group.lookahead=25"``), and each section checked against its typed settings.
+    Composed once per set of overrides; each call returns a copy to change freely."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(copy.deepcopy(_composed(tuple(overrides))))
 
 
 @pytest.fixture(scope="session")
@@ -27,14 +57,12 @@ def small_project(tmp_path_factory) -> object:
 def recovered(tmp_path_factory) -> SimpleNamespace:
     """A generated project (30 groups) taken through scan, group and extract: the
     backfill side of a merge, with the generator's truth beside it."""
-    from omegaconf import OmegaConf
-
-    from backfill.extract import ExtractSettings, extract_project
-    from backfill.group import GroupSettings, group_table
-    from backfill.scan import ScanSettings, scan_project
+    from backfill.stages.extract.stage import ExtractSettings, extract_project
+    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.scan import ScanSettings, scan_project
 
     root = tmp_path_factory.mktemp("recovered")
-    cfg = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
+    cfg = pipeline_config()
     gen = make_project(root / "p", n_groups=30, seed=4, scale=0.05)
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(cfg.scan), root / "cache").table
@@ -50,7 +78,7 @@ def add_renders(folder: Path, when: str, seed: int = 5) -> list[Path]:
     ``<when><seconds>_<stage label>.png`` with ``when`` = ``YYYYMMDD_HHMM``."""
     import numpy as np
 
-    from backfill.synthetic import STAGE_LABELS, render_stages
+    from backfill.demo.synthetic import STAGE_LABELS, render_stages
 
     images = render_stages(np.random.default_rng(seed), (1.0, 1.5, 2.0), 0.05, False)
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 try:  # a Ctrl-C while the libraries load is one line too, not a traceback
-    from backfill.decisiondb import DecisionDBError
-    from backfill.project import ConfigError, find_root, load_project, write_params
-    from backfill.tables import ContractError
+    from backfill.config.errors import ConfigError
+    from backfill.config.project import find_root, load_project, write_params
+    from backfill.contracts.tables import ContractError
+    from backfill.db.schema import DecisionDBError
+    from backfill.pipeline import BY_NAME, STAGES, add_train_stage
 except KeyboardInterrupt:
     print("backfill: interrupted", file=sys.stderr)
     sys.exit(130)
-
-
-def _config_path(value: str, root: Path) -> str:
-    """A path as the user typed it, stored relative to the root when it lies inside."""
-    p = Path(value).expanduser()
-    p = p if p.is_absolute() else Path.cwd() / p
-    p = Path(os.path.normpath(p))
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -35,14 +27,14 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_project_add(args: argparse.Namespace) -> int:
-    from backfill.registry import add_project
+    from backfill.projects.registry import add_project, config_path
 
     root = find_root()
     path = add_project(
-        root, args.name, _config_path(args.original_dir, root), _config_path(args.final_dir, root),
-        _config_path(args.real_db, root) if args.real_db else None, args.overrides, args.force,
-        args.model, _config_path(args.legacy_csv, root) if args.legacy_csv else None,
-        _config_path(args.review_dir, root) if args.review_dir else None,
+        root, args.name, config_path(args.original_dir, root), config_path(args.final_dir, root),
+        config_path(args.real_db, root) if args.real_db else None, args.overrides, args.force,
+        args.model, config_path(args.legacy_csv, root) if args.legacy_csv else None,
+        config_path(args.review_dir, root) if args.review_dir else None,
     )
     print(f"added project '{args.name}': {path.relative_to(root)}; params.yaml composed.")
     print(f"next: `dvc repro` (or only this project: `dvc repro group@{args.name}`)")
@@ -50,7 +42,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
-    from backfill.registry import registered
+    from backfill.projects.registry import registered
 
     root = find_root()
     for name in registered(root):
@@ -60,13 +52,11 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 
 
 def cmd_project_discover(args: argparse.Namespace) -> int:
-    from backfill.discover import discover, register, render
-    from backfill.registry import model_versions
+    from backfill.models.versions import check_version_name
+    from backfill.projects.discover import discover, register, render
 
     root = find_root()
-    if args.model not in model_versions(root):
-        raise ConfigError(f"no model version '{args.model}' in conf/model/ (known: "
-                          f"{', '.join(model_versions(root))}).")
+    check_version_name(root, args.model)
     found = discover(Path(args.root), root)
     print(render(found))
     if not found.new:
@@ -83,23 +73,20 @@ def cmd_project_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    import importlib
-
-    stage = importlib.import_module(f"backfill.{args.stage}")
-    print(stage.run(load_project(args.name)))
+    print(BY_NAME[args.stage].run(load_project(args.name)))
     return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from backfill.publish import run_publish
+    from backfill.production.publish import run_publish
 
     print(run_publish(load_project(args.name), args.dry_run))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from backfill.registry import registered
-    from backfill.report import performance_summary
+    from backfill.projects.registry import registered
+    from backfill.reports.report import performance_summary
 
     root = find_root()
     for name in args.names or registered(root):
@@ -108,7 +95,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _projects(root: Path, names: list[str] | None) -> list:
-    from backfill.registry import registered
+    from backfill.projects.registry import registered
 
     names = names or registered(root)
     if not names:
@@ -119,14 +106,14 @@ def _projects(root: Path, names: list[str] | None) -> list:
 def cmd_train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from backfill.project import load_params
-    from backfill.train import train
+    from backfill.config.project import load_params
+    from backfill.models.train import train
 
     root = find_root()
     # KEY=VALUE words typed after --projects land there; they are overrides.
     args.overrides += [p for p in args.projects or [] if "=" in p]
     args.projects = [p for p in args.projects or [] if "=" not in p]
-    from backfill.settings import SettingError, TrainConfig, typed
+    from backfill.config.settings import SettingError, TrainConfig, typed
 
     cfg = load_params(root).get("train")
     if cfg is None:
@@ -143,10 +130,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"bad train override {args.overrides}: {exc}") from None
     projects = _projects(root, args.projects)
     if args.stage:
-        return _add_train_stage(root, args, projects)
+        print(add_train_stage(root, args.name, [p.name for p in projects], args.overrides))
+        return 0
     result = train(args.name, projects, cfg, root, force=args.force)
     held = result.metadata["held_out"]
-    from backfill.evaluate import describe_metrics
+    from backfill.models.evaluate import describe_metrics
 
     print(f"trained model version '{args.name}' on {', '.join(p.name for p in projects)} "
           f"({result.metadata['training']['groups']} groups, "
@@ -158,30 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_stage(root: Path, args: argparse.Namespace, projects: list) -> int:
-    """Register this training as a DVC stage (`dvc stage add`), deps and outs exact."""
-    import shlex
-    import subprocess
-
-    code = [f"src/backfill/{m}.py" for m in ("train", "models", "predict", "evaluate")]
-    deps = code + [f"data/{p.name}/{t}.parquet" for p in projects
-                   for t in ("truth", "groups", "embeddings")]
-    cmd = ["backfill", "train", args.name, "--force", "--projects",
-           *[p.name for p in projects], *args.overrides]
-    dvc = ["dvc", "stage", "add", "--force", "-n", f"train-{args.name}",
-           *[a for d in deps for a in ("-d", d)],
-           "-p", "train", "-o", f"data/models/{args.name}",
-           "-O", f"conf/model/{args.name}.yaml", shlex.join(cmd)]
-    proc = subprocess.run(dvc, cwd=root, capture_output=True, text=True)
-    if proc.returncode:
-        raise ConfigError(f"dvc stage add failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    print(f"added stage train-{args.name} to dvc.yaml: `dvc repro train-{args.name}` trains "
-          "it, and re-trains when its data or the train settings change.")
-    return 0
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from backfill.compare import compare, render, version_from_file, write
+    from backfill.models.compare import compare, render, version_from_file, write
 
     root = find_root()
     versions = [version_from_file(root, v) for v in args.versions]
@@ -223,7 +189,7 @@ def _output_folder(value: str | None, default: str, root: Path) -> Path:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from backfill.export import FORMATS
+    from backfill.reports.export import FORMATS
 
     chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     if not chosen or any(f not in FORMATS for f in chosen):
@@ -232,7 +198,8 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from backfill.export import run
+    from backfill.projects.registry import config_path
+    from backfill.reports.export import run
 
     root = find_root()
     if bool(args.names) == args.all:
@@ -241,13 +208,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     stats, files = run(_projects(root, args.names), out, args.format, args.exclude_needs_review,
                        combined=args.all)
     print(stats)
-    print(f"-> {', '.join(_config_path(str(f), root) for f in files)}")
+    print(f"-> {', '.join(config_path(str(f), root) for f in files)}")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from backfill.registry import registered
-    from backfill.summary import summarize
+    from backfill.projects.registry import registered
+    from backfill.reports.summary import summarize
 
     root = find_root()
     for name in args.names or registered(root):
@@ -255,49 +222,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_MARK = ".backfill-demo"  # written first into every folder the demo generates
-
-
-def _is_demo(out: Path) -> bool:
-    """A folder this command made: only its mark says so (a real project can hold
-    original/ and final/ too)."""
-    return (out / DEMO_MARK).is_file()
-
-
 def cmd_demo_generate(args: argparse.Namespace) -> int:
-    from backfill.synthetic import make_project
-    from backfill.synthetic_production import make_production_db
+    from backfill.demo.generate import generate
 
-    out = Path(args.out)
-    live = out / "live" / "ai_decisions.db"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file: choose a new or empty folder.")
-    if out.is_dir() and any(out.iterdir()) and not _is_demo(out):
-        raise ConfigError(f"--out {out} is not empty and holds no demo made by backfill "
-                          f"(no {DEMO_MARK}): nothing was deleted. Choose a new or empty "
-                          "folder.")
-    if (out / "truth.json").exists() and live.exists() and not args.force:
-        print(f"demo project already in {out} (pass --force to regenerate)")
-        return 0
-    import shutil
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARK).write_text("made by `backfill demo generate`; safe to regenerate\n")
-    for folder in ("original", "final", "live"):  # ours (checked above): no stale files
-        shutil.rmtree(out / folder, ignore_errors=True)
-    project = make_project(out, n_groups=args.groups, seed=args.seed)
-    logged = make_production_db(project, live, seed=args.seed)
-    n_files = sum(len(g.rel_paths) for g in project.groups)
-    print(f"generated demo project in {out}: {len(project.groups)} groups, {n_files} renders, "
-          f"{len(project.bad_files)} bad files; a partial production DB of {len(logged.rows)} "
-          f"rows in {live} (as the reviewer would have logged them)")
+    print(generate(Path(args.out), args.groups, args.seed, args.force))
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     import shutil
 
-    from backfill.query import query
+    from backfill.reports.query import query
 
     fmt = "csv" if args.csv else "json" if args.json else "table"
     out, note = query(load_project(args.name), args.sql, fmt, args.limit,
@@ -345,16 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model version of the registered projects (conf/model/)")
     p.set_defaults(func=cmd_project_discover)
 
-    for stage, text in [("scan", "find and fingerprint every image"),
-                        ("group", "group renders by the nearest-up rule"),
-                        ("extract", "recover each group's decision from the final folder"),
-                        ("embed", "CLIP embeddings of every grouped image (cached)"),
-                        ("predict", "the model version's picks and crops, and its accuracy"),
-                        ("merge", "plan the merge into the production DB; write the merged DB"),
-                        ("validate", "check every table and the DB; metrics, plots, report")]:
-        p = sub.add_parser(stage, help=f"stage: {text} (run by `dvc repro`)")
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=f"stage: {stage.help} (run by `dvc repro`)")
         p.add_argument("name", help="project name")
-        p.set_defaults(func=cmd_stage, stage=stage)
+        p.set_defaults(func=cmd_stage, stage=stage.name)
 
     p = sub.add_parser("publish", help="apply the merge plan to the production DB "
                                        "(backup first, one transaction)")
@@ -456,5 +385,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console script: main, then exit. Once main has returned, the work is done and
+    reported, so a Ctrl-C while Python shuts down (thread pools, torch) is ignored
+    instead of turning a finished run into a killed one."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

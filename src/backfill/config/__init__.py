@@ -1,0 +1,1 @@
+"""Settings: their types and ranges, Hydra composition, params.yaml, projects."""

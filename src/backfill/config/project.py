@@ -1,0 +1,209 @@
+"""Projects and their settings: Hydra composition, params.yaml, and where outputs go.
+
+``conf/`` is the source of settings; ``params.yaml`` is its composition, written by
+``backfill compose`` (or by ``dvc exp run``, which composes through DVC's own Hydra
+support) and read by every stage. Every composition is checked against the typed
+settings (``backfill.config.settings``) before it is used or written, and a stage never runs
+on a params.yaml that no longer matches the content of conf/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from backfill.config.errors import ConfigError
+from backfill.config.settings import escaped
+
+CONFIG_NAME = "config"
+PARAMS_FILE = "params.yaml"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# What conf/ held when params.yaml was last composed from it (ignored by git: DVC's tmp).
+COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
+
+
+def checked(cfg: DictConfig | dict, root: Path | None = None) -> None:
+    """Raise ConfigError, one line per bad setting, unless ``cfg`` passes the settings'
+    types, ranges and (with ``root``) the projects' folder layout."""
+    from backfill.config.settings import SettingError, check
+
+    try:
+        check(cfg, root)
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: the nearest folder up from ``start`` holding conf/config.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "conf" / f"{CONFIG_NAME}.yaml").is_file():
+            return folder
+    raise ConfigError(
+        f"no conf/{CONFIG_NAME}.yaml in {here} or above: run backfill from the repository."
+    )
+
+
+def _conf_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "conf").rglob("*.yaml") if p.is_file())
+
+
+def _yaml_problem(root: Path) -> str | None:
+    """The first conf file that is not valid YAML, in one line, or None."""
+    for path in _conf_files(root):
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            return f"{path.relative_to(root)} is not valid YAML{at}: {what}. Fix it, then " \
+                   "run `backfill compose`."
+    return None
+
+
+def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/ the way DVC does, check every setting, write nothing."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from backfill.config.settings import register
+
+    problem = _yaml_problem(root)
+    if problem:
+        raise ConfigError(problem)
+    register()
+    try:
+        with initialize_config_dir(str(root / "conf"), version_base=None):
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
+        # Resolved once, then held as literal text: a folder named `${x}` stays a name.
+        cfg = OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
+    checked(cfg, root)
+    return cfg
+
+
+def conf_digest(root: Path) -> str:
+    """A hash of conf/'s content (names and bytes; modification times play no part)."""
+    h = blake3.blake3()
+    for path in _conf_files(root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def write_params(root: Path) -> Path:
+    """Compose conf/ into params.yaml with DVC's own function, as `dvc exp run` would,
+    after checking the composition; record which conf/ content it came from."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose(root)  # refuse a bad setting before params.yaml is touched
+    out = root / PARAMS_FILE
+    compose_and_dump(out, str(root / "conf"), None, CONFIG_NAME, str(root), [])
+    _record_composed(root)
+    return out
+
+
+def _record_composed(root: Path) -> None:
+    record = root / COMPOSED_FROM
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"conf": conf_digest(root)}))
+        os.replace(tmp, record)
+    except OSError:  # only a shortcut: without it freshness is judged by composing
+        pass
+
+
+def _composed_from(root: Path) -> str | None:
+    try:
+        return json.loads((root / COMPOSED_FROM).read_text())["conf"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_params_fresh(root: Path) -> None:
+    """Stop when conf/'s content changed since params.yaml was composed from it.
+
+    While conf/ holds what it held at the last `backfill compose`, params.yaml is
+    trusted even where it differs (`dvc exp run -S` overrides), as it is inside a
+    `dvc exp run`, which composes today's conf/ itself. Otherwise params.yaml must equal
+    what composing conf/ gives now. Content is compared, never modification times: a
+    file restored by `cp -p`, `rsync -t` or `tar x` keeps an old time.
+    """
+    params = root / PARAMS_FILE
+    if not params.exists():
+        raise ConfigError("params.yaml is missing: run `backfill compose`, then `dvc repro`.")
+    if os.environ.get("DVC_EXP_NAME") or _composed_from(root) == conf_digest(root):
+        return
+    current = yaml.safe_load(params.read_text()) or {}
+    if OmegaConf.to_container(compose(root), resolve=True) != current:
+        raise ConfigError(
+            "params.yaml is stale: conf/ changed since it was composed. Run "
+            "`backfill compose` (then `dvc repro`), or use `dvc exp run`."
+        )
+    _record_composed(root)
+
+
+def load_params(root: Path) -> DictConfig:
+    """params.yaml, fresh and checked (a `dvc exp run -S` value is first seen here)."""
+    check_params_fresh(root)
+    try:
+        tree = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params.yaml is not valid YAML ({str(exc).splitlines()[0]}): "
+                          "run `backfill compose`.") from None
+    cfg = OmegaConf.create(escaped(tree))  # resolved values: literal text
+    checked(cfg)
+    return cfg
+
+
+@dataclass(frozen=True)
+class Project:
+    """One project's settings and the places its inputs and outputs live."""
+
+    name: str
+    root: Path  # the repository root
+    cfg: DictConfig
+    cache_dir: Path
+
+    def path(self, key: str) -> Path:
+        """An input path from the project's config, relative paths taken from the root."""
+        value = self.cfg.get(key)
+        if value is None:
+            raise ConfigError(
+                f"project '{self.name}' has no {key}: set it in conf/project/{self.name}.yaml."
+            )
+        p = Path(str(value)).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / "data" / self.name
+
+    def output(self, table: str) -> Path:
+        """Where a stage's table lives: ``data/<project>/<table>.parquet`` (as in dvc.yaml)."""
+        return self.out_dir / f"{table}.parquet"
+
+
+def load_project(name: str, root: Path | None = None) -> Project:
+    root = root or find_root()
+    params = load_params(root)
+    projects = params.get("projects") or {}
+    if name not in projects:
+        known = ", ".join(sorted(projects)) or "none yet"
+        raise ConfigError(
+            f"no project '{name}' in params.yaml (known: {known}). Add it with "
+            "`backfill project add NAME --original-dir DIR --final-dir DIR`."
+        )
+    cache = Path(str(params.get("cache_dir", "data/cache"))).expanduser()
+    return Project(name, root, projects[name], cache if cache.is_absolute() else root / cache)

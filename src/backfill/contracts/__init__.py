@@ -1,0 +1,2 @@
+"""The shapes of data: every table's contract, validated table I/O, and the merge
+plan's format."""

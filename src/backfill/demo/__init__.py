@@ -1,0 +1,1 @@
+"""Generated projects with known truth, for the demo, the tests and the benchmarks."""

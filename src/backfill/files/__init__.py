@@ -1,0 +1,2 @@
+"""Files on disk: image facts and decoding, render names, fingerprints, result
+caches and atomic writes."""

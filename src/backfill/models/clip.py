@@ -1,0 +1,168 @@
+"""The CLIP image encoder: open_clip, its weights found without hanging, on the best device.
+
+A model id names exactly what produced an embedding: the open_clip model, its weights
+(``openai``, ``random-seed0``, ``file-<hash>`` for a local checkpoint, or an ``hf-hub:``
+repo) and any reduced precision. Embeddings are cached and checked against it, so a
+ranker is never fed embeddings of another model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from backfill.config.errors import ConfigError
+from backfill.config.settings import EmbedConfig, section
+
+HUB_HOST = ("huggingface.co", 443)  # where open_clip fetches weights from
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    model: str
+    pretrained: str | None
+    seed: int
+    device: str
+    batch_size: int
+    workers: int
+    precision: str
+    max_pixels: int  # scan.max_pixels: larger images are never decoded (not in the model id)
+
+    @classmethod
+    def from_config(cls, cfg, root: Path, max_pixels: int) -> ClipSettings:
+        """From the project's embed section, and its scan.max_pixels."""
+        c = section(EmbedConfig, cfg, "embed")  # types and ranges, checked once
+        workers = (os.cpu_count() or 1) if c.workers is None else c.workers
+        pretrained = c.pretrained
+        if pretrained and _looks_like_path(pretrained):
+            path = Path(pretrained).expanduser()
+            pretrained = str(path if path.is_absolute() else root / path)
+        return cls(c.model, pretrained, c.seed, c.device, c.batch_size, workers, c.precision,
+                   int(max_pixels))
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    """A local checkpoint rather than a tag (openai) or a hub id (hf-hub:org/repo)."""
+    if pretrained.startswith("hf-hub:"):
+        return False
+    return "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def weights_tag(pretrained: str | None, seed: int) -> str:
+    """The weights part of a model id; a local file is named by its content, not its path."""
+    if pretrained is None:
+        return f"random-seed{seed}"
+    if _looks_like_path(pretrained):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise ConfigError(f"embed.pretrained {pretrained} is not a file: give the path of "
+                              "an open_clip checkpoint, a tag such as openai, or null.")
+        with path.open("rb") as f:
+            return "file-" + blake3.blake3(f.read()).hexdigest()[:12]
+    return pretrained
+
+
+def model_id(settings: ClipSettings) -> str:
+    """What produced an embedding, e.g. ``ViT-B-32/openai`` or ``ViT-B-32/random-seed0``."""
+    if settings.pretrained and settings.pretrained.startswith("hf-hub:"):
+        base = settings.pretrained
+    else:
+        base = f"{settings.model}/{weights_tag(settings.pretrained, settings.seed)}"
+    return base if settings.precision == "fp32" else f"{base}+{settings.precision}"
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: CUDA, then Apple MPS, then CPU; anything else as torch spells it."""
+    import torch
+
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"embed.device is {name} but torch sees no CUDA GPU: use auto "
+                              "or cpu.")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("embed.device is mps but this machine has no Apple GPU: use "
+                              "auto or cpu.")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _hub_repo(model: str, pretrained: str) -> str | None:
+    """The hub repo open_clip would download ``pretrained`` weights from, if any."""
+    if pretrained.startswith("hf-hub:"):
+        return pretrained.removeprefix("hf-hub:")
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise ConfigError(f"open_clip has no weights '{pretrained}' for {model} (known: "
+                          f"{known}); or give a local checkpoint file, or null.")
+    return (cfg.get("hf_hub") or "").strip("/") or None
+
+
+def _cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in WEIGHT_FILES)
+
+
+def _online(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_weights_reachable(model: str, pretrained: str | None) -> None:
+    """Fail at once, saying what to do, when weights are neither cached nor downloadable.
+
+    open_clip would otherwise retry the download for about a minute and then fail with a
+    message about the network."""
+    if pretrained is None or _looks_like_path(pretrained):
+        return
+    repo = _hub_repo(model, pretrained)
+    if repo is None or _cached(repo) or _online():
+        return
+    raise ConfigError(
+        f"the {model} '{pretrained}' weights are not in the local cache and the hub is out "
+        "of reach. Fix: run once on a machine online (they are cached in ~/.cache/"
+        "huggingface, or $HF_HOME, which you can copy here); or set embed.pretrained to a "
+        "local checkpoint file; or embed.pretrained=null for random weights (demo, tests)."
+    )
+
+
+def load_clip(settings: ClipSettings, device: str):
+    """(model in eval mode on ``device``, its preprocessing transform)."""
+    import open_clip
+    import torch
+
+    check_weights_reachable(settings.model, settings.pretrained)
+    name, pretrained = settings.model, settings.pretrained
+    if pretrained and pretrained.startswith("hf-hub:"):
+        name, pretrained = pretrained, None
+    if pretrained is None:
+        torch.manual_seed(settings.seed)  # random weights, the same on every machine
+    # open_clip warns on the root logger about random weights; the model id says so.
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR if pretrained is None else quiet)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device="cpu")
+    except RuntimeError as exc:
+        raise ConfigError(f"could not load {name} weights {pretrained}: {exc}") from exc
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return model.to(device).eval(), preprocess

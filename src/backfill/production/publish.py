@@ -1,0 +1,221 @@
+"""publish: apply a project's merge plan to its production DB, on request only.
+
+First a verified online backup (SQLite's backup API, so a reviewer writing at the same
+moment cannot tear it), then one IMMEDIATE transaction that re-checks every planned
+value and applies the plan or nothing. The reviewer app may keep the DB open: it can
+read throughout, and its writes wait (busy timeout) for the few milliseconds of commit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from backfill.config.errors import ConfigError
+from backfill.config.project import Project
+from backfill.contracts.plan import IDENTITY, plan_identity, work
+from backfill.contracts.tables import read_stage_tables
+from backfill.db.schema import (
+    DecisionDBError,
+    explain,
+    identity,
+    open_production,
+    unwritable,
+)
+from backfill.production.apply import PlanConflict, apply_changes, check_changes
+
+# Header fields the backup API rewrites in the copy (file change counter, schema cookie,
+# version-valid-for); every other byte of the copy equals the DB it was taken from.
+REWRITTEN_HEADER = [(24, 28), (40, 44), (92, 96)]
+
+
+@dataclass
+class Published:
+    backup: Path | None
+    applied: Counter
+    rows_after: int
+    removed: list[Path] = field(default_factory=list)  # stale partial backups
+
+
+def leftover_partials(db: Path) -> list[Path]:
+    """``<db>.backup-<UTC>[-n].partial`` files: backups an interrupted publish left
+    half-written. Only names of exactly this form, which only this tool makes."""
+    pattern = re.compile(re.escape(db.name) + r"\.backup-\d{8}T\d{6}Z(?:-\d+)?\.partial")
+    try:
+        found = [p for p in db.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return []
+    return sorted(p for p in found if p.is_file() and not p.is_symlink())
+
+
+def check_writable(db: Path) -> None:
+    """Refuse, before any work, a DB or folder that cannot be written: publishing needs
+    the DB, a journal beside it and a backup beside it."""
+    for path, what in ((db, "the file is read-only"), (db.parent, "its folder is read-only")):
+        if not os.access(path, os.W_OK):
+            raise unwritable(db, what)
+
+
+def _masked(image: bytes) -> bytes:
+    data = bytearray(image)
+    for start, end in REWRITTEN_HEADER:
+        data[start:end] = bytes(end - start)
+    return bytes(data)
+
+
+def backup_path(db: Path, now: datetime) -> Path:
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path, n = db.with_name(f"{db.name}.backup-{stamp}"), 1
+    while path.exists() or path.with_name(path.name + ".partial").exists():
+        n += 1
+        path = db.with_name(f"{db.name}.backup-{stamp}-{n}")
+    return path
+
+
+def verified_backup(db: Path, now: datetime | None = None) -> Path:
+    """``<db>.backup-<UTC>``: taken with the backup API inside one read transaction, and
+    compared byte for byte with what that transaction sees before it is kept."""
+    target = backup_path(db, now or datetime.now(UTC))
+    partial = target.with_name(target.name + ".partial")
+    reader = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # pins the snapshot
+        copy = sqlite3.connect(partial)
+        reader.backup(copy)
+        copy.close()
+        image = reader.serialize()
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    with open(partial, "rb") as f:
+        data = f.read()
+        os.fsync(f.fileno())
+    if _masked(data) != _masked(image):
+        partial.unlink()
+        raise DecisionDBError(f"the backup of {db} did not match the DB byte for byte; "
+                              "nothing was written. Check the disk, then publish again.")
+    os.replace(partial, target)
+    return target
+
+
+def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
+                 now: datetime | None = None) -> Published:
+    """Back up ``db``, then apply ``changes`` in one transaction, or nothing at all; and
+    remove the partial backups an interrupted publish left (``removed``)."""
+    open_production(db, lock_timeout).close()  # exists, is SQLite, has the table
+    check_writable(db)
+    changes = work(changes)
+    conn = sqlite3.connect(db, timeout=lock_timeout, isolation_level=None)
+    try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # no other writer until COMMIT; readers go on
+            # A publish writes its backup only while it holds this lock, so any partial
+            # backup found now is one a killed publish left: stale.
+            removed = leftover_partials(db)
+            for path in removed:
+                path.unlink(missing_ok=True)
+            check_changes(conn, changes)  # before the backup: a stale plan leaves no trace
+            backup = verified_backup(db, now) if len(changes) else None
+            applied = apply_changes(conn, changes, checked=True)  # same transaction
+            rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:  # the DB is fine; the plan is not
+            conn.execute("ROLLBACK")
+            raise DecisionDBError(f"the plan breaks {db.name}'s constraints ({exc}); nothing "
+                                  "was written. Re-plan with `dvc repro`, then publish again.")\
+                from None
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise explain(exc, db, writing=True) from None
+        except PermissionError as exc:  # the backup beside it could not be made
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise unwritable(db, f"{exc.strerror}: {exc.filename}") from None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    return Published(backup, applied, rows, removed)
+
+
+def describe_plan(changes: pd.DataFrame, limit: int = 20) -> str:
+    """The plan for a person: counts by rule and column, then the first changes."""
+    changes = work(changes)
+    if not len(changes):
+        return "the plan is empty: production already holds everything the files show."
+    counts = changes.groupby(["rule", "column"]).size().rename("changes").reset_index()
+    lines = [f"{len(changes):,} planned changes:"]
+    lines += [f"  {r.rule:<13} {r.column:<20} {r.changes:>8,}" for r in counts.itertuples()]
+    shown = changes.head(limit)
+    lines.append(f"first {len(shown)}:")
+    for c in shown.itertuples():
+        new = c.new if len(c.new) <= 60 else c.new[:57] + "..."
+        lines.append(f"  {c.group_id}  {c.column}: {c.old} -> {new}  ({c.rule})")
+    return "\n".join(lines)
+
+
+def check_identity(project: Project, db: Path, changes) -> None:
+    """Refuse a plan made against another production DB than ``db`` (real_db changed
+    since the merge: its rows are another DB's premises, and its new rows this
+    project's), or one that does not say which DB it was made against."""
+    planned = plan_identity(changes)
+    redo = f"Run `dvc repro merge@{project.name}` to plan against {db}, then publish."
+    if planned is None:
+        raise ConfigError(f"the merge plan of '{project.name}' does not say which production "
+                          f"DB it was planned against (rule '{IDENTITY}'): nothing was "
+                          f"written. {redo}")
+    if planned["path"] != str(db.resolve()):
+        raise ConfigError(f"the merge plan of '{project.name}' was made against "
+                          f"{planned['path'] or 'no production DB'}, but real_db is now {db}: "
+                          f"nothing was written. {redo}")
+
+
+def run_publish(project: Project, dry_run: bool) -> str:
+    """`backfill publish NAME [--dry-run]`."""
+    if not project.cfg.get("real_db"):
+        raise ConfigError(
+            f"project '{project.name}' has no real_db, so there is nothing to publish to. "
+            f"Its merged DB is {project.out_dir / 'ai_decisions.db'}; to make that the "
+            f"production DB, copy it and set real_db in conf/project/{project.name}.yaml.")
+    db = project.path("real_db")
+    changes = read_stage_tables(project, ["merge_plan"])["merge_plan"]
+    check_identity(project, db, changes)
+    if dry_run:
+        planned = plan_identity(changes)
+        with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
+            now = identity(conn, db)
+        conn.close()
+        moved = ("; it has changed since (rows written or altered): publishing re-checks "
+                 "every planned value and refuses if one moved" if now != planned else
+                 "; unchanged since")
+        partials = leftover_partials(db)
+        stale = (f"\n{len(partials)} partial backup(s) from an interrupted publish "
+                 f"({', '.join(p.name for p in partials)}): publish removes them."
+                 if partials else "")
+        return (f"{describe_plan(changes)}\nplanned against {db} ({planned['rows']:,} rows)"
+                f"{moved}.\ndry run: {db} not touched. "
+                f"`backfill publish {project.name}` backs it up and applies this plan.{stale}")
+    try:
+        done = publish_plan(db, changes, float(project.cfg.merge.lock_timeout_s))
+    except PlanConflict as exc:
+        raise DecisionDBError(str(exc).replace("<project>", project.name)) from None
+    cleaned = (f" Removed {len(done.removed)} partial backup(s) an interrupted publish left: "
+               f"{', '.join(p.name for p in done.removed)}." if done.removed else "")
+    if done.backup is None:
+        return (f"nothing to publish: the plan for {project.name} is empty; {db} not "
+                f"touched.{cleaned}")
+    applied = ", ".join(f"{n:,} {rule}" for rule, n in sorted(done.applied.items()))
+    return (f"published {project.name}: backed up {db.name} to {done.backup.name} (verified), "
+            f"then applied {applied} in one transaction; {db} now holds "
+            f"{done.rows_after:,} rows. Undo: copy the backup back over it.{cleaned}")

@@ -1,0 +1,1 @@
+"""What people read: the summary, the HTML report, exports and SQL queries."""

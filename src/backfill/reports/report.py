@@ -1,0 +1,184 @@
+"""The HTML report of a project: one self-contained file a person opens offline.
+
+Summary figures, the plots (matplotlib, inline SVG), thumbnail strips of the groups where
+the AI and the person disagree, every needs-review case with the located box drawn on
+its original, kept finals that cannot be read (in no DB row until fixed), orphans and
+unreadable files with their reasons, and what validation warned about. Images are inline
+JPEG thumbnails, so the file works anywhere; each is decoded through imageinfo.decode
+with scan.max_pixels, and one that cannot be shows a placeholder.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import cv2
+import pandas as pd
+
+from backfill.config.project import Project
+from backfill.contracts.schemas import UNREADABLE
+from backfill.files.atomic import write_text
+from backfill.files.imageinfo import Unreadable, decode
+from backfill.models.evaluate import EvalSettings, percent, scored
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+
+
+def thumbnail(path: Path, px: int, max_pixels: int, box: list[float] | None = None
+              ) -> str | None:
+    """A JPEG data URI of ``path`` with its long side ``px``; ``box`` (normalised) drawn
+    in red. None when the file cannot, or must not, be decoded (the page shows a
+    placeholder)."""
+    try:
+        image = decode(path, cv2.IMREAD_COLOR, max_pixels)
+    except Unreadable:
+        return None
+    h, w = image.shape[:2]
+    scale = px / max(h, w)
+    image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+    if box is not None and not any(pd.isna(v) for v in box):
+        h, w = image.shape[:2]
+        x1, y1, x2, y2 = (int(round(v * s)) for v, s in zip(box, (w, h, w, h), strict=True))
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), (0, 0, 255), 2)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return f"data:image/jpeg;base64,{base64.b64encode(jpeg.tobytes()).decode()}" if ok else None
+
+
+def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) -> str:
+    """A horizontal bar chart as inline SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "backfill"  # same data, same bytes
+    fig, ax = plt.subplots(figsize=(5, 0.35 * max(3, len(labels)) + 0.8))
+    ax.barh(labels, values, color="#4c78a8")
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    out = io.StringIO()
+    fig.savefig(out, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return out.getvalue()[out.getvalue().index("<svg"):]
+
+
+def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
+                  px: int, max_pixels: int, limit: int) -> tuple[list[dict], int]:
+    """Groups where the AI picked another image than the person: a strip each."""
+    s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
+    wrong = s[~s["right"] & s["ai_selected_index"].notna()]
+    members = tables["groups"].set_index("group_id")
+    strips = []
+    for r in wrong.head(limit).itertuples():
+        g = members.loc[r.group_id]
+        strips.append({"group_id": r.group_id, "images": [
+            {"src": thumbnail(original / p, px, max_pixels), "stage": stage, "name": name,
+             "user": i == int(r.user_selected_index), "ai": i == int(r.ai_selected_index)}
+            for i, (p, name, stage) in enumerate(zip(g["image_paths"], g["image_names"],
+                                                     g["stages"], strict=True))]})
+    return strips, len(wrong)
+
+
+def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int, max_pixels: int,
+                 limit: int) -> tuple[list[dict], int]:
+    """Every needs-review decision: the original with the located box, and the final."""
+    cases = truth[truth["needs_review"]]
+    out = []
+    for r in cases.head(limit).itertuples():
+        box = [r.crop_x1, r.crop_y1, r.crop_x2, r.crop_y2]
+        out.append({
+            "group_id": r.group_id, "action": r.user_action, "reason": r.review_reason,
+            "confidence": "n/a" if pd.isna(r.confidence) else f"{r.confidence:.3f}",
+            # "" when there is no file to show, None when it cannot be read.
+            "original": thumbnail(original / r.original_path, px * 2, max_pixels, box)
+            if isinstance(r.original_path, str) else "",
+            "final": thumbnail(final / r.final_path, px * 2, max_pixels)
+            if isinstance(r.final_path, str) else "",
+        })
+    return out, len(cases)
+
+
+def unreadable_finals(truth: pd.DataFrame) -> list[dict]:
+    """Groups whose kept final cannot be read: in no DB row until the file is fixed."""
+    rows = truth[truth["user_action"] == UNREADABLE]
+    return [{"group_id": g, "final_path": f if isinstance(f, str) else "-", "reason": why}
+            for g, f, why in zip(rows["group_id"], rows["final_path"], rows["review_reason"],
+                                 strict=True)]
+
+
+def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
+           findings: list, plots: dict[str, pd.DataFrame]) -> str:
+    from jinja2 import Environment, select_autoescape
+
+    cfg = project.cfg.validate
+    px, limit = int(cfg.thumbnail_px), int(cfg.max_cases)
+    max_pixels = int(project.cfg.scan.max_pixels)
+    original, final = project.path("original_dir"), project.path("final_dir")
+    settings = EvalSettings.from_config(project.cfg.evaluate)
+    strips, n_wrong = disagreements(tables, settings, original, px, max_pixels, limit)
+    reviews, n_review = review_cases(tables["truth"], original, final, px, max_pixels, limit)
+    scan, finals = tables["scan"], tables["finals"]
+    merge_path = project.out_dir / "merge_summary.json"
+    iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
+    charts = [
+        svg_bars(iou["iou"].tolist(), iou["decisions"].tolist(),
+                 "IoU of the AI's crop with the person's", "decisions"),
+        svg_bars(by_stage["kept_stage"].tolist(), by_stage["selection_accuracy"].tolist(),
+                 "selection accuracy by the stage the person kept", "share right"),
+    ]
+    picks = pd.crosstab(plots["picks"]["user_stage"], plots["picks"]["ai_stage"])
+    env = Environment(autoescape=select_autoescape(default=True))
+    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
+        project=project.name, metrics=metrics, percent=percent, charts=charts,
+        picks=picks, strips=strips, n_wrong=n_wrong, reviews=reviews, n_review=n_review,
+        unreadable_finals=unreadable_finals(tables["truth"]),
+        orphans=finals[finals["role"] == "orphan"][["rel_path", "reason"]].to_dict("records"),
+        unreadable=scan[scan["status"] == "error"][["source", "rel_path", "reason"]]
+        .to_dict("records"),
+        ungrouped=tables["ungrouped"]["reason"].fillna("-").value_counts().items(),
+        findings=findings, limit=limit,
+        merge=json.loads(merge_path.read_text()) if merge_path.exists() else None,
+        model=tables["predictions"]["model_version"].iloc[0] if len(tables["predictions"])
+        else "-")
+
+
+def write_report(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
+                 findings: list, plots: dict[str, pd.DataFrame]) -> Path:
+    out = project.out_dir / "report.html"
+    write_text(render(project, tables, metrics, findings, plots), out)
+    return out
+
+
+def performance_summary(project: Project) -> str:
+    """Seed 003's finish-project figures from the emitted DB, and where the report is."""
+    from backfill.db.schema import open_production
+
+    db = project.out_dir / "ai_decisions.db"
+    if not db.exists():
+        return (f"{project.name}: no {db.relative_to(project.root)} yet: run "
+                f"`dvc repro validate@{project.name}` first.")
+    with open_production(db) as conn:
+        total, picked, cropped, crop_n = conn.execute(
+            "SELECT count(selection_match), sum(selection_match = 1), sum(crop_match = 1), "
+            "count(crop_match) FROM ai_decisions WHERE user_action != 'reject'").fetchone()
+    conn.close()
+
+    def share(hits, n) -> str:
+        return f"{hits or 0}/{n} ({percent((hits or 0) / n) if n else 'n/a'})"
+
+    report = project.out_dir / "report.html"
+    where = (f"report: {report}" if report.exists()
+             else f"no report yet: `dvc repro validate@{project.name}`")
+    return "\n".join([
+        f"AI Performance for {project.name}:",
+        f"   Selection Accuracy: {share(picked, total)}",
+        f"   Crop Accuracy: {share(cropped, crop_n)}",
+        *([] if total else ["   (no AI predictions recorded: the model version is a rule, or "
+                            "no learned model ran)"]),
+        where])

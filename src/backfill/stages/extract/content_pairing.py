@@ -1,0 +1,457 @@
+"""content_pairing: kept finals whose names say nothing, paired with a render by what
+they show.
+
+A final named ``IMG_0412.jpg`` or ``export-3.png``, or one whose timestamp and stage
+match no render, may still be one of the person's kept images. pairing hands each such
+readable final here, with the renders of the groups that have no kept final yet:
+
+1. Shortlist. Every render has a signature: histograms of colour (6 levels a channel)
+   and of grey (32 levels) in each cell of a 3x3 grid over a small decode (128 px on
+   the long side). A crop covers some rectangle of cells, and a resize or re-encoding
+   barely moves a histogram, so a render's score is the best histogram intersection of
+   the final with any rectangle of its cells (grey histograms for a grey final). The
+   ``content_candidates`` (k) best-scoring renders are the shortlist. Signatures are
+   cached by content hash (``cache/signature/``): a render is decoded for this once,
+   ever, and only when some final needs content pairing.
+2. Verify. The final is located in each shortlisted render (locate.locate; results in
+   extract's locate cache). The most confident match must reach ``min_confidence``.
+   When a render of another group comes within ``ambiguity_margin`` of it, the final is
+   paired with neither (never a guess) and both groups are flagged for review. With no
+   name to back it, a match must also be beyond doubt (``_doubt``): most of the final's
+   detail confirmed at full resolution, no other place in the render as good.
+3. Stage. A group's renders are one picture at several stages (stage 2 is an upscale
+   of 1.5, stage 1.5 is stage 1 with a face swapped), so the final is also located in
+   the winning group's renders that were not shortlisted. Stages within
+   ``ambiguity_margin`` of the best are told apart by a rule, and the group is flagged
+   saying so: the best match unless others are within SAME_CONFIDENCE of it (then they
+   differ by resampling alone), then the scale closest to 1 (the crop tool saves at the
+   render's own size), then the highest stage (the most finished render, as when two
+   are kept).
+
+Cost per final: one histogram comparison against every candidate render's cached
+signature (milliseconds), then k locates plus the winner's other stages; near
+(finals x k) locates, never finals x renders.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from backfill.files.imageinfo import Unreadable, decode
+from backfill.files.resultcache import ResultCache, code_version
+from backfill.stages.extract.locate import (
+    ONE_TO_ONE_SUPPORT,
+    LocateError,
+    MatchSettings,
+    locate,
+    read_gray,
+)
+from backfill.stages.extract.pairing import Claim, ContentOutcome
+
+GRID = 3  # cells a side: a crop covers some rectangle of them
+COLOUR_LEVELS = 6  # per channel: 216 colour bins
+GREY_BINS = 32
+THUMB = 128  # pixels on the long side of the decode a signature is taken from
+GREY_SPREAD = 2  # grey levels between channels below which an image counts as grey
+SAME_SCALE = math.log(1.05)  # scales within 5% of each other are alike for the stage rule
+# Stages matching within this of each other differ by resampling alone (one is an upscale
+# of the other), not by what they show: the stage rule decides between them.
+SAME_CONFIDENCE = 0.002
+CONFIRMED = ONE_TO_ONE_SUPPORT  # share of a final's patches a content match must confirm
+CHUNK = 512  # renders whose rectangle histograms are held at once while scoring
+COLOUR_BINS = COLOUR_LEVELS ** 3
+BINS = COLOUR_BINS + GREY_BINS
+KEYS = ["original_hash", "final_hash"]  # the locate cache's keys
+
+
+def _rectangles(grid: int) -> np.ndarray:
+    """Every rectangle of cells of the grid, as a (rectangles x cells) 0/1 matrix."""
+    rows = []
+    for y0 in range(grid):
+        for y1 in range(y0 + 1, grid + 1):
+            for x0 in range(grid):
+                for x1 in range(x0 + 1, grid + 1):
+                    cells = np.zeros((grid, grid), np.float32)
+                    cells[y0:y1, x0:x1] = 1
+                    rows.append(cells.ravel())
+    return np.array(rows)
+
+
+RECTANGLES = _rectangles(GRID)
+
+
+def signature(pixels: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Histogram counts per cell (GRID*GRID x BINS, float32) of an 8-bit BGR image, and
+    whether the image is grey."""
+    h, w = pixels.shape[:2]
+    factor = min(1.0, THUMB / max(h, w))
+    small = pixels if factor == 1.0 else cv2.resize(
+        pixels, (max(1, round(w * factor)), max(1, round(h * factor))),
+        interpolation=cv2.INTER_AREA)
+    q = (small.astype(np.int32) * COLOUR_LEVELS) >> 8
+    colour = (q[..., 0] * COLOUR_LEVELS + q[..., 1]) * COLOUR_LEVELS + q[..., 2]
+    grey = (cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.int32) * GREY_BINS) >> 8
+    ys = np.linspace(0, small.shape[0], GRID + 1).round().astype(int)
+    xs = np.linspace(0, small.shape[1], GRID + 1).round().astype(int)
+    cells = np.zeros((GRID * GRID, BINS), np.float32)
+    for i in range(GRID):
+        for j in range(GRID):
+            part = np.s_[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            cells[i * GRID + j, :COLOUR_BINS] = np.bincount(colour[part].ravel(),
+                                                            minlength=COLOUR_BINS)
+            cells[i * GRID + j, COLOUR_BINS:] = np.bincount(grey[part].ravel(),
+                                                            minlength=GREY_BINS)
+    spread = int((small.max(axis=2).astype(np.int16) - small.min(axis=2)).max())
+    return cells, spread <= GREY_SPREAD
+
+
+def normalised(counts: np.ndarray) -> np.ndarray:
+    """Counts (..., BINS) as two histograms that each sum to 1: colour, then grey."""
+    out = np.empty_like(counts, dtype=np.float32)
+    for part in (np.s_[..., :COLOUR_BINS], np.s_[..., COLOUR_BINS:]):
+        total = counts[part].sum(axis=-1, keepdims=True)
+        out[part] = counts[part] / np.maximum(total, 1)
+    return out
+
+
+def scores(finals: np.ndarray, grey: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """(finals x renders) best histogram intersection of each final's whole histogram
+    (``finals``: counts, F x BINS) with any rectangle of cells of each render
+    (``cells``: counts, N x GRID*GRID x BINS); grey histograms for a grey final."""
+    wholes = normalised(finals)
+    out = np.zeros((len(finals), len(cells)), np.float32)
+    for start in range(0, len(cells), CHUNK):
+        rects = normalised(np.einsum("rc,ncb->nrb", RECTANGLES, cells[start:start + CHUNK]))
+        for f, (hist, is_grey) in enumerate(zip(wholes, grey, strict=True)):
+            part = np.s_[COLOUR_BINS:] if is_grey else np.s_[:COLOUR_BINS]
+            inter = np.minimum(hist[part], rects[..., part]).sum(axis=-1)
+            out[f, start:start + CHUNK] = inter.max(axis=-1)
+    return out
+
+
+def shortlist(score: np.ndarray, renders: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The ``k`` renders that score highest (ties: by group, then the highest stage)."""
+    ranked = renders.assign(score=score).sort_values(
+        ["score", "group_id", "index"], ascending=[False, True, False], kind="stable")
+    return ranked.head(k)
+
+
+def signature_cache(cache_dir: Path) -> ResultCache:
+    """Signatures by content hash, for this module's code (its constants included)."""
+    return ResultCache(cache_dir / "signature" / f"{code_version(sys.modules[__name__])}"
+                       ".parquet", ["content_hash"],
+                       {"content_hash": "str", "cells": "object", "grey": "bool"})
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    candidates: int  # k: renders located per final; 0 turns content pairing off
+    min_confidence: float
+    ambiguity_margin: float
+    match: MatchSettings
+    workers: int
+    max_pixels: int
+
+
+@dataclass
+class ContentStats:
+    finals: int = 0  # finals compared by content
+    paired: int = 0
+    signatures: int = 0  # signatures computed (not from the cache)
+    locates: int = 0  # finals located in a render (not from the cache)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One final to locate in one render."""
+
+    rel_path: str
+    final_hash: str
+    group_id: str
+    index: int
+    original_hash: str
+    original_path: str
+
+
+@dataclass
+class ContentPairing:
+    """pairing.ContentPairer: called with the readable unpaired finals and the renders
+    (pairing.render_rows) of the groups with no kept final."""
+
+    settings: ContentSettings
+    original_root: Path
+    final_root: Path
+    cache_dir: Path
+    locate_cache: ResultCache  # extract's: a location found here is never searched again
+    stats: ContentStats = field(default_factory=ContentStats)
+    # The location of every claim made (KEYS and RESULTS): extract needs no second locate.
+    located: list[dict] = field(default_factory=list)
+
+    def __call__(self, finals: pd.DataFrame, renders: pd.DataFrame) -> ContentOutcome:
+        started = time.perf_counter()
+        try:
+            return self._pair(finals, renders)
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+
+    def _pair(self, finals: pd.DataFrame, renders: pd.DataFrame) -> ContentOutcome:
+        s = self.settings
+        outcome = ContentOutcome([], {}, defaultdict(list))
+        if s.candidates == 0:
+            outcome.reasons = dict.fromkeys(
+                finals["rel_path"], "not compared by content (extract.content_candidates: 0)")
+            return outcome
+        if renders.empty:
+            outcome.reasons = dict.fromkeys(
+                finals["rel_path"], "not compared by content: every group has a kept final")
+            return outcome
+        self.stats.finals += len(finals)
+        signatures, failed = self._signatures({
+            **dict(zip(renders["content_hash"], renders["original_path"].map(
+                lambda p: self.original_root / p), strict=True)),
+            **dict(zip(finals["content_hash"], finals["rel_path"].map(
+                lambda p: self.final_root / p), strict=True))})
+        for rel, h in zip(finals["rel_path"], finals["content_hash"], strict=True):
+            if h in failed:
+                outcome.reasons[rel] = f"not compared by content: {failed[h]}"
+        finals = finals[finals["content_hash"].isin(signatures)]
+        renders = renders[renders["content_hash"].isin(signatures)].reset_index(drop=True)
+        if finals.empty or renders.empty:
+            return outcome
+        names = dict(zip(renders["original_path"], renders["name"], strict=True))
+        first = shortlisted(finals, renders, signatures, s.candidates)
+        found = self._locate(first)
+        winners = _choose_groups(first, found, s, names, outcome)
+        # The winners' other stages, so that the stage rule sees them all.
+        rest = [t for rel, (g, tried) in winners.items() for t in _targets(
+            rel, tried[0].final_hash, renders[(renders["group_id"] == g) & ~renders["index"].isin(
+                [x.index for x in tried if x.group_id == g])])]
+        found.update(self._locate(rest))
+        more = _by_final(rest)
+        for rel, (g, tried) in winners.items():
+            options = [t for t in tried + more.get(rel, []) if t.group_id == g]
+            firm = [t for t in options if _doubt(found[t.original_hash, t.final_hash], s) is None]
+            if not firm:  # a nameless final is paired only by a match beyond doubt
+                best = max(options, key=lambda t: _confidence(found, t))
+                outcome.reasons[rel] = (
+                    f"no render matches its content beyond doubt (best: "
+                    f"{names[best.original_path]}, confidence {_confidence(found, best):.2f}, "
+                    f"{_doubt(found[best.original_hash, best.final_hash], s)})")
+                continue
+            pick, note = _stage(firm, found, s)
+            outcome.claims.append(Claim(rel, g, pick.index, "content"))
+            self.located.append(found[pick.original_hash, pick.final_hash])
+            if note:
+                outcome.reviews[g].append(f"{rel}: {note}")
+        self.stats.paired += len(outcome.claims)
+        return outcome
+
+    def _signatures(self, wanted: dict[str, Path]
+                    ) -> tuple[dict[str, tuple[np.ndarray, bool]], dict[str, str]]:
+        """Signatures by content hash (cached, else computed on the workers' threads),
+        and why the files that could not be decoded were not."""
+        cache = signature_cache(self.cache_dir)
+        keys = pd.DataFrame({"content_hash": pd.Series(list(wanted), dtype="str")})
+        hits, todo = cache.lookup(keys)
+        out = {h: (np.asarray(c, np.float32).reshape(GRID * GRID, BINS), bool(g))
+               for h, c, g in zip(hits["content_hash"], hits["cells"], hits["grey"],
+                                  strict=True)}
+        failed = {}
+
+        def one(h: str) -> tuple[str, np.ndarray | None, bool, str | None]:
+            try:
+                cells, grey = signature(decode(wanted[h], cv2.IMREAD_COLOR,
+                                               self.settings.max_pixels))
+            except Unreadable as exc:
+                return h, None, False, str(exc)
+            return h, cells, grey, None
+
+        try:
+            for h, cells, grey, error in _threaded(one, list(todo["content_hash"]),
+                                                   self.settings.workers):
+                if error is not None:
+                    failed[h] = error  # never cached: the file may be fixed
+                    continue
+                out[h] = (cells, grey)
+                cache.add({"content_hash": h, "cells": cells.ravel(), "grey": grey})
+                self.stats.signatures += 1
+        finally:
+            cache.save()
+        return out, failed
+
+    def _locate(self, targets: list[_Target]) -> dict[tuple[str, str], dict]:
+        """Each target's location (KEYS and RESULTS, confidence 0 and ``error`` when it
+        cannot be located), from the locate cache or found now, each final decoded once."""
+        if not targets:
+            return {}
+        keys = pd.DataFrame({"original_hash": [t.original_hash for t in targets],
+                             "final_hash": [t.final_hash for t in targets]})
+        hits, todo = self.locate_cache.lookup(keys)
+        found = {(r["original_hash"], r["final_hash"]): r for r in hits.to_dict("records")}
+        missing = set(zip(todo["original_hash"], todo["final_hash"], strict=True))
+        jobs: dict[str, list[_Target]] = defaultdict(list)
+        for t in targets:
+            if (t.original_hash, t.final_hash) in missing and t not in jobs[t.rel_path]:
+                jobs[t.rel_path].append(t)
+                missing.discard((t.original_hash, t.final_hash))
+        for rows in _threaded(self._locate_one, list(jobs.values()), self.settings.workers):
+            for row in rows:
+                if row.get("error") is None:
+                    self.locate_cache.add(row)  # failures are never cached
+                found[row["original_hash"], row["final_hash"]] = row
+                self.stats.locates += 1
+        return found
+
+    def _locate_one(self, targets: list[_Target]) -> list[dict]:
+        """One final, decoded once, located in each of its targets' renders."""
+        s = self.settings
+
+        def failed(t: _Target, why: str) -> dict:
+            return {"original_hash": t.original_hash, "final_hash": t.final_hash,
+                    "confidence": 0.0, "error": why}
+
+        try:
+            final = read_gray(self.final_root / targets[0].rel_path, s.max_pixels)
+        except Unreadable as exc:
+            return [failed(t, f"final unreadable: {exc}") for t in targets]
+        rows = []
+        for t in targets:
+            try:
+                original = read_gray(self.original_root / t.original_path, s.max_pixels)
+                loc = locate(original, final, s.match)
+            except Unreadable as exc:
+                rows.append(failed(t, f"original unreadable: {exc}"))
+            except (LocateError, cv2.error) as exc:
+                rows.append(failed(t, str(exc)))
+            else:
+                rows.append({"original_hash": t.original_hash, "final_hash": t.final_hash,
+                             **loc._asdict(), "error": None})
+        return rows
+
+
+def _threaded(fn, items: list, workers: int) -> Iterator:
+    """``fn`` over ``items`` on ``workers`` threads (one OpenCV thread each), in order."""
+    if not items:
+        return
+    cv2.setNumThreads(1 if workers > 1 else -1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, items)
+
+
+def _targets(rel: str, final_hash: str, renders: pd.DataFrame) -> list[_Target]:
+    """The final ``rel`` to locate in each of ``renders``."""
+    return [_Target(rel, final_hash, g, int(i), h, p) for g, i, h, p in zip(
+        renders["group_id"], renders["index"], renders["content_hash"],
+        renders["original_path"], strict=True)]
+
+
+def shortlisted(finals: pd.DataFrame, renders: pd.DataFrame,
+                signatures: dict[str, tuple[np.ndarray, bool]], k: int) -> list[_Target]:
+    """Each final with the ``k`` renders its signature fits best."""
+    table = scores(np.stack([signatures[h][0].sum(axis=0) for h in finals["content_hash"]]),
+                   np.array([signatures[h][1] for h in finals["content_hash"]]),
+                   np.stack([signatures[h][0] for h in renders["content_hash"]]))
+    return [t for rel, h, score in zip(finals["rel_path"], finals["content_hash"], table,
+                                       strict=True)
+            for t in _targets(rel, h, shortlist(score, renders, k))]
+
+
+def _choose_groups(tried: list[_Target], found: dict[tuple[str, str], dict],
+                   s: ContentSettings, names: dict[str, str], outcome: ContentOutcome
+                   ) -> dict[str, tuple[str, list[_Target]]]:
+    """The one group each final's content fits (final -> group, targets tried); the
+    reason in ``outcome`` for a final that fits none, or several about equally."""
+    winners = {}
+    for rel, mine in _by_final(tried).items():
+        best = max(mine, key=lambda t: _confidence(found, t))
+        near = sorted({t.group_id for t in _tied(mine, found, s)})
+        if len(near) > 1:
+            _ambiguous(outcome, rel, near, mine, found)
+        elif not near:
+            outcome.reasons[rel] = (f"no render matches its content (best: "
+                                    f"{names[best.original_path]}, confidence "
+                                    f"{_confidence(found, best):.2f})")
+        else:
+            winners[rel] = (near[0], mine)
+    return winners
+
+
+def _confidence(found: dict[tuple[str, str], dict], t: _Target) -> float:
+    """How well the final matches the target's render; 0 when it could not be located."""
+    row = found[t.original_hash, t.final_hash]
+    return 0.0 if row.get("error") is not None else float(row["confidence"])
+
+
+def _doubt(row: dict, s: ContentSettings) -> str | None:
+    """Why a location would not pair a nameless final (which has no name to back it):
+    not located, too little of the final's detail confirmed at full resolution (as
+    locate trusts a 1:1 answer), or another place in the render matching almost as
+    well. None when there is no doubt."""
+    if row.get("error") is not None:
+        return f"not located: {row['error']}"
+    if row["support"] < CONFIRMED:
+        return f"{row['support']:.0%} of its detail confirmed at full resolution"
+    if row["runner_up"] > 0 and row["runner_up"] >= row["confidence"] - s.ambiguity_margin:
+        return f"another place matches almost as well ({row['runner_up']:.2f})"
+    return None
+
+
+def _tied(targets: list[_Target], found: dict[tuple[str, str], dict], s: ContentSettings
+          ) -> list[_Target]:
+    """The targets that match about as well as the best, and well enough."""
+    top = max(_confidence(found, t) for t in targets)
+    floor = max(s.min_confidence, top - s.ambiguity_margin)
+    return [t for t in targets if _confidence(found, t) >= floor and _confidence(found, t) > 0]
+
+
+def _by_final(targets: list[_Target]) -> dict[str, list[_Target]]:
+    out: dict[str, list[_Target]] = defaultdict(list)
+    for t in targets:
+        out[t.rel_path].append(t)
+    return out
+
+
+def _ambiguous(outcome: ContentOutcome, rel: str, groups: list[str], tried: list[_Target],
+               found: dict[tuple[str, str], dict]) -> None:
+    """A final whose content fits renders of several groups about equally: no pair."""
+    best = {g: max(_confidence(found, t) for t in tried if t.group_id == g) for g in groups}
+    said = ", ".join(f"{g} {c:.3f}" for g, c in best.items())
+    outcome.reasons[rel] = (f"its content fits renders of {len(groups)} groups about equally "
+                            f"({said}): paired with none")
+    for g in groups:
+        others = ", ".join(o for o in groups if o != g)
+        outcome.reviews[g].append(f"{rel} fits this group and {others} by its content "
+                                  f"({said}): not paired (check which group it belongs to)")
+
+
+def _stage(options: list[_Target], found: dict[tuple[str, str], dict], s: ContentSettings
+           ) -> tuple[_Target, str | None]:
+    """The render of the winning group that the final was cut from, and a review note
+    when stages match about equally (then: the scale closest to 1, then the highest
+    stage)."""
+    tied = _tied(options, found, s)
+    if len(tied) == 1:
+        return tied[0], None
+    top = max(_confidence(found, t) for t in tied)
+    alike = [t for t in tied if _confidence(found, t) >= top - SAME_CONFIDENCE]
+    scale = {t.index: float(found[t.original_hash, t.final_hash]["scale"]) for t in tied}
+    off = {i: abs(math.log(v)) for i, v in scale.items()}
+    closest = min(off[t.index] for t in alike)
+    pick = max((t for t in alike if off[t.index] <= closest + SAME_SCALE), key=lambda t: t.index)
+    said = ", ".join(f"{t.index} (confidence {_confidence(found, t):.3f}, scale "
+                     f"{scale[t.index]:.2f})" for t in sorted(tied, key=lambda t: t.index))
+    return pick, (f"its content fits indexes {said} of this group about equally; index "
+                  f"{pick.index} is taken (the best match, then the scale closest to 1, "
+                  "then the highest stage)")

@@ -1,0 +1,223 @@
+"""extract: every decision the person made, recovered from the final folder.
+
+pairing finds each group's kept final by name, by the identity in its name, or by
+content (content_pairing, only for finals the names leave unpaired), locate finds where
+it lies in its original (cached by both files' content hashes and the matcher
+settings), decisions labels the action with the configured tolerances. Changing a
+tolerance therefore re-labels a project without matching a single image again.
+
+Every decode goes through imageinfo.decode with scan.max_pixels. A kept final (or its
+original) that cannot be read, or must not be (a decompression bomb, over the limit),
+gives the action 'unreadable' with the reason, never a crop without a box; it is never
+cached, so the run after the file is fixed (scan re-hashes it) locates it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import pandas as pd
+from tqdm import tqdm
+
+from backfill.config.project import Project
+from backfill.config.settings import ExtractConfig, section
+from backfill.contracts.schemas import UNREADABLE, FinalsTable, TruthTable
+from backfill.contracts.tables import read_stage_tables, write_table
+from backfill.db.schema import ACTIONS
+from backfill.files.imageinfo import Unreadable
+from backfill.files.resultcache import ResultCache, code_version
+from backfill.stages.extract import locate as locate_module
+from backfill.stages.extract.content_pairing import ContentPairing, ContentSettings, ContentStats
+from backfill.stages.extract.decisions import LabelSettings, label
+from backfill.stages.extract.locate import LocateError, MatchSettings, locate, read_gray
+from backfill.stages.extract.pairing import pair_finals
+
+KEYS = ["original_hash", "final_hash"]
+RESULTS = {"x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64",
+           "scale": "float64", "confidence": "float64", "runner_up": "float64",
+           "support": "float64", "method": "str"}
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    match: MatchSettings
+    labels: LabelSettings
+    workers: int
+    max_pixels: int  # scan.max_pixels: larger images are never decoded
+    content_candidates: int  # renders a nameless final is located in; 0: no content pairing
+
+    @classmethod
+    def from_config(cls, cfg, max_pixels: int) -> ExtractSettings:
+        """From the project's extract section (checked by settings.ExtractConfig), and
+        its scan.max_pixels."""
+        c = section(ExtractConfig, cfg, "extract")
+        labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
+        return cls(MatchSettings(**asdict(c.match)), labels,
+                   (os.cpu_count() or 1) if c.workers is None else c.workers, int(max_pixels),
+                   c.content_candidates)
+
+    def content(self) -> ContentSettings:
+        return ContentSettings(self.content_candidates, self.labels.min_confidence,
+                               self.labels.ambiguity_margin, self.match, self.workers,
+                               self.max_pixels)
+
+
+def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
+    """Located boxes for these matcher settings and this matcher code."""
+    name = f"{match.key()}-{code_version(locate_module)}.parquet"
+    return ResultCache(cache_dir / "locate" / name, KEYS,
+                       {"original_hash": "str", "final_hash": "str", **RESULTS})
+
+
+def same_bytes(width: int, height: int) -> dict:
+    """The location of a final that is its original, byte for byte: the whole frame.
+
+    An approval moves the render to the final folder as it is, so a third or more of a
+    project's finals need no decoding at all (their content hashes are equal)."""
+    return {"x1": 0.0, "y1": 0.0, "x2": float(width), "y2": float(height), "scale": 1.0,
+            "confidence": 1.0, "runner_up": 0.0, "support": 1.0, "method": "identical"}
+
+
+def locate_files(original: Path, final: Path, match: MatchSettings, max_pixels: int) -> dict:
+    """One pair's location in original pixels; else ``unreadable`` says which file cannot
+    be decoded and why, or ``error`` why the readable pair cannot be located."""
+    images = {}
+    for role, path in (("original", original), ("final", final)):
+        try:
+            images[role] = read_gray(path, max_pixels)
+        except Unreadable as exc:
+            return {"error": None, "unreadable": f"{role} unreadable: {exc}"}
+    try:
+        loc = locate(images["original"], images["final"], match)
+    except (LocateError, cv2.error) as exc:
+        return {"error": str(exc), "unreadable": None}
+    return {**loc._asdict(), "error": None, "unreadable": None}
+
+
+def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
+               match: MatchSettings, workers: int, max_pixels: int, cache: ResultCache
+               ) -> Iterator[dict]:
+    """Locate every (original, final) of ``todo`` on ``workers`` threads, yielding a row
+    (KEYS, RESULTS, ``error`` and ``unreadable``) per pair and saving results to ``cache``
+    as they come.
+    OpenCV releases the GIL while it decodes and matches, and each thread holds one
+    pair's pixels at a time, so memory stays bounded."""
+    cv2.setNumThreads(1 if workers > 1 else -1)  # -1: OpenCV's default; no oversubscription
+
+    def one(row: tuple) -> dict:
+        o_hash, f_hash, o_path, f_path = row
+        return {"original_hash": o_hash, "final_hash": f_hash,
+                **locate_files(original_root / o_path, final_root / f_path, match,
+                               max_pixels)}
+
+    rows = todo[KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for row in tqdm(pool.map(one, rows), total=len(todo), desc="extract: locating",
+                            unit="pair", disable=None):
+                if row["error"] is None and row["unreadable"] is None:
+                    cache.add(row)  # failures are never cached: a file may be fixed
+                yield row
+    finally:  # an interrupted run keeps what it matched
+        cache.save()
+
+
+@dataclass
+class ExtractResult:
+    truth: pd.DataFrame
+    finals: pd.DataFrame
+    matched: int  # pairs located in this run
+    cached: int  # pairs whose location came from the cache
+    failed: int  # pairs that could not be located or decoded in this run
+    identical: int  # finals that are their original byte for byte: nothing to match
+    content: ContentStats  # finals paired by content, and what that cost
+
+
+def located_table(records: list[dict]) -> pd.DataFrame:
+    """Located pairs (KEYS and RESULTS) with their dtypes, also when there are none."""
+    columns = KEYS + list(RESULTS)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    return frame.astype({"original_hash": "str", "final_hash": "str", **RESULTS})
+
+
+def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
+                    settings: ExtractSettings, original_root: Path, final_root: Path,
+                    cache_dir: Path) -> ExtractResult:
+    cache = locate_cache(cache_dir, settings.match)
+    by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache)
+    pairs, finals = pair_finals(groups, scan, ungrouped, by_content)
+    located_by_content = located_table(by_content.located)
+    locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
+    same = locatable["original_hash"] == locatable["final_hash"]
+    identical = located_table([
+        {"original_hash": h, "final_hash": h, **same_bytes(w, ht)} for h, w, ht in zip(
+            locatable.loc[same, "original_hash"], locatable.loc[same, "original_width"],
+            locatable.loc[same, "original_height"], strict=True)])
+    hits, todo_keys = cache.lookup(locatable[~same])
+    todo_keys = todo_keys.merge(located_by_content[KEYS], on=KEYS, how="left", indicator=True)
+    todo_keys = todo_keys[todo_keys.pop("_merge") == "left_only"]
+    todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
+    matched, errors, unreadable = [], {}, {}
+    for row in locate_all(todo, original_root, final_root, settings.match, settings.workers,
+                          settings.max_pixels, cache):
+        key = row["original_hash"], row["final_hash"]
+        if row["unreadable"] is not None:
+            unreadable[key] = row["unreadable"]
+        elif row["error"] is not None:
+            errors[key] = row["error"]
+        else:
+            matched.append(row)
+    located = pd.concat([identical, hits[identical.columns], located_by_content,
+                         located_table(matched)], ignore_index=True).drop_duplicates(KEYS)
+    joined = pairs.merge(located, on=KEYS, how="left")
+    keys = list(zip(joined["original_hash"], joined["final_hash"], strict=True))
+    joined["locate_error"] = pd.Series([errors.get(k) for k in keys], dtype="str")
+    # What pairing found unreadable (scan's status) comes first; a decode failure here
+    # (a file changed since the scan, or over max_pixels) otherwise.
+    joined["unreadable"] = joined["unreadable"].fillna(
+        pd.Series([unreadable.get(k) for k in keys], dtype="str"))
+    truth = label(joined, settings.labels)
+    return ExtractResult(truth, finals, len(todo), len(hits), len(errors) + len(unreadable),
+                         int(same.sum()), by_content.stats)
+
+
+def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
+    """The decisions by action, then what the final folder holds."""
+    actions = truth["user_action"].value_counts()
+    by_action = ", ".join(f"{actions.get(a, 0):,} {a}" for a in (*ACTIONS, UNREADABLE))
+    roles = finals["role"].value_counts()
+    return (f"{len(truth):,} groups ({by_action}); {int(truth['needs_review'].sum()):,} need "
+            f"review; finals: {roles.get('orphan', 0):,} orphans, {roles.get('copy', 0):,} "
+            f"copies, {roles.get('extra', 0):,} extra kept")
+
+
+def run(project: Project) -> str:
+    started = time.perf_counter()
+    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels)
+    tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
+    result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"], settings,
+                             project.path("original_dir"), project.path("final_dir"),
+                             project.cache_dir)
+    write_table(result.truth, project.output("truth"), TruthTable, "truth")
+    write_table(result.finals, project.output("finals"), FinalsTable, "finals")
+    unreadable = result.truth.loc[result.truth["user_action"] == UNREADABLE]
+    lines = [
+        f"extract {project.name}: {describe(result.truth, result.finals)}; pairs: "
+        f"{result.matched:,} matched, {result.cached:,} from cache, {result.identical:,} "
+        f"identical, {result.failed:,} failed; {time.perf_counter() - started:.1f}s -> "
+        f"{project.output('truth').relative_to(project.root)}"]
+    c = result.content
+    if c.finals:
+        lines.append(f"  by content: {c.paired:,} of {c.finals:,} unnamed finals paired "
+                     f"({c.signatures:,} signatures and {c.locates:,} locates computed, "
+                     f"{c.seconds:.1f}s)")
+    lines += [f"  kept final of {g} not used (fix the file, then `dvc repro`): {why}"
+              for g, why in zip(unreadable["group_id"], unreadable["review_reason"],
+                                strict=True)]
+    return "\n".join(lines)

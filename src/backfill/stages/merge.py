@@ -1,0 +1,488 @@
+"""merge: the backfilled decisions as v3 rows, and the plan that merges them into the
+production DB by seed 000's rules.
+
+Pure functions of tables. A backfilled group matches a production row when they share
+an image file name; a group matching two rows, or two groups matching one row, is
+reported and left alone, never guessed. For a matched pair: timestamps and existing AI
+predictions are never overwritten; NULL fields are filled; final crop coordinates that
+differ from what the images show by more than ``coord_tolerance`` are corrected; the
+match flags are recomputed from the final values. Every change is a plan row (group,
+column, old, new, rule), values JSON-encoded so that NULL, numbers and text survive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from backfill.config.project import Project
+from backfill.contracts.plan import (
+    IDENTITY,
+    ISSUE_COLUMNS,
+    PLAN_COLUMNS,
+    SCHEMA_ROW,
+    MergePlan,
+    dumps,
+    encode,
+    plain,
+    plan_cells,
+)
+from backfill.contracts.schemas import (
+    BOX,
+    CROP_BOX,
+    UNREADABLE,
+    MergeIssuesTable,
+    MergePlanTable,
+)
+from backfill.contracts.tables import typed_frame
+from backfill.db.cells import (
+    decode_box,
+    encode_box,
+    encode_images,
+    image_names,
+    iso_utc,
+    read_flag,
+    stem_key,
+)
+from backfill.db.schema import COLUMNS, DERIVED, PROVENANCE_COLUMNS, TIMESTAMPS
+from backfill.models.evaluate import crop_match
+
+CROP_FIELDS = ["final_crop_coords", "crop_timestamp"]
+# What selection_match and crop_match are computed from.
+FLAG_INPUTS = ["user_action", "user_selected_index", "ai_selected_index", "ai_crop_coords",
+               "final_crop_coords"]
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    coord_tolerance: float  # seed 000: coordinates differing by more are corrected
+    crop_tolerance: float  # seed 003: crop_match, every coordinate within this
+    fix_invalid_actions: bool = False  # rewrite rows the v3 CHECKs refuse ('skip')
+
+    @classmethod
+    def from_config(cls, merge_cfg, evaluate_cfg) -> MergeSettings:
+        return cls(float(merge_cfg.coord_tolerance), float(evaluate_cfg.crop_tolerance),
+                   bool(merge_cfg.fix_invalid_actions))
+
+
+def _learned(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Predictions of a learned ranker; a rule such as the baseline is no AI prediction."""
+    if predictions is None or not len(predictions):
+        return None
+    return predictions[predictions["ranker"] != "highest_stage"]
+
+
+def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
+                  scan: pd.DataFrame, predictions: pd.DataFrame | None,
+                  settings: MergeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ai_decisions rows, provenance rows), one per group, from the recovered truth and
+    the AI's predictions (AI columns NULL without them)."""
+    g = groups.set_index("group_id")
+    t = truth.set_index("group_id").reindex(g.index)
+    p = _learned(predictions)
+    p = (p.set_index("group_id").reindex(g.index) if p is not None
+         else pd.DataFrame(index=g.index, columns=["ai_selected_index", "ai_confidence", *BOX,
+                                                   "model_version", "ranker",
+                                                   "crop_proposer", "embedding_model"]))
+    mtime = scan[scan["source"] == "original"].set_index("rel_path")["mtime_ns"]
+    rows, prov = [], []
+    for gid in g.index:
+        grp, tr, pr = g.loc[gid], t.loc[gid], p.loc[gid]
+        ai = None if pd.isna(pr["ai_selected_index"]) else int(pr["ai_selected_index"])
+        kept = None if pd.isna(tr["user_selected_index"]) else int(tr["user_selected_index"])
+        user = kept if kept is not None else (ai if ai is not None else 0)
+        sizes = [(w, h) for w, h in zip(grp["widths"], grp["heights"], strict=True)]
+        width, height = sizes[user]
+        if width is None or pd.isna(width):  # the picked member is unreadable
+            width, height = next(((w, h) for w, h in sizes if w is not None and not pd.isna(w)),
+                                 (None, None))
+        final_box = encode_box([tr[c] for c in CROP_BOX]) if kept is not None else None
+        ai_box = encode_box([pr[c] for c in BOX])
+        when = tr["final_modified_at"] if isinstance(tr["final_modified_at"], str) else \
+            iso_utc(mtime.get(grp["image_paths"][-1]))
+        rows.append({
+            "group_id": gid, "timestamp": when, "project_id": project,
+            "directory": str(PurePosixPath(grp["image_paths"][user]).parent),
+            "batch_number": None, "images": encode_images(grp["image_names"]),
+            "ai_selected_index": ai, "ai_crop_coords": ai_box,
+            "ai_confidence": None if pd.isna(pr["ai_confidence"]) else float(pr["ai_confidence"]),
+            "user_selected_index": user, "user_action": tr["user_action"],
+            "ai_crop_accepted": None, "final_crop_coords": final_box,
+            "crop_timestamp": tr["crop_timestamp"] if isinstance(tr["crop_timestamp"], str)
+            else None,
+            "image_width": None if width is None else int(width),
+            "image_height": None if height is None else int(height),
+            "selection_match": None, "crop_match": None,
+        })
+        prov.append({
+            "group_id": gid, "source": "backfill", "backfill_group_id": gid,
+            "final_path": tr["final_path"] if isinstance(tr["final_path"], str) else None,
+            "pair_method": tr["pair_method"] if isinstance(tr["pair_method"], str) else None,
+            "match_method": tr["match_method"] if isinstance(tr["match_method"], str) else None,
+            "match_confidence": None if pd.isna(tr["confidence"]) else float(tr["confidence"]),
+            "needs_review": bool(tr["needs_review"]),
+            "review_reason": tr["review_reason"] if isinstance(tr["review_reason"], str)
+            else None,
+            **{c: (pr[c] if isinstance(pr[c], str) else None)
+               for c in ("model_version", "ranker", "crop_proposer", "embedding_model")},
+        })
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    out = with_matches(out, settings)
+    return out, pd.DataFrame(prov, columns=PROVENANCE_COLUMNS)
+
+
+def with_matches(rows: pd.DataFrame, settings: MergeSettings) -> pd.DataFrame:
+    """selection_match and crop_match from the row's final values (NULL for reject rows
+    and where the AI made no prediction), so they never inflate accuracy."""
+    rows = rows.copy()
+    measured = (rows["user_action"] != "reject") & rows["ai_selected_index"].notna()
+    rows["selection_match"] = np.where(
+        measured, rows["ai_selected_index"] == rows["user_selected_index"], None)
+    boxes = measured & rows["ai_crop_coords"].notna() & rows["final_crop_coords"].notna()
+    match = [None] * len(rows)
+    for i in np.flatnonzero(boxes.to_numpy()):
+        ai = decode_box(rows["ai_crop_coords"].iat[i])
+        final = decode_box(rows["final_crop_coords"].iat[i])
+        if ai is not None and final is not None:  # a malformed box measures nothing
+            match[i] = bool(crop_match(ai[None], final[None], settings.crop_tolerance)[0])
+    rows["crop_match"] = match
+    rows["selection_match"] = [None if v is None else bool(v) for v in rows["selection_match"]]
+    return rows
+
+
+def name_links(backfill: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
+    """(group_id_b, group_id_p) for every backfilled group and production row that name
+    the same render: the same file name, case aside (``.PNG``); or, for a production
+    name no backfilled group holds as such, the same stem (``a.jpg`` logged for the
+    render ``a.png``). A stem two groups share links both, so it is reported as
+    ambiguous by the matching, never guessed."""
+    def by_name(rows: pd.DataFrame) -> pd.DataFrame:
+        names = rows["images"].map(lambda s: [n.lower() for n in image_names(s)])
+        out = pd.DataFrame({"group_id": rows["group_id"].to_numpy(), "name": names.to_numpy()},
+                           dtype=object)
+        return out.explode("name").dropna(subset=["name"]).reset_index(drop=True)
+
+    b, p = by_name(backfill), by_name(production)
+    exact = p["name"].isin(set(b["name"]))
+    p.loc[~exact, "name"] = [stem_key(n) for n in p.loc[~exact, "name"]]
+    b = pd.concat([b, b.assign(name=[stem_key(n) for n in b["name"]])], ignore_index=True)
+    links = b.merge(p, on="name", suffixes=("_b", "_p"))[["group_id_b", "group_id_p"]]
+    return links.drop_duplicates().reset_index(drop=True)
+
+
+@dataclass
+class Matching:
+    pairs: pd.DataFrame  # backfill_id, production_id: one-to-one matches
+    conflicts: pd.DataFrame  # group_id, side, other ids, reason: left alone
+
+
+def match_rows(backfill: pd.DataFrame, production: pd.DataFrame,
+               links: pd.DataFrame | None = None) -> Matching:
+    """Pairs that name the same renders (name_links, unless given), one to one;
+    everything else is a conflict."""
+    links = name_links(backfill, production) if links is None else links
+    per_b = links.groupby("group_id_b")["group_id_p"].agg(sorted)
+    per_p = links.groupby("group_id_p")["group_id_b"].agg(sorted)
+    conflicts = [
+        {"group_id": b, "side": "backfill", "others": ps,
+         "reason": f"shares image names with {len(ps)} production rows"}
+        for b, ps in per_b.items() if len(ps) > 1
+    ] + [
+        {"group_id": p, "side": "production", "others": bs,
+         "reason": f"shares image names with {len(bs)} backfilled groups"}
+        for p, bs in per_p.items() if len(bs) > 1
+    ]
+    one_b = per_b[per_b.map(len) == 1].index
+    one_p = per_p[per_p.map(len) == 1].index
+    pairs = links[links["group_id_b"].isin(one_b) & links["group_id_p"].isin(one_p)]
+    return Matching(
+        pairs.rename(columns={"group_id_b": "backfill_id", "group_id_p": "production_id"})
+        .sort_values("backfill_id").reset_index(drop=True),
+        pd.DataFrame(conflicts, columns=["group_id", "side", "others", "reason"]),
+    )
+
+
+def _coords_differ(old: pd.Series, new: pd.Series, tolerance: float) -> np.ndarray:
+    """Per pair: do the two JSON boxes differ by more than ``tolerance`` anywhere?"""
+    out = np.zeros(len(old), bool)
+    for i, (a, b) in enumerate(zip(old, new, strict=True)):
+        x, y = decode_box(a), decode_box(b)
+        # Unreadable coordinates: what the images show wins.
+        out[i] = x is None or y is None or bool((np.abs(x - y) > tolerance).any())
+    return out
+
+
+def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: MergeSettings,
+               missing_columns: list[str] | None = None,
+               crop_accepted: Callable[[pd.DataFrame], pd.Series] | None = None,
+               imported: set[str] | None = None,
+               reasons: Mapping[str, str] | None = None,
+               identity: dict | None = None) -> MergePlan:
+    """What merging ``backfill`` into ``production`` changes, cell by cell.
+
+    ``missing_columns``: v3 columns the production DB lacks (added first, "migrated").
+    ``crop_accepted``: seed 003's sidecar rule, giving True/False/None per merged row.
+    ``imported``: production group ids that come from a legacy CSV, not the DB: each
+    becomes one "imported" row carrying its merged values.
+    ``reasons``: why a backfilled group's final is unreadable (user_action
+    'unreadable'): such a group is reported, never written, and its live row left alone.
+    ``identity``: the production DB the plan is made against (decisiondb.identity):
+    recorded as the plan's first row, for publish to refuse any other DB.
+    """
+    from backfill.db.schema import ACTIONS, ADDABLE, DecisionDBError, violations
+
+    issues = []
+    # A legacy-CSV row the v3 CHECKs refuse (and no rule fixes) is reported, not
+    # imported: the DB would refuse it, and the files' own row for that group stands.
+    invalid = violations(production)
+    fixable = (invalid["column"] == "user_action") & settings.fix_invalid_actions
+    dropped = set(invalid.loc[~fixable, "group_id"]) & set(imported or ())
+    if dropped:
+        bad = invalid[invalid["group_id"].isin(dropped)].drop_duplicates("group_id")
+        issues.append(pd.DataFrame({
+            "kind": "legacy_invalid", "group_id": bad["group_id"],
+            "detail": [f"{d}: breaks seed 003's checks, not imported"
+                       + (" (merge.fix_invalid_actions=true rewrites 'skip')"
+                          if c == "user_action" else "")
+                       for d, c in zip(bad["detail"], bad["column"], strict=True)]},
+            columns=ISSUE_COLUMNS))
+        production = production[~production["group_id"].isin(dropped)]
+        imported = set(imported) - dropped
+        invalid = invalid[~invalid["group_id"].isin(dropped)]
+
+    links = name_links(backfill, production)
+    matching = match_rows(backfill, production, links)
+    # A group whose kept final cannot be read has no decision to write: it is reported,
+    # and a live row it names is left alone (no pair), until the file is fixed.
+    unreadable = backfill["user_action"] == UNREADABLE
+    held = backfill.loc[unreadable, "group_id"]
+    held_pairs = matching.pairs[matching.pairs["backfill_id"].isin(held)]
+    live_of = dict(zip(held_pairs["backfill_id"], held_pairs["production_id"], strict=True))
+    issues.append(pd.DataFrame({
+        "kind": "final_unreadable", "group_id": held,
+        "detail": [f"{(reasons or {}).get(g) or 'final unreadable'}; not written to "
+                   "ai_decisions" + (f" (its live row {live_of[g]} is left alone)"
+                                     if g in live_of else "")
+                   + ": fix or replace the file, then re-run" for g in held]},
+        columns=ISSUE_COLUMNS))
+    matching.pairs = matching.pairs[~matching.pairs["backfill_id"].isin(held)]
+    matching.pairs = matching.pairs.reset_index(drop=True)
+    prod = production.set_index("group_id")
+    back = backfill.set_index("group_id")
+    merged = prod[COLUMNS[1:]].astype(object).copy()
+    p_ids = matching.pairs["production_id"].to_numpy()
+    old = prod.loc[p_ids, COLUMNS[1:]].reset_index(drop=True)
+    new = back.loc[matching.pairs["backfill_id"].to_numpy(), COLUMNS[1:]].reset_index(drop=True)
+    parts, preserved = [], 0
+    # A crop describes one image: the files' crop replaces or fills the row's only when
+    # both name the same pick; otherwise the row is reported and its crop left alone.
+    same_pick = (pd.to_numeric(old["user_selected_index"], errors="coerce").to_numpy()
+                 == pd.to_numeric(new["user_selected_index"], errors="coerce").to_numpy())
+    kept = (new["user_action"] != "reject").to_numpy()
+    # A live action the files contradict (approve, yet the final is a crop) is the
+    # person's word against the files': reported, and its crop left alone, so that no
+    # approve row ever gets a crop's coordinates. No rule changes a valid action.
+    conflict = (old["user_action"].isin(ACTIONS)
+                & (old["user_action"] != new["user_action"])).to_numpy()
+    for col in COLUMNS[1:]:
+        if col in DERIVED:
+            continue
+        have, want = old[col].isna().to_numpy(), new[col].isna().to_numpy()
+        if col in CROP_FIELDS:
+            want = want | ~same_pick | conflict
+        fill = have & ~want
+        if col in TIMESTAMPS:
+            preserved += int((~have).sum())
+        if col == "final_crop_coords":
+            both = np.flatnonzero(~have & ~want)
+            wrong = both[_coords_differ(old[col].iloc[both], new[col].iloc[both],
+                                        settings.coord_tolerance)]
+            parts.append(plan_cells(p_ids[wrong], col, old[col].iloc[wrong], new[col].iloc[wrong],
+                                "corrected"))
+            merged.loc[p_ids[wrong], col] = new[col].iloc[wrong].to_numpy()
+        # Anything else already set (timestamps, AI predictions, user fields) stays.
+        parts.append(plan_cells(p_ids[fill], col, old[col][fill], new[col][fill], "filled"))
+        merged.loc[p_ids[fill], col] = new[col][fill].to_numpy()
+
+    issues.append(pd.DataFrame({"kind": "ambiguous_match",
+                                "group_id": matching.conflicts["group_id"],
+                            "detail": [f"{side} {why}: {', '.join(o)}" for side, why, o in
+                                       matching.conflicts[["side", "reason", "others"]]
+                                       .itertuples(index=False)]}, columns=ISSUE_COLUMNS))
+    differs = ~same_pick & kept
+    issues.append(pd.DataFrame({
+        "kind": "pick_differs", "group_id": p_ids[differs],
+        "detail": [f"the row picked image {o}, the final folder holds image {n}: its crop "
+                   "is left as it is" for o, n in zip(old["user_selected_index"][differs],
+                                                       new["user_selected_index"][differs],
+                                                       strict=True)]}, columns=ISSUE_COLUMNS))
+    issues.append(pd.DataFrame({
+        "kind": "action_conflict", "group_id": p_ids[conflict],
+        "detail": [f"the row says {o}, the final folder shows {n}: its action and crop are "
+                   "left as they are; correct the row in the reviewer if the files are right"
+                   for o, n in zip(old["user_action"][conflict], new["user_action"][conflict],
+                                   strict=True)]}, columns=ISSUE_COLUMNS))
+    issues.append(invalid.assign(kind="invalid_row")[ISSUE_COLUMNS])
+    skip = invalid.loc[invalid["column"] == "user_action", "group_id"]
+    if settings.fix_invalid_actions and len(skip):
+        # The old scripts' 'skip' meant no final: reject, or what the images show.
+        wanted = pd.Series("reject", index=skip.to_numpy(), dtype=object)
+        by_prod = matching.pairs.set_index("production_id")["backfill_id"]
+        linked = wanted.index.intersection(by_prod.index)
+        wanted[linked] = back.loc[by_prod[linked], "user_action"].to_numpy()
+        parts.append(plan_cells(wanted.index, "user_action", prod.loc[wanted.index, "user_action"],
+                            wanted, "fixed_action"))
+        merged.loc[wanted.index, "user_action"] = wanted.to_numpy()
+
+    conflicted_b = set(matching.conflicts.loc[matching.conflicts["side"] == "backfill",
+                                              "group_id"])
+    linked_b = (set(matching.pairs["backfill_id"]) | conflicted_b
+                | set(links["group_id_b"]))
+    unlinked = backfill[~backfill["group_id"].isin(linked_b) & ~unreadable]
+    taken = unlinked["group_id"].isin(prod.index)  # never over an existing key
+    issues.append(pd.DataFrame({
+        "kind": "id_collision", "group_id": unlinked.loc[taken, "group_id"],
+        "detail": "a production row has this group_id but none of its image names"},
+        columns=ISSUE_COLUMNS))
+    added = unlinked[~taken]
+    merged = pd.concat([merged.reset_index(), added[COLUMNS].astype(object)], ignore_index=True)
+    merged = merged.set_index("group_id")
+    if crop_accepted is not None:
+        accepted = crop_accepted(merged.reset_index()).set_axis(merged.index)
+        set_ = accepted.notna() & merged["ai_crop_accepted"].isna()
+        ids = merged.index[set_.to_numpy()]
+        parts.append(plan_cells(ids, "ai_crop_accepted", [None] * len(ids), accepted[ids],
+                            "sidecar"))
+        merged.loc[ids, "ai_crop_accepted"] = accepted[ids].to_numpy()
+    # The flags follow the values they are computed from, on rows where the merge changed
+    # one of those; elsewhere the reviewer's own flags stand...
+    touched = set().union(*(set(p.loc[p["column"].isin(FLAG_INPUTS), "group_id"])
+                            for p in parts if len(p)))
+    redo = merged.index.isin(touched) & ~merged.index.isin(added["group_id"])
+    recomputed = with_matches(merged.reset_index(), settings).set_index("group_id")
+    for col in DERIVED:
+        before = merged[col].map(read_flag)
+        after = recomputed[col]
+        differ = (before.isna() != after.isna()) | (before.notna() & after.notna()
+                                                     & (before != after))
+        # ...and where the flag is NULL: an empty cell is filled like any other.
+        mine = redo | (before.isna().to_numpy() & ~merged.index.isin(added["group_id"]))
+        ids = merged.index[(differ & mine).to_numpy()]
+        parts.append(plan_cells(ids, col, merged.loc[ids, col], after[ids], "recomputed"))
+        keep = ~mine & ~merged.index.isin(added["group_id"])
+        recomputed[col] = recomputed[col].astype(object)
+        recomputed.loc[keep, col] = merged.loc[keep, col].to_numpy()
+    merged = recomputed.reset_index()
+    changes = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(columns=PLAN_COLUMNS)],
+                        ignore_index=True)
+    # The live row of an unreadable group stays exactly as it is (no flag, sidecar or
+    # action rule either) until the file is fixed and the group can speak for it.
+    alone = [p for p in live_of.values() if p not in set(imported or ())]
+    if alone:
+        changes = changes[~changes["group_id"].isin(alone)]
+        at = merged["group_id"].isin(alone).to_numpy()
+        merged.loc[at, COLUMNS[1:]] = prod.loc[merged.loc[at, "group_id"], COLUMNS[1:]].to_numpy()
+    # Whole rows: new groups, and legacy-CSV rows the DB has never held.
+    whole = set(added["group_id"]) | (imported or set())
+    changes = changes[~changes["group_id"].isin(whole)]
+    rows = merged[merged["group_id"].isin(whole)]
+    origin = np.where(rows["group_id"].isin(added["group_id"]), "added", "imported")
+    records = [dumps({c: plain(v) for c, v in zip(COLUMNS, r, strict=True)})
+               for r in rows[COLUMNS].itertuples(index=False)]
+    changes = pd.concat([changes, pd.DataFrame({
+        "group_id": rows["group_id"].to_numpy(), "column": "*", "old": encode(None),
+        "new": records, "rule": origin}, columns=PLAN_COLUMNS)], ignore_index=True)
+    # Each live row the plan changes, whole as the plan saw it: publish re-checks every
+    # column, since a fill or a flag is only right for the row it was computed from.
+    seen_ids = sorted(set(changes["group_id"]) - whole)
+    seen = prod.loc[seen_ids, COLUMNS[1:]]
+    changes = pd.concat([changes, pd.DataFrame({
+        "group_id": seen_ids, "column": "*",
+        "old": [dumps({c: plain(v) for c, v in zip(COLUMNS[1:], r, strict=True)})
+                for r in seen.itertuples(index=False)], "rule": "seen"},
+        columns=PLAN_COLUMNS).assign(new=lambda d: d["old"])], ignore_index=True)
+    unknown = [c for c in missing_columns or [] if c not in ADDABLE]
+    if unknown:
+        raise DecisionDBError(f"the production DB lacks {unknown}, which cannot be added to an "
+                         "existing table: it predates seed 003's schema; migrate it by hand.")
+    migrations = pd.DataFrame({"group_id": SCHEMA_ROW, "column": list(missing_columns or []),
+                               "old": encode(None),
+                               "new": [encode(ADDABLE[c]) for c in missing_columns or []],
+                               "rule": "migrated"}, columns=PLAN_COLUMNS)
+    bound = pd.DataFrame({"group_id": [SCHEMA_ROW] if identity else [], "column": "*",
+                          "old": [dumps(identity)] if identity else [], "rule": IDENTITY},
+                         columns=PLAN_COLUMNS).assign(new=lambda d: d["old"])
+    changes = pd.concat([bound, migrations,
+                         changes.sort_values(["group_id", "column"], kind="stable")],
+                        ignore_index=True)
+    # Typed even when empty: an empty plan is the steady state after a publish.
+    return MergePlan(typed_frame(MergePlanTable, changes),
+                     merged.sort_values("group_id").reset_index(drop=True)[COLUMNS],
+                     typed_frame(MergeIssuesTable, pd.concat(issues, ignore_index=True)
+                                 .fillna({"group_id": ""})),
+                     preserved, matching.pairs)
+
+
+def provenance(plan: MergePlan, backfilled: pd.DataFrame, imported: set[str]) -> pd.DataFrame:
+    """One side-table row per merged row: where it came from, and for backfilled values
+    how the final was paired and located, and by which model version."""
+    back = backfilled.set_index("group_id")
+    ids = plan.merged["group_id"]
+    out = pd.DataFrame({"group_id": ids}).assign(**{c: None for c in PROVENANCE_COLUMNS[1:]})
+    out = out.set_index("group_id")
+    out["source"] = np.where(ids.isin(imported), "legacy_csv", "production")
+    added = plan.changes.loc[plan.changes["rule"] == "added", "group_id"]
+    new = ids[ids.isin(added)].to_numpy()
+    out.loc[new] = back.loc[new, PROVENANCE_COLUMNS[1:]].to_numpy()
+    pairs = plan.pairs
+    filled = back.loc[pairs["backfill_id"], PROVENANCE_COLUMNS[1:]].assign(source="merged")
+    out.loc[pairs["production_id"].to_numpy()] = filled.to_numpy()
+    return out.reset_index()[PROVENANCE_COLUMNS]
+
+
+def run(project: Project) -> str:
+    """The merge stage: plan, issues, and the merged DB; production is only read."""
+    from backfill.contracts.schemas import (
+        GroupsTable,
+        MergeIssuesTable,
+        MergePlanTable,
+        PredictionsTable,
+        ScanTable,
+        TruthTable,
+    )
+    from backfill.contracts.tables import read_table, write_table
+    from backfill.files.atomic import write_json
+    from backfill.production.sources import load_production, review_rule, write_merged_db
+
+    started = time.perf_counter()
+    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate)
+    backfilled, prov = backfill_rows(
+        project.name, read_table(project.output("groups"), GroupsTable, "groups"),
+        read_table(project.output("truth"), TruthTable, "truth"),
+        read_table(project.output("scan"), ScanTable, "scan"),
+        read_table(project.output("predictions"), PredictionsTable, "predictions"), settings)
+    source = load_production(project)
+    rule, sidecar_issues = review_rule(project)
+    reasons = dict(zip(prov["group_id"], prov["review_reason"], strict=True))
+    plan = plan_merge(backfilled, source.rows, settings, source.missing_columns, rule,
+                      source.imported, reasons, source.identity)
+    plan.issues = typed_frame(MergeIssuesTable, pd.concat(
+        [plan.issues, source.issues, sidecar_issues], ignore_index=True)
+        .fillna({"group_id": ""}))
+    write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
+    write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
+                project.output("merge_issues"), MergeIssuesTable, "merge_issues")
+    out = project.out_dir / "ai_decisions.db"
+    write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
+                    float(project.cfg.merge.lock_timeout_s))
+    write_json(plan.counts(), project.out_dir / "merge_summary.json")
+    where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
+             "--dry-run` shows what publishing would write" if source.db_path else
+             "no real_db: the merged DB is built from scratch")
+    return (f"merge {project.name}: {plan.summary()}; {time.perf_counter() - started:.1f}s "
+            f"-> {out.relative_to(project.root)} ({len(plan.merged):,} rows); {where}")

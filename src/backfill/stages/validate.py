@@ -1,0 +1,248 @@
+"""validate: the last stage. Every table against its contract, the emitted DB against
+seed 000's checks; then the project's metrics and plot data for DVC, and the report.
+
+A failed check stops the stage (and `dvc repro`) with the table, column or check, the
+failing values and their count. Rows that come from production as the person's tools
+wrote them are the person's record: what they break is a warning in the report, never a
+reason to stop (the merge reports and leaves them).
+
+A group whose kept final cannot be read (truth action 'unreadable') is in no ai_decisions
+row of this run: the merge reports it as final_unreadable and the report lists it, so it
+is accounted for; metrics count it apart (unreadable_finals), the counts by action are
+those of the DB's actions. Run before the merge, the stage says to run it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backfill.config.errors import ConfigError
+from backfill.config.project import Project
+from backfill.contracts.schemas import TABLES, UNREADABLE
+from backfill.contracts.tables import ContractError, read_table
+from backfill.db.cells import decode_box, encode_images, image_names, name_keys
+from backfill.db.schema import ACTIONS, read_rows, violations
+from backfill.files.atomic import write_json, write_text
+from backfill.models.evaluate import EvalSettings, evaluate, scored
+
+FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+@dataclass
+class Finding:
+    check: str
+    severity: str  # error: stops the stage; warning: shown in the report
+    group_ids: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def describe(self, limit: int = 5) -> str:
+        shown = ", ".join(self.group_ids[:limit])
+        more = f" (+{len(self.group_ids) - limit} more)" if len(self.group_ids) > limit else ""
+        return f"{self.check}: {len(self.group_ids)} row(s){': ' + shown if shown else ''}{more}" \
+               f"{' - ' + self.detail if self.detail else ''}"
+
+
+MERGED_DB = "ai_decisions.db"  # the merge's output: the production DB as publish would leave it
+
+
+def check_inputs(project: Project) -> None:
+    """Stop with one line when validate runs before the stages that make its inputs.
+
+    `dvc repro merge@<p>` makes them all: it runs every stage before the merge (scan,
+    group, extract, embed, predict), and those write every other table too."""
+    wanted = [project.output(name) for name in TABLES] + [project.out_dir / MERGED_DB]
+    missing = [p for p in wanted if not p.exists()]
+    if not missing:
+        return
+    names = [str(p.relative_to(project.root)) + (" (the merged DB)" if p.name == MERGED_DB
+                                                  else "") for p in missing]
+    raise ConfigError(f"project '{project.name}' has no {', '.join(names)}: run "
+                      f"`dvc repro merge@{project.name}` first (it runs the stages before it).")
+
+
+def read_tables(project: Project) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Every stage table, validated lazily; a broken one is an error."""
+    tables, errors = {}, []
+    for name, schema in TABLES.items():
+        try:
+            tables[name] = read_table(project.output(name), schema, name)
+        except ContractError as exc:
+            errors.append(str(exc))
+    return tables, errors
+
+
+def _coords(values: pd.Series) -> np.ndarray:
+    """Stored boxes as rows of 4 numbers, NaN where a box is missing or malformed."""
+    out = np.full((len(values), 4), np.nan)
+    for i, v in enumerate(values):
+        box = decode_box(v)
+        if box is not None:
+            out[i] = box
+    return out
+
+
+def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
+                     provenance: pd.DataFrame) -> list[Finding]:
+    """Groups whose kept final cannot be read: each reported by the merge as
+    final_unreadable, none written to the DB from the files."""
+    unreadable = set(truth.loc[truth["user_action"] == UNREADABLE, "group_id"])
+    reported = set(issues.loc[issues["kind"] == "final_unreadable", "group_id"])
+    written = set(provenance.loc[provenance["source"] == "backfill", "backfill_group_id"])
+    findings = []
+    if unreadable - reported:
+        findings.append(Finding("unreadable finals the merge did not report", "error",
+                                sorted(unreadable - reported), "expected kind final_unreadable"))
+    if unreadable & written:
+        findings.append(Finding("unreadable finals written to the DB", "error",
+                                sorted(unreadable & written), "their box is unknown"))
+    return findings
+
+
+def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
+                    approve_tolerance: float, groups: pd.DataFrame,
+                    backfill_ids: pd.Series, reported: set[str]) -> list[Finding]:
+    """Seed 000's validation queries and this project's own invariants over the emitted
+    rows. ``sources``: per row, where it came from (production rows only warn)."""
+    # A matched row keeps the person's values wherever the files had nothing to add.
+    live = sources.isin(["production", "legacy_csv", "merged"]).to_numpy()
+    findings = []
+
+    def add(check: str, bad: np.ndarray, detail: str = "") -> None:
+        for severity, mask in (("error", bad & ~live), ("warning", bad & live)):
+            if mask.any():
+                findings.append(Finding(check, severity, rows.loc[mask, "group_id"].tolist(),
+                                        detail))
+
+    add("crop rows without coordinates",
+        ((rows["user_action"] == "crop") & rows["final_crop_coords"].isna()).to_numpy(),
+        "seed 000: should be 0")
+    coords = _coords(rows["final_crop_coords"])
+    off = np.nan_to_num(np.abs(coords - FULL_FRAME).max(axis=1), nan=0.0) > approve_tolerance
+    add("approve rows not at full frame", (rows["user_action"] == "approve").to_numpy() & off,
+        f"a coordinate more than {approve_tolerance} from [0, 0, 1, 1]")
+    broken = violations(rows)
+    add("rows breaking seed 003's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
+        "; ".join(broken["detail"].head(3)))
+    # Names as the merge matched them: any form older tools wrote, case and folder
+    # prefixes aside, or the render's stem for a name logged with another extension.
+    known = name_keys(encode_images(sorted(scan_names)))
+    missing = rows["images"].map(lambda s: any(
+        not name_keys(encode_images([n])) & known for n in image_names(s))).to_numpy()
+    add("rows naming images the scan did not find", missing)
+    # Every group is in the DB once, or was reported by the merge and left alone.
+    held = set(backfill_ids.dropna())
+    lost = sorted(set(groups["group_id"]) - held - reported)
+    if lost:
+        findings.append(Finding("groups missing from the DB", "error", lost,
+                                "neither merged, added nor reported"))
+    twice = backfill_ids[backfill_ids.duplicated(keep=False) & backfill_ids.notna()]
+    if len(twice):
+        findings.append(Finding("groups in the DB twice", "error", sorted(set(twice))))
+    return findings
+
+
+@dataclass
+class Emitted:
+    rows: pd.DataFrame
+    provenance: pd.DataFrame
+    integrity: str
+
+
+def read_emitted(path: Path) -> Emitted:
+    """The merged DB (read-only); sqlite3.Error when it is not one the merge wrote."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows, _ = read_rows(conn)
+        provenance = pd.read_sql_query("SELECT * FROM backfill_provenance", conn)
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    except pd.errors.DatabaseError as exc:  # pandas wraps SQLite's error
+        raise sqlite3.DatabaseError(str(exc)) from None
+    finally:
+        conn.close()
+    return Emitted(rows, provenance, integrity)
+
+
+def project_metrics(tables: dict[str, pd.DataFrame], emitted: Emitted,
+                    settings: EvalSettings, findings: list[Finding]) -> dict:
+    """The figures `dvc metrics show/diff` compares across projects, commits and runs."""
+    truth, scan = tables["truth"], tables["scan"]
+    quality = evaluate(truth, tables["groups"], tables["predictions"], settings)
+    actions = truth["user_action"].value_counts()
+    return {
+        "groups": int(len(truth)),
+        **{a: int(actions.get(a, 0)) for a in ACTIONS},  # the DB's actions
+        "unreadable_finals": int(actions.get(UNREADABLE, 0)),  # in no DB row: see the report
+        **{k: quality[k] for k in ("selection_accuracy", "anomaly_accuracy", "crop_accuracy",
+                                   "mean_iou", "selection_n", "anomaly_n", "crop_n")},
+        "needs_review": int(truth["needs_review"].sum()),
+        "orphans": int((tables["finals"]["role"] == "orphan").sum()),
+        "unreadable_files": int((scan["status"] == "error").sum()),
+        "db_rows": int(len(emitted.rows)),
+        "warnings": int(sum(len(f.group_ids) for f in findings if f.severity == "warning")),
+    }
+
+
+def plot_data(tables: dict[str, pd.DataFrame], settings: EvalSettings) -> dict[str, pd.DataFrame]:
+    """Plot tables for `dvc plots`: IoU distribution, accuracy by kept stage, and the AI's
+    pick against the person's by stage."""
+    s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
+    edges = np.linspace(0, 1, 11)
+    counts, _ = np.histogram(s.loc[s["boxed"], "iou"].to_numpy(float), bins=edges)
+    labels = [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    iou_bins = pd.DataFrame({"iou": labels, "decisions": counts})
+    by_stage = (s.groupby("kept_stage")["right"].agg(["mean", "size"]).reset_index()
+                .rename(columns={"mean": "selection_accuracy", "size": "decisions"}))
+    by_stage["kept_stage"] = by_stage["kept_stage"].map(lambda v: f"stage {v:g}")
+    picks = pd.DataFrame({"ai_stage": s["ai_stage"].map(
+        lambda v: "none" if v is None or pd.isna(v) else f"stage {v:g}"),
+        "user_stage": s["kept_stage"].map(lambda v: f"stage {v:g}")})
+    return {"iou": iou_bins, "accuracy_by_stage": by_stage, "picks": picks}
+
+
+def run(project: Project) -> str:
+    from backfill.reports.report import write_report
+
+    started = time.perf_counter()
+    check_inputs(project)
+    tables, errors = read_tables(project)
+    db = project.out_dir / MERGED_DB
+    emitted = None
+    try:
+        emitted = read_emitted(db)
+    except sqlite3.Error as exc:
+        errors.append(f"the merged DB {db.relative_to(project.root)} cannot be read ({exc}): "
+                      f"run `dvc repro merge@{project.name}` to rebuild it")
+    if errors:
+        raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n"
+                            + "\n".join(errors))
+    if emitted.integrity != "ok":
+        errors.append(f"{db.name}: PRAGMA integrity_check says {emitted.integrity}")
+    sources = emitted.rows["group_id"].map(emitted.provenance.set_index("group_id")["source"])
+    originals = tables["scan"].loc[tables["scan"]["source"] == "original", "name"]
+    reported = set(tables["merge_issues"]["group_id"])
+    findings = check_decisions(
+        emitted.rows, sources.fillna("production"), set(originals),
+        float(project.cfg.extract.approve_tolerance), tables["groups"],
+        emitted.provenance["backfill_group_id"], reported)
+    findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
+    errors += [f.describe() for f in findings if f.severity == "error"]
+    if errors:
+        raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n  - "
+                            + "\n  - ".join(errors))
+    settings = EvalSettings.from_config(project.cfg.evaluate)
+    metrics = project_metrics(tables, emitted, settings, findings)
+    write_json(metrics, project.out_dir / "metrics.json")
+    plots = plot_data(tables, settings)
+    for name, frame in plots.items():
+        write_text(frame.to_csv(index=False), project.out_dir / "plots" / f"{name}.csv")
+    report = write_report(project, tables, metrics, findings, plots)
+    warned = sum(len(f.group_ids) for f in findings)
+    return (f"validate {project.name}: {len(TABLES)} tables and {len(emitted.rows):,} DB rows "
+            f"pass; {warned:,} warning(s) on production rows; "
+            f"{time.perf_counter() - started:.1f}s -> {report.relative_to(project.root)}")

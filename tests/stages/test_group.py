@@ -1,0 +1,247 @@
+"""The nearest-up rule: the reference's pinned cases, then whole generated projects."""
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from backfill.stages.group import (
+    ALONE,
+    SKIPPED,
+    GroupSettings,
+    exact_timestamp,
+    group_table,
+    nearest_up,
+)
+from backfill.stages.scan import ScanSettings, scan_project
+from tests.conftest import pipeline_config
+
+T0 = datetime(2025, 7, 8, 6, 0, 0)
+
+
+# The reference's defaults (as in conf/pipeline/default.yaml).
+DEFAULTS = dict(lookahead=50, time_gap_minutes=None, min_group_size=2, max_group_size=4)
+
+
+def groups_of(stages, minutes=None, **kw):
+    times = [T0 + timedelta(minutes=m) for m in (minutes or range(len(stages)))]
+    groups, left_out = nearest_up(stages, times, **{**DEFAULTS, **kw})
+    return [[stages[i] for i in g] for g in groups], left_out
+
+
+def test_waits_for_the_nearest_higher_stage():
+    assert groups_of([1, 3, 2, 3])[0] == [[1, 2, 3]]
+
+
+def test_the_stage_jumped_over_is_reported():
+    _, left_out = groups_of([1, 3, 2, 3])
+    assert left_out == {1: SKIPPED}
+
+
+def test_repeated_stage_restarts():
+    assert groups_of([3, 3, 2, 3])[0] == [[2, 3]]
+
+
+@pytest.mark.parametrize("stages", [[2, 2, 2], [3, 2, 1], [3, 2, 1.5, 1]])
+def test_equal_or_decreasing_stages_make_no_group(stages):
+    groups, left_out = groups_of(stages)
+    assert groups == []
+    assert set(left_out.values()) == {ALONE}
+
+
+def test_a_time_gap_splits_when_set():
+    assert groups_of([1, 2], minutes=[0, 3])[0] == [[1, 2]]
+    assert groups_of([1, 2], minutes=[0, 3], time_gap_minutes=2)[0] == []
+    assert groups_of([1, 2], minutes=[0, 1], time_gap_minutes=2)[0] == [[1, 2]]
+
+
+def test_lookahead_matters():
+    # stage1, then 15 stage3 renders, then a stage2: only a long window sees the stage2.
+    stages = [1.0] + [3.0] * 15 + [2.0]
+    short, _ = groups_of(stages, lookahead=10)
+    long, _ = groups_of(stages, lookahead=25)
+    assert short[0] == [1.0, 3.0]
+    assert long[0] == [1.0, 2.0]
+
+
+def test_groups_hold_at_most_max_group_size():
+    assert groups_of([1, 1.5, 2, 3, 4, 5])[0] == [[1, 1.5, 2, 3], [4, 5]]
+
+
+def test_min_group_size():
+    assert groups_of([1, 2, 1, 2, 3], min_group_size=3)[0] == [[1, 2, 3]]
+
+
+def test_exact_timestamp_groups_only_shared_timestamps():
+    stages = [1.0, 2.0, 2.0, 1.0, 1.0, 3.0]
+    stamps = ["a", "a", "a", "b", "c", "c"]
+    groups, left_out = exact_timestamp(stages, stamps, min_group_size=2, max_group_size=4)
+    assert groups == [[0, 1], [4, 5]]
+    assert set(left_out) == {2, 3}
+
+
+def settings(**kw) -> GroupSettings:
+    base = dict(method="nearest_up", id_format="{project}_group_{timestamp}", **DEFAULTS)
+    return GroupSettings(**{**base, **kw})
+
+
+SCAN = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True, 2, 10**8)
+
+
+def scan_of(project, tmp_path):
+    roots = {"original": project.original_dir, "final": project.final_dir}
+    return scan_project(roots, SCAN, tmp_path / "cache").table
+
+
+def test_generated_project_groups_equal_the_truth(small_project, tmp_path):
+    groups, ungrouped = group_table(scan_of(small_project, tmp_path), settings(), "p")
+    truth = {tuple(g.rel_paths) for g in small_project.groups}
+    assert {tuple(p) for p in groups["image_paths"]} == truth
+    # Files of one group are spread over subfolders: grouping ignores folders.
+    assert any(len({p.split("/")[0] for p in paths}) > 1 for paths in groups["image_paths"])
+    assert set(groups["group_id"]) == {f"p_group_{g.first_timestamp}" for g in small_project.groups}
+    # Every bad original is ungrouped, with a reason.
+    bad = set(small_project.bad_files)
+    assert bad <= set(ungrouped["rel_path"])
+    assert ungrouped["reason"].str.len().gt(0).all()
+
+
+def test_group_ids_stay_unique_when_the_format_repeats(small_project, tmp_path):
+    groups, _ = group_table(scan_of(small_project, tmp_path), settings(id_format="{project}"), "p")
+    assert groups["group_id"].is_unique
+    assert set(groups["group_id"]) == {"p"} | {f"p_{k}" for k in range(2, len(groups) + 1)}
+
+
+def test_exact_timestamp_option_on_a_project(small_project, tmp_path):
+    # Each stage carries its own timestamp, so exact grouping finds nothing here: the
+    # reason it is an option, never the default.
+    groups, ungrouped = group_table(
+        scan_of(small_project, tmp_path), settings(method="exact_timestamp"), "p"
+    )
+    assert len(groups) == 0
+    assert ungrouped["reason"].str.contains("no other stage shares its timestamp").any()
+
+
+def test_an_unreadable_render_keeps_its_place_in_its_group(small_project, tmp_path):
+    import shutil
+
+    project = tmp_path / "p"
+    shutil.copytree(small_project.root, project, symlinks=True)
+    group = next(g for g in small_project.groups if len(g.rel_paths) >= 3)
+    middle = project / "original" / group.rel_paths[1]
+    middle.write_bytes(middle.read_bytes()[:100])  # truncated on disk since
+    roots = {"original": project / "original", "final": project / "final"}
+    scan = scan_project(roots, SCAN, tmp_path / "c").table
+    groups, ungrouped = group_table(scan, settings(), "p")
+    row = groups.set_index("group_id").loc[f"p_group_{group.first_timestamp}"]
+    assert list(row.image_paths) == group.rel_paths  # same members, same indexes
+    assert list(row.unreadable) == [group.rel_paths[1]]
+    assert row.widths[1] is None and row.heights[1] is None
+    assert group.rel_paths[1] not in set(ungrouped.rel_path)
+
+
+def test_a_zero_time_gap_splits_any_gap():
+    assert groups_of([1, 2], minutes=[0, 1], time_gap_minutes=0)[0] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"lookahead": 0}, "lookahead"), ({"max_group_size": 5}, "0-3"),
+     ({"min_group_size": 3, "max_group_size": 2}, "min_group_size"),
+     ({"min_group_size": 1}, "min_group_size"), ({"method": "x"}, "method")],
+)
+def test_bad_group_settings_are_refused(change, message):
+    from omegaconf import OmegaConf
+
+    from backfill.config.errors import ConfigError
+
+    cfg = pipeline_config().group
+    with pytest.raises(ConfigError, match=message):
+        GroupSettings.from_config(OmegaConf.merge(cfg, change))
+
+
+def _two_sources(tmp_path, folders: dict[str, int]):
+    """An original folder holding generated projects side by side, one per subfolder
+    (``name -> seed``): the same names, other pictures. Returns the generated projects."""
+    import shutil
+
+    from backfill.demo.synthetic import make_project
+
+    root = tmp_path / "p"
+    (root / "final").mkdir(parents=True)
+    made = {}
+    for folder, seed in folders.items():
+        gen = make_project(tmp_path / f"gen_{folder}", n_groups=4, seed=seed, scale=0.05,
+                           bad_files=False, companions=False, variants=False)
+        shutil.copytree(gen.original_dir, root / "original" / folder)
+        made[folder] = gen
+    return root, made
+
+
+def _scan_and_group(root, tmp_path):
+    roots = {"original": root / "original", "final": root / "final"}
+    return group_table(scan_project(roots, SCAN, tmp_path / "cache").table, settings(), "p")
+
+
+def test_a_name_clash_never_mixes_two_sources(tmp_path):
+    # Two machines wrote the same timestamped names with other pictures. Machine b's
+    # last two groups were taken a day later, so only its first two groups clash.
+    root, made = _two_sources(tmp_path, {"machine_a": 1, "machine_b": 2})
+    later = {p for g in made["machine_b"].groups[2:] for p in g.rel_paths}
+    for rel in later:
+        path = root / "original" / "machine_b" / rel
+        path.rename(path.with_name(path.name.replace("20250708_", "20250709_")))
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+
+    def on_disk(folder, rel):
+        moved = folder == "machine_b" and rel in later
+        return f"{folder}/{rel.replace('20250708_', '20250709_') if moved else rel}"
+
+    clashing = {p.rsplit("/", 1)[1] for g in made["machine_b"].groups[:2] for p in g.rel_paths}
+    clashing &= {p.rsplit("/", 1)[1] for g in made["machine_a"].groups for p in g.rel_paths}
+    assert clashing
+    expected = {tuple(on_disk(folder, p) for p in g.rel_paths)
+                for folder, gen in made.items() for g in gen.groups
+                if not {p.rsplit("/", 1)[1] for p in g.rel_paths} & clashing}
+    assert {tuple(p) for p in groups["image_paths"]} == expected
+    assert len(expected) == 2 + 2  # machine a's last two groups, machine b's (renamed)
+    assert not any({p.split("/")[0] for p in g} == {"machine_a", "machine_b"}
+                   for g in groups["image_paths"])
+    why = ungrouped.set_index("rel_path")["reason"]
+    for folder, other in (("machine_a", "machine_b"), ("machine_b", "machine_a")):
+        for g in made[folder].groups[:2]:
+            for p in g.rel_paths:
+                name = p.rsplit("/", 1)[1]
+                if name in clashing:
+                    assert why[f"{folder}/{p}"].startswith(f"name clash: {name} also in {other}/")
+                    assert "with other pixels" in why[f"{folder}/{p}"]
+                else:  # a member of a group that held a clashing name
+                    assert why[f"{folder}/{p}"].startswith("its group held ")
+    # Nothing lost: every original is in a group or ungrouped with its reason.
+    in_groups = {p for g in groups["image_paths"] for p in g}
+    assert len(in_groups) + len(ungrouped) == sum(len(g.rel_paths) for gen in made.values()
+                                                  for g in gen.groups)
+
+
+def test_identical_copies_are_grouped_once_and_are_no_clash(tmp_path):
+    import shutil
+
+    root, made = _two_sources(tmp_path, {"machine_a": 1})
+    shutil.copytree(root / "original" / "machine_a", root / "original" / "machine_a_backup")
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+    truth = {tuple(f"machine_a/{p}" for p in g.rel_paths) for g in made["machine_a"].groups}
+    assert {tuple(p) for p in groups["image_paths"]} == truth
+    assert ungrouped["rel_path"].str.startswith("machine_a_backup/").all()
+    assert len(ungrouped) == sum(len(g) for g in truth)
+    assert ungrouped["reason"].str.startswith("copy of machine_a/").all()
+    assert not ungrouped["reason"].str.contains("clash").any()
+
+
+def test_clash_folders_are_where_the_copies_paths_part():
+    from backfill.stages.group import clash_folders, partitions
+
+    assert clash_folders(["a/x/n.png", "b/x/n.png"]) == ["a/", "b/"]
+    assert clash_folders(["m/a/n.png", "m/b/n.png"]) == ["m/a/", "m/b/"]
+    # A copy at the top: only the other side is a folder of its own.
+    assert clash_folders(["n.png", "b/n.png"]) == ["b/"]
+    assert partitions(["a/x/1.png", "b/2.png", "c/3.png", "a/4.png"], ["a/", "a/x/", "b/"]) \
+        == ["a/x/", "b/", "", "a/"]

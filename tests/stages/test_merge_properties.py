@@ -1,0 +1,241 @@
+"""Properties of merge + publish over random production DBs and backfills (hypothesis):
+no row lost, no timestamp changed, every live AI value kept, the backup identical to the
+DB before, and the DB after equal to the plan's merged rows."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backfill.db.cells import name_keys
+from backfill.db.schema import ACTIONS, COLUMNS, create, insert_rows, read_rows
+from backfill.demo.production import decision_tables
+from backfill.files.atomic import write_parquet
+from backfill.production.publish import REWRITTEN_HEADER, publish_plan
+from backfill.stages.merge import MergeSettings, plan_merge
+
+SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
+NAMES = [f"2025070{d}_0{h}0000_stage{s}.png" for d in (1, 2) for h in (1, 2, 3) for s in (1, 2)]
+AI = ["ai_selected_index", "ai_crop_coords", "ai_confidence"]
+
+unit = st.floats(0, 1, allow_nan=False).map(lambda v: round(v, 3))
+boxes = st.tuples(unit, unit, unit, unit).map(
+    lambda b: json.dumps([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]),
+                          max(b[1], b[3])]))
+times = st.sampled_from(["2025-10-01T10:00:00Z", "2025-10-02T11:30:05Z", "2026-01-03T00:00:00Z"])
+
+pytestmark = pytest.mark.slow  # property runs over thousands of rows, kill tests
+
+
+def maybe(strategy):
+    return st.none() | strategy
+
+
+@st.composite
+def decision(draw, gid: str) -> dict:
+    action = draw(st.sampled_from(ACTIONS))
+    return {
+        "group_id": gid, "timestamp": draw(times), "project_id": "p",
+        "directory": draw(maybe(st.sampled_from(["batch_00", "batch_01"]))),
+        "batch_number": draw(maybe(st.integers(0, 3))),
+        "images": json.dumps(draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=4,
+                                           unique=True))),
+        "ai_selected_index": draw(maybe(st.integers(0, 3))),
+        "ai_crop_coords": draw(maybe(boxes)),
+        "ai_confidence": draw(maybe(unit)),
+        "user_selected_index": draw(st.integers(0, 3)), "user_action": action,
+        "ai_crop_accepted": draw(maybe(st.booleans())),
+        "final_crop_coords": None if action == "reject" else draw(maybe(boxes)),
+        "crop_timestamp": draw(maybe(times)),
+        "image_width": draw(st.sampled_from([832, 1216, 3072])),
+        "image_height": draw(st.sampled_from([832, 1216, 3072])),
+        "selection_match": draw(maybe(st.booleans())), "crop_match": draw(maybe(st.booleans())),
+    }
+
+
+# How older tools wrote a row's images (issue 12): each must match like the JSON form.
+FORMS = {
+    "json": json.dumps,
+    "repr": repr,
+    "prefixed": lambda names: json.dumps([f"batch_00/{n}" for n in names]),
+    "upper": lambda names: json.dumps([n.upper() for n in names]),
+    "jpg": lambda names: json.dumps([n.replace(".png", ".jpg") for n in names]),
+}
+
+
+@st.composite
+def tables(draw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    n_prod, n_back = draw(st.integers(0, 7)), draw(st.integers(0, 7))
+    prod = [draw(decision(f"live_{i}")) for i in range(n_prod)]
+    for r in prod:
+        r["images"] = FORMS[draw(st.sampled_from(sorted(FORMS)))](json.loads(r["images"]))
+    # Backfilled ids sometimes equal a live id: a key collision must never overwrite.
+    back = [draw(decision(draw(st.sampled_from([f"p_group_{i}", f"live_{i}"]))))
+            for i in range(n_back)]
+    back = list({r["group_id"]: r for r in back}.values())
+    return (pd.DataFrame(prod, columns=COLUMNS, dtype=object),
+            pd.DataFrame(back, columns=COLUMNS, dtype=object))
+
+
+def write_db(path: Path, rows: pd.DataFrame) -> None:
+    with sqlite3.connect(path) as conn:
+        create(conn)
+        insert_rows(conn, rows)
+    conn.close()
+
+
+def as_stored(rows: pd.DataFrame) -> list[tuple]:
+    """Rows as SQLite gives them back: booleans as 0/1, sorted by group_id."""
+    def value(v):
+        return int(v) if isinstance(v, bool) else v
+    return sorted(tuple(value(v) for v in r) for r in rows[COLUMNS].itertuples(index=False))
+
+
+def masked(data: bytes) -> bytes:
+    out = bytearray(data)
+    for start, end in REWRITTEN_HEADER:
+        out[start:end] = bytes(end - start)
+    return bytes(out)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables())
+def test_publish_loses_nothing_live_and_applies_exactly_the_plan(data):
+    production, backfill = data
+    plan = plan_merge(backfill, production, SETTINGS)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "live.db"
+        write_db(db, production)
+        before = db.read_bytes()
+        done = publish_plan(db, plan.changes)
+        with sqlite3.connect(db) as conn:
+            after, _ = read_rows(conn)
+        conn.close()
+        if done.backup is not None:
+            assert masked(done.backup.read_bytes()) == masked(before)
+        else:
+            assert plan.changes.empty and db.read_bytes() == before
+    after = after.set_index("group_id")
+    live = production.set_index("group_id")
+    assert set(live.index) <= set(after.index)  # no row lost
+    for gid, row in live.iterrows():
+        assert after.at[gid, "timestamp"] == row["timestamp"]
+        for col in ["crop_timestamp", *AI]:
+            if row[col] is not None:  # never overwritten
+                assert after.at[gid, col] == row[col], (gid, col)
+        for col in ["user_action", "user_selected_index", "images"]:
+            assert after.at[gid, col] == row[col]
+    assert as_stored(after.reset_index()) == as_stored(plan.merged)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tables())
+def test_every_backfilled_group_is_matched_added_or_reported(data):
+    production, backfill = data
+    plan = plan_merge(backfill, production, SETTINGS)
+    added = set(plan.changes.loc[plan.changes["rule"] == "added", "group_id"])
+    matched = set(plan.pairs["backfill_id"])
+    reported = set(plan.issues["group_id"])
+    live_names = {n for s in production["images"] for n in name_keys(s)}
+    for _, r in backfill.iterrows():
+        gid, names = r["group_id"], name_keys(r["images"])
+        assert gid in added or gid in matched or gid in reported or names & live_names
+        assert not (gid in added and names & live_names)  # a live image never twice
+    assert len(plan.merged) == len(production) + len(added)
+    assert plan.merged["group_id"].is_unique
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+import pandas as pd
+from backfill.production.publish import publish_plan
+changes = pd.read_parquet(sys.argv[2])
+print("ready", flush=True)
+start = float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.001)
+try:
+    publish_plan(Path(sys.argv[1]), changes, lock_timeout=20)
+except Exception as exc:
+    print(f"refused: {exc.__class__.__name__}: {exc}", flush=True)
+    sys.exit(3)
+print("done", flush=True)
+"""
+
+
+def publisher(db: Path, plan: Path, start: float = 0.0) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(plan), str(start)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def content(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:  # opening rolls back a killed transaction's journal
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        schema = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+        rows = conn.execute("SELECT * FROM ai_decisions ORDER BY group_id").fetchall()
+    conn.close()
+    return schema + rows
+
+
+@pytest.fixture(scope="module")
+def big_plan(tmp_path_factory):
+    """A 3,000-row live DB and a plan of ~9,000 changes; the DB before and after."""
+    tmp = tmp_path_factory.mktemp("kill")
+    production, backfill = decision_tables(3000, 3000, 2, SETTINGS.crop_tolerance)
+    plan = plan_merge(backfill, production, SETTINGS)
+    write_db(tmp / "before.db", production)
+    plan_path = tmp / "plan.parquet"
+    write_parquet(plan.changes, plan_path)
+    shutil.copy(tmp / "before.db", tmp / "after.db")
+    proc = publisher(tmp / "after.db", plan_path)
+    started = time.perf_counter()  # from "ready" to "done": the publish itself
+    assert proc.stdout.readline().strip() == "done"
+    took = time.perf_counter() - started
+    assert proc.wait() == 0
+    return SimpleNamespace(tmp=tmp, plan=plan_path, before=content(tmp / "before.db"),
+                           after=content(tmp / "after.db"), seconds=took)
+
+
+def test_a_publish_killed_at_any_moment_leaves_the_db_before_or_after(big_plan):
+    rng = random.Random(11)
+    outcomes = []
+    for i in range(10):
+        db = big_plan.tmp / f"kill{i}.db"
+        shutil.copy(big_plan.tmp / "before.db", db)
+        proc = publisher(db, big_plan.plan)
+        time.sleep(rng.uniform(0, big_plan.seconds * 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        now = content(db)
+        assert now in (big_plan.before, big_plan.after), f"kill {i}: DB in between"
+        outcomes.append("after" if now == big_plan.after else "before")
+    print(f"killed publishes: {outcomes.count('before')} left as before, "
+          f"{outcomes.count('after')} fully applied")
+
+
+def test_two_publishes_at_once_cannot_both_apply(big_plan):
+    db = big_plan.tmp / "twice.db"
+    shutil.copy(big_plan.tmp / "before.db", db)
+    start = time.time() + 1.0
+    procs = [publisher(db, big_plan.plan, start) for _ in range(2)]
+    results = sorted((p.wait(), p.stdout.read()) for p in procs)
+    assert [code for code, _ in results] == [0, 3]
+    assert "changed since the merge was planned" in results[1][1]
+    assert content(db) == big_plan.after

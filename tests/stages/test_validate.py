@@ -1,0 +1,158 @@
+"""validate: contracts and seed 000's checks stop the stage with a readable message;
+metrics, plot data and an HTML report that renders in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+
+import pandas as pd
+import pytest
+
+from backfill.contracts.tables import ContractError
+from backfill.demo.production import make_production_db
+from backfill.files.atomic import write_parquet
+from tests.production.test_publish import make_stage_project
+
+
+@pytest.fixture
+def validated(tmp_path, recovered):
+    from backfill.stages.merge import run as merge
+    from backfill.stages.validate import run as validate
+
+    live = make_production_db(recovered.gen, tmp_path / "live.db", seed=5)
+    project = make_stage_project(tmp_path, recovered, real_db=live.path)
+    # Upstream tables the merge does not need but validate checks.
+    from backfill.stages.extract.stage import ExtractSettings, extract_project
+    from backfill.stages.group import GroupSettings, group_table
+
+    cfg = recovered.cfg
+    groups, ungrouped = group_table(recovered.scan, GroupSettings.from_config(cfg.group), "p")
+    finals = extract_project(groups, recovered.scan, ungrouped,
+                             ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
+                             recovered.gen.original_dir,
+                             recovered.gen.final_dir, tmp_path / "cache").finals
+    write_parquet(ungrouped, project.output("ungrouped"))
+    write_parquet(finals, project.output("finals"))
+    write_parquet(pd.DataFrame({"content_hash": pd.Series(dtype="str"),
+                                "embedding": pd.Series(dtype=object),
+                                "model_id": pd.Series(dtype="str")}),
+                  project.output("embeddings"))
+    merge(project)
+    return project, validate
+
+
+def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
+    project, validate = validated
+    message = validate(project)
+    assert message.startswith("validate p: 9 tables and 30 DB rows pass")
+    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    gen = recovered.gen.groups
+    assert metrics["groups"] == len(gen) == metrics["db_rows"]
+    for action in ("approve", "crop", "reject"):
+        assert metrics[action] == sum(g.action == action for g in gen)
+    assert metrics["unreadable_files"] == 4  # the generator's undecodable files
+    iou = pd.read_csv(project.out_dir / "plots" / "iou.csv")
+    assert iou["decisions"].sum() == metrics["crop_n"]
+    picks = pd.read_csv(project.out_dir / "plots" / "picks.csv")
+    assert len(picks) == metrics["selection_n"]
+    assert (project.out_dir / "report.html").stat().st_size > 10_000
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on PATH (`make test` installs Debian's package only as root)")
+    return path
+
+
+def open_in_chromium(path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and the console messages of the page."""
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--enable-logging=stderr", "--log-level=0", "--dump-dom",
+                           path.as_uri()], capture_output=True, text=True, timeout=120)
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return proc.stdout, console
+
+
+@pytest.mark.slow  # starts a browser
+def test_the_report_renders_in_chromium_with_the_right_counts(validated, tmp_path):
+    project, validate = validated
+    validate(project)
+    dom, console = open_in_chromium(project.out_dir / "report.html")
+    assert console == []
+    assert 'data-rendered="' in dom  # its script ran to the end
+    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', dom))
+    for key in ("groups", "approve", "crop", "reject", "unreadable_finals", "needs_review",
+                "orphans", "unreadable_files", "db_rows"):
+        assert int(shown[key]) == metrics[key], key
+    assert not re.search(r'(src|href)="(https?:)?//', dom)  # nothing loads from outside
+    # The checker does see a broken page.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>undefinedFn();</script></body></html>")
+    assert any("undefinedFn" in line for line in open_in_chromium(bad)[1])
+
+
+def test_a_corrupted_value_stops_validation_naming_table_column_and_value(validated):
+    project, validate = validated
+    truth = pd.read_parquet(project.output("truth"))
+    truth.loc[0, "user_action"] = "skipped"
+    write_parquet(truth, project.output("truth"))
+    with pytest.raises(ContractError) as err:
+        validate(project)
+    text = str(err.value)
+    assert "table 'truth'" in text and "column 'user_action'" in text and "'skipped'" in text
+
+
+def test_seed_000s_db_checks_fail_the_stage(validated):
+    project, validate = validated
+    db = project.out_dir / "ai_decisions.db"
+    with sqlite3.connect(db) as conn:
+        gid = conn.execute("SELECT d.group_id FROM ai_decisions d JOIN backfill_provenance p "
+                           "USING (group_id) WHERE user_action = 'crop' AND "
+                           "p.source = 'backfill' LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE ai_decisions SET final_crop_coords = NULL WHERE group_id = ?",
+                     (gid,))
+    conn.close()
+    with pytest.raises(ContractError, match=f"crop rows without coordinates: 1 row\\(s\\): {gid}"):
+        validate(project)
+
+
+def test_an_unreadable_final_must_be_reported_by_the_merge_and_not_written():
+    from backfill.stages.validate import check_unreadable
+
+    truth = pd.DataFrame({"group_id": ["g1", "g2"], "user_action": ["unreadable", "crop"]})
+    reported = pd.DataFrame({"kind": ["final_unreadable"], "group_id": ["g1"], "detail": ["x"]})
+    nothing = pd.DataFrame({"group_id": ["r2"], "source": ["backfill"],
+                            "backfill_group_id": ["g2"]})
+    assert check_unreadable(truth, reported, nothing) == []
+    unreported = check_unreadable(truth, reported.assign(kind="pick_differs"), nothing)
+    assert [f.check for f in unreported] == ["unreadable finals the merge did not report"]
+    written = check_unreadable(truth, reported, pd.concat([nothing, pd.DataFrame(
+        {"group_id": ["r1"], "source": ["backfill"], "backfill_group_id": ["g1"]})]))
+    assert [(f.check, f.group_ids) for f in written] == [
+        ("unreadable finals written to the DB", ["g1"])]
+
+
+def test_rows_naming_images_in_older_forms_are_found_in_the_scan():
+    """validate reads `images` with the merge's one reader: repr lists, folder prefixes,
+    other case and another extension are the same renders, not missing ones."""
+    from backfill.db.schema import COLUMNS
+    from backfill.stages.validate import check_decisions
+
+    names = ["20250101_000000_stage1_generated.png", "20250101_000015_stage2_upscaled.png"]
+    forms = [json.dumps(names), repr(names), json.dumps([f"batch_00/{n}" for n in names]),
+             json.dumps([n.upper().replace(".PNG", ".png") for n in names][:1] + names[1:]),
+             json.dumps([n.replace(".png", ".jpg") for n in names]), '["gone.png"]']
+    rows = pd.DataFrame([{c: None for c in COLUMNS} | {
+        "group_id": f"g{i}", "images": form, "user_action": "reject",
+        "user_selected_index": 0} for i, form in enumerate(forms)], columns=COLUMNS)
+    found = check_decisions(rows, pd.Series(["backfill"] * len(rows)), set(names), 0.02,
+                            pd.DataFrame({"group_id": rows["group_id"]}), rows["group_id"],
+                            set())
+    missing = [f for f in found if f.check == "rows naming images the scan did not find"]
+    assert [f.group_ids for f in missing] == [["g5"]]
