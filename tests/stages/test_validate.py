@@ -62,6 +62,30 @@ def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
     assert (project.out_dir / "report.html").stat().st_size > 10_000
 
 
+def test_a_rerun_draws_no_thumbnail_twice_and_the_report_is_the_same(validated,
+                                                                      monkeypatch):
+    from backfill.reports import report
+
+    project, validate = validated
+    decoded = []
+    real = report.decode
+    monkeypatch.setattr(report, "decode", lambda *a: decoded.append(a[0]) or real(*a))
+    validate(project)
+    first = (project.out_dir / "report.html").read_bytes()
+    assert decoded, "the first run draws its thumbnails"
+    drawn = len(decoded)
+    decoded.clear()
+    validate(project)  # a re-run, e.g. after a tolerance change elsewhere
+    assert decoded == []
+    assert (project.out_dir / "report.html").read_bytes() == first
+    # Without the cache every thumbnail is drawn again, to the same bytes.
+    for path in (project.cache_dir / "thumbnail").iterdir():
+        path.unlink()
+    validate(project)
+    assert len(decoded) == drawn
+    assert (project.out_dir / "report.html").read_bytes() == first
+
+
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:

@@ -21,7 +21,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -34,9 +34,10 @@ from backfill.files.atomic import write_parquet
 _PART_NUMBERS = itertools.count()  # unique part names within one process
 
 
-def code_version(*modules: ModuleType) -> str:
-    """A short hash of the modules' source: results made by other code are never reused."""
-    source = "".join(inspect.getsource(m) for m in modules)
+def code_version(*code: ModuleType | Callable) -> str:
+    """A short hash of the source of modules or functions: results made by other code are
+    never reused."""
+    source = "".join(inspect.getsource(m) for m in code)
     return blake3.blake3(source.encode()).hexdigest()[:12]
 
 

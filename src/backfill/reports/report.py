@@ -5,7 +5,8 @@ the AI and the person disagree, every needs-review case with the located box dra
 its original, kept finals that cannot be read (in no DB row until fixed), orphans and
 unreadable files with their reasons, and what validation warned about. Images are inline
 JPEG thumbnails, so the file works anywhere; each is decoded through imageinfo.decode
-with scan.max_pixels, and one that cannot be shows a placeholder.
+with scan.max_pixels, and one that cannot be shows a placeholder. Thumbnails are cached
+by the file's content hash, size and box (Thumbnails), so a re-run draws only new ones.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from backfill.config.project import Project
 from backfill.contracts.schemas import UNREADABLE
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
+from backfill.files.resultcache import ResultCache, code_version
 from backfill.models.evaluate import EvalSettings, percent, scored
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
@@ -48,6 +50,42 @@ def thumbnail(path: Path, px: int, max_pixels: int, box: list[float] | None = No
     return f"data:image/jpeg;base64,{base64.b64encode(jpeg.tobytes()).decode()}" if ok else None
 
 
+class Thumbnails:
+    """``thumbnail`` for the report, cached under the cache folder by (content hash, long
+    side, box, max_pixels): a re-run after a tolerance change decodes only the images it
+    has not drawn before. A file the scan has no hash for is drawn every time."""
+
+    def __init__(self, cache_dir: Path, max_pixels: int, hashes: dict[Path, str]) -> None:
+        self.max_pixels = max_pixels
+        self.hashes = hashes
+        self.cache = ResultCache(
+            cache_dir / "thumbnail" / f"{code_version(thumbnail)}-m{max_pixels}.parquet",
+            ["content_hash", "px", "box"],
+            {"content_hash": "str", "px": "int64", "box": "str", "uri": "str"})
+        known = self.cache.known
+        self.known = dict(zip(zip(known["content_hash"], known["px"], known["box"]),
+                              known["uri"], strict=True))
+        self.drawn = 0
+
+    def __call__(self, path: Path, px: int, box: list[float] | None = None) -> str | None:
+        digest = self.hashes.get(path)
+        drawn = box is not None and not any(pd.isna(v) for v in box)
+        box_key = ",".join(f"{float(v):.6f}" for v in box) if drawn else ""
+        key = (digest, px, box_key)
+        if digest is not None and key in self.known:
+            return self.known[key] or None
+        uri = thumbnail(path, px, self.max_pixels, box)
+        self.drawn += 1
+        if digest is not None:
+            self.known[key] = uri or ""
+            self.cache.add({"content_hash": digest, "px": px, "box": box_key,
+                            "uri": uri or ""})
+        return uri
+
+    def save(self) -> None:
+        self.cache.save()
+
+
 def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) -> str:
     """A horizontal bar chart as inline SVG."""
     import matplotlib
@@ -69,7 +107,7 @@ def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) ->
 
 
 def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
-                  px: int, max_pixels: int, limit: int) -> tuple[list[dict], int]:
+                  px: int, thumbs: Thumbnails, limit: int) -> tuple[list[dict], int]:
     """Groups where the AI picked another image than the person: a strip each."""
     s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
     wrong = s[~s["right"] & s["ai_selected_index"].notna()]
@@ -78,15 +116,15 @@ def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, origi
     for r in wrong.head(limit).itertuples():
         g = members.loc[r.group_id]
         strips.append({"group_id": r.group_id, "images": [
-            {"src": thumbnail(original / p, px, max_pixels), "stage": stage, "name": name,
+            {"src": thumbs(original / p, px), "stage": stage, "name": name,
              "user": i == int(r.user_selected_index), "ai": i == int(r.ai_selected_index)}
             for i, (p, name, stage) in enumerate(zip(g["image_paths"], g["image_names"],
                                                      g["stages"], strict=True))]})
     return strips, len(wrong)
 
 
-def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int, max_pixels: int,
-                 limit: int) -> tuple[list[dict], int]:
+def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
+                 thumbs: Thumbnails, limit: int) -> tuple[list[dict], int]:
     """Every needs-review decision: the original with the located box, and the final."""
     cases = truth[truth["needs_review"]]
     out = []
@@ -96,9 +134,9 @@ def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int, max_
             "group_id": r.group_id, "action": r.user_action, "reason": r.review_reason,
             "confidence": "n/a" if pd.isna(r.confidence) else f"{r.confidence:.3f}",
             # "" when there is no file to show, None when it cannot be read.
-            "original": thumbnail(original / r.original_path, px * 2, max_pixels, box)
+            "original": thumbs(original / r.original_path, px * 2, box)
             if isinstance(r.original_path, str) else "",
-            "final": thumbnail(final / r.final_path, px * 2, max_pixels)
+            "final": thumbs(final / r.final_path, px * 2)
             if isinstance(r.final_path, str) else "",
         })
     return out, len(cases)
@@ -121,9 +159,17 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
     max_pixels = int(project.cfg.scan.max_pixels)
     original, final = project.path("original_dir"), project.path("final_dir")
     settings = EvalSettings.from_config(project.cfg.evaluate)
-    strips, n_wrong = disagreements(tables, settings, original, px, max_pixels, limit)
-    reviews, n_review = review_cases(tables["truth"], original, final, px, max_pixels, limit)
     scan, finals = tables["scan"], tables["finals"]
+    hashed = scan[scan["content_hash"].notna()]
+    folder = {"original": original, "final": final}
+    thumbs = Thumbnails(project.cache_dir, max_pixels, {
+        folder[s] / r: h for s, r, h in zip(hashed["source"], hashed["rel_path"],
+                                            hashed["content_hash"], strict=True)})
+    try:
+        strips, n_wrong = disagreements(tables, settings, original, px, thumbs, limit)
+        reviews, n_review = review_cases(tables["truth"], original, final, px, thumbs, limit)
+    finally:
+        thumbs.save()
     merge_path = project.out_dir / "merge_summary.json"
     iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
     charts = [
