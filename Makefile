@@ -95,6 +95,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_merge.py
+	$(BIN)/python benchmarks/bench_pipeline.py
 
 # Re-pin every package for every platform after changing pyproject.toml's dependencies
 # (the versions already in the lock are kept where they still fit). Needs uv.

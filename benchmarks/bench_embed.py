@@ -50,6 +50,7 @@ OUT = HERE / "out" / "embed_renders"
 GROUP = [(1.0, 832, 1216), (1.5, 832, 1216), (2.0, 1664, 2432), (3.0, 3072, 3072)]
 TARGET = 0.8  # the target for embed / decode only
 MiB = 1024 * 1024
+MAX_PIXELS = 100_000_000  # conf/pipeline/default.yaml's scan.max_pixels
 
 
 def _png(img) -> bytes:
@@ -190,7 +191,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     settings = ClipSettings(model="ViT-B-32", pretrained=None, seed=0, device=device,
-                            batch_size=args.batch_size, workers=args.workers, precision="fp32")
+                            batch_size=args.batch_size, workers=args.workers, precision="fp32",
+                            max_pixels=MAX_PIXELS)
     window = 2 * settings.batch_size  # as embed_files prefetches
     rss_start = rss()
     start = time.perf_counter()
@@ -215,7 +217,7 @@ def main() -> None:
           f"{warm_s:.2f}s (warm-up, not timed below)")
 
     def prepared(path: Path):
-        return preprocess(decode_rgb(path))
+        return preprocess(decode_rgb(path, settings.max_pixels))
 
     tensors = list(prefetch(prepared, paths, settings.workers, window))
     errors: list[str] = []
@@ -230,7 +232,8 @@ def main() -> None:
 
     phases: dict[str, Callable[[], int]] = {
         "embed": embed,
-        "decode only": lambda: consume(prefetch(decode_rgb, paths, settings.workers, window)),
+        "decode only": lambda: consume(prefetch(
+            lambda p: decode_rgb(p, settings.max_pixels), paths, settings.workers, window)),
         "decode + preprocess": lambda: consume(
             prefetch(prepared, paths, settings.workers, window)),
         "model only": lambda: encode_batches(tensors, model, device, settings.batch_size),

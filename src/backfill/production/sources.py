@@ -38,7 +38,7 @@ class Production:
     missing_columns: list[str] = field(default_factory=list)
     imported: set[str] = field(default_factory=set)  # group ids from the CSV only
     issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
-    identity: dict | None = None  # the DB read (decisiondb.identity), for the plan
+    identity: dict | None = None  # the DB read (db.schema.identity), for the plan
 
 
 def _names(images: pd.Series) -> pd.Series:

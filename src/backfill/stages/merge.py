@@ -231,7 +231,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     becomes one "imported" row carrying its merged values.
     ``reasons``: why a backfilled group's final is unreadable (user_action
     'unreadable'): such a group is reported, never written, and its live row left alone.
-    ``identity``: the production DB the plan is made against (decisiondb.identity):
+    ``identity``: the production DB the plan is made against (db.schema.identity):
     recorded as the plan's first row, for publish to refuse any other DB.
     """
     from backfill.db.schema import ACTIONS, ADDABLE, DecisionDBError, violations
