@@ -66,10 +66,11 @@ test: $(STAMP) chromium
 	$(BIN)/lint-imports
 	$(BIN)/pytest
 
-# The quick loop while working: layers, then every test not marked slow (no dvc runs).
+# The quick loop while working: layers, then every test not marked slow (no dvc runs,
+# no CLI subprocesses), one pytest worker per core.
 test-fast: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n auto
 
 # The report test opens the HTML report in headless Chromium. Installed only where that
 # needs no password (root with apt-get: CI and the development machines); anywhere else
