@@ -67,6 +67,8 @@ def plain(value):
 
 
 def plan_cells(ids, column: str, old, new, rule: str) -> pd.DataFrame:
+    """One plan row per group in ``ids``: ``column`` going from ``old`` to ``new`` by
+    ``rule``, values encoded."""
     return pd.DataFrame({"group_id": list(ids), "column": column,
                          "old": [encode(v) for v in old], "new": [encode(v) for v in new],
                          "rule": rule}, columns=PLAN_COLUMNS)

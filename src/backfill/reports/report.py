@@ -63,8 +63,8 @@ class Thumbnails:
             ["content_hash", "px", "box"],
             {"content_hash": "str", "px": "int64", "box": "str", "uri": "str"})
         known = self.cache.known
-        self.known = dict(zip(zip(known["content_hash"], known["px"], known["box"]),
-                              known["uri"], strict=True))
+        keys = zip(known["content_hash"], known["px"].astype(int), known["box"], strict=True)
+        self.known = dict(zip(keys, known["uri"], strict=True))
         self.drawn = 0
 
     def __call__(self, path: Path, px: int, box: list[float] | None = None) -> str | None:
