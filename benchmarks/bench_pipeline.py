@@ -78,6 +78,7 @@ import yaml
 from bench_embed import consume, encode_batches, warm_page_cache
 from timing import peak_rss_mib, timed
 
+from backfill.demo.workspace import scratch_repo
 from backfill.pipeline import STAGES
 
 HERE = Path(__file__).resolve().parent
@@ -259,27 +260,7 @@ def generate(folder: Path, n_groups: int, scale: float, seed: int) -> Project:
 def make_repo(dst: Path, project: Project) -> Path:
     """A copy of this repository's pipeline with no projects but ``bench``; its own git
     and DVC; the production DB copied in (a --keep'd copy may be published to)."""
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.mkdir(parents=True)
-    for item in ["conf", "src", "dvc.yaml", ".dvcignore"]:
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / item)
-    (dst / "data" / "models").mkdir(parents=True)  # the predict stages depend on it
-    (dst / "data" / "models" / "README.md").write_text("checkpoints\n")
-    (dst / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy2(REPO / ".dvc" / name, dst / ".dvc" / name)
-    cfg = dst / "conf" / "config.yaml"
-    cfg.write_text("".join(line for line in cfg.read_text().splitlines(keepends=True)
-                           if "project@projects." not in line))
-    for conf in (dst / "conf" / "project").glob("*.yaml"):
-        conf.unlink()
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@bench"],
-                ["git", "config", "user.name", "bench"]):
-        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+    scratch_repo(REPO, dst)
     live = dst / "live" / f"{NAME}.db"
     live.parent.mkdir()
     shutil.copy2(project.real_db, live)

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,25 +101,6 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """A copy of this repository's pipeline (config, dvc.yaml, code) with no projects."""
-    dst = tmp_path / "repo"
-    dst.mkdir()
-    for item in ["conf", "src", "dvc.yaml", ".dvcignore"]:
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / item)
-    (dst / "data" / "models").mkdir(parents=True)  # the predict stages depend on it
-    (dst / "data" / "models" / "README.md").write_text("checkpoints\n")
-    (dst / ".dvc").mkdir()
-    shutil.copy2(REPO / ".dvc" / "config", dst / ".dvc" / "config")
-    shutil.copy2(REPO / ".dvc" / ".gitignore", dst / ".dvc" / ".gitignore")
-    # Start with no projects registered: tests add their own.
-    cfg = dst / "conf" / "config.yaml"
-    cfg.write_text("".join(line for line in cfg.read_text().splitlines(keepends=True)
-                           if "project@projects." not in line))
-    (dst / "conf" / "project" / "demo.yaml").unlink()
-    run(["git", "init", "-q"], dst)
-    run(["git", "config", "user.email", "t@t"], dst)
-    run(["git", "config", "user.name", "t"], dst)
-    return dst
+    from backfill.demo.workspace import scratch_repo
+
+    return scratch_repo(REPO, tmp_path / "repo")

@@ -16,11 +16,12 @@ import pytest
 
 from backfill.demo.production import make_production_db
 from backfill.demo.synthetic import make_project
+from backfill.pipeline import STAGES as PIPELINE_STAGES
 from tests.conftest import BIN, run
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["scan", "group", "extract", "embed", "predict", "merge", "validate"]
+STAGES = [s.name for s in PIPELINE_STAGES]
 
 
 def outputs(folder: Path) -> dict[str, str]:
@@ -43,22 +44,11 @@ def interrupt(cmd: list[str], cwd: Path, sig: int, after: float) -> subprocess.C
 def built(tmp_path_factory):
     """A project built stage by stage once, undisturbed: the reference outputs, and how
     long each stage took."""
-    import shutil
-
+    from backfill.demo.workspace import scratch_repo
     from tests.conftest import REPO
 
     root = tmp_path_factory.mktemp("interrupt")
-    repo = root / "repo"
-    repo.mkdir()
-    for item in ["conf", "src", "dvc.yaml", ".dvcignore"]:
-        src = REPO / item
-        (shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy2(src, repo / item))
-    cfg = repo / "conf" / "config.yaml"
-    cfg.write_text("".join(line for line in cfg.read_text().splitlines(keepends=True)
-                           if "project@projects." not in line))
-    (repo / "conf" / "project" / "demo.yaml").unlink()
-    (repo / "data" / "models").mkdir(parents=True)
+    repo = scratch_repo(REPO, root / "repo")
     gen = make_project(root / "p", n_groups=24, seed=11, scale=0.12)
     live = make_production_db(gen, root / "live" / "p.db", seed=11).path
     run(["backfill", "project", "add", "p", "--original-dir", str(gen.original_dir),
