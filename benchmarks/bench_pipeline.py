@@ -31,6 +31,9 @@ thumbnails) empty where it says cold.
   grouped render (model only: ``encode_image`` on tensors already preprocessed, batch
   32, as bench_embed's "model only"; the first 64 renders' tensors are reused in turn,
   the compute does not depend on the pixels). Target: cold / (decode + model) <= 1.3.
+- embed at its floor: its images per second inside the stage (from its summary line)
+  against decoding the grouped renders alone, then the model on them:
+  1/(1/decode + 1/model). Target: >= 0.9.
 - no-op: `dvc repro` again with nothing changed (scan and merge always run; nothing else
   should). Target: <= 2% of cold.
 - tolerance change, as README's "Tune it" says: `extract: approve_tolerance: 0.03`
@@ -92,6 +95,7 @@ GENERATOR_VERSION = 1  # bump when the generated project changes
 # Targets.
 COLD_OVER_FLOORS = 1.3
 NOOP_SHARE = 0.02
+EMBED_OVER_FLOOR = 0.9  # images/s inside the stage over 1/(1/decode + 1/model)
 TOLERANCE_SHARE = 0.05
 RSS_LIMIT_MIB = 3 * 1024
 TOLERANCE = 0.03
@@ -336,6 +340,8 @@ def floors(repo: Path, project: Project, threads: int, batch: int) -> dict:
     window = 2 * batch  # as the embed stage prefetches
     decode_s, n = timed(lambda: consume(prefetch(decode_one, paths, threads, window)))
     assert n == len(paths), (n, len(paths))
+    # The renders alone: what the embed stage decodes (its floor, with the model's).
+    render_decode_s, _ = timed(lambda: consume(prefetch(decode_one, renders, threads, window)))
 
     device = resolve_device(params["embed"].get("device", "auto"))
     settings = ClipSettings(model=params["embed"]["model"], pretrained=None,
@@ -350,6 +356,7 @@ def floors(repo: Path, project: Project, threads: int, batch: int) -> dict:
     model_s, m = timed(lambda: encode_batches(tensors, model, device, batch))
     assert m == len(renders)
     return {"decode_s": decode_s, "files": len(paths), "decode_errors": errors,
+            "render_decode_s": render_decode_s,
             "model_s": model_s, "renders": len(renders), "device": device,
             "torch_threads": torch.get_num_threads(), "threads": threads, "batch": batch}
 
@@ -392,6 +399,25 @@ class Row:
     target: str
     ratio: str
     verdict: str
+
+
+def embed_floor_row(run: Run, fl: dict) -> Row:
+    """Embed's rate inside its stage (the seconds its summary line gives: no DVC, no
+    process start-up) against decoding its renders and running the model on them, in
+    turn: 1/(1/decode + 1/model)."""
+    said = re.search(r"([\d,]+) embedded.*; ([\d.]+)s ->", summary_line(run, "embed"))
+    floor = 1 / (fl["render_decode_s"] / fl["renders"] + fl["model_s"] / fl["renders"])
+    if not said:
+        return Row("sample: embed in stage / floor", "no summary line", f">= {EMBED_OVER_FLOOR}",
+                   "-", "-")
+    rate = int(said.group(1).replace(",", "")) / float(said.group(2))
+    print(f"  embed inside its stage: {rate:.2f} images/s; its floor, decoding its "
+          f"{fl['renders']:,} renders ({fl['render_decode_s']:.2f}s) then the model "
+          f"({fl['model_s']:.2f}s): {floor:.2f}/s; ratio {rate / floor:.2f} "
+          f"(target >= {EMBED_OVER_FLOOR})")
+    return Row("sample: embed in stage / (decode + model), images/s", f"{rate:.2f} / {floor:.2f}",
+               f">= {EMBED_OVER_FLOOR}", f"{rate / floor:.2f}",
+               "OK" if rate / floor >= EMBED_OVER_FLOOR else "MISSED")
 
 
 def rss_row(label: str, runs: dict[str, Run]) -> Row:
@@ -454,6 +480,7 @@ def run_sample(args, out: Path) -> tuple[list[Row], dict]:
           f"({fl['renders']:,} renders, {fl['renders'] / max(fl['model_s'], 1e-9):.1f}/s)")
     print(f"  cold / (decode + model) = {cold_s:.2f} / {floor_s:.2f} = "
           f"{cold_s / floor_s:.2f} (target <= {COLD_OVER_FLOORS})")
+    embed_row = embed_floor_row(cold["embed"], fl)
 
     noop = sh(dvc("repro"), repo, "no-op dvc repro")
     print(f"\nno-op `dvc repro`: {noop.seconds:.2f}s ({noop.seconds / cold_s:.1%} of cold); "
@@ -507,6 +534,7 @@ def run_sample(args, out: Path) -> tuple[list[Row], dict]:
             "OK" if noop.seconds <= NOOP_SHARE * cold_s else "MISSED"),
         Row("sample: tolerance change / cold", f"{tol_s:.2f}s", f"<= {TOLERANCE_SHARE:.0%}",
             f"{tol_s / cold_s:.1%}", "OK" if tol_s <= TOLERANCE_SHARE * cold_s else "MISSED"),
+        embed_row,
         model_row,
         rss_row("sample", cold),
     ]

@@ -59,6 +59,15 @@ def test_a_wrong_value_is_named_with_what_is_allowed(composed, key, value, says)
     assert f"projects.demo.{key.split('.')[0]}" in str(err.value)
 
 
+def test_a_setting_missing_from_an_older_composition_says_to_compose(composed):
+    older = OmegaConf.create(composed)
+    del older.projects.demo.validate["workers"]  # params.yaml from before the setting
+    with pytest.raises(SettingError) as err:
+        check(OmegaConf.to_container(older))
+    assert "setting 'projects.demo.validate.workers' is missing" in str(err.value)
+    assert "run `backfill compose`" in str(err.value)
+
+
 # The numeric range checks: a value is accepted exactly when it lies in the range.
 RANGES = [
     ("extract.approve_tolerance", lambda v: 0 <= v <= 0.5),

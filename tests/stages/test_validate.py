@@ -86,6 +86,26 @@ def test_a_rerun_draws_no_thumbnail_twice_and_the_report_is_the_same(validated,
     assert (project.out_dir / "report.html").read_bytes() == first
 
 
+def test_thumbnails_drawn_on_threads_make_the_same_report_decoding_each_once(validated,
+                                                                           monkeypatch):
+    from backfill.reports import report
+
+    project, validate = validated
+    decoded = []
+    real = report.decode
+    monkeypatch.setattr(report, "decode", lambda *a: decoded.append(a[0]) or real(*a))
+    reports = {}
+    for workers in (1, 3):
+        for path in (project.cache_dir / "thumbnail").glob("*"):
+            path.unlink()
+        decoded.clear()
+        project.cfg.validate.workers = workers
+        validate(project)
+        reports[workers] = (project.out_dir / "report.html").read_bytes()
+        assert decoded and len(decoded) == len(set(decoded)), "each image decoded once"
+    assert reports[3] == reports[1]
+
+
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:

@@ -16,6 +16,7 @@ was composed instead.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from backfill.config.errors import ConfigError
 from backfill.db.schema import MAX_IMAGES
@@ -60,6 +61,11 @@ def one_of(choices: list[str]) -> Any:
 
 def text() -> Any:
     return field(default=MISSING)
+
+
+def threads(workers: int | None) -> int:
+    """A ``workers`` setting as a thread count: null means one per core."""
+    return (os.cpu_count() or 1) if workers is None else int(workers)
 
 
 @dataclass
@@ -154,6 +160,7 @@ class MergeConfig:
 class ValidateConfig:
     thumbnail_px: int = at_least(16)
     max_cases: int = at_least(0)
+    workers: int | None = at_least(1)
 
 
 @dataclass
@@ -294,6 +301,10 @@ def _type_error(exc: OmegaConfBaseException, schema: type, cfg: Any, prefix: str
         hint = f"{prefix}{key}"
         return SettingError(f"unknown setting '{hint}' (see conf/pipeline/default.yaml, or "
                             "conf/train/default.yaml for train.*)")
+    if isinstance(exc, MissingMandatoryValue):  # a setting newer than the composed params
+        return SettingError(f"setting '{prefix}{key}' is missing: params.yaml was composed "
+                            "by an older backfill; run `backfill compose` (it takes the "
+                            "default from conf/pipeline/default.yaml)")
     value = OmegaConf.select(OmegaConf.create(cfg), key, default=None,
                              throw_on_missing=False) if key else None
     allowed = _expected(schema, path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import blake3
 
 from backfill.config.errors import ConfigError
-from backfill.config.settings import EmbedConfig, section
+from backfill.config.settings import EmbedConfig, section, threads
 
 HUB_HOST = ("huggingface.co", 443)  # where open_clip fetches weights from
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -38,13 +38,12 @@ class ClipSettings:
     def from_config(cls, cfg, root: Path, max_pixels: int) -> ClipSettings:
         """From the project's embed section, and its scan.max_pixels."""
         c = section(EmbedConfig, cfg, "embed")  # types and ranges, checked once
-        workers = (os.cpu_count() or 1) if c.workers is None else c.workers
         pretrained = c.pretrained
         if pretrained and _looks_like_path(pretrained):
             path = Path(pretrained).expanduser()
             pretrained = str(path if path.is_absolute() else root / path)
-        return cls(c.model, pretrained, c.seed, c.device, c.batch_size, workers, c.precision,
-                   int(max_pixels))
+        return cls(c.model, pretrained, c.seed, c.device, c.batch_size, threads(c.workers),
+                   c.precision, int(max_pixels))
 
 
 def _looks_like_path(pretrained: str) -> bool:

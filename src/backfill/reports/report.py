@@ -14,12 +14,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import pandas as pd
 
 from backfill.config.project import Project
+from backfill.config.settings import ValidateConfig, section, threads
 from backfill.contracts.schemas import UNREADABLE
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
@@ -27,6 +30,8 @@ from backfill.files.resultcache import ResultCache, code_version
 from backfill.models.evaluate import EvalSettings, percent, scored
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+# Thumbnails.want or a Thumbnails: (path, long side, box) -> data URI or None.
+Thumb = Callable[..., str | None]
 
 
 def thumbnail(path: Path, px: int, max_pixels: int, box: list[float] | None = None
@@ -53,34 +58,60 @@ def thumbnail(path: Path, px: int, max_pixels: int, box: list[float] | None = No
 class Thumbnails:
     """``thumbnail`` for the report, cached under the cache folder by (content hash, long
     side, box, max_pixels): a re-run after a tolerance change decodes only the images it
-    has not drawn before. A file the scan has no hash for is drawn every time."""
+    has not drawn before. A file the scan has no hash for is drawn once per run.
 
-    def __init__(self, cache_dir: Path, max_pixels: int, hashes: dict[Path, str]) -> None:
+    Decoding full-size renders is most of the report's time, so the page first says every
+    thumbnail it will show (``want``), ``draw`` decodes the missing ones on ``workers``
+    threads (OpenCV releases the GIL), and the page is then built from them."""
+
+    def __init__(self, cache_dir: Path, max_pixels: int, hashes: dict[Path, str],
+                 workers: int = 1) -> None:
         self.max_pixels = max_pixels
         self.hashes = hashes
+        self.workers = workers
         self.cache = ResultCache(
             cache_dir / "thumbnail" / f"{code_version(thumbnail)}-m{max_pixels}.parquet",
             ["content_hash", "px", "box"],
             {"content_hash": "str", "px": "int64", "box": "str", "uri": "str"})
         known = self.cache.known
         keys = zip(known["content_hash"], known["px"].astype(int), known["box"], strict=True)
-        self.known = dict(zip(keys, known["uri"], strict=True))
+        self.known: dict[tuple[str, int, str], str] = dict(zip(keys, known["uri"], strict=True))
+        self.wanted: dict[tuple[str, int, str], tuple[Path, int, list[float] | None]] = {}
         self.drawn = 0
 
-    def __call__(self, path: Path, px: int, box: list[float] | None = None) -> str | None:
-        digest = self.hashes.get(path)
+    def _key(self, path: Path, px: int, box: list[float] | None) -> tuple[str, int, str]:
         drawn = box is not None and not any(pd.isna(v) for v in box)
         box_key = ",".join(f"{float(v):.6f}" for v in box) if drawn else ""
-        key = (digest, px, box_key)
-        if digest is not None and key in self.known:
-            return self.known[key] or None
-        uri = thumbnail(path, px, self.max_pixels, box)
+        return self.hashes.get(path) or f"file:{path}", px, box_key
+
+    def _keep(self, path: Path, key: tuple[str, int, str], uri: str | None) -> None:
+        self.known[key] = uri or ""
         self.drawn += 1
-        if digest is not None:
-            self.known[key] = uri or ""
-            self.cache.add({"content_hash": digest, "px": px, "box": box_key,
+        if path in self.hashes:
+            self.cache.add({"content_hash": key[0], "px": key[1], "box": key[2],
                             "uri": uri or ""})
-        return uri
+
+    def want(self, path: Path, px: int, box: list[float] | None = None) -> None:
+        """Note a thumbnail the page will show; ``draw`` draws it unless it is cached."""
+        key = self._key(path, px, box)
+        if key not in self.known:
+            self.wanted.setdefault(key, (path, px, box))
+
+    def draw(self) -> None:
+        """Draw every wanted thumbnail, on ``workers`` threads."""
+        jobs = list(self.wanted.items())
+        self.wanted.clear()
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            uris = pool.map(lambda job: thumbnail(*job[1][:2], self.max_pixels, job[1][2]),
+                            jobs)
+            for (key, (path, _, _)), uri in zip(jobs, uris, strict=True):
+                self._keep(path, key, uri)
+
+    def __call__(self, path: Path, px: int, box: list[float] | None = None) -> str | None:
+        key = self._key(path, px, box)
+        if key not in self.known:  # not wanted first: drawn here, on this thread
+            self._keep(path, key, thumbnail(path, px, self.max_pixels, box))
+        return self.known[key] or None
 
     def save(self) -> None:
         self.cache.save()
@@ -107,7 +138,7 @@ def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) ->
 
 
 def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
-                  px: int, thumbs: Thumbnails, limit: int) -> tuple[list[dict], int]:
+                  px: int, thumbs: Thumb, limit: int) -> tuple[list[dict], int]:
     """Groups where the AI picked another image than the person: a strip each."""
     s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
     wrong = s[~s["right"] & s["ai_selected_index"].notna()]
@@ -124,7 +155,7 @@ def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, origi
 
 
 def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
-                 thumbs: Thumbnails, limit: int) -> tuple[list[dict], int]:
+                 thumbs: Thumb, limit: int) -> tuple[list[dict], int]:
     """Every needs-review decision: the original with the located box, and the final."""
     cases = truth[truth["needs_review"]]
     out = []
@@ -154,8 +185,8 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
            findings: list, plots: dict[str, pd.DataFrame]) -> str:
     from jinja2 import Environment, select_autoescape
 
-    cfg = project.cfg.validate
-    px, limit = int(cfg.thumbnail_px), int(cfg.max_cases)
+    cfg = section(ValidateConfig, project.cfg.validate, "validate")
+    px, limit = cfg.thumbnail_px, cfg.max_cases
     max_pixels = int(project.cfg.scan.max_pixels)
     original, final = project.path("original_dir"), project.path("final_dir")
     settings = EvalSettings.from_config(project.cfg.evaluate)
@@ -164,10 +195,17 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
     folder = {"original": original, "final": final}
     thumbs = Thumbnails(project.cache_dir, max_pixels, {
         folder[s] / r: h for s, r, h in zip(hashed["source"], hashed["rel_path"],
-                                            hashed["content_hash"], strict=True)})
+                                            hashed["content_hash"], strict=True)},
+                        threads(cfg.workers))
+
+    def sections(thumbs: Thumb) -> tuple[tuple[list[dict], int], tuple[list[dict], int]]:
+        return (disagreements(tables, settings, original, px, thumbs, limit),
+                review_cases(tables["truth"], original, final, px, thumbs, limit))
+
     try:
-        strips, n_wrong = disagreements(tables, settings, original, px, thumbs, limit)
-        reviews, n_review = review_cases(tables["truth"], original, final, px, thumbs, limit)
+        sections(thumbs.want)  # every thumbnail the page shows
+        thumbs.draw()  # those not cached, on threads
+        (strips, n_wrong), (reviews, n_review) = sections(thumbs)
     finally:
         thumbs.save()
     merge_path = project.out_dir / "merge_summary.json"

@@ -14,7 +14,6 @@ cached, so the run after the file is fixed (scan re-hashes it) locates it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from backfill.config.project import Project
-from backfill.config.settings import ExtractConfig, section
+from backfill.config.settings import ExtractConfig, section, threads
 from backfill.contracts.schemas import UNREADABLE, FinalsTable, TruthTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
@@ -58,9 +57,8 @@ class ExtractSettings:
         its scan.max_pixels."""
         c = section(ExtractConfig, cfg, "extract")
         labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
-        return cls(MatchSettings(**asdict(c.match)), labels,
-                   (os.cpu_count() or 1) if c.workers is None else c.workers, int(max_pixels),
-                   c.content_candidates)
+        return cls(MatchSettings(**asdict(c.match)), labels, threads(c.workers),
+                   int(max_pixels), c.content_candidates)
 
     def content(self) -> ContentSettings:
         return ContentSettings(self.content_candidates, self.labels.min_confidence,
