@@ -95,6 +95,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scan.py
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 

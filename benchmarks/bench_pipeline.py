@@ -1,8 +1,8 @@
 """Pipeline speed: `dvc repro` as users run it, stage by stage, in a throwaway repository.
 
 Each run copies this repository's pipeline (conf/, src/, dvc.yaml, .dvc/config, as
-tests/conftest.py's repo_copy does) into a folder of its own under --out, with its own
-git and DVC and no project, registers one generated project, ``bench``, with
+tests/conftest.py's repo_copy does; or --repo's, an older checkout, for a before/after)
+into a folder of its own under --out, with its own git and DVC and no project, registers one generated project, ``bench``, with
 `backfill project add bench --original-dir ... --final-dir ... --real-db ...
 embed.pretrained=null` (random CLIP weights: the same compute as trained ones, offline)
 and runs the venv's `dvc` and `backfill` by path. Every command is timed whole, as the
@@ -89,6 +89,7 @@ REPO = HERE.parent
 BIN = Path(sys.executable).parent  # the venv's bin: backfill and dvc live here
 NAME = "bench"  # the project's name (and its folder's: the production DB's group ids)
 STAGE_NAMES = [s.name for s in STAGES]
+MEASURED = REPO  # whose pipeline and code are timed: --repo, for a before/after
 MOJO3_GROUPS = 6500
 MOJO3_SCALE = 1 / 8
 GENERATOR_VERSION = 1  # bump when the generated project changes
@@ -176,6 +177,8 @@ def sh(cmd: list[str], cwd: Path, label: str | None = None, check: bool = True) 
     """Run ``cmd`` in ``cwd`` with the venv's bin first on PATH (dvc's stages call
     `backfill`); time it and measure its peak RSS."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if MEASURED != REPO:  # the venv's backfill runs the measured checkout's code
+        env["PYTHONPATH"] = str(MEASURED / "src")
     report = None
     full = list(cmd)
     if GNU_TIME:
@@ -264,7 +267,7 @@ def generate(folder: Path, n_groups: int, scale: float, seed: int) -> Project:
 def make_repo(dst: Path, project: Project) -> Path:
     """A copy of this repository's pipeline with no projects but ``bench``; its own git
     and DVC; the production DB copied in (a --keep'd copy may be published to)."""
-    scratch_repo(REPO, dst)
+    scratch_repo(MEASURED, dst)
     live = dst / "live" / f"{NAME}.db"
     live.parent.mkdir()
     shutil.copy2(project.real_db, live)
@@ -627,7 +630,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "out" / "pipeline",
                         help="work folder: cached images, repositories, results JSON "
                              "(default benchmarks/out/pipeline)")
+    parser.add_argument("--repo", type=Path, default=REPO,
+                        help="the checkout whose pipeline and code are measured, e.g. a "
+                             "`git worktree` of an older commit for a before/after on the same "
+                             "files (default: this one; the venv's packages either way)")
     args = parser.parse_args()
+    global MEASURED
+    MEASURED = args.repo.resolve()
     shapes = [s.strip() for s in args.shape.split(",") if s.strip()]
     if not shapes or set(shapes) - {"sample", "mojo3"}:
         parser.error("--shape takes sample, mojo3 or sample,mojo3")
@@ -645,6 +654,8 @@ def main() -> None:
 
     import torch
 
+    if MEASURED != REPO:
+        print(f"measuring the pipeline and code of {MEASURED}")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"(CUDA {'yes' if torch.cuda.is_available() else 'no'}); peak RSS measured by "
           + ("GNU time and psutil" if GNU_TIME else "psutil only (no GNU /usr/bin/time)")
