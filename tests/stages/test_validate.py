@@ -62,14 +62,19 @@ def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
     assert (project.out_dir / "report.html").stat().st_size > 10_000
 
 
-def test_a_rerun_draws_no_thumbnail_twice_and_the_report_is_the_same(validated,
-                                                                      monkeypatch):
+@pytest.fixture
+def decoded(monkeypatch) -> list:
+    """Every path the report decodes, in order (the real decode still runs)."""
     from backfill.reports import report
 
-    project, validate = validated
-    decoded = []
+    calls: list = []
     real = report.decode
-    monkeypatch.setattr(report, "decode", lambda *a: decoded.append(a[0]) or real(*a))
+    monkeypatch.setattr(report, "decode", lambda *a: calls.append(a[0]) or real(*a))
+    return calls
+
+
+def test_a_rerun_draws_no_thumbnail_twice_and_the_report_is_the_same(validated, decoded):
+    project, validate = validated
     validate(project)
     first = (project.out_dir / "report.html").read_bytes()
     assert decoded, "the first run draws its thumbnails"
@@ -87,13 +92,8 @@ def test_a_rerun_draws_no_thumbnail_twice_and_the_report_is_the_same(validated,
 
 
 def test_thumbnails_drawn_on_threads_make_the_same_report_decoding_each_once(validated,
-                                                                           monkeypatch):
-    from backfill.reports import report
-
+                                                                           decoded):
     project, validate = validated
-    decoded = []
-    real = report.decode
-    monkeypatch.setattr(report, "decode", lambda *a: decoded.append(a[0]) or real(*a))
     reports = {}
     for workers in (1, 3):
         for path in (project.cache_dir / "thumbnail").glob("*"):
