@@ -198,9 +198,9 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
                                             hashed["content_hash"], strict=True)},
                         threads(cfg.workers))
 
-    def sections(thumbs: Thumb) -> tuple[tuple[list[dict], int], tuple[list[dict], int]]:
-        return (disagreements(tables, settings, original, px, thumbs, limit),
-                review_cases(tables["truth"], original, final, px, thumbs, limit))
+    def sections(thumb: Thumb) -> tuple[tuple[list[dict], int], tuple[list[dict], int]]:
+        return (disagreements(tables, settings, original, px, thumb, limit),
+                review_cases(tables["truth"], original, final, px, thumb, limit))
 
     try:
         sections(thumbs.want)  # every thumbnail the page shows
