@@ -19,6 +19,7 @@ A runtime that is not installed is reported as skipped.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import tempfile
 from collections.abc import Callable
@@ -80,6 +81,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--model", default="ViT-B-32")
     args = parser.parse_args()
+    makers = {"onnxruntime": onnxruntime_runner, "openvino": openvino_runner}
+    present = {name: make for name, make in makers.items() if importlib.util.find_spec(name)}
+    skipped = [f"{name}: not installed (pip install {name})" for name in makers
+               if name not in present]
+    if not present:  # nothing to compare: no model load, no export
+        print("CPU runtime trial skipped: " + "; ".join(skipped))
+        return
 
     import torch
 
@@ -97,15 +105,13 @@ def main() -> None:
             return model.encode_image(torch.from_numpy(x)).float().numpy()
 
     runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {"torch": torch_run}
-    skipped: list[str] = []
+    versions = {"torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export(model, args.batch, Path(tmp))
-        for name, module, make in (("onnxruntime", "onnxruntime", onnxruntime_runner),
-                                   ("openvino", "openvino", openvino_runner)):
-            if importlib.util.find_spec(module) is None:
-                skipped.append(f"{name}: not installed (pip install {module})")
-                continue
+        for name, make in present.items():
             runners[name] = make(onnx_path, args.threads)
+            versions[name] = str(getattr(importlib.import_module(name), "__version__", "?")
+                                 ).split("-")[0]
         reference = [torch_run(x) for x in inputs]
         diffs = {name: max(float(np.abs(run(x) - ref).max())
                            for x, ref in zip(inputs, reference, strict=True))
@@ -118,14 +124,15 @@ def main() -> None:
 
     print(f"{args.model}, random weights, fp32, batch {args.batch}, {args.threads} threads, "
           f"{n} images per timing, best of {args.repeat}")
-    print(f"  {'runtime':<12} {'images/s':>9} {'x torch':>8} {'max |diff|':>11}  verdict")
+    print(f"  {'runtime':<22} {'images/s':>9} {'x torch':>8} {'max |diff|':>11}  verdict")
     for name in runners:
         rate = n / best[name]
         speedup = best["torch"] / best[name]
         ok = name == "torch" or (speedup >= SPEEDUP and diffs[name] <= MAX_DIFF)
         verdict = "reference" if name == "torch" else (
             "ADOPT" if ok else f"keep torch (needs >= {SPEEDUP}x and <= {MAX_DIFF:g})")
-        print(f"  {name:<12} {rate:9.1f} {speedup:8.2f} {diffs[name]:11.2e}  {verdict}")
+        label = f"{name} {versions[name]}"
+        print(f"  {label:<22} {rate:9.1f} {speedup:8.2f} {diffs[name]:11.2e}  {verdict}")
     for line in skipped:
         print(f"  skipped {line}")
 

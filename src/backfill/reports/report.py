@@ -87,7 +87,7 @@ class Thumbnails:
     def _keep(self, path: Path, key: tuple[str, int, str], uri: str | None) -> None:
         self.known[key] = uri or ""
         self.drawn += 1
-        if path in self.hashes:
+        if self.hashes.get(path):  # only content-keyed thumbnails outlive the run
             self.cache.add({"content_hash": key[0], "px": key[1], "box": key[2],
                             "uri": uri or ""})
 
@@ -101,6 +101,7 @@ class Thumbnails:
         """Draw every wanted thumbnail, on ``workers`` threads."""
         jobs = list(self.wanted.items())
         self.wanted.clear()
+        cv2.setNumThreads(1 if self.workers > 1 else -1)  # the threads share the cores
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             uris = pool.map(lambda job: thumbnail(*job[1][:2], self.max_pixels, job[1][2]),
                             jobs)
