@@ -344,10 +344,14 @@ def floors(repo: Path, project: Project, threads: int, batch: int) -> dict:
     renders = [project.original_dir / r for ps in groups.image_paths for r in ps
                if str(project.original_dir / r) in readable]
     window = 2 * batch  # as the embed stage prefetches
-    decode_s, n = timed(lambda: consume(prefetch(decode_one, paths, threads, window)))
-    assert n == len(paths), (n, len(paths))
-    # The renders alone: what the embed stage decodes (its floor, with the model's).
-    render_decode_s, _ = timed(lambda: consume(prefetch(decode_one, renders, threads, window)))
+    # Every file once, timed in two parts: the renders alone are what the embed stage
+    # decodes (its floor, with the model's); the rest completes the pipeline's floor.
+    in_renders = set(renders)
+    others = [p for p in paths if p not in in_renders]
+    render_decode_s, n = timed(lambda: consume(prefetch(decode_one, renders, threads, window)))
+    other_decode_s, m = timed(lambda: consume(prefetch(decode_one, others, threads, window)))
+    assert n + m == len(paths), (n, m, len(paths))
+    decode_s = render_decode_s + other_decode_s
 
     device = resolve_device(params["embed"].get("device", "auto"))
     settings = ClipSettings(model=params["embed"]["model"], pretrained=None,
@@ -412,7 +416,7 @@ def embed_floor_row(run: Run, fl: dict) -> Row:
     process start-up) against decoding its renders and running the model on them, in
     turn: 1/(1/decode + 1/model)."""
     said = re.search(r"([\d,]+) embedded.*; ([\d.]+)s ->", summary_line(run, "embed"))
-    floor = 1 / (fl["render_decode_s"] / fl["renders"] + fl["model_s"] / fl["renders"])
+    floor = fl["renders"] / (fl["render_decode_s"] + fl["model_s"])
     if not said:
         return Row("sample: embed in stage / floor", "no summary line", f">= {EMBED_OVER_FLOOR}",
                    "-", "-")

@@ -101,11 +101,14 @@ class Thumbnails:
         """Draw every wanted thumbnail, on ``workers`` threads."""
         jobs = list(self.wanted.items())
         self.wanted.clear()
+
+        def draw_one(job: tuple[tuple[str, int, str], tuple[Path, int, list[float] | None]]):
+            path, px, box = job[1]
+            return thumbnail(path, px, self.max_pixels, box)
+
         cv2.setNumThreads(1 if self.workers > 1 else -1)  # the threads share the cores
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            uris = pool.map(lambda job: thumbnail(*job[1][:2], self.max_pixels, job[1][2]),
-                            jobs)
-            for (key, (path, _, _)), uri in zip(jobs, uris, strict=True):
+            for (key, (path, _, _)), uri in zip(jobs, pool.map(draw_one, jobs), strict=True):
                 self._keep(path, key, uri)
 
     def __call__(self, path: Path, px: int, box: list[float] | None = None) -> str | None:
