@@ -27,7 +27,6 @@ locate (both files decoded and matched, as extract does for a named final).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -45,6 +44,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from backfill.demo.synthetic import crop_box, encode_final, texture
+from backfill.executors import LocalRunner
 from backfill.stages.extract.content_pairing import ContentPairing
 from backfill.stages.extract.locate import MatchSettings, locate, read_gray
 from backfill.stages.extract.stage import ExtractSettings, locate_cache, locate_files, same_bytes
@@ -203,10 +203,9 @@ def content_cost(folder: Path, truths: list[dict], settings: ExtractSettings, wo
     finals = pd.DataFrame({"rel_path": [t["final"] for t in truths],
                            "content_hash": [digest(t["final"]) for t in truths]})
     orphans = finals[finals["content_hash"] != renders["content_hash"]].reset_index(drop=True)
-    content = dataclasses.replace(settings.content(), workers=workers)
     with tempfile.TemporaryDirectory() as tmp:
-        pairing = ContentPairing(content, folder, folder, Path(tmp),
-                                 locate_cache(Path(tmp), settings.match))
+        pairing = ContentPairing(settings.content(), folder, folder, Path(tmp),
+                                 locate_cache(Path(tmp), settings.match), LocalRunner(workers))
         start = time.perf_counter()
         pairing._signatures(dict(zip(renders["content_hash"], renders["original_path"].map(
             lambda p: folder / p), strict=True)))
@@ -227,7 +226,7 @@ def content_cost(folder: Path, truths: list[dict], settings: ExtractSettings, wo
         [located[hashes[c.rel_path]][k] for k in ("x1", "y1", "x2", "y2")],
         own[c.rel_path][1]))
     print(f"\ncontent pairing: {len(orphans)} finals taken as nameless, among {len(renders)} "
-          f"renders; k = {content.candidates}; {workers} thread(s); cold cache")
+          f"renders; k = {settings.content_candidates}; {workers} thread(s); cold cache")
     print(f"  signature per render (once, ever)   {per_render:6.3f}s")
     print(f"  per final: shortlist + locates      {per_final:6.3f}s   "
           f"({pairing.stats.locates / len(orphans):.1f} locates each)")

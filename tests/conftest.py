@@ -104,3 +104,14 @@ def repo_copy(tmp_path) -> Path:
     from backfill.demo.workspace import scratch_repo
 
     return scratch_repo(REPO, tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> str:
+    """The address of a Ray instance on this machine (2 CPUs, no dashboard), started by
+    this process and stopped with it; other processes (dvc's stages) join it there."""
+    import ray
+
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from backfill.config.errors import ConfigError
-from backfill.config.settings import escaped
+from backfill.config.settings import RayConfig, escaped, section
 
 CONFIG_NAME = "config"
 PARAMS_FILE = "params.yaml"
@@ -175,6 +175,8 @@ class Project:
     root: Path  # the repository root
     cfg: DictConfig
     cache_dir: Path
+    executor: str = "local"  # where embed and extract work: local or ray
+    ray: RayConfig | None = None  # with executor ray: the cluster and how to use it
 
     def path(self, key: str) -> Path:
         """An input path from the project's config, relative paths taken from the root."""
@@ -206,4 +208,5 @@ def load_project(name: str, root: Path | None = None) -> Project:
             "`backfill project add NAME --original-dir DIR --final-dir DIR`."
         )
     cache = Path(str(params.get("cache_dir", "data/cache"))).expanduser()
-    return Project(name, root, projects[name], cache if cache.is_absolute() else root / cache)
+    return Project(name, root, projects[name], cache if cache.is_absolute() else root / cache,
+                   str(params.executor), section(RayConfig, params.ray, "ray"))

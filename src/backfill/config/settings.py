@@ -34,6 +34,9 @@ PIL_LIMIT = 2 * 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS x 2: Pillow's Decompres
 PRECISIONS = ["fp32", "fp16", "bf16"]
 NORMALIZATIONS = ["raw", "l2"]
 GROUP_METHODS = ["nearest_up", "exact_timestamp"]
+EXECUTORS = ["local", "ray"]
+# auto, ray://host:port (Ray Client) or host:port (the head's GCS); IPv6 in brackets.
+RAY_ADDRESS = re.compile(r"auto|(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}")
 
 
 def rule(allowed: str, ok: Callable[[Any], bool], each: bool = False) -> Any:
@@ -219,11 +222,27 @@ class TrainConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where and how embed and extract run when ``executor`` is ray."""
+
+    address: str | None = rule("auto, ray://host:port, host:port, or null (a Ray instance "
+                               "of this machine's own)", lambda v: bool(RAY_ADDRESS.fullmatch(v)))
+    ship_bytes: bool = text()
+    actors: int | None = at_least(1)
+    actor_cpus: float | None = above(0)
+    actor_gpus: float = at_least(0)
+    in_flight: int | None = at_least(1)
+    connect_timeout_s: float = above(0)
+
+
+@dataclass
 class Settings:
     """The whole composition: params.yaml."""
 
     projects: dict[str, ProjectConfig] = field(default_factory=dict)
     cache_dir: str = text()
+    executor: str = one_of(EXECUTORS)
+    ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -46,6 +46,36 @@ class Unreadable(ValueError):
     """A file that cannot, or must not, be decoded; the message says why."""
 
 
+class Shipped(NamedTuple):
+    """A file's bytes read where the file is (the driver) for a worker elsewhere
+    (executor ray, ``ray.ship_bytes``); ``decode`` takes it in place of a path."""
+
+    name: str
+    data: bytes | None
+    error: str | None  # why the driver could not read it
+
+    @classmethod
+    def read(cls, path: Path | str) -> Shipped:
+        try:
+            with open_regular(path) as fh:
+                return cls(str(path), fh.read(), None)
+        except Unreadable as exc:
+            return cls(str(path), None, str(exc))
+        except OSError as exc:
+            return cls(str(path), None, f"unreadable: {exc.strerror or exc}")
+
+
+# Said after a failed open: where the file was read, and what to do when a machine other
+# than the one holding the project cannot see it (set by executors on a Ray worker).
+_read_where = ""
+
+
+def read_where(note: str) -> None:
+    """Add ``note`` to every 'unreadable' reason this process gives from now on."""
+    global _read_where
+    _read_where = note
+
+
 def entry_kind(mode: int) -> str:
     """What a non-regular directory entry is, in words, from its stat mode."""
     kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -68,7 +98,7 @@ def open_regular(path: Path | str) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
+        raise Unreadable(f"unreadable: {exc.strerror or exc}{_read_where}") from None
     try:
         mode = os.fstat(fd).st_mode
     except OSError as exc:
@@ -168,17 +198,23 @@ def header_size(data: bytes | np.ndarray) -> tuple[int, int]:
         raise Unreadable(f"corrupt header: {exc}") from None
 
 
-def decode(path: Path | str, flags: int, max_pixels: int) -> np.ndarray:
-    """The pixels of ``path`` as cv2 decodes them with ``flags``, after its header was
-    checked against ``max_pixels``. Any file name works (unlike cv2.imread).
+def decode(path: Path | str | Shipped, flags: int, max_pixels: int) -> np.ndarray:
+    """The pixels of ``path`` (or of the bytes shipped from it) as cv2 decodes them with
+    ``flags``, after its header was checked against ``max_pixels``. Any file name works
+    (unlike cv2.imread).
 
     Raises Unreadable, with the reason, for an empty, unreadable, over-limit or
     undecodable file."""
-    try:
-        with open_regular(path) as fh:
-            data = np.fromfile(fh, dtype=np.uint8)
-    except OSError as exc:
-        raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
+    if isinstance(path, Shipped):
+        if path.error is not None:
+            raise Unreadable(path.error)
+        data = np.frombuffer(path.data, dtype=np.uint8)
+    else:
+        try:
+            with open_regular(path) as fh:
+                data = np.fromfile(fh, dtype=np.uint8)
+        except OSError as exc:
+            raise Unreadable(f"unreadable: {exc.strerror or exc}{_read_where}") from None
     if not data.size:
         raise Unreadable("empty file (0 bytes)")
     width, height = header_size(data)

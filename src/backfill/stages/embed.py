@@ -20,7 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from tqdm import tqdm
 from backfill.config.project import Project
 from backfill.contracts.schemas import EmbeddingsTable
 from backfill.contracts.tables import read_stage_tables, read_table, typed_frame, write_table
+from backfill.executors import open_runner
+from backfill.executors.ray_runner import RayRunner
 from backfill.files.imageinfo import decode
 from backfill.files.resultcache import ResultCache
 from backfill.models.clip import ClipSettings, load_clip, model_id, resolve_device
@@ -93,18 +96,26 @@ def embed_files(paths: list[Path], model, preprocess, device: str, settings: Cli
         return [(i, out[k], None) for k, (i, _) in enumerate(batch)]
 
     cv2.setNumThreads(1 if settings.workers > 1 else -1)  # the decode threads share the cores
+    # A batch is a fixed slice of ``paths`` (less the files that fail), so which images
+    # share a forward pass, which moves the last bits of an embedding on a multi-threaded
+    # CPU, is the same here and on Ray's workers (``chunks``).
     batch: list[tuple[int, object]] = []
     for i, tensor, error in prefetch(prepare, enumerate(paths), settings.workers,
                                      2 * settings.batch_size):
-        if error is not None:
-            yield i, None, error
-            continue
-        batch.append((i, tensor))
-        if len(batch) == settings.batch_size:
+        if batch and i // settings.batch_size != batch[0][0] // settings.batch_size:
             yield from run(batch)
             batch = []
+        if error is None:
+            batch.append((i, tensor))
+        else:
+            yield i, None, error
     if batch:
         yield from run(batch)
+
+
+def chunks(paths: list[Path], size: int) -> list[tuple[int, list[Path]]]:
+    """``paths`` as (offset, slice) batches of ``size``: embed_files' own batches."""
+    return [(k, paths[k:k + size]) for k in range(0, len(paths), size)]
 
 
 def embedding_cache(cache_dir: Path, model: str) -> ResultCache:
@@ -136,6 +147,39 @@ def clip_embedder(settings: ClipSettings) -> tuple[Embedder, str]:
     device = resolve_device(settings.device)
     model, preprocess = load_clip(settings, device)
     return (lambda paths: embed_files(paths, model, preprocess, device, settings)), device
+
+
+class ClipWorker:
+    """CLIP loaded once in a Ray actor holding ``cpus`` CPUs, running as many torch
+    threads; called with one batch (offset, paths), it returns (offset, [(index in the
+    batch, embedding, error)])."""
+
+    def __init__(self, settings: ClipSettings, cpus: float) -> None:
+        import torch
+
+        threads = max(1, int(cpus))
+        torch.set_num_threads(threads)
+        self.embed, self.device = clip_embedder(replace(settings, workers=threads))
+
+    def __call__(self, batch: tuple[int, list]) -> tuple[int, list]:
+        offset, paths = batch
+        return offset, list(self.embed(paths))
+
+
+def ray_embedder(runner: RayRunner, settings: ClipSettings) -> tuple[Embedder, str]:
+    """An Embedder sending embed_files' batches to a pool of ClipWorker actors, each of
+    ``ray.actor_cpus`` CPUs, or by default as many as torch's threads here: the same
+    batches on as many threads embed as a local run does, to the last bit."""
+    import torch
+
+    cpus = runner.cfg.actor_cpus or torch.get_num_threads()
+
+    def embed(paths: list[Path]) -> Embedded:
+        for offset, rows in runner.pool(partial(ClipWorker, settings),
+                                        chunks(paths, settings.batch_size), cpus):
+            for i, vector, error in rows:
+                yield offset + i, vector, error
+    return embed, "ray"
 
 
 def embed_images(images: pd.DataFrame, root: Path, settings: ClipSettings, cache_dir: Path,
@@ -191,14 +235,18 @@ def run(project: Project) -> str:
                                         project.cfg.scan.max_pixels)
     groups = read_stage_tables(project, ["groups"])["groups"]
     images = members(groups)
-    result = embed_images(images, project.path("original_dir"), settings, project.cache_dir)
+    with open_runner(project, settings.workers) as runner:
+        load = partial(ray_embedder, runner) if isinstance(runner, RayRunner) else clip_embedder
+        result = embed_images(images, project.path("original_dir"), settings,
+                              project.cache_dir, load)
+        where = runner.describe() if result.device == "ray" else result.device
     write_table(result.table, project.output("embeddings"), EmbeddingsTable, "embeddings")
     unreadable = sum(len(u) for u in groups["unreadable"])
     lines = [
         f"embed {project.name}: {len(images):,} images: {result.embedded:,} embedded, "
         f"{result.cached:,} from cache, {len(result.failed) + unreadable:,} unreadable; "
         f"model {result.model_id}"
-        + (f" on {result.device}" if result.device else "")
+        + (f" on {where}" if where else "")
         + f"; {time.perf_counter() - started:.1f}s -> "
         f"{project.output('embeddings').relative_to(project.root)}"
     ]

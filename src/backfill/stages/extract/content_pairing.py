@@ -39,15 +39,15 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from backfill.executors import Runner
 from backfill.files.imageinfo import Unreadable, decode
 from backfill.files.resultcache import ResultCache, code_version
 from backfill.stages.extract.locate import (
@@ -160,7 +160,6 @@ class ContentSettings:
     min_confidence: float
     ambiguity_margin: float
     match: MatchSettings
-    workers: int
     max_pixels: int
 
 
@@ -195,6 +194,7 @@ class ContentPairing:
     final_root: Path
     cache_dir: Path
     locate_cache: ResultCache  # extract's: a location found here is never searched again
+    runner: Runner  # where signatures and locates are computed
     stats: ContentStats = field(default_factory=ContentStats)
     # The location of every claim made (KEYS and RESULTS): extract needs no second locate.
     located: list[dict] = field(default_factory=list)
@@ -260,7 +260,7 @@ class ContentPairing:
 
     def _signatures(self, wanted: dict[str, Path]
                     ) -> tuple[dict[str, tuple[np.ndarray, bool]], dict[str, str]]:
-        """Signatures by content hash (cached, else computed on the workers' threads),
+        """Signatures by content hash (cached, else computed by the runner),
         and why the files that could not be decoded were not."""
         cache = signature_cache(self.cache_dir)
         keys = pd.DataFrame({"content_hash": pd.Series(list(wanted), dtype="str")})
@@ -269,18 +269,10 @@ class ContentPairing:
                for h, c, g in zip(hits["content_hash"], hits["cells"], hits["grey"],
                                   strict=True)}
         failed = {}
-
-        def one(h: str) -> tuple[str, np.ndarray | None, bool, str | None]:
-            try:
-                cells, grey = signature(decode(wanted[h], cv2.IMREAD_COLOR,
-                                               self.settings.max_pixels))
-            except Unreadable as exc:
-                return h, None, False, str(exc)
-            return h, cells, grey, None
-
+        jobs = [(h, wanted[h]) for h in todo["content_hash"]]
         try:
-            for h, cells, grey, error in _threaded(one, list(todo["content_hash"]),
-                                                   self.settings.workers):
+            for h, cells, grey, error in self.runner.map(
+                    partial(signature_of, max_pixels=self.settings.max_pixels), jobs):
                 if error is not None:
                     failed[h] = error  # never cached: the file may be fixed
                     continue
@@ -306,7 +298,12 @@ class ContentPairing:
             if (t.original_hash, t.final_hash) in missing and t not in jobs[t.rel_path]:
                 jobs[t.rel_path].append(t)
                 missing.discard((t.original_hash, t.final_hash))
-        for rows in _threaded(self._locate_one, list(jobs.values()), self.settings.workers):
+        located = partial(locate_in_renders, match=self.settings.match,
+                          max_pixels=self.settings.max_pixels)
+        items = [(self.final_root / ts[0].rel_path,
+                  [(t.original_hash, t.final_hash, self.original_root / t.original_path)
+                   for t in ts]) for ts in jobs.values()]
+        for rows in self.runner.map(located, items):
             for row in rows:
                 if row.get("error") is None:
                     self.locate_cache.add(row)  # failures are never cached
@@ -314,40 +311,47 @@ class ContentPairing:
                 self.stats.locates += 1
         return found
 
-    def _locate_one(self, targets: list[_Target]) -> list[dict]:
-        """One final, decoded once, located in each of its targets' renders."""
-        s = self.settings
 
-        def failed(t: _Target, why: str) -> dict:
-            return {"original_hash": t.original_hash, "final_hash": t.final_hash,
-                    "confidence": 0.0, "error": why}
+def signature_of(job: tuple[str, Path], max_pixels: int
+                 ) -> tuple[str, np.ndarray | None, bool, str | None]:
+    """(content hash, cells, grey, None), or (content hash, None, False, why) for a file
+    that cannot be decoded."""
+    h, path = job
+    try:
+        cells, grey = signature(decode(path, cv2.IMREAD_COLOR, max_pixels))
+    except Unreadable as exc:
+        return h, None, False, str(exc)
+    return h, cells, grey, None
 
+
+def locate_in_renders(job: tuple[Path, list[tuple[str, str, Path]]], match: MatchSettings,
+                      max_pixels: int) -> list[dict]:
+    """One final (its path, then each render's hash, the final's hash and the render's
+    path), decoded once, located in each render: KEYS and RESULTS per render, or
+    confidence 0 and ``error``."""
+    final_path, renders = job
+
+    def failed(original_hash: str, final_hash: str, why: str) -> dict:
+        return {"original_hash": original_hash, "final_hash": final_hash,
+                "confidence": 0.0, "error": why}
+
+    try:
+        final = read_gray(final_path, max_pixels)
+    except Unreadable as exc:
+        return [failed(o, f, f"final unreadable: {exc}") for o, f, _ in renders]
+    rows = []
+    for original_hash, final_hash, original_path in renders:
         try:
-            final = read_gray(self.final_root / targets[0].rel_path, s.max_pixels)
+            original = read_gray(original_path, max_pixels)
+            loc = locate(original, final, match)
         except Unreadable as exc:
-            return [failed(t, f"final unreadable: {exc}") for t in targets]
-        rows = []
-        for t in targets:
-            try:
-                original = read_gray(self.original_root / t.original_path, s.max_pixels)
-                loc = locate(original, final, s.match)
-            except Unreadable as exc:
-                rows.append(failed(t, f"original unreadable: {exc}"))
-            except (LocateError, cv2.error) as exc:
-                rows.append(failed(t, str(exc)))
-            else:
-                rows.append({"original_hash": t.original_hash, "final_hash": t.final_hash,
-                             **loc._asdict(), "error": None})
-        return rows
-
-
-def _threaded(fn, items: list, workers: int) -> Iterator:
-    """``fn`` over ``items`` on ``workers`` threads (one OpenCV thread each), in order."""
-    if not items:
-        return
-    cv2.setNumThreads(1 if workers > 1 else -1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items)
+            rows.append(failed(original_hash, final_hash, f"original unreadable: {exc}"))
+        except (LocateError, cv2.error) as exc:
+            rows.append(failed(original_hash, final_hash, str(exc)))
+        else:
+            rows.append({"original_hash": original_hash, "final_hash": final_hash,
+                         **loc._asdict(), "error": None})
+    return rows
 
 
 def _targets(rel: str, final_hash: str, renders: pd.DataFrame) -> list[_Target]:

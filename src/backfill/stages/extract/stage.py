@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -29,6 +29,7 @@ from backfill.config.settings import ExtractConfig, section, threads
 from backfill.contracts.schemas import UNREADABLE, FinalsTable, TruthTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
+from backfill.executors import LocalRunner, Runner, open_runner
 from backfill.files.imageinfo import Unreadable
 from backfill.files.resultcache import ResultCache, code_version
 from backfill.stages.extract import locate as locate_module
@@ -62,8 +63,7 @@ class ExtractSettings:
 
     def content(self) -> ContentSettings:
         return ContentSettings(self.content_candidates, self.labels.min_confidence,
-                               self.labels.ambiguity_margin, self.match, self.workers,
-                               self.max_pixels)
+                               self.labels.ambiguity_margin, self.match, self.max_pixels)
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
@@ -98,30 +98,31 @@ def locate_files(original: Path, final: Path, match: MatchSettings, max_pixels: 
     return {**loc._asdict(), "error": None, "unreadable": None}
 
 
+def locate_pair(job: tuple[str, str, Path, Path], match: MatchSettings, max_pixels: int
+                ) -> dict:
+    """``locate_files`` of one (original hash, final hash, original path, final path),
+    as a row with KEYS."""
+    o_hash, f_hash, original, final = job
+    return {"original_hash": o_hash, "final_hash": f_hash,
+            **locate_files(original, final, match, max_pixels)}
+
+
 def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
-               match: MatchSettings, workers: int, max_pixels: int, cache: ResultCache
+               match: MatchSettings, max_pixels: int, cache: ResultCache, runner: Runner
                ) -> Iterator[dict]:
-    """Locate every (original, final) of ``todo`` on ``workers`` threads, yielding a row
-    (KEYS, RESULTS, ``error`` and ``unreadable``) per pair and saving results to ``cache``
-    as they come.
-    OpenCV releases the GIL while it decodes and matches, and each thread holds one
-    pair's pixels at a time, so memory stays bounded."""
-    cv2.setNumThreads(1 if workers > 1 else -1)  # -1: OpenCV's default; no oversubscription
-
-    def one(row: tuple) -> dict:
-        o_hash, f_hash, o_path, f_path = row
-        return {"original_hash": o_hash, "final_hash": f_hash,
-                **locate_files(original_root / o_path, final_root / f_path, match,
-                               max_pixels)}
-
-    rows = todo[KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None)
+    """Locate every (original, final) of ``todo`` on ``runner``, yielding a row (KEYS,
+    RESULTS, ``error`` and ``unreadable``) per pair and saving results to ``cache`` as
+    they come. Each worker holds one pair's pixels at a time, so memory stays bounded."""
+    jobs = ((o_hash, f_hash, original_root / o_path, final_root / f_path)
+            for o_hash, f_hash, o_path, f_path in todo[
+                KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None))
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for row in tqdm(pool.map(one, rows), total=len(todo), desc="extract: locating",
-                            unit="pair", disable=None):
-                if row["error"] is None and row["unreadable"] is None:
-                    cache.add(row)  # failures are never cached: a file may be fixed
-                yield row
+        for row in tqdm(runner.map(partial(locate_pair, match=match, max_pixels=max_pixels),
+                                   jobs), total=len(todo), desc="extract: locating",
+                        unit="pair", disable=None):
+            if row["error"] is None and row["unreadable"] is None:
+                cache.add(row)  # failures are never cached: a file may be fixed
+            yield row
     finally:  # an interrupted run keeps what it matched
         cache.save()
 
@@ -146,9 +147,13 @@ def located_table(records: list[dict]) -> pd.DataFrame:
 
 def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
                     settings: ExtractSettings, original_root: Path, final_root: Path,
-                    cache_dir: Path) -> ExtractResult:
+                    cache_dir: Path, runner: Runner | None = None) -> ExtractResult:
+    """The project's decisions and finals; pairs are located on ``runner`` (this
+    machine's ``settings.workers`` threads when None)."""
+    runner = runner or LocalRunner(settings.workers)
     cache = locate_cache(cache_dir, settings.match)
-    by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache)
+    by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache,
+                                runner)
     pairs, finals = pair_finals(groups, scan, ungrouped, by_content)
     located_by_content = located_table(by_content.located)
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
@@ -162,8 +167,8 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     todo_keys = todo_keys[todo_keys.pop("_merge") == "left_only"]
     todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
     matched, errors, unreadable = [], {}, {}
-    for row in locate_all(todo, original_root, final_root, settings.match, settings.workers,
-                          settings.max_pixels, cache):
+    for row in locate_all(todo, original_root, final_root, settings.match,
+                          settings.max_pixels, cache, runner):
         key = row["original_hash"], row["final_hash"]
         if row["unreadable"] is not None:
             unreadable[key] = row["unreadable"]
@@ -199,16 +204,18 @@ def run(project: Project) -> str:
     started = time.perf_counter()
     settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels)
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
-    result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"], settings,
-                             project.path("original_dir"), project.path("final_dir"),
-                             project.cache_dir)
+    with open_runner(project, settings.workers) as runner:
+        result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
+                                 settings, project.path("original_dir"),
+                                 project.path("final_dir"), project.cache_dir, runner)
     write_table(result.truth, project.output("truth"), TruthTable, "truth")
     write_table(result.finals, project.output("finals"), FinalsTable, "finals")
     unreadable = result.truth.loc[result.truth["user_action"] == UNREADABLE]
     lines = [
         f"extract {project.name}: {describe(result.truth, result.finals)}; pairs: "
         f"{result.matched:,} matched, {result.cached:,} from cache, {result.identical:,} "
-        f"identical, {result.failed:,} failed; {time.perf_counter() - started:.1f}s -> "
+        f"identical, {result.failed:,} failed; on {runner.describe()}; "
+        f"{time.perf_counter() - started:.1f}s -> "
         f"{project.output('truth').relative_to(project.root)}"]
     c = result.content
     if c.finals:
