@@ -208,13 +208,14 @@ def run(project: Project) -> str:
         result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
                                  settings, project.path("original_dir"),
                                  project.path("final_dir"), project.cache_dir, runner)
+        where = runner.describe()
     write_table(result.truth, project.output("truth"), TruthTable, "truth")
     write_table(result.finals, project.output("finals"), FinalsTable, "finals")
     unreadable = result.truth.loc[result.truth["user_action"] == UNREADABLE]
     lines = [
         f"extract {project.name}: {describe(result.truth, result.finals)}; pairs: "
         f"{result.matched:,} matched, {result.cached:,} from cache, {result.identical:,} "
-        f"identical, {result.failed:,} failed; on {runner.describe()}; "
+        f"identical, {result.failed:,} failed; on {where}; "
         f"{time.perf_counter() - started:.1f}s -> "
         f"{project.output('truth').relative_to(project.root)}"]
     c = result.content
