@@ -59,6 +59,26 @@ def test_a_wrong_value_is_named_with_what_is_allowed(composed, key, value, says)
     assert f"projects.demo.{key.split('.')[0]}" in str(err.value)
 
 
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("executor", "slurm", "executor='slurm' is not allowed: use one of local, ray"),
+    ("ray.address", "my-cluster", "use auto, ray://host:port, host:port, or null"),
+    ("ray.address", "ray://head", "use auto, ray://host:port"),
+    ("ray.actor_cpus", 0, "ray.actor_cpus=0.0 is not allowed: use a number > 0"),
+    ("ray.in_flight", 0, "ray.in_flight=0 is not allowed: use a number >= 1"),
+    ("ray.ship_bytes", "sometimes", "use true or false"),
+])
+def test_a_wrong_executor_setting_is_named_with_what_is_allowed(composed, key, value, says):
+    with pytest.raises(SettingError) as err:
+        check(_with(composed, key, value))
+    assert says in str(err.value)
+
+
+@pytest.mark.parametrize("address", ["auto", "ray://head.lan:10001", "10.0.0.5:6379",
+                                     "[::1]:6379", None])
+def test_every_documented_ray_address_is_accepted(composed, address):
+    assert check(_with(composed, "ray.address", address)).ray.address == address
+
+
 def test_a_setting_missing_from_an_older_composition_says_to_compose(composed):
     older = OmegaConf.create(composed)
     del older.projects.demo.validate["workers"]  # params.yaml from before the setting
