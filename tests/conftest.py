@@ -106,10 +106,11 @@ def repo_copy(tmp_path) -> Path:
     return scratch_repo(REPO, tmp_path / "repo")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> str:
     """The address of a Ray instance on this machine (2 CPUs, no dashboard), started by
-    this process and stopped with it; other processes (dvc's stages) join it there."""
+    this process for one test module and stopped after it (the rest of the suite runs
+    without it); other processes (dvc's stages) join it there."""
     import ray
 
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -188,31 +188,41 @@ class RayRunner:
             for ref in pending:
                 ray.cancel(ref)
 
-    def _actor_shape(self, cpus: float) -> tuple[int, float]:
-        """(actors, GPUs each) for actors of ``cpus`` CPUs on this cluster."""
+    def _actor_shape(self, cpus: float) -> tuple[int, float, float]:
+        """(actors, CPUs and GPUs each) that the cluster's live nodes can hold at once.
+        ``cpus`` is a CPU actor's share; a GPU actor's is ``ray.actor_cpus``, else an
+        even share of its node's CPUs among the node's GPU actors (decoding feeds the
+        GPU)."""
         cfg = self.cfg
+        nodes = [n["Resources"] for n in self._ray.nodes() if n.get("Alive")]
         gpus = cfg.actor_gpus if self.gpus >= cfg.actor_gpus > 0 else 0.0
-        fit = int(self.gpus // gpus) if gpus else int(self.cpus // cpus)
-        if int(self.cpus // cpus) < 1:
+        if gpus:
+            per_node = [(int(n.get("GPU", 0) // gpus), n.get("CPU", 0)) for n in nodes]
+            per_node = [(k, c) for k, c in per_node if k]
+            cpus = cfg.actor_cpus or max(1.0, min(c // k for k, c in per_node))
+            fit = sum(min(k, int(c // cpus)) for k, c in per_node)
+        else:
+            fit = sum(int(n.get("CPU", 0) // cpus) for n in nodes)
+        if fit < 1:
             held = "ray.actor_cpus" if cfg.actor_cpus else "this machine's torch threads " \
                 "(ray.actor_cpus: null)"
-            raise ConfigError(f"an embed worker needs {cpus:g} CPUs ({held}), more than the "
-                              f"cluster's {self.cpus:g}: set ray.actor_cpus in {SETTINGS}")
-        return min(cfg.actors or fit, fit), gpus
+            raise ConfigError(f"an embed worker needs {cpus:g} CPUs ({held}), more than any "
+                              f"node of the cluster has: set ray.actor_cpus in {SETTINGS}")
+        return min(cfg.actors or fit, fit), cpus, gpus
 
     def pool(self, factory: Callable[[float], Callable[[T], R]], items: Iterable[T],
              cpus: float) -> Iterator[R]:
-        """``worker(item)`` for every item, on a pool of actors of ``cpus`` CPUs, each
-        holding one ``factory(cpus)`` built once (a loaded model); yielded as they finish,
-        in any order. A lost actor is restarted and its call retried. Joins the cluster,
-        and starts the actors, at the first item."""
+        """``worker(item)`` for every item, on a pool of actors (of ``cpus`` CPUs when
+        they get no GPU), each holding one ``factory(cpus)`` built once (a loaded model);
+        yielded as they finish, in any order. A lost actor is restarted and its call
+        retried. Joins the cluster, and starts the actors, at the first item."""
         items = iter(items)
         first = next(items, _END)
         if first is _END:
             return
         items = itertools.chain([first], items)
         ray = self._connect()
-        self.actors, gpus = self._actor_shape(cpus)
+        self.actors, cpus, gpus = self._actor_shape(cpus)
         hosted = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=RETRIES,
                             max_task_retries=RETRIES)(_Hosted)
         actors = [hosted.remote(factory, cpus) for _ in range(self.actors)]
