@@ -19,6 +19,7 @@ from backfill.config.settings import RayConfig
 from backfill.contracts.schemas import EmbeddingsTable, FinalsTable, TruthTable
 from backfill.contracts.tables import write_table
 from backfill.demo.synthetic import make_project
+from backfill.executors import ray_runner
 from backfill.executors.ray_runner import RayRunner
 from backfill.models.clip import ClipSettings
 from backfill.stages.embed import embed_images, members, ray_embedder
@@ -93,40 +94,31 @@ def test_ray_gives_the_local_tables_to_the_byte(project, ray_cluster, tmp_path, 
     assert remote[1].content.paired >= 1 and remote[1].matched >= 3  # both kinds of locate
     assert tables(*local, tmp_path / "l") == tables(*remote, tmp_path / "r")
 
-    # The render deleted after the scan: read where the work ran, and said so.
-    why = remote[0].failed[gone]
-    assert "No such file" in why
-    if ship_bytes:  # read by this process, which says nothing of workers
-        assert "Ray worker" not in why
-    else:
-        assert f"on Ray worker {socket.gethostname()}" in why and "ray.ship_bytes: true" in why
+    # The render deleted after the scan: no worker and not this machine can open it, so
+    # its reason is the one a local run gives.
+    assert remote[0].failed == local[0].failed and "No such file" in local[0].failed[gone]
 
 
-def test_a_final_a_worker_cannot_read_is_unreadable_with_the_setting_named(
-        project, ray_cluster, tmp_path):
-    gen, scan, groups, ungrouped, _, _ = project
-    copy = tmp_path / "final"
-    copy.mkdir()
-    for f in gen.final_dir.rglob("*"):
-        if f.is_file():
-            (copy / f.relative_to(gen.final_dir)).parent.mkdir(parents=True, exist_ok=True)
-            (copy / f.relative_to(gen.final_dir)).write_bytes(f.read_bytes())
-    local = extract_project(groups, scan, ungrouped, EXTRACT, gen.original_dir, copy,
-                            tmp_path / "local-cache").truth
-    cropped = local.loc[(local["user_action"] == "crop") & (local["pair_method"] == "name")]
-    victim = sorted(cropped["final_path"])[0]
-    (copy / victim).unlink()
-    runner = RayRunner(ray_config(address=ray_cluster))
-    try:
-        truth = extract_project(groups, scan, ungrouped, EXTRACT, gen.original_dir, copy,
-                                tmp_path / "cache", runner).truth
-    finally:
-        runner.close()
-    row = truth.set_index("group_id").loc[
-        cropped.set_index("final_path").loc[victim, "group_id"]]
-    assert row["user_action"] == "unreadable"
-    assert "on Ray worker" in row["review_reason"]
-    assert "ray.ship_bytes: true" in row["review_reason"]
+def test_a_file_only_this_machine_can_open_stops_the_stage_naming_the_setting(
+        project, ray_cluster, tmp_path, monkeypatch):
+    gen, _, _, _, images, gone = project
+    # As if this machine saw a mount the workers lack: it can open what they cannot.
+    monkeypatch.setattr(ray_runner, "unopenable", lambda item: [])
+    for attempt in ("embed", "map"):
+        runner = RayRunner(ray_config(address=ray_cluster))
+        try:
+            with pytest.raises(ConfigError) as exc:
+                if attempt == "embed":
+                    embed_images(images, gen.original_dir, CLIP, tmp_path / attempt,
+                                 partial(ray_embedder, runner))
+                else:
+                    list(runner.map(str, [(gen.original_dir / gone,)]))
+        finally:
+            runner.close()
+        message = str(exc.value)
+        assert "\n" not in message and str(gen.original_dir / gone) in message
+        assert f"Ray worker {socket.gethostname()} cannot open" in message
+        assert "ray.ship_bytes: true" in message
 
 
 def test_an_unreachable_cluster_is_one_line_naming_the_setting():
@@ -188,3 +180,35 @@ def test_ray_map_keeps_order_and_bounds_what_is_in_flight(ray_cluster):
     finally:
         runner.close()
     assert seen == [-i for i in range(12)]
+
+
+class FailsToStart:
+    def __init__(self, cpus: float) -> None:
+        raise RuntimeError("no weights at /models/clip.pt on this node")
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_line(ray_cluster):
+    runner = RayRunner(ray_config(address=ray_cluster))
+    try:
+        with pytest.raises(ConfigError) as exc:
+            list(runner.pool(FailsToStart, [1, 2], cpus=1))
+    finally:
+        runner.close()
+    message = str(exc.value)
+    assert "\n" not in message and "could not start" in message
+    assert "no weights at /models/clip.pt on this node" in message
+
+
+def test_a_slow_cluster_is_said_while_waiting_and_close_cancels_what_is_queued(
+        ray_cluster, monkeypatch, capsys):
+    import ray
+
+    monkeypatch.setattr(ray_runner, "WAITING_NOTE_S", 0.5)
+    runner = RayRunner(ray_config(address=ray_cluster, in_flight=2))
+    results = runner.map(time.sleep, [2.0] + [30.0] * 5)
+    assert next(results) is None
+    assert "waiting for the Ray cluster: no task result for 0.5 s" in capsys.readouterr().err
+    started = time.monotonic()
+    runner.close()  # the stage stopped midway: the 30 s tasks are cancelled, not awaited
+    assert time.monotonic() - started < 5
+    assert ray.is_initialized()  # an instance this runner did not start keeps running

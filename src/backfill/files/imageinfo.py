@@ -65,17 +65,6 @@ class Shipped(NamedTuple):
             return cls(str(path), None, f"unreadable: {exc.strerror or exc}")
 
 
-# Said after a failed open: where the file was read, and what to do when a machine other
-# than the one holding the project cannot see it (set by executors on a Ray worker).
-_read_where = ""
-
-
-def read_where(note: str) -> None:
-    """Add ``note`` to every 'unreadable' reason this process gives from now on."""
-    global _read_where
-    _read_where = note
-
-
 def entry_kind(mode: int) -> str:
     """What a non-regular directory entry is, in words, from its stat mode."""
     kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -98,7 +87,7 @@ def open_regular(path: Path | str) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise Unreadable(f"unreadable: {exc.strerror or exc}{_read_where}") from None
+        raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
     try:
         mode = os.fstat(fd).st_mode
     except OSError as exc:
@@ -214,7 +203,7 @@ def decode(path: Path | str | Shipped, flags: int, max_pixels: int) -> np.ndarra
             with open_regular(path) as fh:
                 data = np.fromfile(fh, dtype=np.uint8)
         except OSError as exc:
-            raise Unreadable(f"unreadable: {exc.strerror or exc}{_read_where}") from None
+            raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
     if not data.size:
         raise Unreadable("empty file (0 bytes)")
     width, height = header_size(data)

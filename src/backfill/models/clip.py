@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import blake3
 
 from backfill.config.errors import ConfigError
 from backfill.config.settings import EmbedConfig, section, threads
+from backfill.files.network import unreachable
 
 HUB_HOST = ("huggingface.co", 443)  # where open_clip fetches weights from
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -118,11 +118,7 @@ def _cached(repo: str) -> bool:
 def _online(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         return False
-    try:
-        socket.create_connection(HUB_HOST, timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return unreachable(*HUB_HOST, timeout) is None
 
 
 def check_weights_reachable(model: str, pretrained: str | None) -> None:
