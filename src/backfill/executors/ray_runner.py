@@ -150,7 +150,10 @@ class RayRunner:
                 options["runtime_env"] = {"py_modules": [str(Path(backfill.__file__).parent)]}
             try:
                 ray.init(**options)
-            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            # Ray exits (SystemExit) when a head it found, e.g. the one "auto" names, is
+            # gone after all its retries.
+            except (ConnectionError, RuntimeError, ValueError, TimeoutError, SystemExit
+                    ) as exc:
                 raise ConfigError(
                     f"cannot join the Ray cluster at ray.address={address!r}: "
                     f"{_first_line(exc)}. Start it (`ray start --head`), fix ray.address in "
