@@ -20,6 +20,13 @@ def test_the_local_runner_keeps_the_items_order():
     assert LocalRunner(1).describe() == "1 thread" and list(LocalRunner(2).map(abs, [])) == []
 
 
+def test_a_runner_with_nothing_to_send_says_it_never_joined():
+    runner = RayRunner(ray_config(address="auto"))
+    assert list(runner.map(abs, [])) == [] and list(runner.pool(abs, [], cpus=1)) == []
+    assert runner.describe() == "ray (auto, not joined: nothing to send)"
+    runner.close()
+
+
 def cluster(*nodes: dict, alive: bool = True) -> RayRunner:
     runner = RayRunner(ray_config())
     runner._ray = SimpleNamespace(nodes=lambda: [{"Alive": alive, "Resources": n}

@@ -178,7 +178,7 @@ class RayRunner:
     def describe(self) -> str:
         where = self.cfg.address or "a local instance"
         if self._ray is None:
-            return f"ray ({where})"
+            return f"ray ({where}, not joined: nothing to send)"
         actors = f", {self.actors} actor{'s' if self.actors != 1 else ''}" if self.actors else ""
         return f"ray ({where}: {self.cpus:g} CPUs, {self.gpus:g} GPUs{actors})"
 
