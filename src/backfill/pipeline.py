@@ -50,7 +50,7 @@ STAGES = (
           "the model version's picks and crops, and its accuracy"),
     Stage("merge", "stages.merge", ("stages/merge.py", "production", "models"),
           "plan the merge into the production DB; write the merged DB"),
-    Stage("validate", "stages.validate", ("stages/validate.py", "reports", "models"),
+    Stage("validate", "stages.validate", ("stages/validate.py", "reports", "executors", "models"),
           "check every table and the DB; metrics, plots, report"),
 )
 BY_NAME = {s.name: s for s in STAGES}

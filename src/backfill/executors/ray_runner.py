@@ -218,7 +218,8 @@ class RayRunner:
                     f"a Ray worker cannot import what backfill needs ({_first_line(cause)}): "
                     "install requirements.lock on every node") from None
             raise
-        except ray.exceptions.RayActorError as exc:
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.ObjectLostError) as exc:
             if getattr(exc, "actor_init_failed", False):
                 why = _last_line(exc)
                 hint = ("install requirements.lock on every node" if "Import" in why
@@ -227,10 +228,6 @@ class RayRunner:
                         "weights downloadable or cached there")
                 raise ConfigError(f"an embed worker could not start on the Ray cluster "
                                   f"({why}): {hint}") from None
-            raise ConfigError(f"a Ray worker was lost {RETRIES + 1} times on one item "
-                              f"({_first_line(exc)}); its log: `ray logs` on the cluster"
-                              ) from None
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as exc:
             raise ConfigError(f"a Ray worker was lost {RETRIES + 1} times on one item "
                               f"({_first_line(exc)}); its log: `ray logs` on the cluster"
                               ) from None

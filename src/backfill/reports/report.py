@@ -15,7 +15,6 @@ import base64
 import io
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -24,6 +23,7 @@ import pandas as pd
 from backfill.config.project import Project
 from backfill.config.settings import ValidateConfig, section, threads
 from backfill.contracts.schemas import UNREADABLE
+from backfill.executors import LocalRunner
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
 from backfill.files.resultcache import ResultCache, code_version
@@ -106,10 +106,9 @@ class Thumbnails:
             path, px, box = job[1]
             return thumbnail(path, px, self.max_pixels, box)
 
-        cv2.setNumThreads(1 if self.workers > 1 else -1)  # the threads share the cores
-        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            for (key, (path, _, _)), uri in zip(jobs, pool.map(draw_one, jobs), strict=True):
-                self._keep(path, key, uri)
+        drawn = LocalRunner(max(1, self.workers)).map(draw_one, jobs)
+        for (key, (path, _, _)), uri in zip(jobs, drawn, strict=True):
+            self._keep(path, key, uri)
 
     def __call__(self, path: Path, px: int, box: list[float] | None = None) -> str | None:
         key = self._key(path, px, box)
