@@ -76,6 +76,9 @@ class SyntheticProject:
     other_finals: dict[str, str] = field(default_factory=dict)
     # With ``odd_names``: each kept final's rel_path -> its ODD_NAMES kind.
     final_names: dict[str, str] = field(default_factory=dict)
+    # add_decoys: each decoy final's rel_path -> the first timestamp of the group whose
+    # picture it shows (it is no decision of that group, nor of any).
+    decoys: dict[str, str] = field(default_factory=dict)
 
     def save_truth(self) -> Path:
         out = self.root / "truth.json"
@@ -83,6 +86,8 @@ class SyntheticProject:
                 "other_finals": self.other_finals}
         if self.final_names:  # only then: older projects' truth stays byte for byte
             data["final_names"] = self.final_names
+        if self.decoys:
+            data["decoys"] = self.decoys
         out.write_text(json.dumps(data, indent=1, sort_keys=True))
         return out
 
@@ -405,3 +410,56 @@ def _rename_finals(project: SyntheticProject, rng: np.random.Generator, scale: f
         img.save(buf, format="JPEG" if name.endswith(".jpg") else "PNG")
         _write(final / name, buf.getvalue())
         project.other_finals[name] = "orphan"
+
+
+def rerender(rng: np.random.Generator, img: Image.Image, details: int = 0) -> Image.Image:
+    """The same picture rendered again: its structure kept, its grain its own (the
+    render's grain smoothed away, new grain added), and ``details`` small shapes of its
+    own (another seed of the same prompt changes details, not the composition)."""
+    pixels = cv2.GaussianBlur(np.asarray(img.convert("RGB"), float), (0, 0), 1.5)
+    out = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for _ in range(details):
+        x0, y0 = int(rng.integers(0, out.width)), int(rng.integers(0, out.height))
+        x1, y1 = x0 + out.width // 12, y0 + out.height // 12
+        draw.ellipse((x0, y0, x1, y1), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    grain = rng.normal(0, 6, size=(out.height, out.width, 3))
+    return Image.fromarray(np.clip(np.asarray(out, float) + grain, 0, 255).astype(np.uint8))
+
+
+def add_decoys(project: SyntheticProject, seed: int, per_group: int = 2,
+               groups: int = 8) -> None:
+    """Finals that show a group's picture but are no decision of any group: the same
+    picture rendered again (``rerender``: another seed of the same prompt, or the same
+    scene with its own noise), cut at another framing and saved at another scale, as
+    real final folders hold when a person kept a variant whose render is gone.
+
+    Up to ``groups`` groups get ``per_group`` decoys each, rejected groups first (a decoy
+    of a rejected group is what content pairing can wrongly take). Decoys are named in
+    turn with a render identity (a timestamp and stage of no existing render, as the
+    variant's own render was named) or with none (``IMG_7xxx.jpg``, ``export-7xx.png``).
+    Recorded in ``decoys``; truth.json is saved again."""
+    rng = np.random.default_rng([seed, 7919])
+    rejected = [g for g in project.groups if g.kept_index is None]
+    kept = [g for g in project.groups if g.kept_index is not None]
+    number = iter(range(700, 10_000))
+    when = datetime(2023, 3, 15, 10, 15, 0)  # before every render: an identity of none
+    chosen = (rejected + kept)[:groups]
+    for k, g in enumerate(chosen):
+        for d in range(per_group):
+            index = int(rng.integers(len(g.rel_paths)))
+            with Image.open(project.original_dir / g.rel_paths[index]) as img:
+                variant = rerender(rng, img, details=int(rng.integers(0, 4)))
+            box = crop_box(rng, "free", variant.width, variant.height)
+            data, ext, _ = encode_final(rng, variant.crop(box), str(rng.choice(
+                ["png", "jpeg", "resized", "resized_jpeg"])))
+            if (k + d) % 2 == 0:
+                ts = (when + timedelta(minutes=5 * (k * per_group + d))).strftime(
+                    "%Y%m%d_%H%M%S")
+                name = f"variants/{ts}_{STAGE_LABELS[g.stages[index]]}{ext}"
+            else:
+                n = next(number)
+                name = f"IMG_{n:04d}.jpg" if ext == ".jpg" else f"export-{n}{ext}"
+            _write(project.final_dir / name, data)
+            project.decoys[name] = g.first_timestamp
+    project.save_truth()
