@@ -95,7 +95,8 @@ def test_true_orphans_stay_orphans_with_the_reason(odd):
         assert finals.loc[rel, "role"] == "orphan" and pd.isna(finals.loc[rel, "pair_method"])
         assert "no render matches its content (best: " in finals.loc[rel, "reason"]
     assert finals.loc["20240101_000200_stage2_upscaled copy.png", "reason"].startswith(
-        "no original render has this name, timestamp and stage; no render matches")
+        "no original render has this name, timestamp and stage; its name claims render "
+        "20240101_000200 stage 2, so it is never paired by content")
     for rel, kind in project.other_finals.items():
         assert finals.loc[rel, "role"] == ("orphan" if kind == "unreadable" else kind), rel
     kept = finals[finals["role"] == "kept"]

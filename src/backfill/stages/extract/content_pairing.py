@@ -1,9 +1,12 @@
 """content_pairing: kept finals whose names say nothing, paired with a render by what
 they show.
 
-A final named ``IMG_0412.jpg`` or ``export-3.png``, or one whose timestamp and stage
-match no render, may still be one of the person's kept images. pairing hands each such
-readable final here, with the renders of the groups that have no kept final yet:
+A final named ``IMG_0412.jpg`` or ``export-3.png`` may still be one of the person's kept
+images. pairing hands each such readable final here, with the renders of the groups
+that have no kept final yet. It also hands the finals whose timestamp and stage match
+no render (``named``): those are matched the same way, but only so that their reason
+can name their best match; they are never claimed, and flag no group (the same
+picture is often rendered again, and such a final is a render that is gone):
 
 1. Shortlist. Every render has a signature: histograms of colour (6 levels a channel)
    and of grey (32 levels) in each cell of a 3x3 grid over a small decode (128 px on
@@ -27,6 +30,9 @@ readable final here, with the renders of the groups that have no kept final yet:
    differ by resampling alone), then the scale closest to 1 (the crop tool saves at the
    render's own size), then the highest stage (the most finished render, as when two
    are kept).
+
+Whatever it finds, pairing flags the group for review: a picture that appears inside a
+render may be the same picture rendered again, at another framing or scale.
 
 Cost per final: one histogram comparison against every candidate render's cached
 signature (milliseconds), then k locates plus the winner's other stages; near
@@ -165,8 +171,9 @@ class ContentSettings:
 
 @dataclass
 class ContentStats:
-    finals: int = 0  # finals compared by content
+    finals: int = 0  # finals compared by content to be paired
     paired: int = 0
+    named: int = 0  # finals naming a render that is gone: compared for their reason only
     signatures: int = 0  # signatures computed (not from the cache)
     locates: int = 0  # finals located in a render (not from the cache)
     seconds: float = 0.0
@@ -186,8 +193,9 @@ class _Target:
 
 @dataclass
 class ContentPairing:
-    """pairing.ContentPairer: called with the readable unpaired finals and the renders
-    (pairing.render_rows) of the groups with no kept final."""
+    """pairing.ContentPairer: called with the readable unpaired finals, the renders
+    (pairing.render_rows) of the groups with no kept final, and the finals whose names
+    state a render identity (never claimed)."""
 
     settings: ContentSettings
     original_root: Path
@@ -199,14 +207,16 @@ class ContentPairing:
     # The location of every claim made (KEYS and RESULTS): extract needs no second locate.
     located: list[dict] = field(default_factory=list)
 
-    def __call__(self, finals: pd.DataFrame, renders: pd.DataFrame) -> ContentOutcome:
+    def __call__(self, finals: pd.DataFrame, renders: pd.DataFrame,
+                 named: frozenset[str] = frozenset()) -> ContentOutcome:
         started = time.perf_counter()
         try:
-            return self._pair(finals, renders)
+            return self._pair(finals, renders, named)
         finally:
             self.stats.seconds += time.perf_counter() - started
 
-    def _pair(self, finals: pd.DataFrame, renders: pd.DataFrame) -> ContentOutcome:
+    def _pair(self, finals: pd.DataFrame, renders: pd.DataFrame, named: frozenset[str]
+              ) -> ContentOutcome:
         s = self.settings
         outcome = ContentOutcome([], {}, defaultdict(list))
         if s.candidates == 0:
@@ -217,7 +227,9 @@ class ContentPairing:
             outcome.reasons = dict.fromkeys(
                 finals["rel_path"], "not compared by content: every group has a kept final")
             return outcome
-        self.stats.finals += len(finals)
+        told = finals["rel_path"].isin(named)
+        self.stats.finals += int((~told).sum())
+        self.stats.named += int(told.sum())
         signatures, failed = self._signatures({
             **dict(zip(renders["content_hash"], renders["original_path"].map(
                 lambda p: self.original_root / p), strict=True)),
@@ -233,7 +245,14 @@ class ContentPairing:
         names = dict(zip(renders["original_path"], renders["name"], strict=True))
         first = shortlisted(finals, renders, signatures, s.candidates)
         found = self._locate(first)
-        winners = _choose_groups(first, found, s, names, outcome)
+        winners = _choose_groups(first, found, s, names, outcome, named)
+        for rel in sorted(named & winners.keys()):
+            g, tried = winners.pop(rel)
+            best = max((t for t in tried if t.group_id == g), key=lambda t: _confidence(found, t))
+            doubt = _doubt(found[best.original_hash, best.final_hash], s)
+            outcome.reasons[rel] = (
+                f"its content best matches {names[best.original_path]} of {g} (confidence "
+                f"{_confidence(found, best):.2f}{f', {doubt}' if doubt else ''})")
         # The winners' other stages, so that the stage rule sees them all.
         rest = [t for rel, (g, tried) in winners.items() for t in _targets(
             rel, tried[0].final_hash, renders[(renders["group_id"] == g) & ~renders["index"].isin(
@@ -373,16 +392,18 @@ def shortlisted(finals: pd.DataFrame, renders: pd.DataFrame,
 
 
 def _choose_groups(tried: list[_Target], found: dict[tuple[str, str], dict],
-                   s: ContentSettings, names: dict[str, str], outcome: ContentOutcome
+                   s: ContentSettings, names: dict[str, str], outcome: ContentOutcome,
+                   named: frozenset[str] = frozenset()
                    ) -> dict[str, tuple[str, list[_Target]]]:
     """The one group each final's content fits (final -> group, targets tried); the
-    reason in ``outcome`` for a final that fits none, or several about equally."""
+    reason in ``outcome`` for a final that fits none, or several about equally (its
+    groups are flagged, unless the final is ``named``: it could be paired with none)."""
     winners = {}
     for rel, mine in _by_final(tried).items():
         best = max(mine, key=lambda t: _confidence(found, t))
         near = sorted({t.group_id for t in _tied(mine, found, s)})
         if len(near) > 1:
-            _ambiguous(outcome, rel, near, mine, found)
+            _ambiguous(outcome, rel, near, mine, found, flag=rel not in named)
         elif not near:
             outcome.reasons[rel] = (f"no render matches its content (best: "
                                     f"{names[best.original_path]}, confidence "
@@ -428,13 +449,14 @@ def _by_final(targets: list[_Target]) -> dict[str, list[_Target]]:
 
 
 def _ambiguous(outcome: ContentOutcome, rel: str, groups: list[str], tried: list[_Target],
-               found: dict[tuple[str, str], dict]) -> None:
-    """A final whose content fits renders of several groups about equally: no pair."""
+               found: dict[tuple[str, str], dict], flag: bool = True) -> None:
+    """A final whose content fits renders of several groups about equally: no pair, and
+    each group flagged (when ``flag``)."""
     best = {g: max(_confidence(found, t) for t in tried if t.group_id == g) for g in groups}
     said = ", ".join(f"{g} {c:.3f}" for g, c in best.items())
     outcome.reasons[rel] = (f"its content fits renders of {len(groups)} groups about equally "
                             f"({said}): paired with none")
-    for g in groups:
+    for g in groups if flag else []:
         others = ", ".join(o for o in groups if o != g)
         outcome.reviews[g].append(f"{rel} fits this group and {others} by its content "
                                   f"({said}): not paired (check which group it belongs to)")

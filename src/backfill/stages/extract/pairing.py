@@ -9,10 +9,14 @@ by the first of these that answers (its ``pair_method``, schemas.PAIR_METHODS):
    whatever follows them and whatever the extension: Finder's ``... copy.png`` and
    ``... 2.png``, an editor's ``..._edit.png``, ``... copy.jpg``;
 3. content: its bytes are a kept final's (a copy under another name) or a render's (a
-   render moved and renamed); else, for a readable final whose name carries no usable
-   identity (``IMG_0412.jpg``, ``export-3.png``) or one that matches no render,
-   ``by_content`` (content_pairing) finds its render among the groups with no kept
-   final yet, verified by locating it.
+   render moved and renamed); else, for a readable final whose name carries no
+   identity (``IMG_0412.jpg``, ``export-3.png``), ``by_content`` (content_pairing) finds
+   its render among the groups with no kept final yet, verified by locating it. The
+   same picture is often rendered again (another seed of the same prompt), so what a
+   final shows is no proof: a pairing by pixels is always flagged for review, and a
+   final whose name states a render identity that no render has is never paired by
+   content (it is another render, one that is gone): it stays an orphan whose reason
+   names the render it claims to be and its best content match.
 
 Never a guess: a final whose name, identity, bytes or content fits renders of two
 groups is paired with neither (an orphan whose reason names them), and both groups are
@@ -113,8 +117,14 @@ class ContentOutcome:
     reviews: dict[str, list[str]]
 
 
-# (readable unpaired finals, renders of the groups with no kept final) -> outcome.
-ContentPairer = Callable[[pd.DataFrame, pd.DataFrame], ContentOutcome]
+# (readable unpaired finals, renders of the groups with no kept final, the finals among
+# them whose names state a render identity: matched for their reason, never claimed)
+# -> outcome.
+ContentPairer = Callable[[pd.DataFrame, pd.DataFrame, frozenset[str]], ContentOutcome]
+# Why a group's kept final found by pixels alone needs a person's look.
+BY_CONTENT = ("{rel} was paired by its content alone (no name or identical bytes tie it "
+              "to a render; the same picture may have been rendered again): check it is "
+              "this group's image")
 
 
 def stem(name: str) -> str:
@@ -204,10 +214,21 @@ def claim_by_bytes(finals: pd.DataFrame, renders: pd.DataFrame, pairing: Pairing
             pairing.claim(rel, rendered.get(content, []), "content", "content (same bytes)")
 
 
-def add_content(pairing: Pairing, outcome: ContentOutcome) -> None:
-    """Pass 3's search by pixels, added to what the names said."""
+def add_content(pairing: Pairing, outcome: ContentOutcome,
+                named: dict[str, tuple[str, float]]) -> None:
+    """Pass 3's search by pixels, added to what the names said: every claim is flagged
+    for review, and a final whose name states a render identity (``named``) is never
+    claimed, only told what it matched."""
     for c in outcome.claims:
+        if c.rel_path in named:  # the pairer only reports what these match
+            continue
         pairing.claims[c.rel_path] = c
+        pairing.reviews[c.group_id].append(BY_CONTENT.format(rel=c.rel_path))
+    for rel, (timestamp, stage) in named.items():
+        pairing.reasons[rel] = "; ".join(filter(None, [
+            pairing.reasons.get(rel), f"its name claims render {timestamp} stage {stage:g}, "
+            "so it is never paired by content (another render of the same picture looks "
+            "alike)"]))
     for rel, why in outcome.reasons.items():
         pairing.reasons[rel] = "; ".join(filter(None, [pairing.reasons.get(rel), why]))
     for group_id, notes in outcome.reviews.items():
@@ -311,7 +332,7 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
     file saying what it is: kept, copy, extra (another kept image of a group) or orphan.
 
     ``by_content`` pairs the readable finals that neither names nor bytes tied to a
-    group; without it they stay orphans."""
+    group and whose names state no render identity; without it they stay orphans."""
     finals = _final_rows(scan)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
@@ -322,7 +343,10 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
                           & ~finals["rel_path"].isin(pairing.settled)
                           & (finals["status"] != "error")]
         decided = {c.group_id for c in pairing.claims.values()}
+        named = {rel: ident for rel, ident in zip(unpaired["rel_path"], map(
+            identity, unpaired["timestamp"], unpaired["stage"]), strict=True) if ident}
         if len(unpaired):
             add_content(pairing, by_content(unpaired, renders[
-                ~renders["group_id"].isin(decided) & renders["content_hash"].notna()]))
+                ~renders["group_id"].isin(decided) & renders["content_hash"].notna()],
+                frozenset(named)), named)
     return assemble(groups, finals, originals, pairing)

@@ -219,10 +219,11 @@ def run(project: Project) -> str:
         f"{time.perf_counter() - started:.1f}s -> "
         f"{project.output('truth').relative_to(project.root)}"]
     c = result.content
-    if c.finals:
-        lines.append(f"  by content: {c.paired:,} of {c.finals:,} unnamed finals paired "
-                     f"({c.signatures:,} signatures and {c.locates:,} locates computed, "
-                     f"{c.seconds:.1f}s)")
+    if c.finals or c.named:
+        lines.append(f"  by content: {c.paired:,} of {c.finals:,} unnamed finals paired, "
+                     f"each flagged for review; {c.named:,} named after a render that is "
+                     f"gone, left orphans ({c.signatures:,} signatures and {c.locates:,} "
+                     f"locates computed, {c.seconds:.1f}s)")
     lines += [f"  kept final of {g} not used (fix the file, then `dvc repro`): {why}"
               for g, why in zip(unreadable["group_id"], unreadable["review_reason"],
                                 strict=True)]
