@@ -20,8 +20,9 @@ by the first of these that answers (its ``pair_method``, schemas.PAIR_METHODS):
 
 Never a guess: a final whose name, identity, bytes or content fits renders of two
 groups is paired with neither (an orphan whose reason names them), and both groups are
-flagged for review with the reason. What a group ends up with (README, "How decisions
-are recovered"):
+flagged for review with the reason (unless it is a final named after a render that is
+gone: it could be paired with neither anyway). What a group ends up with (README, "How
+decisions are recovered"):
 
 - nothing: the group was rejected;
 - several files of one render (one name in several subfolders, a Finder copy, an

@@ -1,7 +1,8 @@
 """extract: every decision the person made, recovered from the final folder.
 
 pairing finds each group's kept final by name, by the identity in its name, or by
-content (content_pairing, only for finals the names leave unpaired), locate finds where
+content (content_pairing, only for finals the names leave unpaired; flagged for review
+unless the bytes are identical), locate finds where
 it lies in its original (cached by both files' content hashes and the matcher
 settings), decisions labels the action with the configured tolerances. Changing a
 tolerance therefore re-labels a project without matching a single image again.
