@@ -13,6 +13,7 @@ try:  # a Ctrl-C while the libraries load is one line too, not a traceback
     from backfill.config.project import find_root, load_project, write_params
     from backfill.contracts.tables import ContractError
     from backfill.db.schema import DecisionDBError
+    from backfill.files.atomic import DiskFull
     from backfill.pipeline import BY_NAME, STAGES, add_train_stage
 except KeyboardInterrupt:
     print("backfill: interrupted", file=sys.stderr)
@@ -365,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"backfill: error: {exc}", file=sys.stderr)
+        return 2
+    except DiskFull as exc:  # the user makes room: their fix, like a setting
+        print(f"backfill: error: {exc.strerror}", file=sys.stderr)
         return 2
     except (ContractError, DecisionDBError) as exc:
         print(f"backfill: {exc}", file=sys.stderr)

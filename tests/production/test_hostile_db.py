@@ -8,6 +8,7 @@ exactly_the_merged_rows), a missing or corrupt DB and a write lock at publish
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from backfill.contracts.schemas import (
 from backfill.contracts.tables import read_table, typed_frame
 from backfill.db.schema import DecisionDBError, create
 from backfill.demo.production import make_production_db
-from backfill.files.atomic import write_parquet
+from backfill.files.atomic import DiskFull, size_text, write_parquet
 from backfill.production.publish import run_publish
 from backfill.stages.merge import run as merge_run
 from tests.conftest import pipeline_config
@@ -246,3 +247,107 @@ def test_a_dry_run_says_whether_production_moved_since_planning(planned):
     assert "changed since" in run_publish(project, dry_run=True)
     run_publish(project, dry_run=False)  # a row no planned value depends on: it goes on
     assert "late" in rows_of(db).index
+
+
+def backups(db: Path) -> list[str]:
+    return sorted(p.name for p in db.parent.iterdir() if p.name != db.name)
+
+
+@pytest.fixture
+def disk_fills_at(monkeypatch):
+    """``fill(which)``: SQLite finds the disk full when writing the backup ('backup') or
+    the DB itself ('transaction'), as a real full disk makes it (SQLITE_FULL): the
+    connection may not grow its file."""
+    real = sqlite3.connect
+
+    def fill(which: str) -> None:
+        def connect(target, *args, **kwargs):
+            conn = real(target, *args, **kwargs)
+            name = str(target)
+            if (which == "backup" and name.endswith(".partial")) or (
+                    which == "transaction" and name.endswith("ai_decisions.db")
+                    and "mode=ro" not in name and kwargs.get("isolation_level", "") is None):
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(pages, 1)}")
+            return conn
+
+        monkeypatch.setattr(sqlite3, "connect", connect)
+    return fill
+
+
+@pytest.mark.parametrize("where", ["backup", "transaction"])
+def test_a_full_disk_says_so_and_that_the_db_is_untouched(planned, disk_fills_at, where):
+    """Not "cannot be read ... restore it from its latest backup": that advice would throw
+    away every reviewer write since that backup."""
+    project, db = planned
+    before = digest(db)
+    disk_fills_at(where)
+    with pytest.raises(DecisionDBError) as err:
+        run_publish(project, dry_run=False)
+    message = str(err.value)
+    assert "disk" in message and "full" in message
+    assert "untouched" in message and "Restore" not in message and "cannot be read" not in message
+    assert size_text(db.stat().st_size) in message  # the room a backup or journal needs
+    assert digest(db) == before
+    assert not [n for n in backups(db) if n.endswith(".partial")]
+    assert len(backups(db)) == (0 if where == "backup" else 1)
+
+
+def test_a_full_disk_from_the_os_at_the_backup_leaves_no_partial(planned, monkeypatch):
+    project, db = planned
+    before = digest(db)
+
+    def no_room(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_room)
+    with pytest.raises(DecisionDBError, match="disk holding .* is full") as err:
+        run_publish(project, dry_run=False)
+    assert "untouched" in str(err.value) and "Restore" not in str(err.value)
+    assert digest(db) == before and backups(db) == []
+
+
+def test_a_reader_holding_a_transaction_open_is_named_and_backups_do_not_pile_up(planned):
+    """The reviewer app holds a read transaction open (rollback-journal mode): publish
+    cannot commit. Each retry must not leave one more full backup."""
+    project, db = planned
+    project.cfg.merge.lock_timeout_s = 0.2
+    before, rows_before = digest(db), rows_of(db)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM ai_decisions").fetchone()  # holds a read lock
+    try:
+        for _ in range(3):
+            with pytest.raises(DecisionDBError) as err:
+                run_publish(project, dry_run=False)
+            assert "read transaction open" in str(err.value)
+            assert "mid-write" not in str(err.value)
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    assert digest(db) == before
+    assert len(backups(db)) == 1  # one backup, reused by every retry
+    message = run_publish(project, dry_run=False)
+    assert backups(db) and len(backups(db)) == 1 and backups(db)[0] in message
+    pd.testing.assert_frame_equal(rows_of(db.with_name(backups(db)[0])), rows_before)
+    assert len(rows_of(db)) == len(rows_of(project.out_dir / "ai_decisions.db"))
+
+
+def test_a_merge_that_fills_the_disk_names_the_db_it_was_writing(tmp_path, recovered,
+                                                                 monkeypatch):
+    prod = make_production_db(recovered.gen, tmp_path / "live.db", seed=5)
+    project = make_stage_project(tmp_path, recovered, real_db=prod.path)
+    real = sqlite3.connect
+
+    def connect(target, *args, **kwargs):  # the merged DB's file may not grow: SQLITE_FULL
+        conn = real(target, *args, **kwargs)
+        if ".ai_decisions.db.tmp-" in str(target):
+            conn.execute("PRAGMA max_page_count = 1")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    out = project.out_dir / "ai_decisions.db"
+    with pytest.raises(DiskFull, match="the disk is full") as err:
+        merge_run(project)
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert not list(project.out_dir.glob(".ai_decisions.db.tmp-*"))

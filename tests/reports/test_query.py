@@ -3,6 +3,7 @@
 import json
 import sqlite3
 
+import duckdb
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -12,7 +13,7 @@ from backfill.config.errors import ConfigError
 from backfill.config.project import Project
 from backfill.db.schema import create, insert_rows
 from backfill.files.atomic import write_parquet
-from backfill.reports.query import connect, query, views
+from backfill.reports.query import connect, query, run_query, views
 
 # Four groups: (stages, kept index, AI's pick, action). The AI picks the highest stage.
 GROUPS = [((1.0, 2.0), 1, 1, "approve"),
@@ -94,3 +95,72 @@ def test_the_command(project, monkeypatch, capsys):
     assert cli.main(["query", "p", "SELECT * FROM ai_decisions"]) == 2
     err = capsys.readouterr().err
     assert 'Did you mean "decisions"' in err and "views:" in err
+
+
+@pytest.fixture
+def production_db(project):
+    """The project's production DB: a query must never write it."""
+    db = project.root / "real.db"
+    with sqlite3.connect(db) as conn:
+        create(conn)
+    return db
+
+
+@pytest.mark.parametrize("target", ["production", "table"])
+def test_a_query_writes_no_file(project, production_db, monkeypatch, capsys, target):
+    # COPY ... TO a file overwrote the production DB with CSV text, or replaced a
+    # project's table, and exited 0.
+    path = production_db if target == "production" else project.output("truth")
+    before = {p: p.read_bytes() for p in (production_db, project.output("truth"),
+                                          project.out_dir / "ai_decisions.db")}
+    monkeypatch.setattr(cli, "load_project", lambda name: project)
+    code = cli.main(["query", "p", f"COPY (SELECT * FROM decisions) TO '{path}' (FORMAT csv)"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "only reads" in err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(project.out_dir.iterdir()) == sorted(
+        [project.output("groups"), project.output("truth"), project.out_dir / "ai_decisions.db"])
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE x AS SELECT 1", "ATTACH 'x.db' AS x", "INSTALL sqlite",
+    "SET enable_external_access = true", "SELECT 1; DROP VIEW truth",
+    "EXPORT DATABASE 'out'"])
+def test_only_read_statements_are_run(project, tmp_path, monkeypatch, sql):
+    cwd = tmp_path / "cwd"  # where a relative path would land
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ConfigError, match="only reads"):
+        query(project, sql)
+    assert "truth" in views(connect(project))
+    assert list(cwd.iterdir()) == []
+
+
+def test_file_access_is_off_once_the_views_exist(project, tmp_path):
+    # A second line of defence, should a statement that writes pass as a read: the
+    # connection itself opens no file, and its settings are locked.
+    other = tmp_path / "other.csv"
+    other.write_text("a\n1\n")
+    con = connect(project)
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        con.sql(f"COPY (SELECT 1) TO '{other}'")
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        con.sql(f"SELECT * FROM read_csv('{other}')")
+    with pytest.raises(duckdb.Error, match="locked"):
+        con.sql("SET threads = 1")
+    assert other.read_text() == "a\n1\n"
+    # ...while the tables still read, lazily, and reads of every kind still work.
+    assert run_query(con, "SELECT count(*) AS n FROM truth WHERE needs_review"
+                     ).to_pylist() == [{"n": 2}]
+    assert run_query(con, "DESCRIBE groups").num_rows == 2
+    assert query(project, "PIVOT (SELECT needs_review FROM truth) ON needs_review "
+                 "USING count(*)", "csv")[0] \
+        == "false,true\n2,2"
+
+
+def test_a_broken_table_is_one_line(project):
+    project.output("truth").write_bytes(b"")
+    with pytest.raises(ConfigError, match="truth.parquet cannot be read") as err:
+        query(project, "SELECT 1")
+    assert "\n" not in str(err.value)

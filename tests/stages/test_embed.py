@@ -4,7 +4,9 @@ weights that cannot be had reported at once."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
+import types
 
 import huggingface_hub.constants
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from backfill.config.errors import ConfigError
 from backfill.demo.synthetic import make_project
-from backfill.models.clip import ClipSettings, check_weights_reachable, model_id
+from backfill.models.clip import ClipSettings, check_weights_reachable, load_clip, model_id
 from backfill.stages.embed import embed_images, members
 from backfill.stages.group import GroupSettings, group_table
 from backfill.stages.scan import ScanSettings, scan_project
@@ -116,10 +118,70 @@ def test_unknown_tags_and_missing_files_are_config_errors(tmp_path):
 
 def test_model_ids_name_weights_by_content_and_reduced_precision(tmp_path):
     weights = tmp_path / "my clip.pt"
-    weights.write_bytes(b"some weights")
+    weights.write_bytes(b"PK\x03\x04 a torch checkpoint's zip archive")
     local = model_id(dataclasses.replace(SETTINGS, pretrained=str(weights)))
     weights.rename(tmp_path / "moved.pt")
     assert local == model_id(dataclasses.replace(SETTINGS, pretrained=str(tmp_path / "moved.pt")))
     assert local.startswith("ViT-B-32/file-")
     assert model_id(dataclasses.replace(SETTINGS, pretrained="openai", precision="bf16")) == \
         "ViT-B-32/openai+bf16"
+
+
+def not_checkpoints(folder):
+    """What a failed download or a wrong file leaves under a checkpoint's name."""
+    folder.mkdir(exist_ok=True)
+    files = {"random bytes": bytes(np.random.default_rng(3).integers(0, 256, 4096,
+                                                                     dtype=np.uint8)),
+             "a pickle": pickle.dumps({"model": "ViT-B-32", "epoch": 3}),
+             "an error page": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+             "an empty file": b""}
+    out = {}
+    for what, data in files.items():
+        out[what] = folder / f"{what.replace(' ', '_')}.pt"
+        out[what].write_bytes(data)
+    return out
+
+
+@pytest.mark.parametrize("what", ["random bytes", "a pickle", "an error page", "an empty file"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_the_setting(tmp_path, what):
+    path = not_checkpoints(tmp_path)[what]
+    settings = dataclasses.replace(SETTINGS, pretrained=str(path))
+    for fails in (lambda: model_id(settings), lambda: load_clip(settings, "cpu")):
+        with pytest.raises(ConfigError) as err:
+            fails()
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith(f"embed.pretrained {path} is not an open_clip checkpoint")
+        assert "download it again" in message
+
+
+def test_the_command_says_it_in_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from backfill import cli
+
+    path = not_checkpoints(tmp_path)["an error page"]
+    settings = dataclasses.replace(SETTINGS, pretrained=str(path))
+    stage = types.SimpleNamespace(run=lambda project: load_clip(settings, "cpu"))
+    monkeypatch.setitem(cli.BY_NAME, "embed", stage)
+    monkeypatch.setattr(cli, "load_project", lambda name: None)
+    assert cli.main(["embed", "p"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embed.pretrained" in err[0] and str(path) in err[0]
+
+
+def test_checkpoint_formats_pass_and_another_models_weights_are_one_line(tmp_path):
+    import safetensors.torch
+    import torch
+
+    weights = {"proj": torch.zeros(2, 2)}
+    zipped, legacy, safe = tmp_path / "a.pt", tmp_path / "b.pth", tmp_path / "c.safetensors"
+    torch.save(weights, zipped)
+    torch.save(weights, legacy, _use_new_zipfile_serialization=False)
+    safetensors.torch.save_file(weights, safe)
+    for path in (zipped, legacy, safe):  # named by content: nothing refused
+        assert model_id(dataclasses.replace(SETTINGS, pretrained=str(path))).startswith(
+            "ViT-B-32/file-")
+    # A real checkpoint of something else: torch's many-line key list becomes one line.
+    with pytest.raises(ConfigError, match=r"^embed.pretrained .*a.pt is not an open_clip "
+                                          r"checkpoint of ViT-B-32 \(") as err:
+        load_clip(dataclasses.replace(SETTINGS, pretrained=str(zipped)), "cpu")
+    assert "\n" not in str(err.value)

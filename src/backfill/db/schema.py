@@ -183,10 +183,19 @@ def unwritable(path: Path, why: str) -> DecisionDBError:
 WRITE_REFUSED = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR")
 
 
+def is_full(exc: sqlite3.Error) -> bool:
+    """SQLite found no room to write: the disk (or quota) is full; the DB is intact."""
+    return getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(exc)
+
+
 def explain(exc: sqlite3.Error, path: Path, writing: bool = False) -> DecisionDBError:
     """SQLite's error as a message that says what happened and what to do; ``writing``:
     it came while writing, where a refused write is not a damaged DB."""
     text = str(exc)
+    if is_full(exc):  # never "restore a backup": that would lose the writes since
+        return DecisionDBError(
+            f"the disk holding {path} is full ({text}): nothing was written, and {path} is "
+            "untouched. Free some room on that disk, then try again.")
     if "locked" in text or "busy" in text:
         return DecisionDBError(
             f"{path} is locked by another program (the reviewer or crop tool mid-write?): "

@@ -7,12 +7,16 @@ unchanged input gives an identical file and DVC skips everything downstream.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import re
+import shutil
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -48,19 +52,72 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f"{mine}{os.getpid()}-{threading.get_ident()}")
 
 
+# A write the file system refused for want of room: the disk, or the user's quota.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """A write that did not fit on the disk; its message names the file, and says that
+    nothing was replaced."""
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for a person: 512 bytes, 1.5 MB, 2.3 GB."""
+    if n < 1000:
+        return f"{n} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def free_text(folder: Path) -> str:
+    """How much room the disk holding ``folder`` has left, in words ('' if unknown)."""
+    try:
+        return f"{size_text(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        return ""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_ROOM
+
+
+def disk_full(path: Path) -> DiskFull:
+    free = free_text(path.parent)
+    return DiskFull(errno.ENOSPC,
+                    f"the disk is full: {path} could not be written"
+                    f"{f' ({free} on its disk)' if free else ''}; the old file, if any, is "
+                    "unchanged and no partial file is left. Free some room, then run it again.")
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A private temporary beside ``path`` to write, moved onto ``path`` once written;
+    removed if the writing fails, and a full disk said as DiskFull naming ``path``."""
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
+            raise disk_full(path) from None
+        raise
+
+
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write ``df`` (index dropped) to ``path`` atomically: a crash leaves the old file."""
     arrow = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    tmp = temp_beside(path)
-    pq.write_table(arrow, tmp, compression="zstd", write_statistics=True)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd", write_statistics=True)
 
 
 def write_text(text: str, path: Path) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, like write_parquet."""
-    tmp = temp_beside(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(data: dict, path: Path) -> None:

@@ -21,6 +21,10 @@ from backfill.files.network import unreachable
 
 HUB_HOST = ("huggingface.co", 443)  # where open_clip fetches weights from
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# How the files open_clip loads begin: torch.save's zip archive (also TorchScript and
+# .npz), torch.save's older format (a pickle of its magic number), a .npy array. A
+# safetensors file begins with its header's length, then the JSON header itself.
+CHECKPOINT_STARTS = (b"PK\x03\x04", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.", b"\x93NUMPY")
 
 
 @dataclass(frozen=True)
@@ -53,15 +57,52 @@ def _looks_like_path(pretrained: str) -> bool:
     return "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
-def weights_tag(pretrained: str | None, seed: int) -> str:
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint open_clip loads, from its first bytes (None: it
+    may be one). A failed download is often an error page, or nothing, saved as .pt."""
+    with path.open("rb") as f:
+        head = f.read(64)
+        size = os.fstat(f.fileno()).st_size
+    if not head:
+        return "the file is empty"
+    if head.startswith(CHECKPOINT_STARTS):
+        return None
+    n = int.from_bytes(head[:8], "little")
+    if len(head) > 8 and 8 + n <= size and head[8:9] == b"{":
+        return None  # safetensors
+    if head.lstrip().startswith(b"<"):
+        return "it is an HTML or XML page, not weights"
+    if head.startswith(b"\x80"):
+        return "it is a plain Python pickle, not a torch checkpoint"
+    return "it is not a torch, TorchScript or safetensors file"
+
+
+def not_a_checkpoint(path: str, model: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"embed.pretrained {path} is not an open_clip checkpoint of {model} ({why}): download "
+        "it again, or point embed.pretrained at an open_clip checkpoint file (.pt, .pth, "
+        ".bin or .safetensors), a tag such as openai, or null.")
+
+
+def check_checkpoint(pretrained: str, model: str) -> Path:
+    """The local checkpoint file ``pretrained``, refused in one line when it is missing or
+    plainly not a checkpoint."""
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ConfigError(f"embed.pretrained {pretrained} is not a file: give the path of "
+                          "an open_clip checkpoint, a tag such as openai, or null.")
+    why = checkpoint_problem(path)
+    if why:
+        raise not_a_checkpoint(pretrained, model, why)
+    return path
+
+
+def weights_tag(pretrained: str | None, seed: int, model: str) -> str:
     """The weights part of a model id; a local file is named by its content, not its path."""
     if pretrained is None:
         return f"random-seed{seed}"
     if _looks_like_path(pretrained):
-        path = Path(pretrained)
-        if not path.is_file():
-            raise ConfigError(f"embed.pretrained {pretrained} is not a file: give the path of "
-                              "an open_clip checkpoint, a tag such as openai, or null.")
+        path = check_checkpoint(pretrained, model)
         with path.open("rb") as f:
             return "file-" + blake3.blake3(f.read()).hexdigest()[:12]
     return pretrained
@@ -72,7 +113,8 @@ def model_id(settings: ClipSettings) -> str:
     if settings.pretrained and settings.pretrained.startswith("hf-hub:"):
         base = settings.pretrained
     else:
-        base = f"{settings.model}/{weights_tag(settings.pretrained, settings.seed)}"
+        base = (f"{settings.model}/"
+                f"{weights_tag(settings.pretrained, settings.seed, settings.model)}")
     return base if settings.precision == "fp32" else f"{base}+{settings.precision}"
 
 
@@ -139,6 +181,11 @@ def check_weights_reachable(model: str, pretrained: str | None) -> None:
     )
 
 
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def load_clip(settings: ClipSettings, device: str):
     """(model in eval mode on ``device``, its preprocessing transform)."""
     import open_clip
@@ -150,14 +197,21 @@ def load_clip(settings: ClipSettings, device: str):
         name, pretrained = pretrained, None
     if pretrained is None:
         torch.manual_seed(settings.seed)  # random weights, the same on every machine
+    local = pretrained is not None and _looks_like_path(pretrained)
+    if local:
+        check_checkpoint(pretrained, name)
     # open_clip warns on the root logger about random weights; the model id says so.
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR if pretrained is None else quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device="cpu")
-    except RuntimeError as exc:
-        raise ConfigError(f"could not load {name} weights {pretrained}: {exc}") from exc
+    except Exception as exc:
+        if local:  # damaged, or another model's weights (torch lists every key, a line each)
+            raise not_a_checkpoint(pretrained, name, _first_line(exc)) from None
+        if isinstance(exc, RuntimeError):
+            raise ConfigError(f"could not load {name} weights {pretrained}: {exc}") from exc
+        raise
     finally:
         logging.getLogger().setLevel(quiet)
     return model.to(device).eval(), preprocess

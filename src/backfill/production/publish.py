@@ -4,6 +4,10 @@ First a verified online backup (SQLite's backup API, so a reviewer writing at th
 moment cannot tear it), then one IMMEDIATE transaction that re-checks every planned
 value and applies the plan or nothing. The reviewer app may keep the DB open: it can
 read throughout, and its writes wait (busy timeout) for the few milliseconds of commit.
+
+A publish that cannot finish (a full disk, a reader holding a transaction open) leaves
+the DB untouched and no partial file; the backup it took is kept, and the next publish
+reuses it as long as the DB has not changed since, so retries do not pile up backups.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from backfill.db.schema import (
     DecisionDBError,
     explain,
     identity,
+    is_full,
     open_production,
     unwritable,
 )
+from backfill.files.atomic import free_text, is_disk_full, size_text
 from backfill.production.apply import PlanConflict, apply_changes, check_changes
 
 # Header fields the backup API rewrites in the copy (file change counter, schema cookie,
@@ -42,6 +48,7 @@ class Published:
     applied: Counter
     rows_after: int
     removed: list[Path] = field(default_factory=list)  # stale partial backups
+    reused: bool = False  # the backup is an earlier one, of this same DB content
 
 
 def leftover_partials(db: Path) -> list[Path]:
@@ -70,6 +77,26 @@ def _masked(image: bytes) -> bytes:
     return bytes(data)
 
 
+def latest_backup(db: Path) -> Path | None:
+    """The newest finished ``<db>.backup-<UTC>[-n]`` beside ``db``, if any."""
+    pattern = re.compile(re.escape(db.name) + r"\.backup-(\d{8}T\d{6}Z)(?:-(\d+))?")
+    try:
+        found = [(m.group(1), int(m.group(2) or 1), p) for p in db.parent.iterdir()
+                 if (m := pattern.fullmatch(p.name)) and p.is_file() and not p.is_symlink()]
+    except OSError:
+        return None
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def _holds(backup: Path, image: bytes) -> bool:
+    """Whether ``backup`` is a copy of ``image`` (the DB as it is now), byte for byte."""
+    try:
+        return backup.stat().st_size == len(image) and _masked(backup.read_bytes()) == \
+            _masked(image)
+    except OSError:
+        return False
+
+
 def backup_path(db: Path, now: datetime) -> Path:
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path, n = db.with_name(f"{db.name}.backup-{stamp}"), 1
@@ -79,31 +106,70 @@ def backup_path(db: Path, now: datetime) -> Path:
     return path
 
 
-def verified_backup(db: Path, now: datetime | None = None) -> Path:
+def verified_backup(db: Path, now: datetime | None = None) -> tuple[Path, bool]:
     """``<db>.backup-<UTC>``: taken with the backup API inside one read transaction, and
-    compared byte for byte with what that transaction sees before it is kept."""
+    compared byte for byte with what that transaction sees before it is kept; or the
+    latest backup, when it holds exactly what the DB holds now (True: reused)."""
     target = backup_path(db, now or datetime.now(UTC))
     partial = target.with_name(target.name + ".partial")
     reader = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # pins the snapshot
-        copy = sqlite3.connect(partial)
-        reader.backup(copy)
-        copy.close()
         image = reader.serialize()
-        reader.execute("COMMIT")
+        latest = latest_backup(db)
+        if latest is not None and _holds(latest, image):
+            reader.execute("COMMIT")
+            return latest, True  # an earlier try's backup: nothing changed since
+        try:
+            copy = sqlite3.connect(partial)
+            try:
+                reader.backup(copy)
+            finally:
+                copy.close()
+            reader.execute("COMMIT")
+            with open(partial, "rb") as f:
+                data = f.read()
+                os.fsync(f.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a half backup is no backup: leave none
+            raise
     finally:
         reader.close()
-    with open(partial, "rb") as f:
-        data = f.read()
-        os.fsync(f.fileno())
     if _masked(data) != _masked(image):
         partial.unlink()
         raise DecisionDBError(f"the backup of {db} did not match the DB byte for byte; "
                               "nothing was written. Check the disk, then publish again.")
     os.replace(partial, target)
-    return target
+    return target, False
+
+
+def no_room(db: Path, step: str, backup: Path | None) -> DecisionDBError:
+    """A full disk at publish: the DB is intact, so restoring a backup would only lose
+    the writes made since; say what needs how much room instead."""
+    size = size_text(db.stat().st_size)
+    free = free_text(db.parent)
+    need = (f"its backup needs {size} (the DB's size)" if step == "backup" else
+            f"the transaction needs room for its journal, up to {size} (the DB's size), "
+            "and for the new rows")
+    kept = (f"; the backup {backup.name} is kept, and the next publish reuses it"
+            if backup is not None else "")
+    return DecisionDBError(
+        f"the disk holding {db} is full: {need}{f' ({free} now)' if free else ''}. Nothing "
+        f"was written and the DB is untouched (no need to restore a backup){kept}. Free at "
+        f"least {size} on that disk, then publish again.")
+
+
+def held_open(db: Path, timeout: float, backup: Path | None) -> DecisionDBError:
+    """Publish holds the write lock, but a reader's open transaction keeps the commit
+    from replacing pages it may still read."""
+    kept = (f"; the backup {backup.name} is kept, and the next publish reuses it while "
+            "the DB is unchanged" if backup is not None else "")
+    return DecisionDBError(
+        f"another program keeps a read transaction open on {db} (the reviewer app?), so "
+        f"the publish could not commit within {timeout:g} s: nothing was written and "
+        f"the DB is untouched{kept}. Close that program or let it finish reading, then "
+        "publish again.")
 
 
 def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
@@ -114,6 +180,7 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
     check_writable(db)
     changes = work(changes)
     conn = sqlite3.connect(db, timeout=lock_timeout, isolation_level=None)
+    step, backup, reused = "lock", None, False
     try:
         try:
             conn.execute("BEGIN IMMEDIATE")  # no other writer until COMMIT; readers go on
@@ -123,7 +190,10 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             for path in removed:
                 path.unlink(missing_ok=True)
             check_changes(conn, changes)  # before the backup: a stale plan leaves no trace
-            backup = verified_backup(db, now) if len(changes) else None
+            step = "backup"
+            if len(changes):
+                backup, reused = verified_backup(db, now)
+            step = "transaction"
             applied = apply_changes(conn, changes, checked=True)  # same transaction
             rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
             conn.execute("COMMIT")
@@ -135,18 +205,27 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if is_full(exc):
+                raise no_room(db, step, backup) from None
+            if step != "lock" and ("locked" in str(exc) or "busy" in str(exc)):
+                # This publish holds the only write lock: what blocks it is a reader.
+                raise held_open(db, lock_timeout, backup) from None
             raise explain(exc, db, writing=True) from None
-        except PermissionError as exc:  # the backup beside it could not be made
+        except OSError as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise unwritable(db, f"{exc.strerror}: {exc.filename}") from None
+            if is_disk_full(exc):
+                raise no_room(db, step, backup) from None
+            if isinstance(exc, PermissionError):  # the backup beside it could not be made
+                raise unwritable(db, f"{exc.strerror}: {exc.filename}") from None
+            raise
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
     finally:
         conn.close()
-    return Published(backup, applied, rows, removed)
+    return Published(backup, applied, rows, removed, reused)
 
 
 def describe_plan(changes: pd.DataFrame, limit: int = 20) -> str:
@@ -216,6 +295,8 @@ def run_publish(project: Project, dry_run: bool) -> str:
         return (f"nothing to publish: the plan for {project.name} is empty; {db} not "
                 f"touched.{cleaned}")
     applied = ", ".join(f"{n:,} {rule}" for rule, n in sorted(done.applied.items()))
-    return (f"published {project.name}: backed up {db.name} to {done.backup.name} (verified), "
+    backed = (f"{db.name} unchanged since its backup {done.backup.name} (verified again)"
+              if done.reused else f"backed up {db.name} to {done.backup.name} (verified)")
+    return (f"published {project.name}: {backed}, "
             f"then applied {applied} in one transaction; {db} now holds "
             f"{done.rows_after:,} rows. Undo: copy the backup back over it.{cleaned}")

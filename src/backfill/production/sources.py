@@ -23,10 +23,11 @@ from backfill.db.schema import (
     create,
     explain,
     identity,
+    is_full,
     open_production,
     read_rows,
 )
-from backfill.files.atomic import temp_beside
+from backfill.files.atomic import disk_full, is_disk_full, temp_beside
 from backfill.production.apply import apply_changes
 from backfill.production.legacy import crop_acceptance, read_decisions_csv, read_review_folders
 
@@ -135,9 +136,11 @@ def write_merged_db(out: Path, production_db: Path | None, plan: MergePlan,
             f"({', '.join('?' * len(PROVENANCE_COLUMNS))})",
             provenance.astype(object).where(provenance.notna(), None).itertuples(index=False))
         dst.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         dst.close()
         tmp.unlink(missing_ok=True)
+        if (isinstance(exc, sqlite3.Error) and is_full(exc)) or is_disk_full(exc):
+            raise disk_full(out) from None
         raise
     dst.close()
     os.replace(tmp, out)

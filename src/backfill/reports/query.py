@@ -1,10 +1,15 @@
 """query: DuckDB SQL over a project's tables and the decision DB its merge stage wrote.
 
 Each ``data/<p>/<table>.parquet`` is a view named after the table (read lazily, as the
-query needs it). ``ai_decisions.db`` is read with sqlite3: DuckDB's SQLite extension
-would need a download, and these machines are offline. Its rows become ``decisions``
-(ai_decisions, its BOOLEAN columns as booleans) and ``provenance`` (backfill_provenance),
-and its own views (ai_performance, ai_mistakes, incomplete_crops) keep their names.
+query needs it, through Arrow). ``ai_decisions.db`` is read with sqlite3: DuckDB's SQLite
+extension would need a download, and these machines are offline. Its rows become
+``decisions`` (ai_decisions, its BOOLEAN columns as booleans) and ``provenance``
+(backfill_provenance), and its own views (ai_performance, ai_mistakes, incomplete_crops)
+keep their names.
+
+A query only reads: statements other than reads are refused before they run, and once
+the views exist the connection opens no file at all (``COPY ... TO`` the production DB
+or a project's table, ``ATTACH``, ``read_csv``) and its settings are locked.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sqlite3
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
@@ -28,6 +34,9 @@ DB_TABLES = {"decisions": "ai_decisions", "provenance": "backfill_provenance"}
 # SQLite's declared column types, as pandas' nullable types (a NULL stays NULL).
 DTYPES = {"BOOLEAN": "boolean", "INTEGER": "Int64", "REAL": "Float64", "TEXT": "string"}
 DEFAULT_LIMIT = 50
+# Statements that only read. MULTI is PIVOT without an IN list, which first makes an
+# in-memory type of the pivoted values; with file access off it can write nothing.
+READ_STATEMENTS = {"SELECT", "EXPLAIN", "MULTI"}
 
 
 def _column(values: list, declared: str) -> pd.Series:
@@ -56,16 +65,17 @@ def read_sqlite(conn: sqlite3.Connection, name: str) -> pd.DataFrame:
                          for i, c in enumerate(columns)})
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def connect(project: Project) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per table of the project."""
+    """An in-memory DuckDB connection with one view per table of the project, that can
+    open no file and change no setting once the views exist."""
     con = duckdb.connect()
     for path in sorted(project.out_dir.glob("*.parquet")):
-        con.execute(f'CREATE VIEW "{path.stem}" AS '
-                    f"SELECT * FROM read_parquet({_sql_string(str(path))})")
+        # Arrow reads the file, not DuckDB, so DuckDB's file access can be off.
+        try:
+            con.register(path.stem, pads.dataset(path, format="parquet"))
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"{path} cannot be read ({str(exc).splitlines()[0]}): build "
+                              f"it again (`dvc repro`).") from None
     db = project.out_dir / DB_FILE
     if db.is_file():
         sqlite = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
@@ -85,6 +95,8 @@ def connect(project: Project) -> duckdb.DuckDBPyConnection:
     if not views(con):
         raise ConfigError(f"no tables in {project.out_dir}: build the project first "
                           f"(`dvc repro` or `dvc repro merge@{project.name}`).")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
@@ -99,6 +111,13 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         raise ConfigError(f"no SQL given: e.g. \"SELECT * FROM truth LIMIT 5\"; views: "
                           f"{', '.join(views(con))}")
     try:
+        writes = sorted({st.type.name for st in duckdb.extract_statements(sql)}
+                        - READ_STATEMENTS)
+        if writes:
+            raise ConfigError(
+                f"backfill query only reads: {', '.join(writes)} statements are not run, "
+                "and no file is written (give one SELECT, e.g. \"SELECT * FROM truth LIMIT "
+                "5\"; to save its result, add --csv or --json and redirect: > out.csv).")
         relation = con.sql(sql)
         return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
