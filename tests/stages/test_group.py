@@ -199,27 +199,28 @@ def test_a_name_clash_never_mixes_two_sources(tmp_path):
     clashing = {p.rsplit("/", 1)[1] for g in made["machine_b"].groups[:2] for p in g.rel_paths}
     clashing &= {p.rsplit("/", 1)[1] for g in made["machine_a"].groups for p in g.rel_paths}
     assert clashing
+    # Every group of both machines, each machine's clashing copies in their own group.
     expected = {tuple(on_disk(folder, p) for p in g.rel_paths)
-                for folder, gen in made.items() for g in gen.groups
-                if not {p.rsplit("/", 1)[1] for p in g.rel_paths} & clashing}
+                for folder, gen in made.items() for g in gen.groups}
     assert {tuple(p) for p in groups["image_paths"]} == expected
-    assert len(expected) == 2 + 2  # machine a's last two groups, machine b's (renamed)
     assert not any({p.split("/")[0] for p in g} == {"machine_a", "machine_b"}
                    for g in groups["image_paths"])
-    why = ungrouped.set_index("rel_path")["reason"]
-    for folder, other in (("machine_a", "machine_b"), ("machine_b", "machine_a")):
-        for g in made[folder].groups[:2]:
-            for p in g.rel_paths:
-                name = p.rsplit("/", 1)[1]
-                if name in clashing:
-                    assert why[f"{folder}/{p}"].startswith(f"name clash: {name} also in {other}/")
-                    assert "with other pixels" in why[f"{folder}/{p}"]
-                else:  # a member of a group that held a clashing name
-                    assert why[f"{folder}/{p}"].startswith("its group held ")
-    # Nothing lost: every original is in a group or ungrouped with its reason.
-    in_groups = {p for g in groups["image_paths"] for p in g}
-    assert len(in_groups) + len(ungrouped) == sum(len(g.rel_paths) for gen in made.values()
-                                                  for g in gen.groups)
+    assert groups["group_id"].is_unique
+    assert len(ungrouped) == 0
+
+
+def test_a_clashing_copy_left_out_says_it_clashes(tmp_path):
+    root, made = _two_sources(tmp_path, {"machine_a": 1, "machine_b": 2})
+    g = made["machine_b"].groups[0]
+    for rel in g.rel_paths[1:]:  # machine b kept only the first render of its group
+        (root / "original" / "machine_b" / rel).unlink()
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+    assert {tuple(p) for p in groups["image_paths"]} == {
+        tuple(f"{folder}/{p}" for p in t.rel_paths) for folder, gen in made.items()
+        for t in gen.groups if t is not g}
+    why = ungrouped.set_index("rel_path")["reason"][f"machine_b/{g.rel_paths[0]}"]
+    assert why.startswith(ALONE)
+    assert f"name clash: {g.rel_paths[0].rsplit('/', 1)[1]} also in machine_a/" in why
 
 
 def test_identical_copies_are_grouped_once_and_are_no_clash(tmp_path):
@@ -237,11 +238,17 @@ def test_identical_copies_are_grouped_once_and_are_no_clash(tmp_path):
 
 
 def test_clash_folders_are_where_the_copies_paths_part():
-    from backfill.stages.group import clash_folders, partitions
+    from backfill.files.clashes import TOP, clash_folders, clash_sides, visible
 
     assert clash_folders(["a/x/n.png", "b/x/n.png"]) == ["a/", "b/"]
     assert clash_folders(["m/a/n.png", "m/b/n.png"]) == ["m/a/", "m/b/"]
     # A copy at the top: only the other side is a folder of its own.
     assert clash_folders(["n.png", "b/n.png"]) == ["b/"]
-    assert partitions(["a/x/1.png", "b/2.png", "c/3.png", "a/4.png"], ["a/", "a/x/", "b/"]) \
-        == ["a/x/", "b/", "", "a/"]
+    # Each clash has its sides; a file under neither side of a clash is neutral to it.
+    sides = clash_sides(["a/x/1.png", "b/2.png", "c/3.png", "a/4.png", "k.png", "5.png"],
+                        ["a/n.png", "b/n.png", "a/x/m.png", "a/y/m.png", "k.png", "c/k.png"])
+    ab, xy, top = ("a/", "b/"), ("a/x/", "a/y/"), ("c/",)
+    assert sides == [{ab: "a/", xy: "a/x/"}, {ab: "b/"}, {top: "c/"}, {ab: "a/"},
+                     {top: TOP}, {}]
+    assert visible(sides[0], sides[3]) and not visible(sides[0], sides[1])
+    assert visible({}, sides[1]) and visible(sides[1], {})
