@@ -258,6 +258,34 @@ class ContentPairing:
         self.stats.paired += len(outcome.claims)
         return outcome
 
+    def choose(self, jobs: pd.DataFrame) -> dict[str, tuple[str | None, str]]:
+        """pairing.PixelChooser: each final named like a name clash, located in every
+        readable copy of the name; the copy it matches best, when that reaches
+        ``min_confidence`` and no other copy comes within ``ambiguity_margin``."""
+        started = time.perf_counter()
+        try:
+            s = self.settings
+            targets = [_Target(r.rel_path, r.final_hash, r.group_id, int(r.index),
+                               r.original_hash, r.original_path)
+                       for r in jobs.itertuples(index=False)]
+            found = self._locate(targets)
+            out: dict[str, tuple[str | None, str]] = {}
+            for rel, mine in _by_final(targets).items():
+                tied = _tied(mine, found, s)
+                said = ", ".join(f"{t.original_path} {_confidence(found, t):.3f}"
+                                 for t in sorted(mine, key=lambda t: t.original_path))
+                if len(tied) == 1:
+                    out[rel] = tied[0].original_path, f"its pixels (confidence {said})"
+                    if tied[0].group_id:  # extract needs no second locate
+                        self.located.append(found[tied[0].original_hash, tied[0].final_hash])
+                elif tied:
+                    out[rel] = None, f"its pixels match {len(tied)} copies about equally ({said})"
+                else:
+                    out[rel] = None, f"its pixels match no copy well enough (confidence {said})"
+            return out
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+
     def _signatures(self, wanted: dict[str, Path]
                     ) -> tuple[dict[str, tuple[np.ndarray, bool]], dict[str, str]]:
         """Signatures by content hash (cached, else computed by the runner),

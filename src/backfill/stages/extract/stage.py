@@ -154,7 +154,7 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     cache = locate_cache(cache_dir, settings.match)
     by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache,
                                 runner)
-    pairs, finals = pair_finals(groups, scan, ungrouped, by_content)
+    pairs, finals = pair_finals(groups, scan, ungrouped, by_content, by_content.choose)
     located_by_content = located_table(by_content.located)
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
     same = locatable["original_hash"] == locatable["final_hash"]
