@@ -2,15 +2,21 @@
 the groups holding a clashing name are touched, each machine's copies form their own
 group, and the kept finals are paired with the right machine's render by their pixels."""
 
+import json
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
+from backfill.db.schema import COLUMNS
 from backfill.demo.synthetic import make_two_machine_project
+from backfill.stages.extract.pairing import pair_finals
 from backfill.stages.extract.stage import ExtractSettings, extract_project
 from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.merge import MergeSettings, backfill_rows, plan_merge
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
+from tests.stages.test_extract import NO_UNGROUPED, file_row, ungrouped_rows
 
 
 def _recover(root, clash: bool) -> SimpleNamespace:
@@ -22,8 +28,8 @@ def _recover(root, clash: bool) -> SimpleNamespace:
     result = extract_project(groups, scan, ungrouped,
                              ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
                              gen.original_dir, gen.final_dir, root / "cache")
-    return SimpleNamespace(gen=gen, groups=groups, ungrouped=ungrouped, truth=result.truth,
-                           finals=result.finals)
+    return SimpleNamespace(gen=gen, scan=scan, groups=groups, ungrouped=ungrouped,
+                           truth=result.truth, finals=result.finals)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +121,94 @@ def test_only_what_the_pixels_cannot_tell_is_reported(clash):
         assert stranger in truth.loc[gid, "review_reason"]
     orphans = set(finals.index[finals["role"] == "orphan"])
     assert orphans == {r for r, kind in clash.gen.other_finals.items() if kind == "orphan"}
+
+
+def test_a_live_row_naming_a_clashing_name_is_reported_never_matched(clash):
+    pair = clash.gen.clash_pairs[1]
+    found = _group_of(clash)
+    ids = [found[tuple(clash.gen.groups[k].rel_paths)] for k in pair]
+    settings = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
+    rows, _ = backfill_rows("p", clash.groups, clash.truth, clash.scan, None, settings)
+    # With no live row, each machine's group is a row of its own.
+    alone = plan_merge(rows, pd.DataFrame(columns=COLUMNS), settings)
+    assert set(ids) <= set(alone.changes.loc[alone.changes["rule"] == "added", "group_id"])
+    name = clash.gen.groups[pair[0]].rel_paths[0].rsplit("/", 1)[1]
+    live = pd.DataFrame([{**dict.fromkeys(COLUMNS), "group_id": "live1",
+                          "timestamp": "2025-10-01T10:00:00Z", "project_id": "p",
+                          "images": json.dumps([name]), "user_selected_index": 0,
+                          "user_action": "approve", "image_width": 40, "image_height": 60}],
+                        columns=COLUMNS)
+    plan = plan_merge(rows, live, settings)
+    assert not set(ids) & set(plan.pairs["backfill_id"])
+    ambiguous = plan.issues[plan.issues["kind"] == "ambiguous_match"]
+    assert "live1" in set(ambiguous["group_id"])
+    assert all(i in ambiguous.set_index("group_id").at["live1", "detail"] for i in ids)
+    assert not set(ids) & set(plan.changes["group_id"])  # neither added beside the row
+
+
+# --- pairing by pixels, with no pixels decoded -----------------------------------
+
+R1, R2 = "20250706_121137_stage1_generated.png", "20250706_121252_stage2_upscaled.png"
+A, B = [f"machine_a/{R1}", f"machine_a/{R2}"], [f"machine_b/{R1}", f"machine_b/{R2}"]
+
+
+def _pair(finals: list[dict], groups: list[list[str]], by_pixels=None, ungrouped=NO_UNGROUPED):
+    """pair_finals over both machines' renders (each copy with its own content), the
+    groups given (``ga`` holds machine a's, ``gb`` machine b's)."""
+    originals = [file_row("original", p) for p in A + B]
+    frame = pd.DataFrame([{"group_id": f"g{paths[0][8]}", "image_paths": paths,
+                           "image_names": [p.rsplit("/", 1)[1] for p in paths],
+                           "stages": [1.0, 2.0]} for paths in groups],
+                         columns=["group_id", "image_paths", "image_names", "stages"])
+    pairs, out = pair_finals(frame, pd.DataFrame(originals + finals), ungrouped,
+                             by_pixels=by_pixels)
+    return pairs.set_index("group_id"), out.set_index("rel_path")
+
+
+def _hash(rel: str) -> str:
+    return file_row("original", rel)["content_hash"]
+
+
+def test_a_final_with_one_copys_bytes_is_that_copy():
+    pairs, finals = _pair([file_row("final", R1, _hash(B[0]))], [A, B])
+    assert finals.loc[R1, "role"] == "kept" and finals.loc[R1, "group_id"] == "gb"
+    assert pairs.loc["gb", "user_selected_index"] == 0
+    assert pairs["review"].isna().all() and pd.isna(pairs.loc["ga", "final_path"])
+
+
+def test_the_pixels_decide_and_what_they_cannot_tell_is_reported():
+    seen = []
+
+    def by_pixels(jobs: pd.DataFrame) -> dict:
+        seen.append(sorted(jobs["original_path"]))
+        return {r: (A[1], "its pixels") if r == "x/" + R2 else (None, "its pixels cannot tell")
+                for r in jobs["rel_path"]}
+
+    finals = [file_row("final", "x/" + R2, "c" * 64), file_row("final", R1, "d" * 64)]
+    pairs, out = _pair(finals, [A, B], by_pixels)
+    assert seen == [sorted([A[1], B[1], A[0], B[0]])]  # every copy of both names
+    assert out.loc["x/" + R2, "group_id"] == "ga" and pairs.loc["ga", "user_selected_index"] == 1
+    assert out.loc[R1, "role"] == "orphan" and "cannot tell" in out.loc[R1, "reason"]
+    for g in ("ga", "gb"):
+        assert R1 in pairs.loc[g, "review"] and "name clash" in pairs.loc[g, "review"]
+    # Without pixels to compare, nothing is guessed either.
+    pairs, out = _pair(finals[:1], [A, B])
+    assert out.loc["x/" + R2, "role"] == "orphan"
+    assert pairs["review"].str.contains("not compared").all()
+
+
+def test_a_final_showing_a_copy_in_no_group_is_an_orphan_and_flags_nothing():
+    ungrouped = ungrouped_rows({R1: "no higher stage followed it"})
+    pairs, out = _pair([file_row("final", R1, _hash(B[0]))], [A], ungrouped=ungrouped)
+    assert out.loc[R1, "role"] == "orphan" and B[0] in out.loc[R1, "reason"]
+    assert "in no group" in out.loc[R1, "reason"]
+    assert pairs["review"].isna().all()
+    pairs, out = _pair([file_row("final", R1, _hash(A[0]))], [A], ungrouped=ungrouped)
+    assert out.loc[R1, "group_id"] == "ga"
+
+
+def test_an_unreadable_final_of_a_clashing_name_is_reported():
+    bad = file_row("final", R1, None, status="error", reason="truncated")
+    pairs, out = _pair([bad], [A, B], lambda jobs: {})
+    assert out.loc[R1, "role"] == "orphan" and "cannot be read" in out.loc[R1, "reason"]
+    assert pairs["review"].notna().all()
