@@ -252,3 +252,63 @@ def test_clash_folders_are_where_the_copies_paths_part():
                      {top: TOP}, {}]
     assert visible(sides[0], sides[3]) and not visible(sides[0], sides[1])
     assert visible({}, sides[1]) and visible(sides[1], {})
+
+
+def _before_clashes(stages, times, lookahead, time_gap_minutes, min_group_size,
+                    max_group_size):
+    """The nearest-up rule as it stood before name clashes were grouped in one list."""
+    gap = timedelta(minutes=time_gap_minutes) if time_gap_minutes is not None else None
+    n, i, groups, left_out = len(stages), 0, [], {}
+
+    def ends(prev_stage, prev_time, k):
+        return stages[k] <= prev_stage or bool(
+            gap is not None and prev_time and times[k] and times[k] - prev_time > gap)
+
+    while i < n:
+        group = [i]
+        i += 1
+        while i < n and len(group) < max_group_size:
+            window, k = [], i
+            while k < n and k - i < lookahead and not ends(stages[group[-1]],
+                                                           times[group[-1]], k):
+                window.append(k)
+                k += 1
+            if not window:
+                break
+            chosen = next(k for k in window if stages[k] == min(stages[j] for j in window))
+            left_out.update(dict.fromkeys(range(i, chosen), SKIPPED))
+            group.append(chosen)
+            i = chosen + 1
+        if len(group) >= min_group_size:
+            groups.append(group)
+        else:
+            left_out.update(dict.fromkeys(group, ALONE))
+    return groups, left_out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_with_no_clash_the_rule_is_as_before(seed):
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(0, 60)
+    stages = [rng.choice([1.0, 1.5, 2.0, 3.0]) for _ in range(n)]
+    times = sorted(T0 + timedelta(seconds=rng.randint(0, 900)) for _ in range(n))
+    kw = dict(lookahead=rng.choice([1, 3, 50]), time_gap_minutes=rng.choice([None, 2]),
+              min_group_size=rng.choice([2, 3]), max_group_size=rng.choice([2, 4]))
+    before = _before_clashes(stages, times, **kw)
+    assert nearest_up(stages, times, **kw) == before
+    assert nearest_up(stages, times, **kw, sides=[{}] * n) == before
+
+
+def test_a_group_never_takes_a_file_from_the_other_side_of_a_clash():
+    ab = ("a/", "b/")
+    a, b = {ab: "a/"}, {ab: "b/"}
+    stages = [1.0, 1.0, 1.5, 2.0, 2.0, 3.0]
+    sides = [a, b, {}, a, b, {}]  # the neutral ones go to whichever group comes first
+    groups, left_out = nearest_up(stages, [T0] * 6, **DEFAULTS, sides=sides)
+    assert groups == [[0, 2, 3, 5], [1, 4]] and left_out == {}
+    groups, _ = exact_timestamp(stages[:2] + stages[3:5], ["t"] * 4, 2, 4,
+                                sides=[a, b, a, b])
+    assert groups == [[0, 2], [1, 3]]
+    assert exact_timestamp(stages[:2] + stages[3:5], ["t"] * 4, 2, 4)[0] == [[0, 2]]

@@ -81,21 +81,24 @@ def clash_sides(paths: Sequence[str], clashing: list[str]) -> list[dict[tuple[st
     by_name: dict[str, list[str]] = {}
     for path in clashing:
         by_name.setdefault(path.rpartition("/")[2], []).append(path)
-    clashes: dict[tuple[str, ...], set[str]] = {}  # clash -> its top copies
+    by_folder: dict[str, list[tuple[str, ...]]] = {}  # side folder -> its clashes
+    tops: dict[str, list[tuple[str, ...]]] = {}  # clashing copy at the top -> its clashes
     for copies in by_name.values():
         key = tuple(clash_folders(copies))
-        tops = clashes.setdefault(key, set())
-        tops.update(p for p in copies if not any(p.startswith(f) for f in key))
-    deepest = {key: sorted(key, key=len, reverse=True) for key in clashes}
+        for folder in key:
+            by_folder.setdefault(folder, []).append(key)
+        for p in copies:
+            if not any(p.startswith(f) for f in key):
+                tops.setdefault(p, []).append(key)
     out: list[dict[tuple[str, ...], str]] = []
     for path in paths:
         sides: dict[tuple[str, ...], str] = {}
-        for key, tops in clashes.items():
-            side = next((f for f in deepest[key] if path.startswith(f)), None)
-            if side is None and path in tops:
-                side = TOP
-            if side is not None:
-                sides[key] = side
+        parts = path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):  # shallow to deep: the deepest side wins
+            folder = "/".join(parts[:depth]) + "/"
+            sides.update(dict.fromkeys(by_folder.get(folder, ()), folder))
+        for key in tops.get(path, ()):
+            sides.setdefault(key, TOP)
         out.append(sides)
     return out
 
