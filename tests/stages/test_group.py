@@ -312,3 +312,16 @@ def test_a_group_never_takes_a_file_from_the_other_side_of_a_clash():
                                 sides=[a, b, a, b])
     assert groups == [[0, 2], [1, 3]]
     assert exact_timestamp(stages[:2] + stages[3:5], ["t"] * 4, 2, 4)[0] == [[0, 2]]
+
+
+def test_a_clash_with_identical_copies_groups_each_picture_once(tmp_path):
+    import shutil
+
+    root, made = _two_sources(tmp_path, {"machine_a": 1, "machine_b": 2})
+    shutil.copytree(root / "original" / "machine_a", root / "original" / "machine_a_backup")
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+    assert {tuple(p) for p in groups["image_paths"]} == {
+        tuple(f"{folder}/{p}" for p in g.rel_paths) for folder, gen in made.items()
+        for g in gen.groups}
+    assert ungrouped["rel_path"].str.startswith("machine_a_backup/").all()
+    assert ungrouped["reason"].str.startswith("copy of machine_a/").all()

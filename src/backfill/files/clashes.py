@@ -23,7 +23,8 @@ def _folder(rel_path: str) -> str:
 def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
     """Files that share their name with another: ``(copies, clashes)``, each
     ``rel_path -> reason``. ``copies``: identical copies but the first by path (grouped
-    once, as that file); ``clashes``: every copy of a name that holds other content.
+    once, as that file); ``clashes``: the first copy by path of each content of a name
+    that holds several.
     ``files`` has rel_path, name and content_hash; a copy with no hash (unreadable) is
     taken for other content, never for a copy."""
     copies: dict[str, str] = {}
@@ -33,13 +34,14 @@ def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
         paths = same_name["rel_path"].tolist()
         content = [h if isinstance(h, str) else f"unknown:{p}"
                    for h, p in zip(same_name["content_hash"], paths, strict=True)]
-        if len(set(content)) == 1:
-            copies.update({p: f"copy of {paths[0]} (same name, same pixels): grouped once, "
-                              "as that file" for p in paths[1:]})
+        first = dict(zip(reversed(content), reversed(paths), strict=True))  # by content
+        copies.update({p: f"copy of {first[c]} (same name, same pixels): grouped once, "
+                          "as that file" for p, c in zip(paths, content, strict=True)
+                       if p != first[c]})
+        if len(first) == 1:
             continue
-        for path, mine in zip(paths, content, strict=True):
-            others = sorted({_folder(p) for p, c in zip(paths, content, strict=True)
-                             if c != mine})
+        for mine, path in first.items():
+            others = sorted({_folder(p) for c, p in first.items() if c != mine})
             clashes[path] = f"name clash: {name} also in {', '.join(others)} with other pixels"
     return copies, clashes
 
