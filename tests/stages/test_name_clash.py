@@ -212,3 +212,31 @@ def test_an_unreadable_final_of_a_clashing_name_is_reported():
     pairs, out = _pair([bad], [A, B], lambda jobs: {})
     assert out.loc[R1, "role"] == "orphan" and "cannot be read" in out.loc[R1, "reason"]
     assert pairs["review"].notna().all()
+
+
+def test_renders_of_two_sources_mixed_in_one_group_are_flagged(tmp_path):
+    # Both machines' renders copied into the same batch folders: folders cannot tell the
+    # machines apart (a's stage 2 sits beside b's stage 1), so the groups mix them. The
+    # pictures can: both groups are flagged, never trusted quietly.
+    import numpy as np
+
+    from backfill.demo.synthetic import render_stages
+
+    names = [R1, R2]
+    # Machine a's renders in batch_00 and batch_01, machine b's in batch_01 and batch_02.
+    for k, folders in enumerate([["batch_00", "batch_01"], ["batch_01", "batch_02"]]):
+        images = render_stages(np.random.default_rng(k), (1.0, 2.0), 0.05)
+        for folder, name, img in zip(folders, names, images.values(), strict=True):
+            (tmp_path / "original" / folder).mkdir(parents=True, exist_ok=True)
+            img.save(tmp_path / "original" / folder / name)
+    (tmp_path / "final").mkdir()
+    cfg = pipeline_config()
+    scan = scan_project({"original": tmp_path / "original", "final": tmp_path / "final"},
+                        ScanSettings.from_config(cfg.scan), tmp_path / "fp").table
+    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    assert len(groups) == 2 and len(ungrouped) == 0
+    truth = extract_project(groups, scan, ungrouped,
+                            ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
+                            tmp_path / "original", tmp_path / "final", tmp_path / "c").truth
+    assert truth["needs_review"].all()
+    assert truth["review_reason"].str.contains("may be mixed").all()
