@@ -17,9 +17,11 @@ file name in different subfolders (files.clashes):
   list, except that a group that has taken a file from one side of a clash (the folder
   under which one copy sits, clashes.clash_folders) never takes a file from another
   side: those are invisible to it (neither taken nor ending its window). Files under
-  neither side are neutral. So each machine's copies form their own groups, and no
-  other group changes; with no clash this is the rule itself. extract decides by pixels
-  which group a final of a clashing name belongs to.
+  neither side are neutral (the first group to reach one takes it). So each machine's
+  copies form their own groups and the groups around them stay as the rule makes them;
+  with no clash this is the rule itself. extract decides by pixels which group a final
+  of a clashing name belongs to, and flags a group whose renders look like the other
+  source's (folders cannot tell two machines apart when their renders share folders).
 """
 
 from __future__ import annotations
