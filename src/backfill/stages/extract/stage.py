@@ -1,7 +1,9 @@
 """extract: every decision the person made, recovered from the final folder.
 
 pairing finds each group's kept final by name, by the identity in its name, or by
-content (content_pairing, only for finals the names leave unpaired), locate finds where
+content (content_pairing, only for finals the names leave unpaired; a final named like a
+name clash is the copy its pixels match, and groups holding clashing copies are checked
+for renders of the other source), locate finds where
 it lies in its original (cached by both files' content hashes and the matcher
 settings), decisions labels the action with the configured tolerances. Changing a
 tolerance therefore re-labels a project without matching a single image again.
