@@ -199,27 +199,28 @@ def test_a_name_clash_never_mixes_two_sources(tmp_path):
     clashing = {p.rsplit("/", 1)[1] for g in made["machine_b"].groups[:2] for p in g.rel_paths}
     clashing &= {p.rsplit("/", 1)[1] for g in made["machine_a"].groups for p in g.rel_paths}
     assert clashing
+    # Every group of both machines, each machine's clashing copies in their own group.
     expected = {tuple(on_disk(folder, p) for p in g.rel_paths)
-                for folder, gen in made.items() for g in gen.groups
-                if not {p.rsplit("/", 1)[1] for p in g.rel_paths} & clashing}
+                for folder, gen in made.items() for g in gen.groups}
     assert {tuple(p) for p in groups["image_paths"]} == expected
-    assert len(expected) == 2 + 2  # machine a's last two groups, machine b's (renamed)
     assert not any({p.split("/")[0] for p in g} == {"machine_a", "machine_b"}
                    for g in groups["image_paths"])
-    why = ungrouped.set_index("rel_path")["reason"]
-    for folder, other in (("machine_a", "machine_b"), ("machine_b", "machine_a")):
-        for g in made[folder].groups[:2]:
-            for p in g.rel_paths:
-                name = p.rsplit("/", 1)[1]
-                if name in clashing:
-                    assert why[f"{folder}/{p}"].startswith(f"name clash: {name} also in {other}/")
-                    assert "with other pixels" in why[f"{folder}/{p}"]
-                else:  # a member of a group that held a clashing name
-                    assert why[f"{folder}/{p}"].startswith("its group held ")
-    # Nothing lost: every original is in a group or ungrouped with its reason.
-    in_groups = {p for g in groups["image_paths"] for p in g}
-    assert len(in_groups) + len(ungrouped) == sum(len(g.rel_paths) for gen in made.values()
-                                                  for g in gen.groups)
+    assert groups["group_id"].is_unique
+    assert len(ungrouped) == 0
+
+
+def test_a_clashing_copy_left_out_says_it_clashes(tmp_path):
+    root, made = _two_sources(tmp_path, {"machine_a": 1, "machine_b": 2})
+    g = made["machine_b"].groups[0]
+    for rel in g.rel_paths[1:]:  # machine b kept only the first render of its group
+        (root / "original" / "machine_b" / rel).unlink()
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+    assert {tuple(p) for p in groups["image_paths"]} == {
+        tuple(f"{folder}/{p}" for p in t.rel_paths) for folder, gen in made.items()
+        for t in gen.groups if t is not g}
+    why = ungrouped.set_index("rel_path")["reason"][f"machine_b/{g.rel_paths[0]}"]
+    assert why.startswith(ALONE)
+    assert f"name clash: {g.rel_paths[0].rsplit('/', 1)[1]} also in machine_a/" in why
 
 
 def test_identical_copies_are_grouped_once_and_are_no_clash(tmp_path):
@@ -237,11 +238,90 @@ def test_identical_copies_are_grouped_once_and_are_no_clash(tmp_path):
 
 
 def test_clash_folders_are_where_the_copies_paths_part():
-    from backfill.stages.group import clash_folders, partitions
+    from backfill.files.clashes import TOP, clash_folders, clash_sides, visible
 
     assert clash_folders(["a/x/n.png", "b/x/n.png"]) == ["a/", "b/"]
     assert clash_folders(["m/a/n.png", "m/b/n.png"]) == ["m/a/", "m/b/"]
     # A copy at the top: only the other side is a folder of its own.
     assert clash_folders(["n.png", "b/n.png"]) == ["b/"]
-    assert partitions(["a/x/1.png", "b/2.png", "c/3.png", "a/4.png"], ["a/", "a/x/", "b/"]) \
-        == ["a/x/", "b/", "", "a/"]
+    # Each clash has its sides; a file under neither side of a clash is neutral to it.
+    sides = clash_sides(["a/x/1.png", "b/2.png", "c/3.png", "a/4.png", "k.png", "5.png"],
+                        ["a/n.png", "b/n.png", "a/x/m.png", "a/y/m.png", "k.png", "c/k.png"])
+    ab, xy, top = ("a/", "b/"), ("a/x/", "a/y/"), ("c/",)
+    assert sides == [{ab: "a/", xy: "a/x/"}, {ab: "b/"}, {top: "c/"}, {ab: "a/"},
+                     {top: TOP}, {}]
+    assert visible(sides[0], sides[3]) and not visible(sides[0], sides[1])
+    assert visible({}, sides[1]) and visible(sides[1], {})
+
+
+def _before_clashes(stages, times, lookahead, time_gap_minutes, min_group_size,
+                    max_group_size):
+    """The nearest-up rule as it stood before name clashes were grouped in one list."""
+    gap = timedelta(minutes=time_gap_minutes) if time_gap_minutes is not None else None
+    n, i, groups, left_out = len(stages), 0, [], {}
+
+    def ends(prev_stage, prev_time, k):
+        return stages[k] <= prev_stage or bool(
+            gap is not None and prev_time and times[k] and times[k] - prev_time > gap)
+
+    while i < n:
+        group = [i]
+        i += 1
+        while i < n and len(group) < max_group_size:
+            window, k = [], i
+            while k < n and k - i < lookahead and not ends(stages[group[-1]],
+                                                           times[group[-1]], k):
+                window.append(k)
+                k += 1
+            if not window:
+                break
+            chosen = next(k for k in window if stages[k] == min(stages[j] for j in window))
+            left_out.update(dict.fromkeys(range(i, chosen), SKIPPED))
+            group.append(chosen)
+            i = chosen + 1
+        if len(group) >= min_group_size:
+            groups.append(group)
+        else:
+            left_out.update(dict.fromkeys(group, ALONE))
+    return groups, left_out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_with_no_clash_the_rule_is_as_before(seed):
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(0, 60)
+    stages = [rng.choice([1.0, 1.5, 2.0, 3.0]) for _ in range(n)]
+    times = sorted(T0 + timedelta(seconds=rng.randint(0, 900)) for _ in range(n))
+    kw = dict(lookahead=rng.choice([1, 3, 50]), time_gap_minutes=rng.choice([None, 2]),
+              min_group_size=rng.choice([2, 3]), max_group_size=rng.choice([2, 4]))
+    before = _before_clashes(stages, times, **kw)
+    assert nearest_up(stages, times, **kw) == before
+    assert nearest_up(stages, times, **kw, sides=[{}] * n) == before
+
+
+def test_a_group_never_takes_a_file_from_the_other_side_of_a_clash():
+    ab = ("a/", "b/")
+    a, b = {ab: "a/"}, {ab: "b/"}
+    stages = [1.0, 1.0, 1.5, 2.0, 2.0, 3.0]
+    sides = [a, b, {}, a, b, {}]  # the neutral ones go to whichever group comes first
+    groups, left_out = nearest_up(stages, [T0] * 6, **DEFAULTS, sides=sides)
+    assert groups == [[0, 2, 3, 5], [1, 4]] and left_out == {}
+    groups, _ = exact_timestamp(stages[:2] + stages[3:5], ["t"] * 4, 2, 4,
+                                sides=[a, b, a, b])
+    assert groups == [[0, 2], [1, 3]]
+    assert exact_timestamp(stages[:2] + stages[3:5], ["t"] * 4, 2, 4)[0] == [[0, 2]]
+
+
+def test_a_clash_with_identical_copies_groups_each_picture_once(tmp_path):
+    import shutil
+
+    root, made = _two_sources(tmp_path, {"machine_a": 1, "machine_b": 2})
+    shutil.copytree(root / "original" / "machine_a", root / "original" / "machine_a_backup")
+    groups, ungrouped = _scan_and_group(root, tmp_path)
+    assert {tuple(p) for p in groups["image_paths"]} == {
+        tuple(f"{folder}/{p}" for p in g.rel_paths) for folder, gen in made.items()
+        for g in gen.groups}
+    assert ungrouped["rel_path"].str.startswith("machine_a_backup/").all()
+    assert ungrouped["reason"].str.startswith("copy of machine_a/").all()

@@ -79,6 +79,9 @@ class SyntheticProject:
     # add_decoys: each decoy final's rel_path -> the first timestamp of the group whose
     # picture it shows (it is no decision of that group, nor of any).
     decoys: dict[str, str] = field(default_factory=dict)
+    # From make_two_machine_project: (index in ``groups`` of the first machine's group,
+    # of the second machine's) for each pair of groups written under the same names.
+    clash_pairs: list[tuple[int, int]] = field(default_factory=list)
 
     def save_truth(self) -> Path:
         out = self.root / "truth.json"
@@ -88,6 +91,8 @@ class SyntheticProject:
             data["final_names"] = self.final_names
         if self.decoys:
             data["decoys"] = self.decoys
+        if self.clash_pairs:
+            data["clash_pairs"] = self.clash_pairs
         out.write_text(json.dumps(data, indent=1, sort_keys=True))
         return out
 
@@ -463,3 +468,81 @@ def add_decoys(project: SyntheticProject, seed: int, per_group: int = 2,
             _write(project.final_dir / name, data)
             project.decoys[name] = g.first_timestamp
     project.save_truth()
+
+
+SECOND_MACHINE = "laptop"  # the folder the second machine's renders were copied into
+
+
+def make_two_machine_project(root: Path, n_groups: int = 30, clashing: int = 4,
+                             own_groups: int = 2, seed: int = 0, scale: float = 0.05,
+                             clash: bool = True) -> SyntheticProject:
+    """A project whose renders came from two machines that both wrote some of the same
+    file names (same timestamps and stages) with other pixels: a **name clash**.
+
+    The first machine's renders are make_project's (groups spread over ``batch_*``
+    subfolders, no bad files, PNG finals, whole or cropped). The second machine's sit
+    under ``laptop/batch_*``: ``clashing`` groups named exactly like groups of the first
+    (``clash_pairs``), each with a cropped final (in ``final/laptop/`` when the first
+    machine's final already has its name), and ``own_groups`` groups at other times.
+    One more final, ``final/misc/<a clashing name>``, shows neither machine's pixels:
+    its name fits both groups and its pixels neither (a true orphan).
+
+    ``clash=False`` writes the same project without the clashing groups, their finals
+    and that orphan: what every other group must look like either way.
+    """
+    project = make_project(root, n_groups=n_groups, seed=seed, scale=scale,
+                           bad_files=False, companions=False, variants=False)
+    rng = np.random.default_rng([seed, 2])
+    kept = [k for k, g in enumerate(project.groups) if g.kept_index is not None]
+    step = max(1, len(kept) // max(1, clashing))
+    firsts = kept[::step][:clashing]
+    folders = [f"{SECOND_MACHINE}/batch_{k:02d}" for k in range(2)]
+    end = datetime(2025, 7, 8, 6, 0, 0) + timedelta(minutes=5 * n_groups + 10)
+    written: list[tuple[TrueGroup, list[Path], bool]] = []
+    for k, first in enumerate([*firsts, *[None] * own_groups]):
+        if first is not None:
+            stages = tuple(project.groups[first].stages)
+            names = [os.path.basename(p) for p in project.groups[first].rel_paths]
+        else:
+            stages = STAGE_SETS[int(rng.integers(len(STAGE_SETS)))]
+            t0 = end + timedelta(minutes=5 * k)
+            names = [f"{(t0 + timedelta(seconds=STAGE_DELAY[s])).strftime('%Y%m%d_%H%M%S')}"
+                     f"_{STAGE_LABELS[s]}.png" for s in stages]
+        images = render_stages(rng, stages, scale)
+        rel_paths = [f"{folders[int(rng.integers(len(folders)))]}/{n}" for n in names]
+        for rel, stage in zip(rel_paths, stages, strict=True):
+            _write(project.original_dir / rel, _png_bytes(images[stage]))
+        index = int(rng.integers(len(stages)))
+        img = images[stages[index]]
+        box = crop_box(rng, "free", img.width, img.height)
+        data, ext, _ = encode_final(rng, img.crop(box), "png")
+        final_rel = os.path.splitext(names[index])[0] + ext
+        if (project.final_dir / final_rel).exists():
+            final_rel = f"{SECOND_MACHINE}/{final_rel}"
+        _write(project.final_dir / final_rel, data)
+        truth = TrueGroup(names[0].rpartition("_stage")[0], rel_paths, list(stages), index,
+                          [box[0] / img.width, box[1] / img.height, box[2] / img.width,
+                           box[3] / img.height], final_rel, action="crop", crop_kind="free",
+                          encoding="png")
+        if first is not None:
+            project.clash_pairs.append((first, len(project.groups)))
+        project.groups.append(truth)
+        written.append((truth, [project.final_dir / final_rel,
+                                *(project.original_dir / r for r in rel_paths)],
+                        first is not None))
+    stranger = os.path.basename(project.groups[firsts[0]].rel_paths[0]) if firsts else None
+    if stranger:
+        _write(project.final_dir / "misc" / stranger, _png_bytes(texture(rng, 40, 48)))
+        project.other_finals[f"misc/{stranger}"] = "orphan"
+    if not clash:  # the same files, less what clashes
+        for truth, paths, clashes in written:
+            if clashes:
+                for path in paths:
+                    path.unlink()
+                project.groups.remove(truth)
+        if stranger:
+            (project.final_dir / "misc" / stranger).unlink()
+            del project.other_finals[f"misc/{stranger}"]
+        project.clash_pairs = []
+    project.save_truth()
+    return project

@@ -7,19 +7,21 @@ the window ends at a stage <= the last one or at a time gap. ``exact_timestamp``
 files that share one timestamp instead (a documented option, rarely right on real data:
 each stage gets its own timestamp).
 
-Names are the key, so one name must mean one picture. Two originals with the same file
-name in different subfolders are handled before grouping:
+Names are the key, so one name should mean one picture. Two originals with the same
+file name in different subfolders (files.clashes):
 
 - same content hash (a copy): grouped once, as the first copy by path; the other
   copies are ungrouped as "copy of <path>";
 - other content (a **name clash**, e.g. two machines that wrote the same timestamped
-  names into their own folders): the folders where the copies' paths part (say
-  ``machine_a/`` and ``machine_b/``) are each grouped on their own, so no group takes
-  renders from both; then no group that holds a clashing name is kept. Its copies are
-  ungrouped with "name clash: <name> also in <folder> with other pixels", the other
-  members with "its group held <name>, a name clash": a name that means two pictures
-  cannot name a decision (finals and DB rows are matched by name). The person renames
-  one source's files and the next run groups them.
+  names into their own folders): grouping goes on as the person's rule says, one sorted
+  list, except that a group that has taken a file from one side of a clash (the folder
+  under which one copy sits, clashes.clash_folders) never takes a file from another
+  side: those are invisible to it (neither taken nor ending its window). Files under
+  neither side are neutral (the first group to reach one takes it). So each machine's
+  copies form their own groups and the groups around them stay as the rule makes them;
+  with no clash this is the rule itself. extract decides by pixels which group a final
+  of a clashing name belongs to, and flags a group whose renders look like the other
+  source's (folders cannot tell two machines apart when their renders share folders).
 """
 
 from __future__ import annotations
@@ -35,67 +37,15 @@ from backfill.config.project import Project
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import read_table, write_table
+from backfill.files.clashes import clash_sides, shared_names, visible
+
+Sides = Sequence[dict[tuple[str, ...], str]]  # per file: its side of each clash (clash_sides)
 
 SKIPPED = "passed over: a lower stage later in the window was taken instead"
 ALONE = "no higher stage followed it within the window (run shorter than min_group_size)"
 SAME_STAGE = "another file of the same stage shares its timestamp"
 ALONE_AT_TIMESTAMP = "no other stage shares its timestamp"
 GROUP_FULL = "its timestamp's group already holds max_group_size images"
-
-
-def _folder(rel_path: str) -> str:
-    head = rel_path.rpartition("/")[0]
-    return f"{head}/" if head else "the top folder"
-
-
-def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
-    """Files that share their name with another: ``(copies, clashes)``, each
-    ``rel_path -> reason``. ``copies``: identical copies but the first by path (grouped
-    once, as that file); ``clashes``: every copy of a name that holds other content.
-    ``files`` has rel_path, name and content_hash; a copy with no hash (unreadable) is
-    taken for other content, never for a copy."""
-    copies: dict[str, str] = {}
-    clashes: dict[str, str] = {}
-    dupes = files[files["name"].duplicated(keep=False)].sort_values("rel_path", kind="stable")
-    for name, same_name in dupes.groupby("name", sort=True):
-        paths = same_name["rel_path"].tolist()
-        content = [h if isinstance(h, str) else f"unknown:{p}"
-                   for h, p in zip(same_name["content_hash"], paths, strict=True)]
-        if len(set(content)) == 1:
-            copies.update({p: f"copy of {paths[0]} (same name, same pixels): grouped once, "
-                              "as that file" for p in paths[1:]})
-            continue
-        for path, mine in zip(paths, content, strict=True):
-            others = sorted({_folder(p) for p, c in zip(paths, content, strict=True)
-                             if c != mine})
-            clashes[path] = (f"name clash: {name} also in {', '.join(others)} with other "
-                             "pixels; rename one of them")
-    return copies, clashes
-
-
-def clash_folders(clashing: list[str]) -> list[str]:
-    """Folders grouped on their own because of name clashes: for each two copies of a
-    clashing name, the folder on each side just below where their paths part (two
-    machines' folders, say). ``clashing``: the rel_paths of every clashing copy."""
-    by_name: dict[str, list[list[str]]] = {}
-    for path in clashing:
-        *folders, name = path.split("/")
-        by_name.setdefault(name, []).append(folders)
-    out = set()
-    for copies in by_name.values():
-        for a in copies:
-            for b in copies:
-                common = next((k for k, (x, y) in enumerate(zip(a, b, strict=False))
-                               if x != y), min(len(a), len(b)))
-                if a is not b and len(a) > common:
-                    out.add("/".join(a[:common + 1]) + "/")
-    return sorted(out)
-
-
-def partitions(paths: Sequence[str], folders: list[str]) -> list[str]:
-    """Each path's partition: the deepest of ``folders`` holding it, or "" (the rest)."""
-    deepest = sorted(folders, key=len, reverse=True)
-    return [next((f for f in deepest if p.startswith(f)), "") for p in paths]
 
 
 @dataclass(frozen=True)
@@ -122,14 +72,18 @@ def nearest_up(
     time_gap_minutes: float | None,
     min_group_size: int,
     max_group_size: int,
+    sides: Sides | None = None,
 ) -> tuple[list[list[int]], dict[int, str]]:
     """Group pre-sorted files by the nearest-up rule.
 
     Returns the groups as lists of indices into the input and, for every index left out,
-    why. Pure: the reference's pinned cases are tested against it directly.
+    why. Pure: the reference's pinned cases are tested against it directly. With
+    ``sides`` (name clashes), a file on another side of a clash than the group's files
+    is invisible to the group: a later group starts at it.
     """
     gap = timedelta(minutes=time_gap_minutes) if time_gap_minutes is not None else None
-    n, i = len(stages), 0
+    n = len(stages)
+    done = [False] * n  # taken by a group, or left out
     groups: list[list[int]] = []
     left_out: dict[int, str] = {}
 
@@ -138,23 +92,34 @@ def nearest_up(
             return True
         return bool(gap is not None and prev_time and times[k] and times[k] - prev_time > gap)
 
-    while i < n:
-        group = [i]
-        i += 1
-        while i < n and len(group) < max_group_size:
+    for start in range(n):
+        if done[start]:
+            continue
+        group, done[start] = [start], True
+        taken = dict(sides[start]) if sides else {}
+        i = start + 1
+        while len(group) < max_group_size:
             last = group[-1]
-            window = []
+            window: list[int] = []
             k = i
-            while k < n and k - i < lookahead and not ends_window(stages[last], times[last], k):
+            while k < n and len(window) < lookahead:
+                if done[k] or (sides and not visible(taken, sides[k])):
+                    k += 1
+                    continue
+                if ends_window(stages[last], times[last], k):
+                    break
                 window.append(k)
                 k += 1
             if not window:
                 break
             lowest = min(stages[k] for k in window)
             chosen = next(k for k in window if stages[k] == lowest)
-            for k in range(i, chosen):  # higher stages jumped over are dropped
-                left_out[k] = SKIPPED
+            for k in window[:window.index(chosen)]:  # higher stages jumped over are dropped
+                left_out[k], done[k] = SKIPPED, True
             group.append(chosen)
+            done[chosen] = True
+            if sides:
+                taken.update(sides[chosen])
             i = chosen + 1
         if len(group) >= min_group_size:
             groups.append(group)
@@ -169,26 +134,39 @@ def exact_timestamp(
     timestamps: Sequence[str],
     min_group_size: int,
     max_group_size: int,
+    sides: Sides | None = None,
 ) -> tuple[list[list[int]], dict[int, str]]:
-    """Group pre-sorted files that share a timestamp, one file per stage, stages rising."""
+    """Group pre-sorted files that share a timestamp, one file per stage, stages rising.
+    With ``sides`` (name clashes), the files of one timestamp on two sides of a clash
+    make two groups."""
     groups: list[list[int]] = []
     left_out: dict[int, str] = {}
     start = 0
     for end in range(1, len(stages) + 1):
         if end < len(stages) and timestamps[end] == timestamps[start]:
             continue
-        group: list[int] = []
+        apart: list[tuple[dict, list[int]]] = []  # (sides taken, files) per side of a clash
         for k in range(start, end):
-            if group and stages[k] <= stages[group[-1]]:
-                left_out[k] = SAME_STAGE
-            elif len(group) >= max_group_size:
-                left_out[k] = GROUP_FULL
+            mine = sides[k] if sides else {}
+            at = next((a for a in apart if visible(a[0], mine)), None)
+            if at is None:
+                apart.append(({}, []))
+                at = apart[-1]
+            at[0].update(mine)
+            at[1].append(k)
+        for _, files in apart:
+            group: list[int] = []
+            for k in files:
+                if group and stages[k] <= stages[group[-1]]:
+                    left_out[k] = SAME_STAGE
+                elif len(group) >= max_group_size:
+                    left_out[k] = GROUP_FULL
+                else:
+                    group.append(k)
+            if len(group) >= min_group_size:
+                groups.append(group)
             else:
-                group.append(k)
-        if len(group) >= min_group_size:
-            groups.append(group)
-        else:
-            left_out.update({k: ALONE_AT_TIMESTAMP for k in group})
+                left_out.update({k: ALONE_AT_TIMESTAMP for k in group})
         start = end
     return groups, left_out
 
@@ -198,37 +176,20 @@ def _nullable(values: pd.Series) -> list:
     return [None if pd.isna(v) else v for v in values.tolist()]
 
 
-def _group(candidates: pd.DataFrame, settings: GroupSettings
+def _group(candidates: pd.DataFrame, settings: GroupSettings, sides: Sides | None
            ) -> tuple[list[list[int]], dict[int, str]]:
     """``settings.method`` run on sorted candidates: groups and left-out reasons, by
-    position in ``candidates``."""
+    position in ``candidates``; ``sides``: each candidate's side of each name clash."""
     stages = candidates["stage"].tolist()
     if settings.method == "nearest_up":
         return nearest_up(
             stages, pd.to_datetime(candidates["timestamp"], format="%Y%m%d_%H%M%S").tolist(),
             settings.lookahead,
             settings.time_gap_minutes, settings.min_group_size, settings.max_group_size,
+            sides,
         )
     return exact_timestamp(stages, candidates["timestamp"].tolist(),
-                           settings.min_group_size, settings.max_group_size)
-
-
-def _without_clashes(groups: list[list[int]], candidates: pd.DataFrame,
-                     clashes: dict[str, str]) -> tuple[list[list[int]], dict[int, str]]:
-    """Groups holding no clashing name, and why each member of the others and each
-    clashing copy is left out: a name that means two pictures cannot name a decision."""
-    paths, names = candidates["rel_path"].tolist(), candidates["name"].tolist()
-    left_out = {i: clashes[p] for i, p in enumerate(paths) if p in clashes}
-    kept = []
-    for members in groups:
-        hit = sorted({names[i] for i in members if i in left_out})
-        if not hit:
-            kept.append(members)
-            continue
-        for i in members:
-            left_out.setdefault(i, f"its group held {', '.join(hit)}, a name clash: not "
-                                   "grouped until one copy is renamed")
-    return kept, left_out
+                           settings.min_group_size, settings.max_group_size, sides)
 
 
 def group_table(
@@ -249,18 +210,10 @@ def group_table(
         ["timestamp", "stage", "name", "rel_path"], kind="stable"
     ).reset_index(drop=True)
     timestamps = candidates["timestamp"].tolist()
-    # A clash means two sources wrote the same names: each clashing folder is grouped
-    # on its own, so no group takes renders from both.
-    part_of = partitions(candidates["rel_path"].tolist(), clash_folders(list(clashes)))
-    groups, left_out = [], {}
-    for key in sorted(set(part_of)):
-        idx = [i for i, p in enumerate(part_of) if p == key]
-        found, why = _group(candidates.iloc[idx], settings)
-        groups += [[idx[i] for i in members] for members in found]
-        left_out.update({idx[i]: reason for i, reason in why.items()})
-    groups.sort()  # by first member, that is by time, whatever the partition
-    groups, dissolved = _without_clashes(groups, candidates, clashes)
-    left_out.update(dissolved)
+    # A clash means two sources wrote the same names: no group takes renders from two
+    # sides of one (each side's copies form their own groups).
+    sides = clash_sides(candidates["rel_path"].tolist(), list(clashes)) if clashes else None
+    groups, left_out = _group(candidates, settings, sides)
 
     rows, used_ids = [], set()
     for members in groups:
@@ -293,7 +246,8 @@ def group_table(
     for k, why in left_out.items():
         row = candidates.iloc[k]
         unreadable = f"; unreadable: {row['reason']}" if row["status"] == "error" else ""
-        reasons[row["rel_path"]] = why + unreadable
+        clash = f"; {clashes[row['rel_path']]}" if row["rel_path"] in clashes else ""
+        reasons[row["rel_path"]] = why + clash + unreadable
     left = originals[~named]
     reasons.update(zip(left["rel_path"], left["reason"], strict=True))
     state = originals.set_index("rel_path")[["status", "reason"]]

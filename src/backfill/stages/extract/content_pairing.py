@@ -277,6 +277,80 @@ class ContentPairing:
         self.stats.paired += len(outcome.claims)
         return outcome
 
+    def choose(self, jobs: pd.DataFrame) -> dict[str, tuple[str | None, str]]:
+        """pairing.PixelChooser: each final named like a name clash, located in every
+        readable copy of the name; the copy it matches best, when that reaches
+        ``min_confidence`` and no other copy comes within ``ambiguity_margin``."""
+        started = time.perf_counter()
+        try:
+            s = self.settings
+            targets = [_Target(r.rel_path, r.final_hash, r.group_id, int(r.index),
+                               r.original_hash, r.original_path)
+                       for r in jobs.itertuples(index=False)]
+            found = self._locate(targets)
+            out: dict[str, tuple[str | None, str]] = {}
+            for rel, mine in _by_final(targets).items():
+                tied = _tied(mine, found, s)
+                said = ", ".join(f"{t.original_path} {_confidence(found, t):.3f}"
+                                 for t in sorted(mine, key=lambda t: t.original_path))
+                if len(tied) == 1:
+                    out[rel] = tied[0].original_path, f"its pixels (confidence {said})"
+                    if tied[0].group_id:  # extract needs no second locate
+                        self.located.append(found[tied[0].original_hash, tied[0].final_hash])
+                elif tied:
+                    out[rel] = None, f"its pixels match {len(tied)} copies about equally ({said})"
+                else:
+                    out[rel] = None, f"its pixels match no copy well enough (confidence {said})"
+            return out
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+
+    def mixed(self, copies: pd.DataFrame, renders: pd.DataFrame) -> dict[str, list[str]]:
+        """Review notes for groups that may hold renders of two sources of a name clash.
+
+        Grouping goes by names and folders, which cannot tell two machines apart when
+        their renders share folders; pictures can. For each two groups holding copies
+        of one clashing name (``copies``: pairing.clash_copies; ``renders``:
+        pairing.render_rows), each other member of a group should look more like its
+        own group's copy than like the other group's (colour histograms, the shortlist's
+        signatures). One that does not is noted: no threshold, only which is closer."""
+        notes: dict[str, list[str]] = defaultdict(list)
+        grouped = copies[copies["group_id"] != ""]
+        shared = grouped[grouped.groupby("name")["group_id"].transform("size") > 1]
+        if shared.empty:
+            return notes
+        members = renders[renders["group_id"].isin(shared["group_id"])
+                          & renders["content_hash"].notna()]
+        sigs, _ = self._signatures(dict(zip(members["content_hash"], members["original_path"].map(
+            lambda p: self.original_root / p), strict=True)))
+        looks = {h: normalised(c.sum(axis=0))[:COLOUR_BINS] for h, (c, _) in sigs.items()}
+
+        def likeness(a: str, b: str) -> float:
+            return float(np.minimum(looks[a], looks[b]).sum())
+
+        for _, of_name in shared.groupby("name", sort=True):
+            for own in of_name.itertuples(index=False):
+                if own.original_hash not in looks:
+                    continue
+                others = [o for o in of_name.itertuples(index=False)
+                          if o.group_id != own.group_id and o.original_hash in looks]
+                mine = members[(members["group_id"] == own.group_id)
+                               & (members["original_path"] != own.original_path)]
+                for m_path, m_hash in zip(mine["original_path"], mine["content_hash"],
+                                          strict=True):
+                    if m_hash not in looks:
+                        continue
+                    near = likeness(m_hash, own.original_hash)
+                    for o in others:
+                        far = likeness(m_hash, o.original_hash)
+                        if far > near:
+                            notes[own.group_id].append(
+                                f"{m_path} looks more like {o.original_path} (of "
+                                f"{o.group_id}) than like this group's {own.original_path} "
+                                f"({far:.2f} against {near:.2f}): renders of two sources of "
+                                "a name clash may be mixed (check the group)")
+        return notes
+
     def _signatures(self, wanted: dict[str, Path]
                     ) -> tuple[dict[str, tuple[np.ndarray, bool]], dict[str, str]]:
         """Signatures by content hash (cached, else computed by the runner),

@@ -21,8 +21,12 @@ by the first of these that answers (its ``pair_method``, schemas.PAIR_METHODS):
 Never a guess: a final whose name, identity, bytes or content fits renders of two
 groups is paired with neither (an orphan whose reason names them), and both groups are
 flagged for review with the reason (unless it is a final named after a render that is
-gone: it could be paired with neither anyway). What a group ends up with (README, "How
-decisions are recovered"):
+gone: it could be paired with neither anyway). One exception, decided by pixels: a final
+named like a **name clash** (one render name in two folders with other pixels,
+files.clashes) is the copy whose bytes it has, else the one its pixels match clearly
+(``by_pixels``); only when they cannot tell is it an orphan and the groups flagged.
+
+What a group ends up with (README, "How decisions are recovered"):
 
 - nothing: the group was rejected;
 - several files of one render (one name in several subfolders, a Finder copy, an
@@ -49,6 +53,7 @@ import pandas as pd
 
 from backfill.contracts.schemas import PAIR_METHODS, FinalsTable
 from backfill.contracts.tables import typed_frame
+from backfill.files.clashes import shared_names
 
 # The columns of one pair, with their dtypes: a group and what the final folder says
 # about it. ``unreadable``: why the kept final (or its original) cannot be read.
@@ -82,6 +87,9 @@ class Pairing:
     reasons: dict[str, str] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)
     reviews: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # Finals named like a name clash, left for their pixels to decide: rel_path ->
+    # (the clashing name, how the name fits: name or identity).
+    clashing: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def ambiguous(self, rel_path: str, groups: list[str], by: str) -> None:
         """``rel_path`` fits renders of several ``groups`` ``by`` one way: pair none."""
@@ -126,6 +134,11 @@ ContentPairer = Callable[[pd.DataFrame, pd.DataFrame, frozenset[str]], ContentOu
 BY_CONTENT = ("{rel} was paired by its content alone (no name or identical bytes tie it "
               "to a render; the same picture may have been rendered again): check it is "
               "this group's image")
+# Finals named like a name clash, one row per (final, copy of the name): final rel_path
+# and final_hash, the copy's original_path, original_hash, group_id and index (empty
+# and -1 for a copy in no group) -> final -> (the copy its pixels clearly match, or
+# None; what the pixels said).
+PixelChooser = Callable[[pd.DataFrame], dict[str, tuple[str | None, str]]]
 
 
 def stem(name: str) -> str:
@@ -169,10 +182,38 @@ def _index(keys: Iterable[Hashable], values: Iterable[tuple[str, int]]
     return out
 
 
-def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.DataFrame
-                  ) -> Pairing:
-    """Passes 1 and 2: each final by its name, else by the identity in its name."""
+def clash_copies(originals: pd.DataFrame, renders: pd.DataFrame) -> pd.DataFrame:
+    """Every copy of a clashing render name (``originals``: scan's, by rel_path): name,
+    original_path, original_hash (null when unreadable), and its group_id and index
+    (empty and -1 when it is in no group)."""
+    named = originals[(originals["ext"] != "") & originals["timestamp"].notna()
+                      & (originals["stage"] > 0)]
+    _, clashes = shared_names(named.reset_index())
+    rows = originals.reindex(sorted(clashes))
+    place = renders.set_index("original_path").reindex(rows.index)
+    readable = (rows["status"] != "error").to_numpy()
+    return pd.DataFrame({
+        "name": rows["name"].to_numpy(), "original_path": rows.index.to_numpy(),
+        "original_hash": rows["content_hash"].where(readable, None).to_numpy(),
+        "group_id": place["group_id"].fillna("").to_numpy(),
+        "index": place["index"].fillna(-1).astype("int64").to_numpy(),
+    }).astype({"name": "str", "original_path": "str", "group_id": "str"})
+
+
+def _clash(found: list[tuple[str, int]], names: dict[tuple[str, int], str],
+           clashing: set[str]) -> str | None:
+    """The clashing name all ``found`` renders bear, if they bear one."""
+    held = {names[f] for f in found}
+    return next(iter(held)) if len(held) == 1 and held <= clashing else None
+
+
+def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.DataFrame,
+                  clashing: set[str] = frozenset()) -> Pairing:
+    """Passes 1 and 2: each final by its name, else by the identity in its name. A final
+    whose name or identity fits only renders of one ``clashing`` name is left for its
+    pixels to decide (``Pairing.clashing``)."""
     at = list(zip(renders["group_id"], renders["index"], strict=True))
+    names = dict(zip(at, renders["name"], strict=True))
     by_stem = _index(renders["stem"], at)
     by_identity = _index(map(identity, renders["timestamp"], renders["stage"]), at)
     lone_stem = dict(zip(ungrouped["name"].map(stem), ungrouped["reason"], strict=True))
@@ -182,10 +223,16 @@ def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.Dat
     out = Pairing()
     for f in finals.itertuples(index=False):
         name, ident = stem(f.name), identity(f.timestamp, f.stage)
-        if out.claim(f.rel_path, by_stem.get(name, []), "name", "name"):
-            continue
-        if ident and out.claim(f.rel_path, by_identity.get(ident, []), "identity",
-                               "timestamp and stage"):
+        for method, found in (("name", by_stem.get(name, [])),
+                              ("identity", by_identity.get(ident, []) if ident else [])):
+            clash = _clash(found, names, clashing) if found else None
+            if clash is not None:
+                out.clashing[f.rel_path] = clash, method
+                break
+            if out.claim(f.rel_path, found, method,
+                         "name" if method == "name" else "timestamp and stage"):
+                break
+        if f.rel_path in out.claims or f.rel_path in out.clashing or f.rel_path in out.settled:
             continue
         if name in lone_stem:  # its source is known: not a group's decision
             out.reasons[f.rel_path] = f"its original is in no group ({lone_stem[name]})"
@@ -197,6 +244,52 @@ def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.Dat
         else:
             out.reasons[f.rel_path] = NO_RENDER + (", timestamp and stage" if ident else "")
     return out
+
+
+def claim_clashes(finals: pd.DataFrame, copies: pd.DataFrame, pairing: Pairing,
+                  by_pixels: PixelChooser | None) -> None:
+    """Each final named like a name clash: the copy with its bytes, else the one its
+    pixels clearly match (``by_pixels``). A copy in a group is claimed; one in no group
+    makes the final an orphan with the reason; when nothing tells, it is an orphan and
+    every group holding a copy is flagged."""
+    if not pairing.clashing:
+        return
+    rows = finals.set_index("rel_path")
+    jobs = pd.DataFrame([
+        {"rel_path": rel, "final_hash": rows.at[rel, "content_hash"], **c}
+        for rel, (name, _) in pairing.clashing.items()
+        if rows.at[rel, "status"] != "error"
+        for c in copies[copies["name"] == name].drop(columns="name").to_dict("records")],
+        columns=["rel_path", "final_hash", "original_path", "original_hash", "group_id",
+                 "index"])
+    same = jobs[jobs["final_hash"] == jobs["original_hash"]].drop_duplicates("rel_path")
+    chosen = {r: (p, "the same bytes") for r, p in zip(same["rel_path"],
+                                                        same["original_path"], strict=True)}
+    rest = jobs[~jobs["rel_path"].isin(chosen) & jobs["original_hash"].notna()]
+    if by_pixels is not None and len(rest):
+        chosen.update(by_pixels(rest))
+    place = copies.set_index("original_path")
+    for rel, (name, method) in pairing.clashing.items():
+        mine = copies[copies["name"] == name]
+        pick, said = chosen.get(rel, (None, "its pixels were not compared" if
+                                      rows.at[rel, "status"] != "error" else "it cannot be read"))
+        if pick is not None and place.at[pick, "group_id"]:
+            pairing.claims[rel] = Claim(rel, place.at[pick, "group_id"],
+                                        int(place.at[pick, "index"]), method)
+            continue
+        pairing.settled.add(rel)
+        if pick is not None:
+            pairing.reasons[rel] = (f"its original ({pick}, by {said}; {name} is a name "
+                                    "clash) is in no group")
+            continue
+        folders = ", ".join(mine["original_path"])
+        pairing.reasons[rel] = (f"its {method} fits {name}, a name clash ({folders}), and "
+                                f"{said}: paired with none")
+        groups = sorted(g for g in set(mine["group_id"]) if g)
+        for g in groups:
+            pairing.reviews[g].append(
+                f"{rel} is named like {name}, a name clash ({folders}), and {said}: not "
+                "paired (check which render it shows)")
 
 
 def claim_by_bytes(finals: pd.DataFrame, renders: pd.DataFrame, pairing: Pairing) -> None:
@@ -328,16 +421,21 @@ def assemble(groups: pd.DataFrame, finals: pd.DataFrame, originals: pd.DataFrame
 
 
 def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
-                by_content: ContentPairer | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                by_content: ContentPairer | None = None, by_pixels: PixelChooser | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One pair per group (the final is empty for a rejected group) and a row per final
     file saying what it is: kept, copy, extra (another kept image of a group) or orphan.
 
     ``by_content`` pairs the readable finals that neither names nor bytes tied to a
-    group and whose names state no render identity; without it they stay orphans."""
+    group and whose names state no render identity; without it they stay orphans.
+    ``by_pixels`` tells which copy of a clashing name a final shows; without it only the
+    same bytes do."""
     finals = _final_rows(scan)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
-    pairing = claim_by_name(finals, renders, ungrouped)
+    copies = clash_copies(originals, renders)
+    pairing = claim_by_name(finals, renders, ungrouped, set(copies["name"]))
+    claim_clashes(finals, copies, pairing, by_pixels)
     claim_by_bytes(finals, renders, pairing)
     if by_content is not None:
         unpaired = finals[~finals["rel_path"].isin(pairing.claims)

@@ -2,7 +2,9 @@
 
 pairing finds each group's kept final by name, by the identity in its name, or by
 content (content_pairing, only for finals the names leave unpaired; flagged for review
-unless the bytes are identical), locate finds where
+unless the bytes are identical; a final named like a name clash is the copy its pixels
+match, and groups holding clashing copies are checked for renders of the other source),
+locate finds where
 it lies in its original (cached by both files' content hashes and the matcher
 settings), decisions labels the action with the configured tolerances. Changing a
 tolerance therefore re-labels a project without matching a single image again.
@@ -37,7 +39,7 @@ from backfill.stages.extract import locate as locate_module
 from backfill.stages.extract.content_pairing import ContentPairing, ContentSettings, ContentStats
 from backfill.stages.extract.decisions import LabelSettings, label
 from backfill.stages.extract.locate import LocateError, MatchSettings, locate, read_gray
-from backfill.stages.extract.pairing import pair_finals
+from backfill.stages.extract.pairing import clash_copies, pair_finals, render_rows
 
 KEYS = ["original_hash", "final_hash"]
 RESULTS = {"x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64",
@@ -155,7 +157,15 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     cache = locate_cache(cache_dir, settings.match)
     by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache,
                                 runner)
-    pairs, finals = pair_finals(groups, scan, ungrouped, by_content)
+    pairs, finals = pair_finals(groups, scan, ungrouped, by_content, by_content.choose)
+    originals = scan[scan["source"] == "original"].set_index("rel_path")
+    renders = render_rows(groups, originals)
+    mixed = by_content.mixed(clash_copies(originals, renders), renders)
+    if mixed:
+        pairs["review"] = pd.Series(
+            ["; ".join([*([r] if isinstance(r, str) else []), *mixed.get(g, [])]) or None
+             for g, r in zip(pairs["group_id"], pairs["review"], strict=True)],
+            index=pairs.index, dtype="str")
     located_by_content = located_table(by_content.located)
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
     same = locatable["original_hash"] == locatable["final_hash"]
