@@ -213,8 +213,6 @@ def test_rows_naming_images_in_older_forms_are_found_in_the_scan():
     rows = pd.DataFrame([{c: None for c in COLUMNS} | {
         "group_id": f"g{i}", "images": form, "user_action": "reject",
         "user_selected_index": 0} for i, form in enumerate(forms)], columns=COLUMNS)
-    found = check_decisions(rows, pd.Series(["backfill"] * len(rows)), set(names), 0.02,
-                            pd.DataFrame({"group_id": rows["group_id"]}), rows["group_id"],
-                            set())
+    found = check_decisions(rows, pd.Series(["backfill"] * len(rows)), set(names), 0.02)
     missing = [f for f in found if f.check == "rows naming images the scan did not find"]
     assert [f.group_ids for f in missing] == [["g5"]]

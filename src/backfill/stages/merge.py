@@ -207,6 +207,31 @@ def match_rows(backfill: pd.DataFrame, production: pd.DataFrame,
     )
 
 
+def ambiguous_issues(conflicts: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """The issues of an ambiguous matching: each live row that shares image names with
+    two or more groups (ambiguous_match), and each backfilled group left out for it
+    (ambiguous_group): one matching two live rows, or one whose live row also matches
+    another group. Such a group is neither merged (the files cannot say which row is its
+    decision) nor added (a second decision for the same renders); it is reported."""
+    live = conflicts[conflicts["side"] == "production"]
+    mine = conflicts[conflicts["side"] == "backfill"]
+    blocked = links[links["group_id_p"].isin(live["group_id"])
+                    & ~links["group_id_b"].isin(mine["group_id"])]
+    others = dict(zip(live["group_id"], live["others"], strict=True))
+    via = [f"its live row {p} also shares image names with "
+           f"{', '.join(o for o in others[p] if o != b)}: not written (neither merged into "
+           "that row nor added beside it)"
+           for b, p in zip(blocked["group_id_b"], blocked["group_id_p"], strict=True)]
+    return pd.DataFrame({
+        "kind": ["ambiguous_match"] * len(live) + ["ambiguous_group"] * (len(mine) + len(via)),
+        "group_id": [*live["group_id"], *mine["group_id"], *blocked["group_id_b"]],
+        "detail": [f"production {why}: {', '.join(o)}"
+                   for why, o in zip(live["reason"], live["others"], strict=True)]
+        + [f"backfill {why}: {', '.join(o)}; not written"
+           for why, o in zip(mine["reason"], mine["others"], strict=True)] + via},
+        columns=ISSUE_COLUMNS)
+
+
 def _coords_differ(old: pd.Series, new: pd.Series, tolerance: float) -> np.ndarray:
     """Per pair: do the two JSON boxes differ by more than ``tolerance`` anywhere?"""
     out = np.zeros(len(old), bool)
@@ -309,11 +334,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         parts.append(plan_cells(p_ids[fill], col, old[col][fill], new[col][fill], "filled"))
         merged.loc[p_ids[fill], col] = new[col][fill].to_numpy()
 
-    issues.append(pd.DataFrame({"kind": "ambiguous_match",
-                                "group_id": matching.conflicts["group_id"],
-                            "detail": [f"{side} {why}: {', '.join(o)}" for side, why, o in
-                                       matching.conflicts[["side", "reason", "others"]]
-                                       .itertuples(index=False)]}, columns=ISSUE_COLUMNS))
+    issues.append(ambiguous_issues(matching.conflicts, links))
     differs = ~same_pick & kept
     issues.append(pd.DataFrame({
         "kind": "pick_differs", "group_id": p_ids[differs],
