@@ -28,8 +28,15 @@ from backfill.db.schema import (
     identity,
     open_production,
     unwritable,
+    write_blockers,
 )
-from backfill.production.apply import PlanConflict, apply_changes, check_changes
+from backfill.production.apply import (
+    PlanConflict,
+    apply_changes,
+    check_changes,
+    refuse_blocked,
+    refused,
+)
 
 # Header fields the backup API rewrites in the copy (file change counter, schema cookie,
 # version-valid-for); every other byte of the copy equals the DB it was taken from.
@@ -114,6 +121,7 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
     check_writable(db)
     changes = work(changes)
     conn = sqlite3.connect(db, timeout=lock_timeout, isolation_level=None)
+    backup = None
     try:
         try:
             conn.execute("BEGIN IMMEDIATE")  # no other writer until COMMIT; readers go on
@@ -123,15 +131,16 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             for path in removed:
                 path.unlink(missing_ok=True)
             check_changes(conn, changes)  # before the backup: a stale plan leaves no trace
+            refuse_blocked(write_blockers(conn), changes, db)  # a newer app's schema: same
             backup = verified_backup(db, now) if len(changes) else None
             applied = apply_changes(conn, changes, checked=True)  # same transaction
             rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
             conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:  # the DB is fine; the plan is not
+        except sqlite3.IntegrityError as exc:  # the premises held: the DB's own rule
             conn.execute("ROLLBACK")
-            raise DecisionDBError(f"the plan breaks {db.name}'s constraints ({exc}); nothing "
-                                  "was written. Re-plan with `dvc repro`, then publish again.")\
-                from None
+            if backup is not None:  # of a DB left exactly as it was: no use, no trace
+                backup.unlink(missing_ok=True)
+            raise refused(db, exc) from None
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

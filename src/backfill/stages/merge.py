@@ -478,6 +478,7 @@ def run(project: Project) -> str:
     )
     from backfill.contracts.tables import read_table, write_table
     from backfill.files.atomic import write_json
+    from backfill.production.apply import refuse_blocked
     from backfill.production.sources import load_production, review_rule, write_merged_db
 
     started = time.perf_counter()
@@ -492,15 +493,16 @@ def run(project: Project) -> str:
     reasons = dict(zip(prov["group_id"], prov["review_reason"], strict=True))
     plan = plan_merge(backfilled, source.rows, settings, source.missing_columns, rule,
                       source.imported, reasons, source.identity)
+    refuse_blocked(source.blockers, plan.changes, source.db_path)  # before any output
     plan.issues = typed_frame(MergeIssuesTable, pd.concat(
         [plan.issues, source.issues, sidecar_issues], ignore_index=True)
         .fillna({"group_id": ""}))
+    out = project.out_dir / "ai_decisions.db"  # first: a DB that refuses it stops all
+    write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
+                    float(project.cfg.merge.lock_timeout_s))
     write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
     write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")
-    out = project.out_dir / "ai_decisions.db"
-    write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
-                    float(project.cfg.merge.lock_timeout_s))
     write_json(plan.counts(), project.out_dir / "merge_summary.json")
     where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
              "--dry-run` shows what publishing would write" if source.db_path else
