@@ -351,3 +351,117 @@ def test_a_merge_that_fills_the_disk_names_the_db_it_was_writing(tmp_path, recov
         merge_run(project)
     assert str(out) in str(err.value) and "\n" not in str(err.value)
     assert not list(project.out_dir.glob(".ai_decisions.db.tmp-*"))
+
+
+# A newer app's production DB: a column this tool has no value for, a trigger that
+# refuses inserts. Each is named in one line that says what to do; nothing is written.
+NEWER = {
+    "column": ("reviewer", "a default for reviewer"),
+    "trigger": ("read_only_guard", "refuses inserts"),
+    "check": ("needs_batch", "must allow it"),  # a rule known only when it refuses
+}
+
+
+def make_newer(db: Path, what: str) -> None:
+    """``db`` as a newer app would leave it: rows kept, one hostile schema change."""
+    if what == "trigger":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TRIGGER read_only_guard BEFORE INSERT ON ai_decisions "
+                         "BEGIN SELECT RAISE(ABORT, 'read only'); END")
+        conn.close()
+        return
+    # SQLite cannot ADD a NOT NULL column without a default: the app rebuilt the table.
+    extra, value = (("reviewer TEXT NOT NULL,", ", 'anna'") if what == "column" else
+                    ("CONSTRAINT needs_batch CHECK (batch_number IS NOT NULL),", ""))
+    with sqlite3.connect(db) as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ai_decisions'"
+                           ).fetchone()[0]
+        conn.execute("ALTER TABLE ai_decisions RENAME TO old_decisions")
+        conn.execute(sql.replace("crop_match BOOLEAN,", f"crop_match BOOLEAN,\n    {extra}", 1))
+        conn.execute(f"INSERT INTO ai_decisions SELECT *{value} FROM old_decisions")
+        conn.execute("DROP TABLE old_decisions")
+    conn.close()
+
+
+def one_line_cli(capsys, project, *argv: str) -> tuple[int, str]:
+    from backfill import cli
+
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("what", sorted(NEWER))
+def test_a_newer_apps_db_stops_the_merge_in_one_line_naming_what_to_do(tmp_path, recovered,
+                                                                         what, capsys,
+                                                                         monkeypatch):
+    from backfill import cli
+
+    prod = make_production_db(recovered.gen, tmp_path / "live" / "ai_decisions.db", seed=5)
+    make_newer(prod.path, what)
+    before = digest(prod.path)
+    project = make_stage_project(tmp_path, recovered, real_db=prod.path)
+    monkeypatch.setattr(cli, "load_project", lambda name, root=None: project)
+    code, err = one_line_cli(capsys, project, "merge", "p")
+    name, says = NEWER[what]
+    assert (code, len(err.strip().splitlines())) == (2, 1), err
+    assert name in err and says in err and "nothing was written" in err, err
+    assert digest(prod.path) == before
+    assert sorted(p.name for p in prod.path.parent.iterdir()) == ["ai_decisions.db"]
+    for out in ("merge_plan", "merge_issues"):  # no half of a merge for dvc to cache
+        assert not project.output(out).exists()
+    assert not (project.out_dir / "ai_decisions.db").exists()
+    assert not list(project.out_dir.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("what", sorted(NEWER))
+def test_a_db_a_newer_app_changed_after_the_merge_is_refused_at_publish(planned, what,
+                                                                        capsys, monkeypatch):
+    from backfill import cli
+
+    project, db = planned
+    make_newer(db, what)
+    before = digest(db)
+    monkeypatch.setattr(cli, "load_project", lambda name, root=None: project)
+    code, err = one_line_cli(capsys, project, "publish", "p")
+    name, says = NEWER[what]
+    assert (code, len(err.strip().splitlines())) == (2, 1), err
+    assert name in err and says in err and "nothing was written" in err, err
+    assert "dvc repro" not in err  # re-planning would meet the same DB
+    assert digest(db) == before
+    assert sorted(p.name for p in db.parent.iterdir()) == ["ai_decisions.db"]  # no backup
+
+
+def test_only_what_refuses_this_tools_writes_is_named(tmp_path):
+    from backfill.db.schema import Blocker, write_blockers
+    from backfill.production.apply import refuse_blocked
+
+    conn = sqlite3.connect(tmp_path / "d.db")
+    create(conn)
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ai_decisions'").fetchone()[0]
+    conn.execute("DROP TABLE ai_decisions")
+    conn.execute(sql.replace("crop_match BOOLEAN,", "crop_match BOOLEAN, reviewer TEXT NOT NULL,"
+                             " rank INTEGER NOT NULL DEFAULT 0, note TEXT,", 1))
+    conn.executescript("""
+        CREATE TRIGGER audit AFTER INSERT ON ai_decisions
+            BEGIN INSERT INTO backfill_provenance (group_id, source) VALUES (new.group_id, 'x');
+            END;
+        CREATE TRIGGER no_delete BEFORE DELETE ON ai_decisions BEGIN SELECT RAISE(ABORT, 'no');
+            END;
+        CREATE TRIGGER IF NOT EXISTS "insert guard"
+            before update of user_action
+            on ai_decisions when new.user_action = 'crop' begin select raise ( ignore ); end;
+    """)
+    found = write_blockers(conn)
+    conn.close()
+    assert found == [Blocker("INSERT", "column", "reviewer"),
+                     Blocker("UPDATE", "trigger", "insert guard")]
+    fills = pd.DataFrame({"group_id": ["g"], "column": ["crop_match"], "old": ["null"],
+                          "new": ["true"], "rule": ["recomputed"]})
+    adds = fills.assign(column="*", rule="added")
+    refuse_blocked(found[:1], fills, tmp_path / "d.db")  # no new row: the column is no bar
+    refuse_blocked(found[1:], adds, tmp_path / "d.db")  # no update: nor is that trigger
+    with pytest.raises(ConfigError, match="column reviewer .* trigger insert guard refuses "
+                                          "updates"):
+        refuse_blocked(found, pd.concat([fills, adds]), tmp_path / "d.db")

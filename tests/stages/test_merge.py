@@ -267,8 +267,12 @@ def test_a_stem_two_groups_share_is_ambiguous_and_reported_not_guessed():
     back = frame(row("g1", ["a.png"]), row("g2", ["a.webp"]))
     plan = plan_merge(back, live, SETTINGS)
     assert plan.pairs.empty
-    assert plan.issues["kind"].tolist() == ["ambiguous_match"]
+    issues = plan.issues.set_index("group_id")
+    assert issues["kind"].to_dict() == {"live1": "ambiguous_match", "g1": "ambiguous_group",
+                                        "g2": "ambiguous_group"}
+    assert "live1" in issues.at["g1", "detail"] and "g2" in issues.at["g1", "detail"]
     assert plan.changes.empty  # neither group is added beside the live row
+    assert plan.endings(back["group_id"])["reported"].all()  # nor silently missing
 
 
 def test_unreadable_images_cells_match_nothing_and_never_crash():

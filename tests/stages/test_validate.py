@@ -213,8 +213,38 @@ def test_rows_naming_images_in_older_forms_are_found_in_the_scan():
     rows = pd.DataFrame([{c: None for c in COLUMNS} | {
         "group_id": f"g{i}", "images": form, "user_action": "reject",
         "user_selected_index": 0} for i, form in enumerate(forms)], columns=COLUMNS)
-    found = check_decisions(rows, pd.Series(["backfill"] * len(rows)), set(names), 0.02,
-                            pd.DataFrame({"group_id": rows["group_id"]}), rows["group_id"],
-                            set())
+    found = check_decisions(rows, pd.Series(["backfill"] * len(rows)), set(names), 0.02)
     missing = [f for f in found if f.check == "rows naming images the scan did not find"]
     assert [f.group_ids for f in missing] == [["g5"]]
+
+
+def test_groups_a_live_row_shares_are_reported_by_the_merge_and_validate_passes(validated):
+    """A live row naming renders of two groups: neither group is merged nor added, both
+    are reported naming the row, and validate accepts that; without those reports it
+    still stops on them."""
+    from backfill.db.cells import name_keys
+    from backfill.stages.merge import run as merge
+
+    project, validate = validated
+    live = project.path("real_db")
+    with sqlite3.connect(live) as conn:
+        logged = set().union(*(name_keys(s) for (s,) in conn.execute(
+            "SELECT images FROM ai_decisions")))
+        groups = pd.read_parquet(project.output("groups"))
+        free = groups[groups["image_names"].map(lambda ns: not name_keys(json.dumps(list(ns)))
+                                                & logged)].head(2)
+        names = [ns[0] for ns in free["image_names"]]
+        conn.execute("INSERT INTO ai_decisions (group_id, timestamp, project_id, images, "
+                     "user_selected_index, user_action, image_width, image_height) VALUES "
+                     "('both', 't', 'p', ?, 0, 'reject', 8, 8)", (json.dumps(names),))
+    conn.close()
+    assert len(free) == 2
+    merge(project)
+    issues = pd.read_parquet(project.output("merge_issues"))
+    mine = issues[issues["group_id"].isin(free["group_id"])]
+    assert mine["kind"].tolist() == ["ambiguous_group"] * 2
+    assert mine["detail"].str.contains("live row both").all()
+    validate(project)  # every group accounted for
+    write_parquet(issues[issues["kind"] != "ambiguous_group"], project.output("merge_issues"))
+    with pytest.raises(ContractError, match="groups missing from the DB: 2 row"):
+        validate(project)

@@ -91,6 +91,29 @@ def work(changes: pd.DataFrame) -> pd.DataFrame:
     return changes[changes["rule"] != IDENTITY]
 
 
+# merge_issues kinds whose group_id is a backfilled group the merge left out of the DB
+# and reported; every other kind names a live row, a legacy-CSV row or nothing.
+LEFT_OUT = ("ambiguous_group", "final_unreadable", "id_collision")
+ENDINGS = ("merged", "added", "reported")
+
+
+def group_endings(group_ids, merged, added, issues: pd.DataFrame) -> pd.DataFrame:
+    """How the merge ended each backfilled group in ``group_ids``: merged into a live row
+    (``merged``: their ids), added as a new row (``added``), or reported and left out
+    (an ``issues`` row of a LEFT_OUT kind). One boolean column per ending; a group is
+    accounted for when exactly one holds. The merge and validate both judge by this."""
+    ids = pd.Index(list(group_ids), dtype=object, name="group_id")
+    reported = issues.loc[issues["kind"].isin(LEFT_OUT), "group_id"]
+    return pd.DataFrame({"merged": ids.isin(list(merged)), "added": ids.isin(list(added)),
+                         "reported": ids.isin(list(reported))}, index=ids)
+
+
+def unaccounted(endings: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(groups with no ending, groups with more than one), each sorted."""
+    n = endings[list(ENDINGS)].sum(axis=1)
+    return sorted(endings.index[n == 0]), sorted(endings.index[n > 1])
+
+
 @dataclass
 class MergePlan:
     changes: pd.DataFrame  # PLAN_COLUMNS
@@ -98,6 +121,11 @@ class MergePlan:
     issues: pd.DataFrame  # ISSUE_COLUMNS: what was reported and left alone
     preserved_timestamps: int
     pairs: pd.DataFrame  # backfill_id, production_id
+
+    def endings(self, group_ids) -> pd.DataFrame:
+        """group_endings of the backfilled groups ``group_ids`` under this plan."""
+        added = self.changes.loc[self.changes["rule"] == "added", "group_id"]
+        return group_endings(group_ids, self.pairs["backfill_id"], added, self.issues)
 
     @property
     def matched(self) -> int:

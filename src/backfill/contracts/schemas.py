@@ -288,9 +288,9 @@ class MergePlanTable(pa.DataFrameModel):
         strict = True
 
 
-ISSUE_KINDS = ["action_conflict", "ambiguous_match", "final_unreadable", "id_collision",
-               "invalid_row", "legacy_duplicate", "legacy_invalid", "pick_differs",
-               "sidecar_unreadable"]
+ISSUE_KINDS = ["action_conflict", "ambiguous_group", "ambiguous_match", "final_unreadable",
+               "id_collision", "invalid_row", "legacy_duplicate", "legacy_invalid",
+               "pick_differs", "sidecar_unreadable"]
 
 
 class MergeIssuesTable(pa.DataFrameModel):

@@ -8,7 +8,9 @@ schema has no column for, so the person's tools never see a column they do not k
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -220,6 +222,40 @@ def read_rows(conn: sqlite3.Connection) -> tuple[pd.DataFrame, list[str]]:
     for c in missing:
         rows[c] = pd.Series([None] * len(rows), dtype=object)
     return rows[COLUMNS], missing
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A part of a newer app's schema that refuses what this tool writes."""
+
+    statement: str  # INSERT or UPDATE: what it refuses
+    kind: str  # column or trigger
+    name: str
+
+
+# CREATE TRIGGER [IF NOT EXISTS] name {BEFORE|AFTER} {INSERT|UPDATE [OF ..]|DELETE} ON ..
+TRIGGER = re.compile(r"\s*CREATE\s+TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+                     r"(?:\"[^\"]*\"|`[^`]*`|\[[^\]]*\]|\S+)\s+(?P<when>.*?)\s+ON\s+"
+                     r"(?P<body>.*)", re.IGNORECASE | re.DOTALL)
+
+
+def write_blockers(conn: sqlite3.Connection) -> list[Blocker]:
+    """What in the DB's own schema refuses rows or changes this tool would write: a
+    column the v3 schema does not have, NOT NULL without a default (no value to give a
+    new row), and a trigger on ai_decisions that RAISEs (ABORT refuses, IGNORE drops the
+    row silently); a trigger that raises only sometimes is named too."""
+    out = [Blocker("INSERT", "column", name)
+           for _, name, kind, notnull, default, pk in conn.execute(
+               "PRAGMA table_info(ai_decisions)")
+           if name not in COLUMNS and notnull and default is None
+           and not (pk and str(kind).upper() == "INTEGER")]  # a rowid alias fills itself
+    for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = "
+                                  "'trigger' AND tbl_name = 'ai_decisions' ORDER BY name"):
+        parts = TRIGGER.match(sql or "")
+        event = parts and re.search(r"\b(INSERT|UPDATE)\b", parts["when"], re.IGNORECASE)
+        if event and re.search(r"\bRAISE\s*\(", parts["body"], re.IGNORECASE):
+            out.append(Blocker(event.group(1).upper(), "trigger", name))
+    return out
 
 
 def identity(conn: sqlite3.Connection, path: Path | None) -> dict:

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
+from backfill.config.errors import ConfigError
 from backfill.contracts.plan import IDENTITY, SCHEMA_ROW, decode, loads
 from backfill.db.cells import name_keys
-from backfill.db.schema import ADDABLE, COLUMNS, DERIVED, DecisionDBError, table_columns
+from backfill.db.schema import (
+    ADDABLE,
+    COLUMNS,
+    DERIVED,
+    Blocker,
+    DecisionDBError,
+    table_columns,
+)
 
 CHUNK = 500  # host parameters per query, well under SQLite's limit
 
@@ -168,6 +177,34 @@ def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
                                                          strict=True)])
     done.update(cells["rule"].value_counts().to_dict())
     return done
+
+
+def refuse_blocked(blockers: list[Blocker], changes: pd.DataFrame, db: Path | None) -> None:
+    """Stop in one line, before anything is written, when the DB's own schema (a newer
+    app's) refuses what ``changes`` would write there: naming each column or trigger and
+    what to do. A value for a column this tool does not know is never guessed."""
+    writes = {"INSERT": changes["rule"].isin(NEW_ROWS).any(),
+              "UPDATE": ((changes["column"] != "*") & (changes["rule"] != "migrated")).any()}
+    found = [b for b in blockers if writes[b.statement]]
+    if not found:
+        return
+    said = [f"its column {b.name} is NOT NULL without a default, so a new row needs a value "
+            "this tool does not have and will not guess: the newer app's DB needs a default "
+            f"for {b.name}, or add the rows with that app" if b.kind == "column" else
+            f"its trigger {b.name} refuses {b.statement.lower()}s into ai_decisions "
+            "(RAISE): publishing needs it dropped or disabled by the app that owns it"
+            for b in found]
+    raise ConfigError(f"the production DB {db} refuses what the merge would write, so "
+                      f"nothing was written: {'; '.join(said)}.")
+
+
+def refused(db: Path | None, exc: sqlite3.IntegrityError) -> ConfigError:
+    """The DB's own rule refused a change the plan's premises allowed: one line. Only its
+    owner can change that rule; planning again would meet it again."""
+    return ConfigError(f"the production DB {db} refuses what the merge would write ({exc}), "
+                       "so nothing was written: a rule of its own (a newer app's CHECK or "
+                       "trigger?) that this tool does not know; the app that owns the DB "
+                       "must allow it, or add these rows itself.")
 
 
 def _migrations(changes: pd.DataFrame) -> tuple[list[str], list[str]]:

@@ -33,9 +33,16 @@ from backfill.db.schema import (
     is_full,
     open_production,
     unwritable,
+    write_blockers,
 )
 from backfill.files.atomic import free_text, is_disk_full, size_text
-from backfill.production.apply import PlanConflict, apply_changes, check_changes
+from backfill.production.apply import (
+    PlanConflict,
+    apply_changes,
+    check_changes,
+    refuse_blocked,
+    refused,
+)
 
 # Header fields the backup API rewrites in the copy (file change counter, schema cookie,
 # version-valid-for); every other byte of the copy equals the DB it was taken from.
@@ -190,6 +197,7 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             for path in removed:
                 path.unlink(missing_ok=True)
             check_changes(conn, changes)  # before the backup: a stale plan leaves no trace
+            refuse_blocked(write_blockers(conn), changes, db)  # a newer app's schema: same
             step = "backup"
             if len(changes):
                 backup, reused = verified_backup(db, now)
@@ -197,11 +205,11 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             applied = apply_changes(conn, changes, checked=True)  # same transaction
             rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
             conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:  # the DB is fine; the plan is not
+        except sqlite3.IntegrityError as exc:  # the premises held: the DB's own rule
             conn.execute("ROLLBACK")
-            raise DecisionDBError(f"the plan breaks {db.name}'s constraints ({exc}); nothing "
-                                  "was written. Re-plan with `dvc repro`, then publish again.")\
-                from None
+            if backup is not None and not reused:  # of a DB left as it was: no trace
+                backup.unlink(missing_ok=True)
+            raise refused(db, exc) from None
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

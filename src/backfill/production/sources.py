@@ -20,15 +20,17 @@ from backfill.db.cells import name_keys
 from backfill.db.schema import (
     COLUMNS,
     PROVENANCE_COLUMNS,
+    Blocker,
     create,
     explain,
     identity,
     is_full,
     open_production,
     read_rows,
+    write_blockers,
 )
 from backfill.files.atomic import disk_full, is_disk_full, temp_beside
-from backfill.production.apply import apply_changes
+from backfill.production.apply import apply_changes, refused
 from backfill.production.legacy import crop_acceptance, read_decisions_csv, read_review_folders
 
 
@@ -40,6 +42,7 @@ class Production:
     imported: set[str] = field(default_factory=set)  # group ids from the CSV only
     issues: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ISSUE_COLUMNS))
     identity: dict | None = None  # the DB read (db.schema.identity), for the plan
+    blockers: list[Blocker] = field(default_factory=list)  # a newer app's schema (apply)
 
 
 def _names(images: pd.Series) -> pd.Series:
@@ -60,6 +63,7 @@ def load_production(project: Project) -> Production:
             conn.execute("BEGIN")  # one snapshot: the rows and their fingerprint agree
             rows, missing = read_rows(conn)
             read = identity(conn, db_path)
+            blockers = write_blockers(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise explain(exc, db_path) from None
@@ -67,10 +71,10 @@ def load_production(project: Project) -> Production:
             conn.close()
     else:
         rows, missing = pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS}), []
-        read = identity(None, None)
+        read, blockers = identity(None, None), []
     csv_path = _optional_path(project, "legacy_csv")
     if csv_path is None:
-        return Production(rows, db_path, missing, identity=read)
+        return Production(rows, db_path, missing, identity=read, blockers=blockers)
     if not csv_path.is_file():
         raise ConfigError(f"legacy_csv {csv_path} does not exist: fix the path in "
                           f"conf/project/{project.name}.yaml or set it to null.")
@@ -91,7 +95,7 @@ def load_production(project: Project) -> Production:
                      columns=ISSUE_COLUMNS)], ignore_index=True)
     legacy = legacy[~dup]
     both = pd.concat([rows, legacy[COLUMNS].astype(object)], ignore_index=True)
-    return Production(both, db_path, missing, set(legacy["group_id"]), issues, read)
+    return Production(both, db_path, missing, set(legacy["group_id"]), issues, read, blockers)
 
 
 def review_rule(project: Project) -> tuple[Callable[[pd.DataFrame], pd.Series] | None,
@@ -141,6 +145,8 @@ def write_merged_db(out: Path, production_db: Path | None, plan: MergePlan,
         tmp.unlink(missing_ok=True)
         if (isinstance(exc, sqlite3.Error) and is_full(exc)) or is_disk_full(exc):
             raise disk_full(out) from None
+        if isinstance(exc, sqlite3.IntegrityError):  # the copy keeps production's rules
+            raise refused(production_db, exc) from None
         raise
     dst.close()
     os.replace(tmp, out)

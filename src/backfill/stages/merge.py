@@ -207,6 +207,31 @@ def match_rows(backfill: pd.DataFrame, production: pd.DataFrame,
     )
 
 
+def ambiguous_issues(conflicts: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
+    """The issues of an ambiguous matching: each live row that shares image names with
+    two or more groups (ambiguous_match), and each backfilled group left out for it
+    (ambiguous_group): one matching two live rows, or one whose live row also matches
+    another group. Such a group is neither merged (the files cannot say which row is its
+    decision) nor added (a second decision for the same renders); it is reported."""
+    live = conflicts[conflicts["side"] == "production"]
+    mine = conflicts[conflicts["side"] == "backfill"]
+    blocked = links[links["group_id_p"].isin(live["group_id"])
+                    & ~links["group_id_b"].isin(mine["group_id"])]
+    others = dict(zip(live["group_id"], live["others"], strict=True))
+    via = [f"its live row {p} also shares image names with "
+           f"{', '.join(o for o in others[p] if o != b)}: not written (neither merged into "
+           "that row nor added beside it)"
+           for b, p in zip(blocked["group_id_b"], blocked["group_id_p"], strict=True)]
+    return pd.DataFrame({
+        "kind": ["ambiguous_match"] * len(live) + ["ambiguous_group"] * (len(mine) + len(via)),
+        "group_id": [*live["group_id"], *mine["group_id"], *blocked["group_id_b"]],
+        "detail": [f"production {why}: {', '.join(o)}"
+                   for why, o in zip(live["reason"], live["others"], strict=True)]
+        + [f"backfill {why}: {', '.join(o)}; not written"
+           for why, o in zip(mine["reason"], mine["others"], strict=True)] + via},
+        columns=ISSUE_COLUMNS)
+
+
 def _coords_differ(old: pd.Series, new: pd.Series, tolerance: float) -> np.ndarray:
     """Per pair: do the two JSON boxes differ by more than ``tolerance`` anywhere?"""
     out = np.zeros(len(old), bool)
@@ -309,11 +334,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         parts.append(plan_cells(p_ids[fill], col, old[col][fill], new[col][fill], "filled"))
         merged.loc[p_ids[fill], col] = new[col][fill].to_numpy()
 
-    issues.append(pd.DataFrame({"kind": "ambiguous_match",
-                                "group_id": matching.conflicts["group_id"],
-                            "detail": [f"{side} {why}: {', '.join(o)}" for side, why, o in
-                                       matching.conflicts[["side", "reason", "others"]]
-                                       .itertuples(index=False)]}, columns=ISSUE_COLUMNS))
+    issues.append(ambiguous_issues(matching.conflicts, links))
     differs = ~same_pick & kept
     issues.append(pd.DataFrame({
         "kind": "pick_differs", "group_id": p_ids[differs],
@@ -457,6 +478,7 @@ def run(project: Project) -> str:
     )
     from backfill.contracts.tables import read_table, write_table
     from backfill.files.atomic import write_json
+    from backfill.production.apply import refuse_blocked
     from backfill.production.sources import load_production, review_rule, write_merged_db
 
     started = time.perf_counter()
@@ -471,15 +493,16 @@ def run(project: Project) -> str:
     reasons = dict(zip(prov["group_id"], prov["review_reason"], strict=True))
     plan = plan_merge(backfilled, source.rows, settings, source.missing_columns, rule,
                       source.imported, reasons, source.identity)
+    refuse_blocked(source.blockers, plan.changes, source.db_path)  # before any output
     plan.issues = typed_frame(MergeIssuesTable, pd.concat(
         [plan.issues, source.issues, sidecar_issues], ignore_index=True)
         .fillna({"group_id": ""}))
+    out = project.out_dir / "ai_decisions.db"  # first: a DB that refuses it stops all
+    write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
+                    float(project.cfg.merge.lock_timeout_s))
     write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
     write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")
-    out = project.out_dir / "ai_decisions.db"
-    write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
-                    float(project.cfg.merge.lock_timeout_s))
     write_json(plan.counts(), project.out_dir / "merge_summary.json")
     where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
              "--dry-run` shows what publishing would write" if source.db_path else

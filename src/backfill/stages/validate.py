@@ -24,6 +24,7 @@ import pandas as pd
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
+from backfill.contracts.plan import group_endings, unaccounted
 from backfill.contracts.schemas import TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
 from backfill.db.cells import decode_box, encode_images, image_names, name_keys
@@ -105,8 +106,7 @@ def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
 
 
 def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
-                    approve_tolerance: float, groups: pd.DataFrame,
-                    backfill_ids: pd.Series, reported: set[str]) -> list[Finding]:
+                    approve_tolerance: float) -> list[Finding]:
     """Seed 000's validation queries and this project's own invariants over the emitted
     rows. ``sources``: per row, where it came from (production rows only warn)."""
     # A matched row keeps the person's values wherever the files had nothing to add.
@@ -135,13 +135,28 @@ def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str]
     missing = rows["images"].map(lambda s: any(
         not name_keys(encode_images([n])) & known for n in image_names(s))).to_numpy()
     add("rows naming images the scan did not find", missing)
-    # Every group is in the DB once, or was reported by the merge and left alone.
-    held = set(backfill_ids.dropna())
-    lost = sorted(set(groups["group_id"]) - held - reported)
+    return findings
+
+
+def check_accounted(groups: pd.DataFrame, provenance: pd.DataFrame,
+                    issues: pd.DataFrame) -> list[Finding]:
+    """Every group ends exactly one way, as the merge decides it (group_endings): merged
+    into a live row, added as a new row, or reported and left out; and is in the DB
+    at most once."""
+    written = provenance.dropna(subset=["backfill_group_id"])
+    endings = group_endings(
+        groups["group_id"], written.loc[written["source"] == "merged", "backfill_group_id"],
+        written.loc[written["source"] == "backfill", "backfill_group_id"], issues)
+    lost, several = unaccounted(endings)
+    findings = []
     if lost:
         findings.append(Finding("groups missing from the DB", "error", lost,
                                 "neither merged, added nor reported"))
-    twice = backfill_ids[backfill_ids.duplicated(keep=False) & backfill_ids.notna()]
+    if several:
+        findings.append(Finding("groups that ended more than one way", "error", several,
+                                "each is merged, added or reported, only one"))
+    ids = written["backfill_group_id"]
+    twice = ids[ids.duplicated(keep=False)]
     if len(twice):
         findings.append(Finding("groups in the DB twice", "error", sorted(set(twice))))
     return findings
@@ -225,11 +240,10 @@ def run(project: Project) -> str:
         errors.append(f"{db.name}: PRAGMA integrity_check says {emitted.integrity}")
     sources = emitted.rows["group_id"].map(emitted.provenance.set_index("group_id")["source"])
     originals = tables["scan"].loc[tables["scan"]["source"] == "original", "name"]
-    reported = set(tables["merge_issues"]["group_id"])
     findings = check_decisions(
         emitted.rows, sources.fillna("production"), set(originals),
-        float(project.cfg.extract.approve_tolerance), tables["groups"],
-        emitted.provenance["backfill_group_id"], reported)
+        float(project.cfg.extract.approve_tolerance))
+    findings += check_accounted(tables["groups"], emitted.provenance, tables["merge_issues"])
     findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
     errors += [f.describe() for f in findings if f.severity == "error"]
     if errors:
