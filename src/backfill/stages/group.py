@@ -35,6 +35,7 @@ from backfill.config.project import Project
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import read_table, write_table
+from backfill.files.imageinfo import no_signature
 
 SKIPPED = "passed over: a lower stage later in the window was taken instead"
 ALONE = "no higher stage followed it within the window (run shorter than min_group_size)"
@@ -238,11 +239,15 @@ def group_table(
 
     Grouping goes by names alone, as the person's tools did: a render that has since
     become unreadable still holds its place (and its index) in its group, flagged in
-    ``unreadable``, so the group matches what the reviewer saw.
+    ``unreadable``, so the group matches what the reviewer saw. A file with no image
+    signature (empty, or not an image at all) is no render: ungrouped, with its reason.
     """
     # Files only: a folder that could not be listed is reported by scan, not here.
     originals = scan[(scan["source"] == "original") & (scan["ext"] != "")]
-    named = originals["timestamp"].notna() & (originals["stage"] > 0)
+    # A file whose bytes are no image at all (empty, or text) is no render, whatever its
+    # name: it takes no place in a group (a truncated image still does).
+    named = (originals["timestamp"].notna() & (originals["stage"] > 0)
+             & ~originals["reason"].map(no_signature).astype(bool))
     copies, clashes = shared_names(originals[named])
     usable = named & ~originals["rel_path"].isin(list(copies))
     candidates = originals[usable].sort_values(

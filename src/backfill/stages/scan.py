@@ -29,7 +29,7 @@ from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
 from backfill.files.filenames import parse_name
 from backfill.files.fingerprints import KNOWN, FingerprintCache, typed
-from backfill.files.imageinfo import not_regular, pixel_problem, probe
+from backfill.files.imageinfo import not_read, not_regular, pixel_problem, probe
 
 
 class Found(NamedTuple):
@@ -86,6 +86,8 @@ class ScanSettings:
     follow_symlinks: bool
     workers: int
     max_pixels: int  # larger images (from the header) are errors: never decoded
+    # Image files not read: listed as errors with the reason, so none goes unnoticed.
+    unread: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, cfg) -> ScanSettings:
@@ -95,6 +97,8 @@ class ScanSettings:
             follow_symlinks=bool(cfg.follow_symlinks),
             workers=int(cfg.workers),
             max_pixels=int(cfg.max_pixels),
+            unread=frozenset(e.lower() for e in cfg.unread_extensions) - frozenset(
+                e.lower() for e in cfg.extensions),
         )
 
     @cached_property
@@ -117,7 +121,7 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
     other entry of its folder is walked as usual.
     """
     ignored = settings.ignored
-    extensions = settings.extensions
+    extensions, unread = settings.extensions, settings.unread
     seen_dirs: set[tuple[int, int]] = set()
     found: list[tuple] = []
     stack = [(str(root), "")]
@@ -160,7 +164,7 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
                     subfolders.append((entry.path, f"{prefix}{name}/"))
                 continue
             ext = name[name.rfind("."):].lower() if "." in name else ""
-            if ext not in extensions or ignored.match(name):
+            if (ext not in extensions and ext not in unread) or ignored.match(name):
                 continue  # companions (.yaml, .caption, ...), junk and other files
             try:
                 fst = entry.stat()
@@ -176,7 +180,8 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
                 continue
             # A plain tuple in Found's field order: a NamedTuple costs more per file.
             found.append((source, prefix + name, entry.path, ext, fst.st_size,
-                          fst.st_mtime_ns, fst.st_ino, None))
+                          fst.st_mtime_ns, fst.st_ino,
+                          None if ext in extensions else not_read(f"{ext} files")))
         stack.extend(reversed(subfolders))
     return found
 
