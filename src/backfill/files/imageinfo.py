@@ -39,7 +39,10 @@ _JPEG_END = b"\xff\xd9"
 _FORMAT_EXTS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg"}, "MPO": {".jpg", ".jpeg"},
                 "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "BMP": {".bmp"},
                 "GIF": {".gif"}, "AVIF": {".avif"}, "JPEG2000": {".jp2", ".j2k"}}
-READ_FORMATS = tuple(f for f in _FORMAT_EXTS if f != "MPO")  # PIL's JPEG plugin opens MPO
+# Those PIL has a plugin for (MPO comes from its JPEG plugin): naming one it lacks would
+# make every open fail.
+Image.init()
+READ_FORMATS = tuple(f for f in _FORMAT_EXTS if f in Image.OPEN)
 # How each format's bytes begin, for naming what a file holds when PIL cannot read it:
 # (offset, bytes) pairs that must all match.
 _SIGNATURES = [

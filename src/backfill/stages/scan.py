@@ -106,9 +106,9 @@ class ScanSettings:
         return re.compile("|".join(fnmatch.translate(p) for p in self.ignore) or "(?!)")
 
     def selects(self, name: str) -> bool:
-        """Whether a file of this name is an image these settings scan."""
+        """Whether a file of this name is an image these settings scan (or list)."""
         ext = name[name.rfind("."):].lower() if "." in name else ""
-        return ext in self.extensions and not self.ignored.match(name)
+        return (ext in self.extensions or ext in self.unread) and not self.ignored.match(name)
 
 
 def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:

@@ -234,8 +234,8 @@ def _pick_copy(copies: pd.DataFrame) -> tuple[pd.Series, str | None]:
 def _members_note(group, originals: pd.DataFrame, kept: int | None) -> str | None:
     """The group's renders that cannot be read, but the kept one (its own reason says
     so), with why: a decision that stands on the others is flagged with this."""
-    broken = [p for i, p in enumerate(group.image_paths)
-              if p in set(group.unreadable) and i != kept]
+    unreadable = set(group.unreadable)
+    broken = [p for i, p in enumerate(group.image_paths) if p in unreadable and i != kept]
     if not broken:
         return None
     return "unreadable renders in the group: " + "; ".join(
