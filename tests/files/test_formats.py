@@ -54,6 +54,7 @@ def test_pil_decodes_what_this_opencv_cannot(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("data", "fmt", "says", "image"), [
     (HEIC, "HEIF", "cannot read HEIF data: convert it to PNG or JPEG", True),
     (b"8BPS" + b"\x00" * 60, "PSD", "cannot read PSD data", True),
+    (b"\x89PNG\r\n\x1a\n broken", "PNG", "corrupt header: it begins as PNG", True),
     (b"notes, not pixels\n" * 5, None, "not an image", False),
     (b"", None, "empty file", False),
     (saved("PNG")[:300], "PNG", "truncated", True),

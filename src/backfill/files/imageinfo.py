@@ -152,7 +152,11 @@ def not_read(what: str) -> str:
 def _unidentified(head: bytes) -> tuple[str | None, str]:
     """(format, reason) of a file PIL cannot open as one of READ_FORMATS."""
     fmt = sniff(head)
-    return fmt, (NOT_AN_IMAGE if fmt is None else not_read(f"{fmt} data"))
+    if fmt is None:
+        return None, NOT_AN_IMAGE
+    if fmt in _FORMAT_EXTS:  # a format read, but not this file
+        return fmt, f"corrupt header: it begins as {fmt} but its header cannot be read"
+    return fmt, not_read(f"{fmt} data")
 
 
 def _truncation(fmt: str, tail: bytes) -> str | None:
