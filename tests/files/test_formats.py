@@ -85,3 +85,15 @@ def test_image_files_of_formats_not_read_are_listed_with_the_reason(tmp_path):
     assert rows.loc["a.heic", "reason"] == "cannot read .heic files: convert it to PNG or JPEG"
     assert rows.loc["b.PSD", "status"] == "error" and rows.loc["b.PSD", "size_bytes"] == 4
     assert rows.loc["c.webp", "status"] != "error" and rows.loc["c.webp", "width"] == 40
+
+
+def test_an_image_extension_left_out_of_the_settings_is_listed_not_hidden(tmp_path):
+    from tests.conftest import pipeline_config
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "a.webp").write_bytes(saved("WEBP"))
+    (tmp_path / "o" / "b.png").write_bytes(saved("PNG"))
+    settings = ScanSettings.from_config(pipeline_config("scan.extensions=[.png]").scan)
+    rows = scan_project({"original": tmp_path / "o"}, settings, tmp_path / "c").table
+    reason = rows.set_index("rel_path").loc["a.webp", "reason"]
+    assert reason == "not scanned: .webp is not in scan.extensions; add it to use the file"

@@ -43,6 +43,7 @@ _FORMAT_EXTS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg"}, "MPO": {".jpg", ".jp
 # make every open fail.
 Image.init()
 READ_FORMATS = tuple(f for f in _FORMAT_EXTS if f in Image.OPEN)
+READ_EXTENSIONS = frozenset().union(*(_FORMAT_EXTS[f] for f in READ_FORMATS))
 # How each format's bytes begin, for naming what a file holds when PIL cannot read it:
 # (offset, bytes) pairs that must all match.
 _SIGNATURES = [

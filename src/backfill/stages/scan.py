@@ -29,7 +29,13 @@ from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
 from backfill.files.filenames import parse_name
 from backfill.files.fingerprints import KNOWN, FingerprintCache, typed
-from backfill.files.imageinfo import not_read, not_regular, pixel_problem, probe
+from backfill.files.imageinfo import (
+    READ_EXTENSIONS,
+    not_read,
+    not_regular,
+    pixel_problem,
+    probe,
+)
 
 
 class Found(NamedTuple):
@@ -58,6 +64,13 @@ def found_frame(records: list[tuple]) -> pd.DataFrame:
 
 def _unreadable(source: str, rel_path: str, path: str, ext: str, problem: str) -> Found:
     return Found(source, rel_path, path, ext, 0, 0, 0, problem)
+
+
+def _not_scanned(ext: str) -> str:
+    """Why an image file of a listed (not scanned) extension is not used."""
+    if ext in READ_EXTENSIONS:
+        return f"not scanned: {ext} is not in scan.extensions; add it to use the file"
+    return not_read(f"{ext} files")
 
 
 def _shown(name: str) -> str:
@@ -91,14 +104,17 @@ class ScanSettings:
 
     @classmethod
     def from_config(cls, cfg) -> ScanSettings:
+        """From the project's scan section; an image extension that could be read but is
+        not in ``extensions`` is listed too, so narrowing them never hides a kept final."""
+        extensions = frozenset(e.lower() for e in cfg.extensions)
         return cls(
-            extensions=frozenset(e.lower() for e in cfg.extensions),
+            extensions=extensions,
             ignore=tuple(cfg.ignore),
             follow_symlinks=bool(cfg.follow_symlinks),
             workers=int(cfg.workers),
             max_pixels=int(cfg.max_pixels),
-            unread=frozenset(e.lower() for e in cfg.unread_extensions) - frozenset(
-                e.lower() for e in cfg.extensions),
+            unread=(frozenset(e.lower() for e in cfg.unread_extensions)
+                    | READ_EXTENSIONS) - extensions,
         )
 
     @cached_property
@@ -181,7 +197,7 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
             # A plain tuple in Found's field order: a NamedTuple costs more per file.
             found.append((source, prefix + name, entry.path, ext, fst.st_size,
                           fst.st_mtime_ns, fst.st_ino,
-                          None if ext in extensions else not_read(f"{ext} files")))
+                          None if ext in extensions else _not_scanned(ext)))
         stack.extend(reversed(subfolders))
     return found
 
