@@ -17,7 +17,9 @@ def test_the_real_config_composes_every_project_with_pipeline_defaults():
     cfg = compose(REPO)
     demo = cfg.projects.demo
     assert demo.group.method == "nearest_up" and demo.group.lookahead == 50
-    assert demo.scan.extensions == [".png", ".jpg", ".jpeg"]
+    assert demo.scan.extensions[:3] == [".png", ".jpg", ".jpeg"]
+    assert {".webp", ".tif", ".gif"} <= set(demo.scan.extensions)
+    assert ".heic" in demo.scan.unread_extensions
     assert demo.original_dir == "data/demo/original"
 
 

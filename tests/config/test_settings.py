@@ -42,6 +42,8 @@ def test_the_committed_composition_passes(composed):
     ("scan.extensions", ".png", "extensions='.png' is not allowed: use a list of extensions"),
     ("scan.extensions", [], "use at least one extension"),
     ("scan.extensions", ["png"], "use a list of extensions"),
+    ("scan.unread_extensions", [".png"], "no extension that is also in extensions"),
+    ("scan.unread_extensions", ["heic"], "use a list of extensions such as [.heic]"),
     ("group.min_group_size", 1, "min_group_size=1 is not allowed: use 2 to 4"),
     ("group.id_format", "{stamp}", "id_format='{stamp}'"),
     ("embed.device", "gpu", "use auto, cpu, mps, cuda or cuda:N"),

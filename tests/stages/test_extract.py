@@ -40,7 +40,7 @@ def file_row(source: str, rel: str, content: str | None = H, mtime: int = 0,
 
 def group(gid: str, names: list[str]) -> dict:
     return {"group_id": gid, "image_names": names, "image_paths": [f"o/{n}" for n in names],
-            "stages": [1.0, 2.0, 3.0][: len(names)]}
+            "stages": [1.0, 2.0, 3.0][: len(names)], "unreadable": []}
 
 
 def ungrouped_rows(reasons: dict[str, str]) -> pd.DataFrame:
@@ -129,7 +129,7 @@ def located(box_px, confidence=0.99, runner_up=0.0, kept=True, support=1.0) -> d
             "review": None, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "scale": 1.0,
             "confidence": confidence if box_px else np.nan, "runner_up": runner_up,
             "support": support, "method": "1:1" if box_px else None, "locate_error": None,
-            "unreadable": None}
+            "unreadable": None, "unreadable_members": None}
 
 
 def labels(rows: list[dict], **overrides) -> pd.DataFrame:

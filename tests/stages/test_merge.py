@@ -375,3 +375,22 @@ def test_a_legacy_skip_row_for_a_group_production_lacks_is_reported_or_fixed():
     apply_changes(fresh, fix.changes)
     assert fresh.execute("SELECT group_id, user_action FROM ai_decisions").fetchall() == [
         ("old1", "reject")]
+
+
+def test_a_broken_reject_is_reported_not_written_and_its_live_row_left_alone(tmp_path):
+    live = frame(row("live1", ["a.png", "b.png"], user_action="approve", user_selected_index=0,
+                     final_crop_coords=None, directory=None, ai_selected_index=1))
+    broken = dict(user_action="broken_reject", user_selected_index=0, directory="d")
+    back = frame(row("g1", ["a.png", "b.png"], **broken),
+                 row("g2", ["c.png", "d.png"], **broken),
+                 row("g3", ["e.png", "f.png"], user_action="reject", user_selected_index=0))
+    why = {g: "unreadable renders in the group: b.png (truncated)" for g in ("g1", "g2")}
+    plan = plan_merge(back, live, SETTINGS, reasons=why)
+    assert set(plan.changes["group_id"]) == {"g3"}  # only the provable reject is added
+    issues = plan.issues.set_index("group_id")
+    assert issues["kind"].to_dict() == {"g1": "broken_reject", "g2": "broken_reject"}
+    assert "live row live1 is left alone" in issues.loc["g1", "detail"]
+    assert "not written to ai_decisions" in issues.loc["g2", "detail"]
+    assert plan.counts()["issues_broken_reject"] == 2
+    after = publish_to(tmp_path, live, plan.changes)
+    assert sorted(after.index) == ["g3", "live1"] and pd.isna(after.loc["live1", "directory"])

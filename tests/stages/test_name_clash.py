@@ -158,8 +158,9 @@ def _pair(finals: list[dict], groups: list[list[str]], by_pixels=None, ungrouped
     originals = [file_row("original", p) for p in A + B]
     frame = pd.DataFrame([{"group_id": f"g{paths[0][8]}", "image_paths": paths,
                            "image_names": [p.rsplit("/", 1)[1] for p in paths],
-                           "stages": [1.0, 2.0]} for paths in groups],
-                         columns=["group_id", "image_paths", "image_names", "stages"])
+                           "stages": [1.0, 2.0], "unreadable": []} for paths in groups],
+                         columns=["group_id", "image_paths", "image_names", "stages",
+                                  "unreadable"])
     pairs, out = pair_finals(frame, pd.DataFrame(originals + finals), ungrouped,
                              by_pixels=by_pixels)
     return pairs.set_index("group_id"), out.set_index("rel_path")

@@ -241,7 +241,8 @@ def pair_empty():
     from backfill.stages.extract.pairing import pair_finals
     from tests.stages.test_extract import NO_UNGROUPED
     scan = pd.DataFrame([file_row("final", "x.png")]).head(0)
-    groups = pd.DataFrame(columns=["group_id", "image_names", "image_paths", "stages"])
+    groups = pd.DataFrame(columns=["group_id", "image_names", "image_paths", "stages",
+                                   "unreadable"])
     pairs, finals = pair_finals(groups, scan, NO_UNGROUPED)
     return pairs.set_index("group_id"), finals.set_index("rel_path")
 

@@ -149,8 +149,8 @@ def test_the_report_renders_in_chromium_with_the_right_counts(validated, tmp_pat
     assert 'data-rendered="' in dom  # its script ran to the end
     metrics = json.loads((project.out_dir / "metrics.json").read_text())
     shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', dom))
-    for key in ("groups", "approve", "crop", "reject", "unreadable_finals", "needs_review",
-                "orphans", "unreadable_files", "db_rows"):
+    for key in ("groups", "approve", "crop", "reject", "unreadable_finals", "broken_rejects",
+                "needs_review", "orphans", "unreadable_files", "db_rows"):
         assert int(shown[key]) == metrics[key], key
     assert not re.search(r'(src|href)="(https?:)?//', dom)  # nothing loads from outside
     # The checker does see a broken page.

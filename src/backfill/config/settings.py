@@ -75,6 +75,9 @@ def threads(workers: int | None) -> int:
 class ScanConfig:
     extensions: list[str] = rule("a list of extensions such as [.png, .jpg]",
                                  lambda v: bool(re.fullmatch(r"\.[A-Za-z0-9]+", v)), each=True)
+    unread_extensions: list[str] = rule("a list of extensions such as [.heic]",
+                                        lambda v: bool(re.fullmatch(r"\.[A-Za-z0-9]+", v)),
+                                        each=True)
     ignore: list[str] = text()
     follow_symlinks: bool = text()
     workers: int = at_least(1)
@@ -85,6 +88,10 @@ class ScanConfig:
     def cross(self) -> list[tuple[str, Any, str]]:
         if not self.extensions:
             return [("extensions", [], "at least one extension")]
+        both = sorted({e.lower() for e in self.extensions}
+                      & {e.lower() for e in self.unread_extensions})
+        if both:
+            return [("unread_extensions", both, "no extension that is also in extensions")]
         return []
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from backfill.contracts.schemas import HELD
+
 PLAN_COLUMNS = ["group_id", "column", "old", "new", "rule"]
 ISSUE_COLUMNS = ["kind", "group_id", "detail"]  # merge_issues: reported, left alone
 
@@ -93,7 +95,7 @@ def work(changes: pd.DataFrame) -> pd.DataFrame:
 
 # merge_issues kinds whose group_id is a backfilled group the merge left out of the DB
 # and reported; every other kind names a live row, a legacy-CSV row or nothing.
-LEFT_OUT = ("ambiguous_group", "final_unreadable", "id_collision")
+LEFT_OUT = ("ambiguous_group", "id_collision", *HELD.values())
 ENDINGS = ("merged", "added", "reported")
 
 

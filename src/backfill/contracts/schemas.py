@@ -102,7 +102,14 @@ class UngroupedTable(pa.DataFrameModel):
 # to ai_decisions (the DB's CHECKs allow only ACTIONS), but reported by the merge as
 # final_unreadable, and recovered on the run after the file is fixed.
 UNREADABLE = "unreadable"
-TRUTH_ACTIONS = [*ACTIONS, UNREADABLE]
+# Likewise a group with no kept image but unreadable renders: the person may have kept
+# nothing because they could not see one, or a render kept since was lost; the files
+# cannot tell, so it is no 'reject'. Reported by the merge as broken_reject, never written.
+BROKEN_REJECT = "broken_reject"
+TRUTH_ACTIONS = [*ACTIONS, UNREADABLE, BROKEN_REJECT]
+NOTHING_KEPT = ["reject", BROKEN_REJECT]  # the truth actions with no kept image
+# Truth actions that are no decision the DB can hold, and the merge issue each is.
+HELD = {UNREADABLE: "final_unreadable", BROKEN_REJECT: "broken_reject"}
 CROP_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the truth's box, normalised
 # How a kept final was tied to its group, tried in this order: its file name less the
 # extension is a render's ('name'); the (timestamp, stage) parsed from its name is a
@@ -145,11 +152,15 @@ class TruthTable(pa.DataFrameModel):
 
     @pa.dataframe_check
     def reject_keeps_nothing(cls, df: pd.DataFrame) -> Series[bool]:
-        return (df["user_action"] == "reject") == df["user_selected_index"].isna()
+        return df["user_action"].isin(NOTHING_KEPT) == df["user_selected_index"].isna()
 
     @pa.dataframe_check
     def reject_pairs_nothing(cls, df: pd.DataFrame) -> Series[bool]:
-        return (df["user_action"] != "reject") | df["pair_method"].isna()
+        return ~df["user_action"].isin(NOTHING_KEPT) | df["pair_method"].isna()
+
+    @pa.dataframe_check
+    def broken_reject_is_flagged(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["user_action"] != BROKEN_REJECT) | df["needs_review"]
 
     @pa.dataframe_check
     def boxes_are_ordered(cls, df: pd.DataFrame) -> Series[bool]:
@@ -288,7 +299,8 @@ class MergePlanTable(pa.DataFrameModel):
         strict = True
 
 
-ISSUE_KINDS = ["action_conflict", "ambiguous_group", "ambiguous_match", "final_unreadable",
+ISSUE_KINDS = ["action_conflict", "ambiguous_group", "ambiguous_match", "broken_reject",
+               "final_unreadable",
                "id_collision", "invalid_row", "legacy_duplicate", "legacy_invalid",
                "pick_differs", "sidecar_unreadable"]
 
@@ -331,7 +343,6 @@ class TrainingExportTable(pa.DataFrameModel):
     match_confidence: Series[float] = pa.Field(nullable=True, ge=0, le=1)
     final_path: Series[str] = pa.Field(nullable=True, description="absolute, under final_dir")
     final_modified_at: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
-    unreadable_paths: Series[object] = pa.Field(description="members that cannot be read")
 
     @pa.dataframe_check
     def kind_matches_choice(cls, df: pd.DataFrame) -> Series[bool]:

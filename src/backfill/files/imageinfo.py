@@ -1,11 +1,15 @@
 """Facts about one image file, read from its header and its bytes, never its pixels;
 and ``decode``, the one bounded way every stage turns a file into pixels.
 
-Width, height and mode come from the header (PIL opens lazily and stops before the
-pixel data); the content hash and the truncation check come from one pass over the
-bytes (blake3, memory-mapped). PIL's own decompression-bomb guard stays on; the
-configured ``max_pixels`` (scan.max_pixels) is checked from the header before any
-decode, so a 100 KB file claiming 30000x30000 pixels is refused, never decoded.
+PNG, JPEG, WebP, TIFF, BMP, GIF (its first frame), AVIF and JPEG 2000 are read
+(READ_FORMATS: what both PIL and OpenCV decode); a file of another format is named from
+its first bytes (``sniff``) and refused with the reason, and a file with no image
+signature at all (``no_signature``) is no image. Width, height and mode come from the
+header (PIL opens lazily and stops before the pixel data); the content hash and the
+truncation check come from one pass over the bytes (blake3, memory-mapped). PIL's own
+decompression-bomb guard stays on; the configured ``max_pixels`` (scan.max_pixels) is
+checked from the header before any decode, so a 100 KB file claiming 30000x30000
+pixels is refused, never decoded.
 """
 
 from __future__ import annotations
@@ -29,7 +33,31 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"
-_FORMAT_EXTS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg"}}
+# The formats the pipeline reads (PIL's names: both PIL and OpenCV decode them), and the
+# extensions each is saved under; a file of another is refused, never half-read by one
+# of PIL's many other plugins. MPO: the JPEG that cameras and phones write.
+_FORMAT_EXTS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg"}, "MPO": {".jpg", ".jpeg"},
+                "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "BMP": {".bmp"},
+                "GIF": {".gif"}, "AVIF": {".avif"}, "JPEG2000": {".jp2", ".j2k"}}
+# Those PIL has a plugin for (MPO comes from its JPEG plugin): naming one it lacks would
+# make every open fail.
+Image.init()
+READ_FORMATS = tuple(f for f in _FORMAT_EXTS if f in Image.OPEN)
+READ_EXTENSIONS = frozenset().union(*(_FORMAT_EXTS[f] for f in READ_FORMATS))
+# How each format's bytes begin, for naming what a file holds when PIL cannot read it:
+# (offset, bytes) pairs that must all match.
+_SIGNATURES = [
+    ("PNG", ((0, b"\x89PNG\r\n\x1a\n"),)), ("JPEG", ((0, b"\xff\xd8\xff"),)),
+    ("GIF", ((0, b"GIF8"),)), ("TIFF", ((0, b"II*\x00"),)), ("TIFF", ((0, b"MM\x00*"),)),
+    ("WEBP", ((0, b"RIFF"), (8, b"WEBP"))), ("BMP", ((0, b"BM"),)),
+    ("JPEG2000", ((0, b"\x00\x00\x00\x0cjP  "),)), ("JPEG XL", ((0, b"\xff\x0a"),)),
+    ("JPEG XL", ((0, b"\x00\x00\x00\x0cJXL "),)), ("PSD", ((0, b"8BPS"),)),
+    *((("AVIF" if brand.startswith(b"avi") else "HEIF"), ((4, b"ftyp" + brand),))
+      for brand in (b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
+                    b"mif1", b"msf1")),
+]
+EMPTY = "empty file (0 bytes)"
+NOT_AN_IMAGE = "not an image: its bytes have no image signature"
 
 
 class ImageFacts(NamedTuple):  # a tuple: tens of thousands are built per scan
@@ -99,8 +127,37 @@ def open_regular(path: Path | str) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def _error(reason: str, content_hash: str | None = None) -> ImageFacts:
-    return ImageFacts(None, None, None, None, content_hash, "error", reason)
+def _error(reason: str, fmt: str | None = None, content_hash: str | None = None
+           ) -> ImageFacts:
+    return ImageFacts(fmt, None, None, None, content_hash, "error", reason)
+
+
+def sniff(head: bytes) -> str | None:
+    """The image format ``head`` (a file's first bytes) begins like, or None when it
+    has no image signature: a text file named like a render, an empty file."""
+    return next((fmt for fmt, marks in _SIGNATURES
+                 if all(head[at:at + len(m)] == m for at, m in marks)), None)
+
+
+def no_signature(reason: object) -> bool:
+    """Whether a scan row's reason says its bytes are not an image at all (empty, or no
+    image signature): such a file is no render, unlike a truncated image."""
+    return isinstance(reason, str) and reason.startswith((EMPTY, NOT_AN_IMAGE))
+
+
+def not_read(what: str) -> str:
+    """Why a file of a format (or extension) the pipeline does not read is not used."""
+    return f"cannot read {what}: convert it to PNG or JPEG"
+
+
+def _unidentified(head: bytes) -> tuple[str | None, str]:
+    """(format, reason) of a file PIL cannot open as one of READ_FORMATS."""
+    fmt = sniff(head)
+    if fmt is None:
+        return None, NOT_AN_IMAGE
+    if fmt in _FORMAT_EXTS:  # a format read, but not this file
+        return fmt, f"corrupt header: it begins as {fmt} but its header cannot be read"
+    return fmt, not_read(f"{fmt} data")
 
 
 def _truncation(fmt: str, tail: bytes) -> str | None:
@@ -108,8 +165,10 @@ def _truncation(fmt: str, tail: bytes) -> str | None:
     if fmt == "PNG" and not tail.endswith(_PNG_END):
         return "truncated: the PNG has no IEND chunk at its end"
     # Some writers pad JPEGs after the end marker; only padding is allowed there.
-    if fmt == "JPEG" and not tail.rstrip(b"\x00").endswith(_JPEG_END):
+    if fmt in ("JPEG", "MPO") and not tail.rstrip(b"\x00").endswith(_JPEG_END):
         return "truncated: the JPEG has no end-of-image marker"
+    if fmt == "GIF" and not tail.rstrip(b"\x00").endswith(b";"):
+        return "truncated: the GIF has no trailer"
     return None
 
 
@@ -120,35 +179,39 @@ def probe(path: str, ext: str, size: int) -> ImageFacts:
     memory-mapped for the hash and the end-of-file check.
     """
     if size == 0:
-        return _error("empty file (0 bytes)")
+        return _error(EMPTY)
     try:
         fh = open_regular(path)
     except Unreadable as exc:
         return _error(str(exc))
     try:
         with fh:
+            head = fh.read(32)
+            fh.seek(0)
             try:
-                with Image.open(fh) as im:
+                with Image.open(fh, formats=READ_FORMATS) as im:
                     fmt, (width, height), mode = im.format, im.size, im.mode
             except Image.DecompressionBombError as exc:  # PIL's own guard, from the header
                 return _error(f"decompression bomb: {exc}")
             except UnidentifiedImageError:
-                return _error("not an image: its bytes are not PNG or JPEG")
+                fmt, reason = _unidentified(head)
+                return _error(reason, fmt)
             except OSError as exc:  # a header cut short, or a read error
                 if "truncated" in str(exc).lower():
-                    return _error(f"truncated: the file ends inside its header ({exc})")
+                    return _error(f"truncated: the file ends inside its header ({exc})",
+                                  fmt=sniff(head))
                 return _error(f"unreadable: {exc.strerror or exc}")
             except Exception as exc:  # PIL raises assorted errors on corrupt headers
-                return _error(f"corrupt header: {exc}")
+                return _error(f"corrupt header: {exc}", fmt=sniff(head))
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 content_hash = blake3.blake3(data).hexdigest()
                 tail = data[-1024:]
     except OSError as exc:
         return _error(f"unreadable: {exc.strerror or exc}")
     except ValueError:  # mmap of a file emptied since it was listed
-        return _error("empty file (0 bytes)")
+        return _error(EMPTY)
     if width <= 0 or height <= 0:
-        return _error(f"invalid size {width}x{height} in the header", content_hash)
+        return _error(f"invalid size {width}x{height} in the header", fmt, content_hash)
     truncated = _truncation(fmt, tail)
     if truncated:
         return ImageFacts(fmt, width, height, mode, content_hash, "error", truncated)
@@ -177,12 +240,12 @@ def header_size(data: bytes | np.ndarray) -> tuple[int, int]:
     """(width, height) from the header in ``data``; Unreadable when there is none, or when
     PIL's own guard calls it a decompression bomb."""
     try:
-        with Image.open(io.BytesIO(memoryview(data))) as im:  # warning silenced above
-            return im.size
+        with Image.open(io.BytesIO(memoryview(data)), formats=READ_FORMATS) as im:
+            return im.size  # PIL's bomb warning is silenced above
     except Image.DecompressionBombError as exc:
         raise Unreadable(f"decompression bomb: {exc}") from None
     except UnidentifiedImageError:
-        raise Unreadable("not an image: its bytes are not PNG or JPEG") from None
+        raise Unreadable(_unidentified(bytes(data[:32]))[1]) from None
     except Exception as exc:  # PIL raises assorted errors on corrupt headers
         raise Unreadable(f"corrupt header: {exc}") from None
 
@@ -205,7 +268,7 @@ def decode(path: Path | str | Shipped, flags: int, max_pixels: int) -> np.ndarra
         except OSError as exc:
             raise Unreadable(f"unreadable: {exc.strerror or exc}") from None
     if not data.size:
-        raise Unreadable("empty file (0 bytes)")
+        raise Unreadable(EMPTY)
     width, height = header_size(data)
     problem = pixel_problem(width, height, max_pixels)
     if problem:
@@ -213,6 +276,21 @@ def decode(path: Path | str | Shipped, flags: int, max_pixels: int) -> np.ndarra
     # Pixels as stored, as the header's size says: an EXIF orientation tag would turn
     # them, and the box located in them would no longer match the recorded size.
     pixels = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None:  # a format this OpenCV build lacks, or a broken file
+        pixels = _pil_pixels(data, flags)
     if pixels is None:
         raise Unreadable("cannot decode its pixels (truncated or corrupt)")
     return pixels
+
+
+def _pil_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
+    """The first frame of ``data`` decoded by PIL, as cv2 would give it with ``flags``
+    (grey, or BGR), or None when PIL cannot decode it either."""
+    try:
+        with Image.open(io.BytesIO(memoryview(data)), formats=READ_FORMATS) as im:
+            im.seek(0)
+            if flags & ~cv2.IMREAD_IGNORE_ORIENTATION == cv2.IMREAD_GRAYSCALE:
+                return np.asarray(im.convert("L"))
+            return np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+    except Exception:  # PIL raises assorted errors on broken files
+        return None

@@ -10,7 +10,10 @@ flagged, since they may be wrong, unless the caller leaves them out.
 A group whose kept final cannot be read (truth action 'unreadable') is left out: its box
 is unknown, and seed 002's entry says whether the image was cropped, which cannot be
 told. Its pick is known, but an entry that teaches a half-known decision is worse than
-none; the next export after the file is fixed (and `dvc repro`) includes it.
+none; the next export after the file is fixed (and `dvc repro`) includes it. So is a
+group that kept nothing but holds renders that cannot be read ('broken_reject'): no
+decision. No entry lists a render that cannot be read: such a render is no negative
+(the entry is flagged, its reason names it), and an entry left with no negative is none.
 
 JSONL nests the provenance under ``metadata``; CSV is flat, its list cells JSON arrays
 and its empty cells null. Both read back to the same table (``read_jsonl``,
@@ -28,7 +31,7 @@ import pandas as pd
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
-from backfill.contracts.schemas import CROP_BOX, UNREADABLE, TrainingExportTable
+from backfill.contracts.schemas import CROP_BOX, HELD, TrainingExportTable
 from backfill.contracts.tables import read_stage_tables, validate
 from backfill.files.atomic import write_text
 from backfill.models.evaluate import anomalies, percent
@@ -38,9 +41,9 @@ TOP = ["project", "kind", "timestamp", "chosen_path", "chosen_stage", "neg_paths
        "neg_stages", "was_cropped", "anomaly"]
 # ...and where it comes from, nested under "metadata" in JSONL.
 METADATA = ["group_id", "user_action", "crop_box", "needs_review", "review_reason",
-            "match_confidence", "final_path", "final_modified_at", "unreadable_paths"]
+            "match_confidence", "final_path", "final_modified_at"]
 COLUMNS = TOP + METADATA
-LISTS = ["neg_paths", "neg_stages", "crop_box", "unreadable_paths"]
+LISTS = ["neg_paths", "neg_stages", "crop_box"]
 BOOLS = ["was_cropped", "anomaly", "needs_review"]
 FLOATS = ["chosen_stage", "match_confidence"]
 FORMATS = ("jsonl", "csv")
@@ -51,7 +54,8 @@ def _entry(project: str, row, original_dir: Path, final_dir: Path) -> dict:
     paths = [str(original_dir / p) for p in row.image_paths]
     stages = [float(s) for s in row.stages]
     kept = None if pd.isna(row.user_selected_index) else int(row.user_selected_index)
-    others = [k for k in range(len(paths)) if k != kept]
+    unreadable = set(row.unreadable)
+    others = [k for k in range(len(paths)) if k != kept and row.image_paths[k] not in unreadable]
     box = [float(getattr(row, c)) for c in CROP_BOX]
     return {
         "project": project,
@@ -71,7 +75,6 @@ def _entry(project: str, row, original_dir: Path, final_dir: Path) -> dict:
         "match_confidence": math.nan if pd.isna(row.confidence) else float(row.confidence),
         "final_path": None if pd.isna(row.final_path) else str(final_dir / row.final_path),
         "final_modified_at": None if pd.isna(row.final_modified_at) else row.final_modified_at,
-        "unreadable_paths": [str(original_dir / p) for p in row.unreadable],
     }
 
 
@@ -87,16 +90,17 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 def build_records(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
                   original_dir: Path, final_dir: Path) -> pd.DataFrame:
     """Every group's training entry (TrainingExportTable), in group order; none for a
-    group whose kept final cannot be read."""
+    group that holds no decision (HELD: its kept final, or with nothing kept one of its
+    renders, cannot be read), nor for one whose only other renders cannot be read."""
     t = truth.merge(groups, on="group_id", how="inner", validate="one_to_one")
     if not len(t) == len(groups) == len(truth):
         raise ConfigError(f"project '{project}': truth.parquet and groups.parquet name "
                           f"different groups; run `dvc repro extract@{project}`.")
-    t = t[t["user_action"] != UNREADABLE]
+    t = t[~t["user_action"].isin(list(HELD))]
     t["anomaly"] = anomalies(t, groups).to_numpy()
     t = t.sort_values("group_id")
-    return _table([_entry(project, r, original_dir, final_dir)
-                   for r in t.itertuples(index=False)])
+    entries = (_entry(project, r, original_dir, final_dir) for r in t.itertuples(index=False))
+    return _table([e for e in entries if e["neg_paths"]])
 
 
 def select(records: pd.DataFrame, exclude_needs_review: bool) -> pd.DataFrame:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from backfill.config.project import Project
 from backfill.config.settings import ValidateConfig, section, threads
-from backfill.contracts.schemas import UNREADABLE
+from backfill.contracts.schemas import BROKEN_REJECT, UNREADABLE
 from backfill.executors import LocalRunner
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
@@ -176,9 +176,11 @@ def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
     return out, len(cases)
 
 
-def unreadable_finals(truth: pd.DataFrame) -> list[dict]:
-    """Groups whose kept final cannot be read: in no DB row until the file is fixed."""
-    rows = truth[truth["user_action"] == UNREADABLE]
+def unreadable_finals(truth: pd.DataFrame, action: str = UNREADABLE) -> list[dict]:
+    """Groups whose kept final cannot be read (or, with ``action`` BROKEN_REJECT, that
+    kept nothing but hold renders that cannot be read): in no DB row until the files are
+    fixed."""
+    rows = truth[truth["user_action"] == action]
     return [{"group_id": g, "final_path": f if isinstance(f, str) else "-", "reason": why}
             for g, f, why in zip(rows["group_id"], rows["final_path"], rows["review_reason"],
                                  strict=True)]
@@ -225,6 +227,7 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
         project=project.name, metrics=metrics, percent=percent, charts=charts,
         picks=picks, strips=strips, n_wrong=n_wrong, reviews=reviews, n_review=n_review,
         unreadable_finals=unreadable_finals(tables["truth"]),
+        broken_rejects=unreadable_finals(tables["truth"], BROKEN_REJECT),
         orphans=finals[finals["role"] == "orphan"][["rel_path", "reason"]].to_dict("records"),
         unreadable=scan[scan["status"] == "error"][["source", "rel_path", "reason"]]
         .to_dict("records"),

@@ -38,6 +38,7 @@ from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import read_table, write_table
 from backfill.files.clashes import clash_sides, shared_names, visible
+from backfill.files.imageinfo import no_signature
 
 Sides = Sequence[dict[tuple[str, ...], str]]  # per file: its side of each clash (clash_sides)
 
@@ -199,11 +200,15 @@ def group_table(
 
     Grouping goes by names alone, as the person's tools did: a render that has since
     become unreadable still holds its place (and its index) in its group, flagged in
-    ``unreadable``, so the group matches what the reviewer saw.
+    ``unreadable``, so the group matches what the reviewer saw. A file with no image
+    signature (empty, or not an image at all) is no render: ungrouped, with its reason.
     """
     # Files only: a folder that could not be listed is reported by scan, not here.
     originals = scan[(scan["source"] == "original") & (scan["ext"] != "")]
-    named = originals["timestamp"].notna() & (originals["stage"] > 0)
+    # A file whose bytes are no image at all (empty, or text) is no render, whatever its
+    # name: it takes no place in a group (a truncated image still does).
+    named = (originals["timestamp"].notna() & (originals["stage"] > 0)
+             & ~originals["reason"].map(no_signature).astype(bool))
     copies, clashes = shared_names(originals[named])
     usable = named & ~originals["rel_path"].isin(list(copies))
     candidates = originals[usable].sort_values(

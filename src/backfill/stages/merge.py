@@ -35,7 +35,7 @@ from backfill.contracts.plan import (
 from backfill.contracts.schemas import (
     BOX,
     CROP_BOX,
-    UNREADABLE,
+    HELD,
     MergeIssuesTable,
     MergePlanTable,
 )
@@ -255,7 +255,8 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     ``imported``: production group ids that come from a legacy CSV, not the DB: each
     becomes one "imported" row carrying its merged values.
     ``reasons``: why a backfilled group's final is unreadable (user_action
-    'unreadable'): such a group is reported, never written, and its live row left alone.
+    'unreadable'), or why it is no reject ('broken_reject'): such a group is reported,
+    never written, and its live row left alone.
     ``identity``: the production DB the plan is made against (db.schema.identity):
     recorded as the plan's first row, for publish to refuse any other DB.
     """
@@ -282,18 +283,21 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
 
     links = name_links(backfill, production)
     matching = match_rows(backfill, production, links)
-    # A group whose kept final cannot be read has no decision to write: it is reported,
-    # and a live row it names is left alone (no pair), until the file is fixed.
-    unreadable = backfill["user_action"] == UNREADABLE
+    # A group whose kept final cannot be read, or that kept nothing but holds renders
+    # that cannot be read, has no decision to write: it is reported, and a live row it
+    # names is left alone (no pair), until the files are fixed.
+    unreadable = backfill["user_action"].isin(list(HELD))
     held = backfill.loc[unreadable, "group_id"]
     held_pairs = matching.pairs[matching.pairs["backfill_id"].isin(held)]
     live_of = dict(zip(held_pairs["backfill_id"], held_pairs["production_id"], strict=True))
     issues.append(pd.DataFrame({
-        "kind": "final_unreadable", "group_id": held,
-        "detail": [f"{(reasons or {}).get(g) or 'final unreadable'}; not written to "
+        "kind": backfill.loc[unreadable, "user_action"].map(HELD), "group_id": held,
+        "detail": [f"{(reasons or {}).get(g) or HELD[a].replace('_', ' ')}; not written to "
                    "ai_decisions" + (f" (its live row {live_of[g]} is left alone)"
                                      if g in live_of else "")
-                   + ": fix or replace the file, then re-run" for g in held]},
+                   + ": fix or replace the file, then re-run"
+                   for g, a in zip(held, backfill.loc[unreadable, "user_action"],
+                                   strict=True)]},
         columns=ISSUE_COLUMNS))
     matching.pairs = matching.pairs[~matching.pairs["backfill_id"].isin(held)]
     matching.pairs = matching.pairs.reset_index(drop=True)

@@ -29,7 +29,13 @@ from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
 from backfill.files.filenames import parse_name
 from backfill.files.fingerprints import KNOWN, FingerprintCache, typed
-from backfill.files.imageinfo import not_regular, pixel_problem, probe
+from backfill.files.imageinfo import (
+    READ_EXTENSIONS,
+    not_read,
+    not_regular,
+    pixel_problem,
+    probe,
+)
 
 
 class Found(NamedTuple):
@@ -60,6 +66,13 @@ def _unreadable(source: str, rel_path: str, path: str, ext: str, problem: str) -
     return Found(source, rel_path, path, ext, 0, 0, 0, problem)
 
 
+def _not_scanned(ext: str) -> str:
+    """Why an image file of a listed (not scanned) extension is not used."""
+    if ext in READ_EXTENSIONS:
+        return f"not scanned: {ext} is not in scan.extensions; add it to use the file"
+    return not_read(f"{ext} files")
+
+
 def _shown(name: str) -> str:
     """A name as text that is valid UTF-8 (Parquet needs it): bytes that are not UTF-8
     are written as \\xNN escapes, so two such names never read the same."""
@@ -86,15 +99,22 @@ class ScanSettings:
     follow_symlinks: bool
     workers: int
     max_pixels: int  # larger images (from the header) are errors: never decoded
+    # Image files not read: listed as errors with the reason, so none goes unnoticed.
+    unread: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, cfg) -> ScanSettings:
+        """From the project's scan section; an image extension that could be read but is
+        not in ``extensions`` is listed too, so narrowing them never hides a kept final."""
+        extensions = frozenset(e.lower() for e in cfg.extensions)
         return cls(
-            extensions=frozenset(e.lower() for e in cfg.extensions),
+            extensions=extensions,
             ignore=tuple(cfg.ignore),
             follow_symlinks=bool(cfg.follow_symlinks),
             workers=int(cfg.workers),
             max_pixels=int(cfg.max_pixels),
+            unread=(frozenset(e.lower() for e in cfg.unread_extensions)
+                    | READ_EXTENSIONS) - extensions,
         )
 
     @cached_property
@@ -102,9 +122,9 @@ class ScanSettings:
         return re.compile("|".join(fnmatch.translate(p) for p in self.ignore) or "(?!)")
 
     def selects(self, name: str) -> bool:
-        """Whether a file of this name is an image these settings scan."""
+        """Whether a file of this name is an image these settings scan (or list)."""
         ext = name[name.rfind("."):].lower() if "." in name else ""
-        return ext in self.extensions and not self.ignored.match(name)
+        return (ext in self.extensions or ext in self.unread) and not self.ignored.match(name)
 
 
 def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
@@ -117,7 +137,7 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
     other entry of its folder is walked as usual.
     """
     ignored = settings.ignored
-    extensions = settings.extensions
+    extensions, unread = settings.extensions, settings.unread
     seen_dirs: set[tuple[int, int]] = set()
     found: list[tuple] = []
     stack = [(str(root), "")]
@@ -160,7 +180,7 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
                     subfolders.append((entry.path, f"{prefix}{name}/"))
                 continue
             ext = name[name.rfind("."):].lower() if "." in name else ""
-            if ext not in extensions or ignored.match(name):
+            if (ext not in extensions and ext not in unread) or ignored.match(name):
                 continue  # companions (.yaml, .caption, ...), junk and other files
             try:
                 fst = entry.stat()
@@ -176,7 +196,8 @@ def walk(root: Path, source: str, settings: ScanSettings) -> list[tuple]:
                 continue
             # A plain tuple in Found's field order: a NamedTuple costs more per file.
             found.append((source, prefix + name, entry.path, ext, fst.st_size,
-                          fst.st_mtime_ns, fst.st_ino, None))
+                          fst.st_mtime_ns, fst.st_ino,
+                          None if ext in extensions else _not_scanned(ext)))
         stack.extend(reversed(subfolders))
     return found
 

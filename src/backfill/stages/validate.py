@@ -9,7 +9,9 @@ reason to stop (the merge reports and leaves them).
 A group whose kept final cannot be read (truth action 'unreadable') is in no ai_decisions
 row of this run: the merge reports it as final_unreadable and the report lists it, so it
 is accounted for; metrics count it apart (unreadable_finals), the counts by action are
-those of the DB's actions. Run before the merge, the stage says to run it.
+those of the DB's actions. So is a group that kept nothing but holds renders that cannot
+be read (truth action 'broken_reject', merge issue broken_reject, broken_rejects). Run
+before the merge, the stage says to run it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
 from backfill.contracts.plan import group_endings, unaccounted
-from backfill.contracts.schemas import TABLES, UNREADABLE
+from backfill.contracts.schemas import BROKEN_REJECT, HELD, TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
 from backfill.db.cells import decode_box, encode_images, image_names, name_keys
 from backfill.db.schema import ACTIONS, read_rows, violations
@@ -90,18 +92,21 @@ def _coords(values: pd.Series) -> np.ndarray:
 
 def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
                      provenance: pd.DataFrame) -> list[Finding]:
-    """Groups whose kept final cannot be read: each reported by the merge as
-    final_unreadable, none written to the DB from the files."""
-    unreadable = set(truth.loc[truth["user_action"] == UNREADABLE, "group_id"])
-    reported = set(issues.loc[issues["kind"] == "final_unreadable", "group_id"])
+    """Groups whose kept final cannot be read, and rejects of groups with unreadable
+    renders: each reported by the merge (final_unreadable, broken_reject), none written
+    to the DB from the files."""
     written = set(provenance.loc[provenance["source"] == "backfill", "backfill_group_id"])
     findings = []
-    if unreadable - reported:
-        findings.append(Finding("unreadable finals the merge did not report", "error",
-                                sorted(unreadable - reported), "expected kind final_unreadable"))
-    if unreadable & written:
-        findings.append(Finding("unreadable finals written to the DB", "error",
-                                sorted(unreadable & written), "their box is unknown"))
+    for action, kind in HELD.items():
+        what = {UNREADABLE: "unreadable finals", BROKEN_REJECT: "broken rejects"}[action]
+        held = set(truth.loc[truth["user_action"] == action, "group_id"])
+        reported = set(issues.loc[issues["kind"] == kind, "group_id"])
+        if held - reported:
+            findings.append(Finding(f"{what} the merge did not report", "error",
+                                    sorted(held - reported), f"expected kind {kind}"))
+        if held & written:
+            findings.append(Finding(f"{what} written to the DB", "error", sorted(held & written),
+                                    "the files prove no decision"))
     return findings
 
 
@@ -193,6 +198,7 @@ def project_metrics(tables: dict[str, pd.DataFrame], emitted: Emitted,
         "groups": int(len(truth)),
         **{a: int(actions.get(a, 0)) for a in ACTIONS},  # the DB's actions
         "unreadable_finals": int(actions.get(UNREADABLE, 0)),  # in no DB row: see the report
+        "broken_rejects": int(actions.get(BROKEN_REJECT, 0)),  # likewise
         **{k: quality[k] for k in ("selection_accuracy", "anomaly_accuracy", "crop_accuracy",
                                    "mean_iou", "selection_n", "anomaly_n", "crop_n")},
         "needs_review": int(truth["needs_review"].sum()),

@@ -13,6 +13,12 @@ in its original ("not located: ..."). Its action is 'unreadable' (the box is unr
 from the files), flagged with the reason. The merge leaves such a group out of
 ai_decisions and reports it; the run after the file is fixed labels it. Never a 'crop'
 without coordinates, which the DB's own check refuses.
+
+A decision stands only on readable renders: a group with a render that cannot be read
+(truncated, a format not read) is flagged with which and why. With nothing kept, it is
+no 'reject' (the person may not have seen that render, or may have kept it and lost
+it): its action is 'broken_reject', which the merge reports and leaves out of
+ai_decisions, like 'unreadable'.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from backfill.contracts.schemas import CROP_BOX, UNREADABLE, TruthTable
+from backfill.contracts.schemas import BROKEN_REJECT, CROP_BOX, UNREADABLE, TruthTable
 from backfill.contracts.tables import typed_frame
 from backfill.db.cells import iso_utc
 
@@ -39,7 +45,8 @@ class LabelSettings:
 def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     """The truth table from pairs joined to their locations (pure, vectorised).
 
-    ``located`` holds pairing's columns (``unreadable`` and ``pair_method`` among them)
+    ``located`` holds pairing's columns (``unreadable``, ``unreadable_members`` and
+    ``pair_method`` among them)
     plus the location in original pixels (x1, y1, x2, y2, scale, confidence, runner_up,
     support, method) and ``locate_error``.
     """
@@ -55,13 +62,17 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     located_ok = box.notna().all(axis=1)
     full = (box.sub(FULL_FRAME, axis=1).abs() <= s.approve_tolerance).all(axis=1)
     boxless = unreadable | (kept & ~located_ok)
+    # Nothing kept, but renders that cannot be seen: no reject the files can prove.
+    broken = df["unreadable_members"].notna().to_numpy()
     action = np.where(boxless, UNREADABLE, np.where(
-        ~kept, "reject", np.where(full, "approve", "crop")))
+        ~kept, np.where(broken, BROKEN_REJECT, "reject"),
+        np.where(full, "approve", "crop")))
 
     confidence = df["confidence"].astype("float64")
     runner_up = df["runner_up"].astype("float64").fillna(0.0)
     reasons = pd.DataFrame({
         "unreadable": df["unreadable"].where(unreadable),
+        "members": df["unreadable_members"],
         "pairing": df["review"],
         "error": df["locate_error"].map(lambda e: f"not located: {e}", na_action="ignore"),
         "low": np.where(

@@ -56,13 +56,14 @@ from backfill.contracts.tables import typed_frame
 from backfill.files.clashes import shared_names
 
 # The columns of one pair, with their dtypes: a group and what the final folder says
-# about it. ``unreadable``: why the kept final (or its original) cannot be read.
+# about it. ``unreadable``: why the kept final (or its original) cannot be read;
+# ``unreadable_members``: the group's other renders that cannot be read, and why.
 PAIR_DTYPES = {
     "group_id": "str", "user_selected_index": "Int64", "kept_stage": "float64",
     "original_path": "str", "original_hash": "str", "original_width": "Int64",
     "original_height": "Int64", "final_path": "str", "final_hash": "str",
     "final_mtime_ns": "Int64", "final_copies": "int64", "pair_method": "str", "review": "str",
-    "unreadable": "str",
+    "unreadable": "str", "unreadable_members": "str",
 }
 PAIR_COLUMNS = list(PAIR_DTYPES)
 NO_RENDER = "no original render has this name"
@@ -345,6 +346,17 @@ def _pick_copy(copies: pd.DataFrame) -> tuple[pd.Series, str | None]:
     )
 
 
+def _members_note(group, originals: pd.DataFrame, kept: int | None) -> str | None:
+    """The group's renders that cannot be read, but the kept one (its own reason says
+    so), with why: a decision that stands on the others is flagged with this."""
+    unreadable = set(group.unreadable)
+    broken = [p for i, p in enumerate(group.image_paths) if p in unreadable and i != kept]
+    if not broken:
+        return None
+    return "unreadable renders in the group: " + "; ".join(
+        f"{p} ({originals.loc[p, 'reason']})" for p in broken)
+
+
 def assemble(groups: pd.DataFrame, finals: pd.DataFrame, originals: pd.DataFrame,
              pairing: Pairing) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One pair per group from the claims, and a row per final saying what it is."""
@@ -360,12 +372,13 @@ def assemble(groups: pd.DataFrame, finals: pd.DataFrame, originals: pd.DataFrame
         pair = dict.fromkeys(PAIR_COLUMNS)
         pair.update(group_id=g.group_id, final_copies=0)
         reviews = list(pairing.reviews.get(g.group_id, []))
+        kept = sorted({c.index for c in claims})
+        index = kept[-1] if kept else None  # stages ascend: the last kept is the highest
+        pair["unreadable_members"] = _members_note(g, originals, index)
         if not claims:
             pair["review"] = "; ".join(reviews) or None
             pairs.append(pair)
             continue
-        kept = sorted({c.index for c in claims})
-        index = kept[-1]  # stages ascend within a group: the last kept is the highest
         if len(kept) > 1:
             reviews.append(
                 f"{len(kept)} images of this group are in the final folder (indexes "

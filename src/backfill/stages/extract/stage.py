@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from backfill.config.project import Project
 from backfill.config.settings import ExtractConfig, section, threads
-from backfill.contracts.schemas import UNREADABLE, FinalsTable, TruthTable
+from backfill.contracts.schemas import BROKEN_REJECT, UNREADABLE, FinalsTable, TruthTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
 from backfill.executors import LocalRunner, Runner, open_runner
@@ -204,7 +204,8 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
 def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
     """The decisions by action, then what the final folder holds."""
     actions = truth["user_action"].value_counts()
-    by_action = ", ".join(f"{actions.get(a, 0):,} {a}" for a in (*ACTIONS, UNREADABLE))
+    by_action = ", ".join(f"{actions.get(a, 0):,} {a}"
+                          for a in (*ACTIONS, UNREADABLE, BROKEN_REJECT))
     roles = finals["role"].value_counts()
     return (f"{len(truth):,} groups ({by_action}); {int(truth['needs_review'].sum()):,} need "
             f"review; finals: {roles.get('orphan', 0):,} orphans, {roles.get('copy', 0):,} "
@@ -238,4 +239,8 @@ def run(project: Project) -> str:
     lines += [f"  kept final of {g} not used (fix the file, then `dvc repro`): {why}"
               for g, why in zip(unreadable["group_id"], unreadable["review_reason"],
                                 strict=True)]
+    broken = result.truth.loc[result.truth["user_action"] == BROKEN_REJECT]
+    lines += [f"  no decision for {g}, nothing kept but renders unreadable (fix them, then "
+              f"`dvc repro`): {why}" for g, why in zip(broken["group_id"],
+                                                      broken["review_reason"], strict=True)]
     return "\n".join(lines)
