@@ -41,6 +41,7 @@ from backfill.contracts.schemas import (
 )
 from backfill.contracts.tables import typed_frame
 from backfill.db.cells import (
+    comparable_name,
     decode_box,
     encode_box,
     encode_images,
@@ -63,11 +64,13 @@ class MergeSettings:
     coord_tolerance: float  # seed 000: coordinates differing by more are corrected
     crop_tolerance: float  # seed 003: crop_match, every coordinate within this
     fix_invalid_actions: bool = False  # rewrite rows the v3 CHECKs refuse ('skip')
+    case_sensitive: bool = False  # names.case_sensitive, resolved: A.png is not a.png
 
     @classmethod
-    def from_config(cls, merge_cfg, evaluate_cfg) -> MergeSettings:
+    def from_config(cls, merge_cfg, evaluate_cfg, case_sensitive: bool = False
+                    ) -> MergeSettings:
         return cls(float(merge_cfg.coord_tolerance), float(evaluate_cfg.crop_tolerance),
-                   bool(merge_cfg.fix_invalid_actions))
+                   bool(merge_cfg.fix_invalid_actions), case_sensitive)
 
 
 def _learned(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -107,7 +110,7 @@ def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
             iso_utc(mtime.get(grp["image_paths"][-1]))
         rows.append({
             "group_id": gid, "timestamp": when, "project_id": project,
-            "directory": str(PurePosixPath(grp["image_paths"][user]).parent),
+            "directory": comparable_name(str(PurePosixPath(grp["image_paths"][user]).parent)),
             "batch_number": None, "images": encode_images(grp["image_names"]),
             "ai_selected_index": ai, "ai_crop_coords": ai_box,
             "ai_confidence": None if pd.isna(pr["ai_confidence"]) else float(pr["ai_confidence"]),
@@ -155,14 +158,17 @@ def with_matches(rows: pd.DataFrame, settings: MergeSettings) -> pd.DataFrame:
     return rows
 
 
-def name_links(backfill: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
+def name_links(backfill: pd.DataFrame, production: pd.DataFrame,
+               case_sensitive: bool = False) -> pd.DataFrame:
     """(group_id_b, group_id_p) for every backfilled group and production row that name
-    the same render: the same file name, case aside (``.PNG``); or, for a production
-    name no backfilled group holds as such, the same stem (``a.jpg`` logged for the
-    render ``a.png``). A stem two groups share links both, so it is reported as
-    ambiguous by the matching, never guessed."""
+    the same render: the same file name in its comparable form (composed accents; case
+    aside unless ``case_sensitive``); or, for a production name no backfilled group
+    holds as such, the same stem (``a.jpg`` or ``a.PNG`` logged for the render
+    ``a.png``). A stem two groups share links both, so it is reported as ambiguous by
+    the matching, never guessed."""
     def by_name(rows: pd.DataFrame) -> pd.DataFrame:
-        names = rows["images"].map(lambda s: [n.lower() for n in image_names(s)])
+        names = rows["images"].map(
+            lambda s: [comparable_name(n, case_sensitive) for n in image_names(s)])
         out = pd.DataFrame({"group_id": rows["group_id"].to_numpy(), "name": names.to_numpy()},
                            dtype=object)
         return out.explode("name").dropna(subset=["name"]).reset_index(drop=True)
@@ -255,7 +261,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         imported = set(imported) - dropped
         invalid = invalid[~invalid["group_id"].isin(dropped)]
 
-    links = name_links(backfill, production)
+    links = name_links(backfill, production, settings.case_sensitive)
     matching = match_rows(backfill, production, links)
     # A group whose kept final cannot be read has no decision to write: it is reported,
     # and a live row it names is left alone (no pair), until the file is fixed.
