@@ -150,3 +150,170 @@ def test_validate_finds_every_image_the_db_names(merged):
                                merged["groups"], after["group_id"], set())
     missing = [f for f in findings if f.check == "rows naming images the scan did not find"]
     assert missing == []
+
+
+# --- each comparison on its own: a name in two forms is one name ---------------------
+
+CAFE = "20250708_060000_stage1_generated_café.png"
+
+
+def _scan(root: Path, original: Path, final: Path):
+    from backfill.stages.scan import ScanSettings, scan_project
+
+    final.mkdir(parents=True, exist_ok=True)
+    return scan_project({"original": original, "final": final},
+                        ScanSettings.from_config(pipeline_config().scan), root / "cache").table
+
+
+def _two_folders(root: Path, same_pixels: bool, second: str) -> Path:
+    """Three renders in machine_a/ named with decomposed accents, and the same names in
+    machine_b/ spelled ``second`` (composed or otherwise), with the same or other pixels."""
+    from tests.conftest import add_renders
+
+    original = root / "original"
+    for folder, seed, form in (("machine_a", 5, nfd), ("machine_b", 5 if same_pixels else 6,
+                                                       second)):
+        for path in add_renders(original / folder, "20250708_0600", seed=seed):
+            path.rename(path.with_name(form(path.stem + "_café") + path.suffix))
+    return original
+
+
+@pytest.mark.parametrize("same_pixels", [True, False])
+def test_one_name_in_two_forms_in_two_folders_is_a_copy_or_a_clash(tmp_path, same_pixels):
+    from backfill.stages.group import GroupSettings, group_table
+
+    original = _two_folders(tmp_path, same_pixels, nfc)
+    scan = _scan(tmp_path, original, tmp_path / "final")
+    assert len(set(scan["rel_path"])) == 6 and len(set(scan["name"])) == 3
+    groups, ungrouped = group_table(scan, GroupSettings.from_config(pipeline_config().group),
+                                    "p")
+    names = [n for g in groups["image_names"] for n in g]
+    assert len(names) == len(set(names))  # no name in two groups
+    if same_pixels:  # grouped once, the other folder's files are copies
+        assert len(groups) == 1
+        assert ungrouped["reason"].str.startswith("copy of machine_a/").all()
+    else:
+        assert groups.empty
+        assert ungrouped["reason"].str.startswith("name clash").all()
+        assert len(ungrouped) == 6
+
+
+def test_a_composed_final_pairs_by_name_with_its_decomposed_render(tmp_path):
+    from backfill.stages.extract.pairing import pair_finals
+    from backfill.stages.group import GroupSettings, group_table
+
+    gen = make_project(tmp_path / "p", n_groups=8, seed=11, scale=0.05, variants=False,
+                       bad_files=False, companions=False, reject_rate=0.2)
+    for g in gen.groups:
+        for rel in g.rel_paths:
+            (gen.original_dir / nfd(_accented(rel))).parent.mkdir(exist_ok=True)
+            os.rename(gen.original_dir / rel, gen.original_dir / nfd(_accented(rel)))
+        if g.final_rel_path:
+            os.rename(gen.final_dir / g.final_rel_path,
+                      gen.final_dir / nfc(_accented(g.final_rel_path)))
+    for folder in gen.original_dir.iterdir():
+        if folder.name.startswith("batch"):
+            folder.rmdir()
+    scan = _scan(tmp_path, gen.original_dir, gen.final_dir)
+    groups, ungrouped = group_table(scan, GroupSettings.from_config(pipeline_config().group),
+                                    "p")
+    pairs, finals = pair_finals(groups, scan, ungrouped)
+    kept = [g for g in gen.groups if g.final_rel_path]
+    assert (finals["role"] == "kept").sum() == len(kept)
+    assert set(pairs["pair_method"].dropna()) == {"name"}
+
+
+def test_publish_refuses_a_new_row_whose_image_a_live_row_names_in_the_other_form(tmp_path):
+    from backfill.db.schema import create, insert_rows
+    from backfill.production.apply import PlanConflict
+    from backfill.production.publish import publish_plan
+    from backfill.stages.merge import MergeSettings, plan_merge
+    from tests.stages.test_merge import frame, row
+
+    db = tmp_path / "live.db"
+    with sqlite3.connect(db) as conn:
+        create(conn)
+    conn.close()
+    plan = plan_merge(frame(row("g1", [nfd(CAFE)], user_action="reject")), frame(),
+                      MergeSettings(0.01, 0.05))
+    with sqlite3.connect(db) as conn:  # the reviewer logs the render after planning
+        insert_rows(conn, frame(row("live1", [CAFE], user_action="reject")))
+    conn.close()
+    with pytest.raises(PlanConflict, match="holds one of its images now"):
+        publish_plan(db, plan.changes)
+
+
+# --- case: as the person's file system does it ---------------------------------------
+
+def test_the_case_setting_is_auto_true_or_false_and_auto_asks_the_file_system(tmp_path):
+    from backfill.config.errors import ConfigError
+    from backfill.files.casing import case_sensitive, tells_case_apart
+
+    folder = tmp_path / "Renders"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    # This machine's file system (Linux) tells case apart; a Mac's would not.
+    swapped = (tmp_path / "rENDERS").exists()
+    assert tells_case_apart(folder) is not swapped
+    assert case_sensitive("auto", folder) is not swapped
+    assert case_sensitive("false", folder) is False and case_sensitive(True, folder) is True
+    digits = tmp_path / "2025"  # no letter in its own name: one of its entries is asked
+    digits.mkdir()
+    (digits / "b.png").write_bytes(b"x")
+    assert tells_case_apart(digits) is not swapped
+    with pytest.raises(ConfigError, match="names.case_sensitive='maybe'"):
+        pipeline_config("names.case_sensitive=maybe")
+
+
+@pytest.mark.parametrize("case_sensitive", [True, False])
+def test_names_that_differ_only_in_case_follow_the_setting(tmp_path, case_sensitive):
+    from backfill.stages.extract.pairing import pair_finals
+    from backfill.stages.group import GroupSettings, group_table
+    from tests.conftest import add_renders
+
+    original = tmp_path / "original"
+    upper = [p.rename(p.with_name(p.name.upper())) for p in
+             add_renders(original / "machine_a", "20250708_0600", seed=5)]
+    add_renders(original / "machine_b", "20250708_0600", seed=6)  # other pixels
+    final = tmp_path / "final"
+    final.mkdir()
+    kept = upper[1].name.lower()  # the lower-case render's name (machine_b)
+    (final / kept).write_bytes((original / "machine_b" / kept).read_bytes())
+    scan = _scan(tmp_path, original, final)
+    settings = GroupSettings.from_config(pipeline_config().group)
+    groups, ungrouped = group_table(scan, settings, "p", case_sensitive)
+    if not case_sensitive:  # A.PNG and a.png are one name: a clash, nothing grouped
+        assert groups.empty and ungrouped["reason"].str.startswith("name clash").all()
+        assert len(ungrouped) == 6
+        return
+    pairs, _ = pair_finals(groups, scan, ungrouped, case_sensitive=case_sensitive)
+    by_name = pairs[pairs["pair_method"] == "name"]
+    assert len(by_name) == 1
+    assert kept in groups.set_index("group_id").loc[by_name["group_id"].iat[0], "image_names"]
+
+
+@pytest.mark.parametrize("case_sensitive", [True, False])
+def test_merge_and_validate_compare_case_as_the_setting_says(case_sensitive):
+    from backfill.stages.merge import MergeSettings, plan_merge
+    from backfill.stages.validate import check_decisions
+    from tests.stages.test_merge import frame, row
+
+    lower = ["20250708_060000_stage1_generated.png", "20250708_060015_stage2_upscaled.png"]
+    upper = [n.upper() for n in lower]
+    live = frame(row("live1", upper))
+    back = frame(row("g_upper", upper), row("g_lower", lower))
+    cfg = pipeline_config()
+    settings = MergeSettings.from_config(cfg.merge, cfg.evaluate, case_sensitive)
+    plan = plan_merge(back, live, settings)
+    if case_sensitive:  # the upper-case group is the live row's; the other is new
+        assert plan.pairs.values.tolist() == [["g_upper", "live1"]]
+        assert plan.changes.loc[plan.changes["rule"] == "added", "group_id"].tolist() == [
+            "g_lower"]
+    else:  # one name to the file system: two groups claim the row, reported, not guessed
+        assert plan.pairs.empty
+        assert set(plan.issues["kind"]) == {"ambiguous_match"}
+    found = check_decisions(live, pd.Series(["backfill"]), set(lower), 0.02,
+                            pd.DataFrame({"group_id": []}), pd.Series([], dtype=object), set(),
+                            case_sensitive)
+    missing = [f for f in found if f.check == "rows naming images the scan did not find"]
+    assert len(missing) == int(case_sensitive)

@@ -167,6 +167,12 @@ class ValidateConfig:
 
 
 @dataclass
+class NamesConfig:
+    case_sensitive: str = rule("auto, true or false",
+                               lambda v: str(v).lower() in ("auto", "true", "false"))
+
+
+@dataclass
 class ProjectConfig:
     """One project: its folders and DBs, every pipeline section, its model version."""
 
@@ -182,6 +188,7 @@ class ProjectConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    names: NamesConfig = field(default_factory=NamesConfig)
     model: Any = MISSING  # conf/model/<version>.yaml; checked by models.ModelVersion
 
 

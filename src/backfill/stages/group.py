@@ -35,6 +35,7 @@ from backfill.config.project import Project
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import read_table, write_table
+from backfill.db.cells import comparable_name
 
 SKIPPED = "passed over: a lower stage later in the window was taken instead"
 ALONE = "no higher stage followed it within the window (run shorter than min_group_size)"
@@ -48,16 +49,21 @@ def _folder(rel_path: str) -> str:
     return f"{head}/" if head else "the top folder"
 
 
-def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+def shared_names(files: pd.DataFrame, case_sensitive: bool = True
+                 ) -> tuple[dict[str, str], dict[str, str]]:
     """Files that share their name with another: ``(copies, clashes)``, each
     ``rel_path -> reason``. ``copies``: identical copies but the first by path (grouped
     once, as that file); ``clashes``: every copy of a name that holds other content.
     ``files`` has rel_path, name and content_hash; a copy with no hash (unreadable) is
-    taken for other content, never for a copy."""
+    taken for other content, never for a copy. Names are compared in their comparable
+    form: accents composed, case aside unless ``case_sensitive``."""
     copies: dict[str, str] = {}
     clashes: dict[str, str] = {}
-    dupes = files[files["name"].duplicated(keep=False)].sort_values("rel_path", kind="stable")
-    for name, same_name in dupes.groupby("name", sort=True):
+    key = files["name"].map(lambda n: comparable_name(n, case_sensitive))
+    dupes = files.assign(key=key)[key.duplicated(keep=False)].sort_values("rel_path",
+                                                                          kind="stable")
+    for _, same_name in dupes.groupby("key", sort=True):
+        name = same_name["name"].iat[0]
         paths = same_name["rel_path"].tolist()
         content = [h if isinstance(h, str) else f"unknown:{p}"
                    for h, p in zip(same_name["content_hash"], paths, strict=True)]
@@ -73,14 +79,14 @@ def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
     return copies, clashes
 
 
-def clash_folders(clashing: list[str]) -> list[str]:
+def clash_folders(clashing: list[str], case_sensitive: bool = True) -> list[str]:
     """Folders grouped on their own because of name clashes: for each two copies of a
     clashing name, the folder on each side just below where their paths part (two
     machines' folders, say). ``clashing``: the rel_paths of every clashing copy."""
     by_name: dict[str, list[list[str]]] = {}
     for path in clashing:
         *folders, name = path.split("/")
-        by_name.setdefault(name, []).append(folders)
+        by_name.setdefault(comparable_name(name, case_sensitive), []).append(folders)
     out = set()
     for copies in by_name.values():
         for a in copies:
@@ -232,18 +238,19 @@ def _without_clashes(groups: list[list[int]], candidates: pd.DataFrame,
 
 
 def group_table(
-    scan: pd.DataFrame, settings: GroupSettings, project: str
+    scan: pd.DataFrame, settings: GroupSettings, project: str, case_sensitive: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The groups table and the ungrouped table from a scan table (originals only).
 
     Grouping goes by names alone, as the person's tools did: a render that has since
     become unreadable still holds its place (and its index) in its group, flagged in
-    ``unreadable``, so the group matches what the reviewer saw.
+    ``unreadable``, so the group matches what the reviewer saw. ``case_sensitive``:
+    whether two names that differ only in case are two names (names.case_sensitive).
     """
     # Files only: a folder that could not be listed is reported by scan, not here.
     originals = scan[(scan["source"] == "original") & (scan["ext"] != "")]
     named = originals["timestamp"].notna() & (originals["stage"] > 0)
-    copies, clashes = shared_names(originals[named])
+    copies, clashes = shared_names(originals[named], case_sensitive)
     usable = named & ~originals["rel_path"].isin(list(copies))
     candidates = originals[usable].sort_values(
         ["timestamp", "stage", "name", "rel_path"], kind="stable"
@@ -251,7 +258,8 @@ def group_table(
     timestamps = candidates["timestamp"].tolist()
     # A clash means two sources wrote the same names: each clashing folder is grouped
     # on its own, so no group takes renders from both.
-    part_of = partitions(candidates["rel_path"].tolist(), clash_folders(list(clashes)))
+    part_of = partitions(candidates["rel_path"].tolist(),
+                         clash_folders(list(clashes), case_sensitive))
     groups, left_out = [], {}
     for key in sorted(set(part_of)):
         idx = [i for i, p in enumerate(part_of) if p == key]
@@ -320,7 +328,7 @@ def run(project: Project) -> str:
     started = time.perf_counter()
     scan = read_table(project.output("scan"), ScanTable, "scan")
     settings = GroupSettings.from_config(project.cfg.group)
-    groups, ungrouped = group_table(scan, settings, project.name)
+    groups, ungrouped = group_table(scan, settings, project.name, project.case_sensitive)
     write_table(groups, project.output("groups"), GroupsTable, "groups")
     write_table(ungrouped, project.output("ungrouped"), UngroupedTable, "ungrouped")
     sizes = groups["n_images"].value_counts().sort_index()

@@ -466,7 +466,8 @@ def run(project: Project) -> str:
     from backfill.production.sources import load_production, review_rule, write_merged_db
 
     started = time.perf_counter()
-    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate)
+    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate,
+                                         project.case_sensitive)
     backfilled, prov = backfill_rows(
         project.name, read_table(project.output("groups"), GroupsTable, "groups"),
         read_table(project.output("truth"), TruthTable, "truth"),

@@ -106,9 +106,11 @@ def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
 
 def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
                     approve_tolerance: float, groups: pd.DataFrame,
-                    backfill_ids: pd.Series, reported: set[str]) -> list[Finding]:
+                    backfill_ids: pd.Series, reported: set[str],
+                    case_sensitive: bool = False) -> list[Finding]:
     """Seed 000's validation queries and this project's own invariants over the emitted
-    rows. ``sources``: per row, where it came from (production rows only warn)."""
+    rows. ``sources``: per row, where it came from (production rows only warn).
+    ``case_sensitive``: whether names that differ only in case are two names."""
     # A matched row keeps the person's values wherever the files had nothing to add.
     live = sources.isin(["production", "legacy_csv", "merged"]).to_numpy()
     findings = []
@@ -129,11 +131,13 @@ def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str]
     broken = violations(rows)
     add("rows breaking seed 003's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
         "; ".join(broken["detail"].head(3)))
-    # Names as the merge matched them: any form older tools wrote, case and folder
-    # prefixes aside, or the render's stem for a name logged with another extension.
-    known = name_keys(encode_images(sorted(scan_names)))
+    # Names as the merge matched them: any form older tools wrote, accents composed,
+    # folder prefixes (and case, unless told apart) aside, or the render's stem for a
+    # name logged with another extension.
+    known = name_keys(encode_images(sorted(scan_names)), case_sensitive)
     missing = rows["images"].map(lambda s: any(
-        not name_keys(encode_images([n])) & known for n in image_names(s))).to_numpy()
+        not name_keys(encode_images([n]), case_sensitive) & known
+        for n in image_names(s))).to_numpy()
     add("rows naming images the scan did not find", missing)
     # Every group is in the DB once, or was reported by the merge and left alone.
     held = set(backfill_ids.dropna())
@@ -229,7 +233,7 @@ def run(project: Project) -> str:
     findings = check_decisions(
         emitted.rows, sources.fillna("production"), set(originals),
         float(project.cfg.extract.approve_tolerance), tables["groups"],
-        emitted.provenance["backfill_group_id"], reported)
+        emitted.provenance["backfill_group_id"], reported, project.case_sensitive)
     findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
     errors += [f.describe() for f in findings if f.severity == "error"]
     if errors:

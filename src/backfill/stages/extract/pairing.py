@@ -44,6 +44,7 @@ import pandas as pd
 
 from backfill.contracts.schemas import PAIR_METHODS, FinalsTable
 from backfill.contracts.tables import typed_frame
+from backfill.db.cells import comparable_name
 
 # The columns of one pair, with their dtypes: a group and what the final folder says
 # about it. ``unreadable``: why the kept final (or its original) cannot be read.
@@ -158,19 +159,24 @@ def _index(keys: Iterable[Hashable], values: Iterable[tuple[str, int]]
     return out
 
 
-def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.DataFrame
-                  ) -> Pairing:
-    """Passes 1 and 2: each final by its name, else by the identity in its name."""
+def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.DataFrame,
+                  case_sensitive: bool = True) -> Pairing:
+    """Passes 1 and 2: each final by its name, else by the identity in its name. Names
+    are compared in their comparable form (accents composed; case aside unless
+    ``case_sensitive``)."""
+    def key(name: str) -> str:
+        return stem(comparable_name(name, case_sensitive))
+
     at = list(zip(renders["group_id"], renders["index"], strict=True))
-    by_stem = _index(renders["stem"], at)
+    by_stem = _index(renders["name"].map(key), at)
     by_identity = _index(map(identity, renders["timestamp"], renders["stage"]), at)
-    lone_stem = dict(zip(ungrouped["name"].map(stem), ungrouped["reason"], strict=True))
+    lone_stem = dict(zip(ungrouped["name"].map(key), ungrouped["reason"], strict=True))
     lone_identity = {identity(t, s): (n, r) for t, s, n, r in zip(
         ungrouped["timestamp"], ungrouped["stage"], ungrouped["name"], ungrouped["reason"],
         strict=True)}
     out = Pairing()
     for f in finals.itertuples(index=False):
-        name, ident = stem(f.name), identity(f.timestamp, f.stage)
+        name, ident = key(f.name), identity(f.timestamp, f.stage)
         if out.claim(f.rel_path, by_stem.get(name, []), "name", "name"):
             continue
         if ident and out.claim(f.rel_path, by_identity.get(ident, []), "identity",
@@ -306,7 +312,8 @@ def assemble(groups: pd.DataFrame, finals: pd.DataFrame, originals: pd.DataFrame
 
 
 def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
-                by_content: ContentPairer | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                by_content: ContentPairer | None = None, case_sensitive: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One pair per group (the final is empty for a rejected group) and a row per final
     file saying what it is: kept, copy, extra (another kept image of a group) or orphan.
 
@@ -315,7 +322,7 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
     finals = _final_rows(scan)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
-    pairing = claim_by_name(finals, renders, ungrouped)
+    pairing = claim_by_name(finals, renders, ungrouped, case_sensitive)
     claim_by_bytes(finals, renders, pairing)
     if by_content is not None:
         unpaired = finals[~finals["rel_path"].isin(pairing.claims)
