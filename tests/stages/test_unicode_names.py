@@ -263,6 +263,12 @@ def test_the_case_setting_is_auto_true_or_false_and_auto_asks_the_file_system(tm
     assert tells_case_apart(digits) is not swapped
     with pytest.raises(ConfigError, match="names.case_sensitive='maybe'"):
         pipeline_config("names.case_sensitive=maybe")
+    from backfill.config.settings import NamesConfig, section
+
+    for value, expected in (("true", True), ("false", False), ("auto", not swapped)):
+        names = section(NamesConfig, pipeline_config(f"names.case_sensitive={value}").names,
+                        "names")  # YAML's true/false arrive as booleans
+        assert case_sensitive(names.case_sensitive, folder) is expected
 
 
 @pytest.mark.parametrize("case_sensitive", [True, False])

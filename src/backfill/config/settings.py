@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from backfill.config.errors import ConfigError
 from backfill.db.schema import MAX_IMAGES
+from backfill.files.casing import CASE_SETTINGS
 
 PIL_LIMIT = 2 * 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS x 2: Pillow's DecompressionBombError
 
@@ -168,8 +169,8 @@ class ValidateConfig:
 
 @dataclass
 class NamesConfig:
-    case_sensitive: str = rule("auto, true or false",
-                               lambda v: str(v).lower() in ("auto", "true", "false"))
+    case_sensitive: str = rule(", ".join(CASE_SETTINGS),
+                               lambda v: str(v).lower() in CASE_SETTINGS)
 
 
 @dataclass

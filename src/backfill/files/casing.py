@@ -11,26 +11,27 @@ CASE_SETTINGS = ["auto", "true", "false"]
 
 
 def tells_case_apart(folder: Path) -> bool:
-    """Whether the file system holding ``folder`` tells ``A.png`` from ``a.png``: its own
-    name (or, when that has no letter, one of its entries) is looked up with the case
-    swapped, read-only; the same file answering means case is ignored (macOS's default
-    APFS), none means it is told apart (Linux). Nothing to probe: told apart, as names
-    are compared exactly then."""
-    candidates = [folder]
-    if folder.name.swapcase() == folder.name:
-        try:
-            with os.scandir(folder) as listing:
-                candidates = [Path(e.path) for e in listing if e.name.swapcase() != e.name][:1]
-        except OSError:
-            return True
-    for path in candidates:
-        try:
-            here = os.stat(path, follow_symlinks=False)
-            there = os.stat(path.with_name(path.name.swapcase()), follow_symlinks=False)
-        except OSError:
-            return True
-        return (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino)
-    return True
+    """Whether the file system holding ``folder`` tells ``A.png`` from ``a.png``: one of
+    its entries (on its own file system, even when ``folder`` is a drive's mount point)
+    or else its own name is looked up with the case swapped, read-only. The same file
+    answering means case is ignored (macOS's default APFS); none means it is told apart
+    (Linux). Nothing with a letter to look up: told apart, names compared exactly."""
+    probe = None
+    try:
+        with os.scandir(folder) as listing:
+            probe = next((Path(e.path) for e in listing if e.name.swapcase() != e.name), None)
+    except OSError:
+        pass
+    if probe is None and folder.name.swapcase() != folder.name:
+        probe = folder
+    if probe is None:
+        return True
+    try:
+        here = os.stat(probe, follow_symlinks=False)
+        there = os.stat(probe.with_name(probe.name.swapcase()), follow_symlinks=False)
+    except OSError:
+        return True
+    return (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino)
 
 
 def case_sensitive(setting: object, folder: Path) -> bool:
