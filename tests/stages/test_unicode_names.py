@@ -337,3 +337,15 @@ def test_merge_publish_and_validate_compare_case_as_the_setting_says(tmp_path,
                             case_sensitive)
     missing = [f for f in found if f.check == "rows naming images the scan did not find"]
     assert len(missing) == int(case_sensitive)
+
+
+def test_discover_pairs_a_project_folder_whose_name_is_in_the_other_form():
+    from pathlib import PurePosixPath
+
+    from backfill.projects.discover import pair_folders
+
+    pairs, unpaired = pair_folders([PurePosixPath(p) for p in (
+        "sandbox", nfd("sandbox/Café"), nfc("Café"), nfd("Brühl_raw"), nfc("Brühl_final"))])
+    assert {(str(p.original), str(p.final)) for p in pairs} == {
+        (nfd("sandbox/Café"), nfc("Café")), (nfd("Brühl_raw"), nfc("Brühl_final"))}
+    assert unpaired == []
