@@ -148,8 +148,22 @@ def test_validate_finds_every_image_the_db_names(merged):
     originals = set(scan.loc[scan["source"] == "original", "name"])
     findings = check_decisions(after, pd.Series(["backfill"] * len(after)), originals, 0.02,
                                merged["groups"], after["group_id"], set())
-    missing = [f for f in findings if f.check == "rows naming images the scan did not find"]
-    assert missing == []
+    checks = {f.check for f in findings}
+    assert not checks & {"rows naming images the scan did not find",
+                         "image names claimed by two rows"}
+
+
+def test_validate_stops_on_a_new_row_that_claims_a_live_rows_image_in_the_other_form():
+    from backfill.stages.validate import check_decisions
+    from tests.stages.test_merge import frame, row
+
+    rows = frame(row("live1", [CAFE, "x.png"]), row("g1", [nfd(CAFE)]), row("g2", ["y.png"]))
+    found = check_decisions(rows, pd.Series(["production", "backfill", "backfill"]), set(),
+                            0.02, pd.DataFrame({"group_id": []}), pd.Series([], dtype=object),
+                            set())
+    claimed = [(f.severity, f.group_ids) for f in found
+               if f.check == "image names claimed by two rows"]
+    assert claimed == [("error", ["g1"]), ("warning", ["live1"])]
 
 
 # --- each comparison on its own: a name in two forms is one name ---------------------

@@ -26,7 +26,13 @@ from backfill.config.errors import ConfigError
 from backfill.config.project import Project
 from backfill.contracts.schemas import TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
-from backfill.db.cells import decode_box, encode_images, image_names, name_keys
+from backfill.db.cells import (
+    comparable_name,
+    decode_box,
+    encode_images,
+    image_names,
+    name_keys,
+)
 from backfill.db.schema import ACTIONS, read_rows, violations
 from backfill.files.atomic import write_json, write_text
 from backfill.models.evaluate import EvalSettings, evaluate, scored
@@ -139,6 +145,15 @@ def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str]
         not name_keys(encode_images([n]), case_sensitive) & known
         for n in image_names(s))).to_numpy()
     add("rows naming images the scan did not find", missing)
+    # One image, one decision: a name (compared as everywhere) that two rows claim. The
+    # merge never adds such a row; two of the person's own rows only warn.
+    keys = [{comparable_name(n, case_sensitive) for n in image_names(s)}
+            for s in rows["images"]]
+    counts = pd.Series([k for ks in keys for k in ks], dtype=object).value_counts()
+    claimed = {k for k, n in counts.items() if n > 1}
+    add("image names claimed by two rows", np.array([bool(ks & claimed) for ks in keys],
+                                                    dtype=bool),
+        ", ".join(sorted(claimed)[:3]))
     # Every group is in the DB once, or was reported by the merge and left alone.
     held = set(backfill_ids.dropna())
     lost = sorted(set(groups["group_id"]) - held - reported)
