@@ -45,11 +45,8 @@ def _values(conn: sqlite3.Connection, column: str, ids: list[str]) -> dict[str, 
     return found
 
 
-def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
-                  case_sensitive: bool = False) -> list[str]:
-    """Each planned change whose premise no longer holds, in words (empty: all hold).
-    ``case_sensitive``: whether names that differ only in case are two names, as the
-    merge compared them (names.case_sensitive)."""
+def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
+    """Each planned change whose premise no longer holds, in words (empty: all hold)."""
     unknown = set(changes["column"]) - {*COLUMNS, "*"}
     if unknown:  # names go into SQL text: only the schema's own are allowed
         raise DecisionDBError(f"the plan names unknown columns {sorted(unknown)}: it is not "
@@ -69,12 +66,12 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
     stale += [f"{g}: a row with this group_id exists now (the plan would add it)"
               for g in rows["group_id"] if g in present]
     # A new row's images must still be in no live row: else it is no longer new.
-    # Keys as the merge links rows (accents composed, case as set, stems): a live row
-    # the merge would have linked to the new one makes the plan stale.
+    # Keys as the merge links rows (case aside, stems): a live row the merge would have
+    # linked to the new one makes the plan stale.
     names = {k: g for g, r in zip(rows["group_id"], rows["new"], strict=True)
-             for k in name_keys(loads(r)["images"], case_sensitive)}
+             for k in name_keys(loads(r)["images"])}
     for gid, images in conn.execute("SELECT group_id, images FROM ai_decisions"):
-        shared = names.keys() & name_keys(images, case_sensitive)
+        shared = names.keys() & name_keys(images)
         stale += [f"{names[k]}: {gid} holds one of its images now (the plan would add it)"
                   for k in sorted(shared)[:1]]
     for gid, seen in zip(*_seen(changes), strict=True):
@@ -101,10 +98,9 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
     return stale
 
 
-def check_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
-                  case_sensitive: bool = False) -> None:
+def check_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> None:
     """Raise PlanConflict, naming what moved, unless every planned premise holds."""
-    stale = stale_changes(conn, changes, case_sensitive)
+    stale = stale_changes(conn, changes)
     if stale:
         shown = "\n  ".join(stale[:10])
         more = f"\n  (+{len(stale) - 10} more)" if len(stale) > 10 else ""
@@ -146,12 +142,12 @@ def _seen(changes: pd.DataFrame) -> tuple[list[str], list[dict]]:
 
 
 def apply_changes(conn: sqlite3.Connection, changes: pd.DataFrame,
-                  checked: bool = False, case_sensitive: bool = False) -> Counter:
+                  checked: bool = False) -> Counter:
     """Re-check (unless already ``checked`` in this same transaction), then apply every
     change; the caller owns the transaction (BEGIN IMMEDIATE ... COMMIT) and rolls back
     on PlanConflict."""
     if not checked:
-        check_changes(conn, changes, case_sensitive)
+        check_changes(conn, changes)
     done: Counter = Counter()
     for column, sql_type in zip(*_migrations(changes), strict=True):
         conn.execute(f"ALTER TABLE ai_decisions ADD COLUMN {column} {sql_type}")

@@ -107,10 +107,9 @@ def verified_backup(db: Path, now: datetime | None = None) -> Path:
 
 
 def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
-                 now: datetime | None = None, case_sensitive: bool = False) -> Published:
+                 now: datetime | None = None) -> Published:
     """Back up ``db``, then apply ``changes`` in one transaction, or nothing at all; and
-    remove the partial backups an interrupted publish left (``removed``).
-    ``case_sensitive``: whether names that differ only in case are two names."""
+    remove the partial backups an interrupted publish left (``removed``)."""
     open_production(db, lock_timeout).close()  # exists, is SQLite, has the table
     check_writable(db)
     changes = work(changes)
@@ -123,8 +122,7 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
             removed = leftover_partials(db)
             for path in removed:
                 path.unlink(missing_ok=True)
-            # Before the backup: a stale plan leaves no trace.
-            check_changes(conn, changes, case_sensitive)
+            check_changes(conn, changes)  # before the backup: a stale plan leaves no trace
             backup = verified_backup(db, now) if len(changes) else None
             applied = apply_changes(conn, changes, checked=True)  # same transaction
             rows = conn.execute("SELECT count(*) FROM ai_decisions").fetchone()[0]
@@ -209,8 +207,7 @@ def run_publish(project: Project, dry_run: bool) -> str:
                 f"{moved}.\ndry run: {db} not touched. "
                 f"`backfill publish {project.name}` backs it up and applies this plan.{stale}")
     try:
-        done = publish_plan(db, changes, float(project.cfg.merge.lock_timeout_s),
-                            case_sensitive=project.case_sensitive)
+        done = publish_plan(db, changes, float(project.cfg.merge.lock_timeout_s))
     except PlanConflict as exc:
         raise DecisionDBError(str(exc).replace("<project>", project.name)) from None
     cleaned = (f" Removed {len(done.removed)} partial backup(s) an interrupted publish left: "

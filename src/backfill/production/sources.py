@@ -41,8 +41,8 @@ class Production:
     identity: dict | None = None  # the DB read (db.schema.identity), for the plan
 
 
-def _names(images: pd.Series, case_sensitive: bool) -> pd.Series:
-    return images.map(lambda s: name_keys(s, case_sensitive))
+def _names(images: pd.Series) -> pd.Series:
+    return images.map(name_keys)
 
 
 def _optional_path(project: Project, key: str) -> Path | None:
@@ -79,9 +79,8 @@ def load_production(project: Project) -> Production:
         raise ConfigError(str(exc)) from None
     # The DB is the live record: a CSV row it already holds (same id, or a shared image
     # name) is reported, not merged a second time.
-    case = project.case_sensitive
-    held = set().union(*_names(rows["images"], case)) if len(rows) else set()
-    dup = legacy["group_id"].isin(rows["group_id"]) | _names(legacy["images"], case).map(
+    held = set().union(*_names(rows["images"])) if len(rows) else set()
+    dup = legacy["group_id"].isin(rows["group_id"]) | _names(legacy["images"]).map(
         lambda n: bool(n & held))
     issues = pd.concat([
         pd.DataFrame({"kind": "legacy_invalid", "group_id": problems["group_id"],
@@ -113,8 +112,7 @@ def review_rule(project: Project) -> tuple[Callable[[pd.DataFrame], pd.Series] |
 
 
 def write_merged_db(out: Path, production_db: Path | None, plan: MergePlan,
-                    provenance: pd.DataFrame, timeout: float = 10.0,
-                    case_sensitive: bool = False) -> None:
+                    provenance: pd.DataFrame, timeout: float = 10.0) -> None:
     """The merged DB: a copy of production (SQLite's backup API, consistent while the
     reviewer writes) or a fresh v3 DB, with the plan applied exactly as publish would,
     plus the v3 indexes and views where missing and the provenance side table."""
@@ -130,7 +128,7 @@ def write_merged_db(out: Path, production_db: Path | None, plan: MergePlan,
         dst.execute("BEGIN IMMEDIATE")
         if production_db is None:
             create(dst)
-        apply_changes(dst, plan.changes, case_sensitive=case_sensitive)
+        apply_changes(dst, plan.changes)
         create(dst)  # indexes, views and the side table (a copy keeps its own table)
         dst.executemany(
             f"INSERT INTO backfill_provenance ({', '.join(PROVENANCE_COLUMNS)}) VALUES "

@@ -486,7 +486,7 @@ def run(project: Project) -> str:
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")
     out = project.out_dir / "ai_decisions.db"
     write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
-                    float(project.cfg.merge.lock_timeout_s), settings.case_sensitive)
+                    float(project.cfg.merge.lock_timeout_s))
     write_json(plan.counts(), project.out_dir / "merge_summary.json")
     where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
              "--dry-run` shows what publishing would write" if source.db_path else
