@@ -313,7 +313,10 @@ def test_names_that_differ_only_in_case_follow_the_setting(tmp_path, case_sensit
 
 
 @pytest.mark.parametrize("case_sensitive", [True, False])
-def test_merge_and_validate_compare_case_as_the_setting_says(case_sensitive):
+def test_merge_publish_and_validate_compare_case_as_the_setting_says(tmp_path,
+                                                                      case_sensitive):
+    from backfill.db.schema import create, insert_rows, read_rows
+    from backfill.production.publish import publish_plan
     from backfill.stages.merge import MergeSettings, plan_merge
     from backfill.stages.validate import check_decisions
     from tests.stages.test_merge import frame, row
@@ -325,13 +328,27 @@ def test_merge_and_validate_compare_case_as_the_setting_says(case_sensitive):
     cfg = pipeline_config()
     settings = MergeSettings.from_config(cfg.merge, cfg.evaluate, case_sensitive)
     plan = plan_merge(back, live, settings)
-    if case_sensitive:  # the upper-case group is the live row's; the other is new
+    assert "added" not in set(plan.changes["rule"])  # never a second row for one image
+    if case_sensitive:
+        # The upper-case group is the live row's. The lower-case one is another file
+        # here, but one image where case is ignored (the person's Mac): reported.
         assert plan.pairs.values.tolist() == [["g_upper", "live1"]]
-        assert plan.changes.loc[plan.changes["rule"] == "added", "group_id"].tolist() == [
-            "g_lower"]
+        assert plan.issues[["kind", "group_id"]].values.tolist() == [
+            ["ambiguous_match", "g_lower"]]
+        assert "but for case" in plan.issues["detail"].iat[0]
     else:  # one name to the file system: two groups claim the row, reported, not guessed
         assert plan.pairs.empty
         assert set(plan.issues["kind"]) == {"ambiguous_match"}
+    db = tmp_path / "live.db"
+    with sqlite3.connect(db) as conn:
+        create(conn)
+        insert_rows(conn, live)
+    conn.close()
+    publish_plan(db, plan.changes)
+    with sqlite3.connect(db) as conn:
+        after, _ = read_rows(conn)
+    conn.close()
+    assert after["group_id"].tolist() == ["live1"]
     found = check_decisions(live, pd.Series(["backfill"]), set(lower), 0.02,
                             pd.DataFrame({"group_id": []}), pd.Series([], dtype=object), set(),
                             case_sensitive)

@@ -350,6 +350,18 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     linked_b = (set(matching.pairs["backfill_id"]) | conflicted_b
                 | set(links["group_id_b"]))
     unlinked = backfill[~backfill["group_id"].isin(linked_b) & ~unreadable]
+    if settings.case_sensitive:
+        # A live row naming the group's images in another case only: on the person's
+        # Mac (case ignored) that is the same image, so no second row; reported instead.
+        loose = name_links(unlinked, production, case_sensitive=False)
+        rows_of = loose.groupby("group_id_b")["group_id_p"].agg(sorted)
+        issues.append(pd.DataFrame({
+            "kind": "ambiguous_match", "group_id": rows_of.index,
+            "detail": [f"backfill names its images as production row(s) {', '.join(p)} do "
+                       "but for case: not added (set names.case_sensitive: false if the "
+                       "files come from a file system that ignores case)"
+                       for p in rows_of]}, columns=ISSUE_COLUMNS))
+        unlinked = unlinked[~unlinked["group_id"].isin(rows_of.index)]
     taken = unlinked["group_id"].isin(prod.index)  # never over an existing key
     issues.append(pd.DataFrame({
         "kind": "id_collision", "group_id": unlinked.loc[taken, "group_id"],
