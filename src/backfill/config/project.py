@@ -189,6 +189,16 @@ class Project:
         return p if p.is_absolute() else self.root / p
 
     @property
+    def case_sensitive(self) -> bool:
+        """``names.case_sensitive`` as a yes/no: auto asks original_dir's file system."""
+        from backfill.config.settings import NamesConfig
+        from backfill.files.casing import case_sensitive
+
+        names = section(NamesConfig, self.cfg.get("names") or {"case_sensitive": "auto"},
+                        "names")
+        return case_sensitive(names.case_sensitive, self.path("original_dir"))
+
+    @property
     def out_dir(self) -> Path:
         return self.root / "data" / self.name
 

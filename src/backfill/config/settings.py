@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from backfill.config.errors import ConfigError
 from backfill.db.schema import MAX_IMAGES
+from backfill.files.casing import CASE_SETTINGS
 
 PIL_LIMIT = 2 * 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS x 2: Pillow's DecompressionBombError
 
@@ -174,6 +175,12 @@ class ValidateConfig:
 
 
 @dataclass
+class NamesConfig:
+    case_sensitive: str = rule(", ".join(CASE_SETTINGS),
+                               lambda v: str(v).lower() in CASE_SETTINGS)
+
+
+@dataclass
 class ProjectConfig:
     """One project: its folders and DBs, every pipeline section, its model version."""
 
@@ -189,6 +196,7 @@ class ProjectConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    names: NamesConfig = field(default_factory=NamesConfig)
     model: Any = MISSING  # conf/model/<version>.yaml; checked by models.ModelVersion
 
 

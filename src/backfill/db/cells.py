@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -78,6 +79,15 @@ def image_names(images) -> list[str]:
     return [n for n in names if n]
 
 
+def comparable_name(name: str, case_sensitive: bool = True) -> str:
+    """A file name in the one form names are compared in, wherever they come from (the
+    scan, a group, a final, a DB row): Unicode NFC, since a copy between macOS and other
+    systems can leave "é" decomposed (e + a combining accent) on disk while the DB holds
+    it composed; and case-folded unless the file system tells case apart."""
+    name = unicodedata.normalize("NFC", name)
+    return name if case_sensitive else unicodedata.normalize("NFC", name.casefold())
+
+
 STEM = "stem:"  # a match key made from a name's stem, never equal to a file name
 
 
@@ -87,9 +97,10 @@ def stem_key(name: str) -> str:
     return STEM + (name[:dot] if dot > 0 else name)
 
 
-def name_keys(images) -> set[str]:
-    """Every key a row can be matched by: its names, case aside, and their stems."""
-    names = [n.lower() for n in image_names(images)]
+def name_keys(images, case_sensitive: bool = False) -> set[str]:
+    """Every key a row can be matched by: its names in their comparable form (case
+    aside unless ``case_sensitive``), and their stems."""
+    names = [comparable_name(n, case_sensitive) for n in image_names(images)]
     return {*names, *(stem_key(n) for n in names)}
 
 

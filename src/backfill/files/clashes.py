@@ -10,7 +10,7 @@ shows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -20,17 +20,30 @@ def _folder(rel_path: str) -> str:
     return f"{head}/" if head else "the top folder"
 
 
-def shared_names(files: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+# How names are compared: by default as they are; the stages pass the project's
+# comparable form (accents composed, case aside where the file system ignores it).
+NameKey = Callable[[str], str]
+
+
+def _as_is(name: str) -> str:
+    return name
+
+
+def shared_names(files: pd.DataFrame, key: NameKey = _as_is
+                 ) -> tuple[dict[str, str], dict[str, str]]:
     """Files that share their name with another: ``(copies, clashes)``, each
     ``rel_path -> reason``. ``copies``: identical copies but the first by path (grouped
     once, as that file); ``clashes``: the first copy by path of each content of a name
     that holds several.
     ``files`` has rel_path, name and content_hash; a copy with no hash (unreadable) is
-    taken for other content, never for a copy."""
+    taken for other content, never for a copy. Names are compared by ``key``."""
     copies: dict[str, str] = {}
     clashes: dict[str, str] = {}
-    dupes = files[files["name"].duplicated(keep=False)].sort_values("rel_path", kind="stable")
-    for name, same_name in dupes.groupby("name", sort=True):
+    keys = files["name"].map(key)
+    dupes = files.assign(key=keys)[keys.duplicated(keep=False)].sort_values(
+        "rel_path", kind="stable")
+    for _, same_name in dupes.groupby("key", sort=True):
+        name = same_name["name"].iat[0]
         paths = same_name["rel_path"].tolist()
         content = [h if isinstance(h, str) else f"unknown:{p}"
                    for h, p in zip(same_name["content_hash"], paths, strict=True)]
@@ -52,14 +65,14 @@ def _parting(a: list[str], b: list[str]) -> int:
                 min(len(a), len(b)))
 
 
-def clash_folders(clashing: list[str]) -> list[str]:
+def clash_folders(clashing: list[str], key: NameKey = _as_is) -> list[str]:
     """For each two copies of a clashing name, the folder on each side just below where
     their paths part (two machines' folders, say). ``clashing``: the rel_paths of every
     clashing copy."""
     by_name: dict[str, list[list[str]]] = {}
     for path in clashing:
         *folders, name = path.split("/")
-        by_name.setdefault(name, []).append(folders)
+        by_name.setdefault(key(name), []).append(folders)
     out = set()
     for copies in by_name.values():
         for a in copies:
@@ -73,7 +86,8 @@ def clash_folders(clashing: list[str]) -> list[str]:
 TOP = ""  # the side of a clashing copy that sits where the other copies' paths part
 
 
-def clash_sides(paths: Sequence[str], clashing: list[str]) -> list[dict[tuple[str, ...], str]]:
+def clash_sides(paths: Sequence[str], clashing: list[str], key: NameKey = _as_is
+                ) -> list[dict[tuple[str, ...], str]]:
     """Each path's side of each clash it is under: ``{clash: side}``.
 
     A clash is the set of side folders (clash_folders) of one clashing name; names whose
@@ -82,16 +96,16 @@ def clash_sides(paths: Sequence[str], clashing: list[str]) -> list[dict[tuple[st
     under none of a clash's folders is on neither side of it (neutral)."""
     by_name: dict[str, list[str]] = {}
     for path in clashing:
-        by_name.setdefault(path.rpartition("/")[2], []).append(path)
+        by_name.setdefault(key(path.rpartition("/")[2]), []).append(path)
     by_folder: dict[str, list[tuple[str, ...]]] = {}  # side folder -> its clashes
     tops: dict[str, list[tuple[str, ...]]] = {}  # clashing copy at the top -> its clashes
     for copies in by_name.values():
-        key = tuple(clash_folders(copies))
-        for folder in key:
-            by_folder.setdefault(folder, []).append(key)
+        clash = tuple(clash_folders(copies, key))
+        for folder in clash:
+            by_folder.setdefault(folder, []).append(clash)
         for p in copies:
-            if not any(p.startswith(f) for f in key):
-                tops.setdefault(p, []).append(key)
+            if not any(p.startswith(f) for f in clash):
+                tops.setdefault(p, []).append(clash)
     out: list[dict[tuple[str, ...], str]] = []
     for path in paths:
         sides: dict[tuple[str, ...], str] = {}
@@ -99,8 +113,8 @@ def clash_sides(paths: Sequence[str], clashing: list[str]) -> list[dict[tuple[st
         for depth in range(1, len(parts) + 1):  # shallow to deep: the deepest side wins
             folder = "/".join(parts[:depth]) + "/"
             sides.update(dict.fromkeys(by_folder.get(folder, ()), folder))
-        for key in tops.get(path, ()):
-            sides.setdefault(key, TOP)
+        for clash in tops.get(path, ()):
+            sides.setdefault(clash, TOP)
         out.append(sides)
     return out
 

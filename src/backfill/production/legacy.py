@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from backfill.db.cells import encode_box, encode_images, image_names, read_flag
+from backfill.db.cells import (
+    comparable_name,
+    encode_box,
+    encode_images,
+    image_names,
+    read_flag,
+)
 from backfill.db.schema import COLUMNS
 
 IMAGE_COLUMNS = [f"image_{i}_filename" for i in range(1, 5)]
@@ -84,17 +90,18 @@ def read_decisions_csv(path: Path, project: str) -> tuple[pd.DataFrame, pd.DataF
 @dataclass(frozen=True)
 class ReviewFolders:
     """What lies in the reviewer's routing folders: image stems per folder, and the
-    sidecars (by stem and by the group_id they name) per folder."""
+    sidecars (by stem and by the group_id they name) per folder. Stems are held and
+    looked up composed (NFC), as every name is compared."""
 
     images: dict[str, frozenset[str]] = field(default_factory=dict)
     sidecar_stems: dict[str, frozenset[str]] = field(default_factory=dict)
     sidecar_groups: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def has_image(self, folder: str, stem: str) -> bool:
-        return stem in self.images.get(folder, frozenset())
+        return comparable_name(stem) in self.images.get(folder, frozenset())
 
     def has_sidecar(self, folder: str, stem: str, group_id: str) -> bool:
-        return (stem in self.sidecar_stems.get(folder, frozenset())
+        return (comparable_name(stem) in self.sidecar_stems.get(folder, frozenset())
                 or group_id in self.sidecar_groups.get(folder, frozenset()))
 
 
@@ -106,9 +113,10 @@ def read_review_folders(root: Path, folders: list[str],
     for folder in folders:
         base = root / folder
         files = [p for p in base.rglob("*") if p.is_file()] if base.is_dir() else []
-        images[folder] = frozenset(p.stem for p in files if p.suffix.lower() in exts)
+        images[folder] = frozenset(comparable_name(p.stem) for p in files
+                                   if p.suffix.lower() in exts)
         sidecars = [p for p in files if p.suffix == ".decision"]
-        stems[folder] = frozenset(p.stem for p in sidecars)
+        stems[folder] = frozenset(comparable_name(p.stem) for p in sidecars)
         named = set()
         for p in sidecars:
             try:

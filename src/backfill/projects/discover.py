@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from backfill.config.errors import ConfigError
+from backfill.db.cells import comparable_name
 
 HERE = PurePosixPath(".")
 # Longer stems first: "Aiko_raw_incoming" pairs with "Aiko_raw_final" before "Aiko_final".
@@ -59,8 +60,14 @@ class Row:
     note: str | None  # why the name differs from the folders'
 
 
+def _key(name: str) -> str:
+    """A folder name as folders are matched: case aside, accents composed (a drive
+    copied from a Mac may hold "Café/" decomposed beside "Café_final/" composed)."""
+    return comparable_name(name, case_sensitive=False)
+
+
 def _lookup(dirs: Iterable[PurePosixPath]) -> dict[tuple[PurePosixPath, str], PurePosixPath]:
-    return {(d.parent, d.name.lower()): d for d in dirs}
+    return {(d.parent, _key(d.name)): d for d in dirs}
 
 
 def pair_folders(dirs: Iterable[PurePosixPath]) -> tuple[list[Pair], list[Unpaired]]:
@@ -85,7 +92,7 @@ def pair_folders(dirs: Iterable[PurePosixPath]) -> tuple[list[Pair], list[Unpair
             continue  # a project's own folder, not a folder of projects
         sandbox = by_name.get((c, "sandbox"))
         for orig in children.get(sandbox, []) if sandbox else []:
-            final = by_name.get((c, orig.name.lower()))
+            final = by_name.get((c, _key(orig.name)))
             if final and orig not in used and final not in used:
                 take(Pair(orig.name, orig, final, "sandbox"))
             elif orig not in used:
@@ -103,7 +110,7 @@ def pair_folders(dirs: Iterable[PurePosixPath]) -> tuple[list[Pair], list[Unpair
             wanted = [f"{stem}{suffix}" for stem in stems for suffix in FINAL_SUFFIXES]
             match = next(((by_name[key], stem) for stem in stems for place in places
                           for suffix in FINAL_SUFFIXES
-                          if (key := (place, f"{stem}{suffix}".lower())) in by_name
+                          if (key := (place, _key(f"{stem}{suffix}"))) in by_name
                           and by_name[key] not in used), None)
             if match:
                 take(Pair(match[1], orig, match[0], "raw"))

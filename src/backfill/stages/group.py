@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 import pandas as pd
 
@@ -37,6 +38,7 @@ from backfill.config.project import Project
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import read_table, write_table
+from backfill.db.cells import comparable_name
 from backfill.files.clashes import clash_sides, shared_names, visible
 from backfill.files.imageinfo import no_signature
 
@@ -194,7 +196,7 @@ def _group(candidates: pd.DataFrame, settings: GroupSettings, sides: Sides | Non
 
 
 def group_table(
-    scan: pd.DataFrame, settings: GroupSettings, project: str
+    scan: pd.DataFrame, settings: GroupSettings, project: str, case_sensitive: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The groups table and the ungrouped table from a scan table (originals only).
 
@@ -202,6 +204,8 @@ def group_table(
     become unreadable still holds its place (and its index) in its group, flagged in
     ``unreadable``, so the group matches what the reviewer saw. A file with no image
     signature (empty, or not an image at all) is no render: ungrouped, with its reason.
+    ``case_sensitive``: whether two names that differ only in case are two names
+    (names.case_sensitive).
     """
     # Files only: a folder that could not be listed is reported by scan, not here.
     originals = scan[(scan["source"] == "original") & (scan["ext"] != "")]
@@ -209,7 +213,8 @@ def group_table(
     # name: it takes no place in a group (a truncated image still does).
     named = (originals["timestamp"].notna() & (originals["stage"] > 0)
              & ~originals["reason"].map(no_signature).astype(bool))
-    copies, clashes = shared_names(originals[named])
+    key = partial(comparable_name, case_sensitive=case_sensitive)
+    copies, clashes = shared_names(originals[named], key)
     usable = named & ~originals["rel_path"].isin(list(copies))
     candidates = originals[usable].sort_values(
         ["timestamp", "stage", "name", "rel_path"], kind="stable"
@@ -217,7 +222,8 @@ def group_table(
     timestamps = candidates["timestamp"].tolist()
     # A clash means two sources wrote the same names: no group takes renders from two
     # sides of one (each side's copies form their own groups).
-    sides = clash_sides(candidates["rel_path"].tolist(), list(clashes)) if clashes else None
+    sides = (clash_sides(candidates["rel_path"].tolist(), list(clashes), key)
+             if clashes else None)
     groups, left_out = _group(candidates, settings, sides)
 
     rows, used_ids = [], set()
@@ -279,7 +285,7 @@ def run(project: Project) -> str:
     started = time.perf_counter()
     scan = read_table(project.output("scan"), ScanTable, "scan")
     settings = GroupSettings.from_config(project.cfg.group)
-    groups, ungrouped = group_table(scan, settings, project.name)
+    groups, ungrouped = group_table(scan, settings, project.name, project.case_sensitive)
     write_table(groups, project.output("groups"), GroupsTable, "groups")
     write_table(ungrouped, project.output("ungrouped"), UngroupedTable, "ungrouped")
     sizes = groups["n_images"].value_counts().sort_index()

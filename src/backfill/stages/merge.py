@@ -41,6 +41,7 @@ from backfill.contracts.schemas import (
 )
 from backfill.contracts.tables import typed_frame
 from backfill.db.cells import (
+    comparable_name,
     decode_box,
     encode_box,
     encode_images,
@@ -63,11 +64,13 @@ class MergeSettings:
     coord_tolerance: float  # seed 000: coordinates differing by more are corrected
     crop_tolerance: float  # seed 003: crop_match, every coordinate within this
     fix_invalid_actions: bool = False  # rewrite rows the v3 CHECKs refuse ('skip')
+    case_sensitive: bool = False  # names.case_sensitive, resolved: A.png is not a.png
 
     @classmethod
-    def from_config(cls, merge_cfg, evaluate_cfg) -> MergeSettings:
+    def from_config(cls, merge_cfg, evaluate_cfg, case_sensitive: bool = False
+                    ) -> MergeSettings:
         return cls(float(merge_cfg.coord_tolerance), float(evaluate_cfg.crop_tolerance),
-                   bool(merge_cfg.fix_invalid_actions))
+                   bool(merge_cfg.fix_invalid_actions), case_sensitive)
 
 
 def _learned(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -107,7 +110,7 @@ def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
             iso_utc(mtime.get(grp["image_paths"][-1]))
         rows.append({
             "group_id": gid, "timestamp": when, "project_id": project,
-            "directory": str(PurePosixPath(grp["image_paths"][user]).parent),
+            "directory": comparable_name(str(PurePosixPath(grp["image_paths"][user]).parent)),
             "batch_number": None, "images": encode_images(grp["image_names"]),
             "ai_selected_index": ai, "ai_crop_coords": ai_box,
             "ai_confidence": None if pd.isna(pr["ai_confidence"]) else float(pr["ai_confidence"]),
@@ -155,14 +158,17 @@ def with_matches(rows: pd.DataFrame, settings: MergeSettings) -> pd.DataFrame:
     return rows
 
 
-def name_links(backfill: pd.DataFrame, production: pd.DataFrame) -> pd.DataFrame:
+def name_links(backfill: pd.DataFrame, production: pd.DataFrame,
+               case_sensitive: bool = False) -> pd.DataFrame:
     """(group_id_b, group_id_p) for every backfilled group and production row that name
-    the same render: the same file name, case aside (``.PNG``); or, for a production
-    name no backfilled group holds as such, the same stem (``a.jpg`` logged for the
-    render ``a.png``). A stem two groups share links both, so it is reported as
-    ambiguous by the matching, never guessed."""
+    the same render: the same file name in its comparable form (composed accents; case
+    aside unless ``case_sensitive``); or, for a production name no backfilled group
+    holds as such, the same stem (``a.jpg`` or ``a.PNG`` logged for the render
+    ``a.png``). A stem two groups share links both, so it is reported as ambiguous by
+    the matching, never guessed."""
     def by_name(rows: pd.DataFrame) -> pd.DataFrame:
-        names = rows["images"].map(lambda s: [n.lower() for n in image_names(s)])
+        names = rows["images"].map(
+            lambda s: [comparable_name(n, case_sensitive) for n in image_names(s)])
         out = pd.DataFrame({"group_id": rows["group_id"].to_numpy(), "name": names.to_numpy()},
                            dtype=object)
         return out.explode("name").dropna(subset=["name"]).reset_index(drop=True)
@@ -281,7 +287,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         imported = set(imported) - dropped
         invalid = invalid[~invalid["group_id"].isin(dropped)]
 
-    links = name_links(backfill, production)
+    links = name_links(backfill, production, settings.case_sensitive)
     matching = match_rows(backfill, production, links)
     # A group whose kept final cannot be read, or that kept nothing but holds renders
     # that cannot be read, has no decision to write: it is reported, and a live row it
@@ -369,6 +375,18 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     linked_b = (set(matching.pairs["backfill_id"]) | conflicted_b
                 | set(links["group_id_b"]))
     unlinked = backfill[~backfill["group_id"].isin(linked_b) & ~unreadable]
+    if settings.case_sensitive:
+        # A live row naming the group's images in another case only: on the person's
+        # Mac (case ignored) that is the same image, so no second row; reported instead.
+        loose = name_links(unlinked, production, case_sensitive=False)
+        rows_of = loose.groupby("group_id_b")["group_id_p"].agg(sorted)
+        issues.append(pd.DataFrame({
+            "kind": "ambiguous_group", "group_id": rows_of.index,
+            "detail": [f"backfill names its images as production row(s) {', '.join(p)} do "
+                       "but for case: not added (set names.case_sensitive: false if the "
+                       "files come from a file system that ignores case)"
+                       for p in rows_of]}, columns=ISSUE_COLUMNS))
+        unlinked = unlinked[~unlinked["group_id"].isin(rows_of.index)]
     taken = unlinked["group_id"].isin(prod.index)  # never over an existing key
     issues.append(pd.DataFrame({
         "kind": "id_collision", "group_id": unlinked.loc[taken, "group_id"],
@@ -486,7 +504,8 @@ def run(project: Project) -> str:
     from backfill.production.sources import load_production, review_rule, write_merged_db
 
     started = time.perf_counter()
-    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate)
+    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate,
+                                         project.case_sensitive)
     backfilled, prov = backfill_rows(
         project.name, read_table(project.output("groups"), GroupsTable, "groups"),
         read_table(project.output("truth"), TruthTable, "truth"),

@@ -27,6 +27,7 @@ from backfill.config.errors import ConfigError
 from backfill.config.project import Project
 from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
+from backfill.db.cells import comparable_name
 from backfill.files.filenames import parse_name
 from backfill.files.fingerprints import KNOWN, FingerprintCache, typed
 from backfill.files.imageinfo import (
@@ -214,7 +215,7 @@ def _merge(*pairs: tuple[str, str | None]) -> tuple[str, str | None]:
 
 def describe(f: Found) -> dict:
     """Everything the scan says of one file (the KNOWN columns): facts, name, verdict."""
-    name = os.path.basename(f.rel_path)
+    name = comparable_name(os.path.basename(f.rel_path))
     parsed = parse_name(name) if f.ext else None
     # Found rows come out of a frame: a missing problem may be NaN there, not None.
     problem = f.problem if isinstance(f.problem, str) else None
@@ -257,7 +258,9 @@ SCAN_COLUMNS = [
 
 def finish_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The scan table from found files joined to what is known of them: typed and sorted."""
-    df = rows.assign(name=rows["rel_path"].str.rsplit("/", n=1).str[-1])
+    # rel_path stays as on disk (it opens the file); the name is in the form names are
+    # compared and written to the DB in (NFC), whatever form the drive left it in.
+    df = rows.assign(name=rows["rel_path"].str.rsplit("/", n=1).str[-1].map(comparable_name))
     # Same dtypes whether a row came from the cache or was just read: same bytes out.
     df = typed(df[SCAN_COLUMNS])
     return df.sort_values(["source", "rel_path"], kind="stable").reset_index(drop=True)

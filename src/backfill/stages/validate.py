@@ -29,7 +29,13 @@ from backfill.config.project import Project
 from backfill.contracts.plan import group_endings, unaccounted
 from backfill.contracts.schemas import BROKEN_REJECT, HELD, TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
-from backfill.db.cells import decode_box, encode_images, image_names, name_keys
+from backfill.db.cells import (
+    comparable_name,
+    decode_box,
+    encode_images,
+    image_names,
+    name_keys,
+)
 from backfill.db.schema import ACTIONS, read_rows, violations
 from backfill.files.atomic import write_json, write_text
 from backfill.models.evaluate import EvalSettings, evaluate, scored
@@ -111,9 +117,11 @@ def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
 
 
 def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
-                    approve_tolerance: float) -> list[Finding]:
+                    approve_tolerance: float, case_sensitive: bool = False
+                    ) -> list[Finding]:
     """Seed 000's validation queries and this project's own invariants over the emitted
-    rows. ``sources``: per row, where it came from (production rows only warn)."""
+    rows. ``sources``: per row, where it came from (production rows only warn).
+    ``case_sensitive``: whether names that differ only in case are two names."""
     # A matched row keeps the person's values wherever the files had nothing to add.
     live = sources.isin(["production", "legacy_csv", "merged"]).to_numpy()
     findings = []
@@ -134,12 +142,23 @@ def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str]
     broken = violations(rows)
     add("rows breaking seed 003's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
         "; ".join(broken["detail"].head(3)))
-    # Names as the merge matched them: any form older tools wrote, case and folder
-    # prefixes aside, or the render's stem for a name logged with another extension.
-    known = name_keys(encode_images(sorted(scan_names)))
+    # Names as the merge matched them: any form older tools wrote, accents composed,
+    # folder prefixes (and case, unless told apart) aside, or the render's stem for a
+    # name logged with another extension.
+    known = name_keys(encode_images(sorted(scan_names)), case_sensitive)
     missing = rows["images"].map(lambda s: any(
-        not name_keys(encode_images([n])) & known for n in image_names(s))).to_numpy()
+        not name_keys(encode_images([n]), case_sensitive) & known
+        for n in image_names(s))).to_numpy()
     add("rows naming images the scan did not find", missing)
+    # One image, one decision: a name (compared as everywhere) that two rows claim. The
+    # merge never adds such a row; two of the person's own rows only warn.
+    keys = [{comparable_name(n, case_sensitive) for n in image_names(s)}
+            for s in rows["images"]]
+    counts = pd.Series([k for ks in keys for k in ks], dtype=object).value_counts()
+    claimed = {k for k, n in counts.items() if n > 1}
+    add("image names claimed by two rows", np.array([bool(ks & claimed) for ks in keys],
+                                                    dtype=bool),
+        ", ".join(sorted(claimed)[:3]))
     return findings
 
 
@@ -248,7 +267,7 @@ def run(project: Project) -> str:
     originals = tables["scan"].loc[tables["scan"]["source"] == "original", "name"]
     findings = check_decisions(
         emitted.rows, sources.fillna("production"), set(originals),
-        float(project.cfg.extract.approve_tolerance))
+        float(project.cfg.extract.approve_tolerance), project.case_sensitive)
     findings += check_accounted(tables["groups"], emitted.provenance, tables["merge_issues"])
     findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
     errors += [f.describe() for f in findings if f.severity == "error"]

@@ -53,7 +53,9 @@ import pandas as pd
 
 from backfill.contracts.schemas import PAIR_METHODS, FinalsTable
 from backfill.contracts.tables import typed_frame
+from backfill.db.cells import comparable_name
 from backfill.files.clashes import shared_names
+from backfill.files.imageinfo import no_signature
 
 # The columns of one pair, with their dtypes: a group and what the final folder says
 # about it. ``unreadable``: why the kept final (or its original) cannot be read;
@@ -183,18 +185,28 @@ def _index(keys: Iterable[Hashable], values: Iterable[tuple[str, int]]
     return out
 
 
-def clash_copies(originals: pd.DataFrame, renders: pd.DataFrame) -> pd.DataFrame:
-    """Every copy of a clashing render name (``originals``: scan's, by rel_path): name,
-    original_path, original_hash (null when unreadable), and its group_id and index
-    (empty and -1 when it is in no group)."""
+def name_key(case_sensitive: bool) -> Callable[[str], str]:
+    """How this project compares file names: accents composed, case aside unless
+    ``case_sensitive`` (names.case_sensitive)."""
+    return lambda name: comparable_name(name, case_sensitive)
+
+
+def clash_copies(originals: pd.DataFrame, renders: pd.DataFrame,
+                 case_sensitive: bool = True) -> pd.DataFrame:
+    """Every copy of a clashing render name (``originals``: scan's, by rel_path): name
+    (in its comparable form, name_key), original_path, original_hash (null when
+    unreadable), and its group_id and index (empty and -1 when it is in no group).
+    Renders as group takes them: a file with no image signature is none."""
     named = originals[(originals["ext"] != "") & originals["timestamp"].notna()
-                      & (originals["stage"] > 0)]
-    _, clashes = shared_names(named.reset_index())
+                      & (originals["stage"] > 0)
+                      & ~originals["reason"].map(no_signature).astype(bool)]
+    key = name_key(case_sensitive)
+    _, clashes = shared_names(named.reset_index(), key)
     rows = originals.reindex(sorted(clashes))
     place = renders.set_index("original_path").reindex(rows.index)
     readable = (rows["status"] != "error").to_numpy()
     return pd.DataFrame({
-        "name": rows["name"].to_numpy(), "original_path": rows.index.to_numpy(),
+        "name": rows["name"].map(key).to_numpy(), "original_path": rows.index.to_numpy(),
         "original_hash": rows["content_hash"].where(readable, None).to_numpy(),
         "group_id": place["group_id"].fillna("").to_numpy(),
         "index": place["index"].fillna(-1).astype("int64").to_numpy(),
@@ -209,21 +221,27 @@ def _clash(found: list[tuple[str, int]], names: dict[tuple[str, int], str],
 
 
 def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.DataFrame,
-                  clashing: set[str] = frozenset()) -> Pairing:
-    """Passes 1 and 2: each final by its name, else by the identity in its name. A final
-    whose name or identity fits only renders of one ``clashing`` name is left for its
-    pixels to decide (``Pairing.clashing``)."""
+                  clashing: set[str] = frozenset(), case_sensitive: bool = True) -> Pairing:
+    """Passes 1 and 2: each final by its name, else by the identity in its name. Names
+    are compared in their comparable form (name_key). A final whose name or identity
+    fits only renders of one ``clashing`` name (comparable form) is left for its pixels
+    to decide (``Pairing.clashing``)."""
+    compare = name_key(case_sensitive)
+
+    def key(name: str) -> str:
+        return stem(compare(name))
+
     at = list(zip(renders["group_id"], renders["index"], strict=True))
-    names = dict(zip(at, renders["name"], strict=True))
-    by_stem = _index(renders["stem"], at)
+    names = dict(zip(at, renders["name"].map(compare), strict=True))
+    by_stem = _index(renders["name"].map(key), at)
     by_identity = _index(map(identity, renders["timestamp"], renders["stage"]), at)
-    lone_stem = dict(zip(ungrouped["name"].map(stem), ungrouped["reason"], strict=True))
+    lone_stem = dict(zip(ungrouped["name"].map(key), ungrouped["reason"], strict=True))
     lone_identity = {identity(t, s): (n, r) for t, s, n, r in zip(
         ungrouped["timestamp"], ungrouped["stage"], ungrouped["name"], ungrouped["reason"],
         strict=True)}
     out = Pairing()
     for f in finals.itertuples(index=False):
-        name, ident = stem(f.name), identity(f.timestamp, f.stage)
+        name, ident = key(f.name), identity(f.timestamp, f.stage)
         for method, found in (("name", by_stem.get(name, [])),
                               ("identity", by_identity.get(ident, []) if ident else [])):
             clash = _clash(found, names, clashing) if found else None
@@ -434,7 +452,8 @@ def assemble(groups: pd.DataFrame, finals: pd.DataFrame, originals: pd.DataFrame
 
 
 def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
-                by_content: ContentPairer | None = None, by_pixels: PixelChooser | None = None
+                by_content: ContentPairer | None = None, by_pixels: PixelChooser | None = None,
+                case_sensitive: bool = True
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One pair per group (the final is empty for a rejected group) and a row per final
     file saying what it is: kept, copy, extra (another kept image of a group) or orphan.
@@ -446,8 +465,8 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
     finals = _final_rows(scan)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
-    copies = clash_copies(originals, renders)
-    pairing = claim_by_name(finals, renders, ungrouped, set(copies["name"]))
+    copies = clash_copies(originals, renders, case_sensitive)
+    pairing = claim_by_name(finals, renders, ungrouped, set(copies["name"]), case_sensitive)
     claim_clashes(finals, copies, pairing, by_pixels)
     claim_by_bytes(finals, renders, pairing)
     if by_content is not None:

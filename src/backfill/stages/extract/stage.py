@@ -54,15 +54,17 @@ class ExtractSettings:
     workers: int
     max_pixels: int  # scan.max_pixels: larger images are never decoded
     content_candidates: int  # renders a nameless final is located in; 0: no content pairing
+    case_sensitive: bool = True  # names.case_sensitive, resolved: A.png is not a.png
 
     @classmethod
-    def from_config(cls, cfg, max_pixels: int) -> ExtractSettings:
-        """From the project's extract section (checked by settings.ExtractConfig), and
-        its scan.max_pixels."""
+    def from_config(cls, cfg, max_pixels: int, case_sensitive: bool = True
+                    ) -> ExtractSettings:
+        """From the project's extract section (checked by settings.ExtractConfig), its
+        scan.max_pixels, and whether names that differ in case are two names."""
         c = section(ExtractConfig, cfg, "extract")
         labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
         return cls(MatchSettings(**asdict(c.match)), labels, threads(c.workers),
-                   int(max_pixels), c.content_candidates)
+                   int(max_pixels), c.content_candidates, case_sensitive)
 
     def content(self) -> ContentSettings:
         return ContentSettings(self.content_candidates, self.labels.min_confidence,
@@ -157,10 +159,12 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     cache = locate_cache(cache_dir, settings.match)
     by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache,
                                 runner)
-    pairs, finals = pair_finals(groups, scan, ungrouped, by_content, by_content.choose)
+    pairs, finals = pair_finals(groups, scan, ungrouped, by_content, by_content.choose,
+                                settings.case_sensitive)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
-    mixed = by_content.mixed(clash_copies(originals, renders), renders)
+    mixed = by_content.mixed(clash_copies(originals, renders, settings.case_sensitive),
+                             renders)
     if mixed:
         pairs["review"] = pd.Series(
             ["; ".join([*([r] if isinstance(r, str) else []), *mixed.get(g, [])]) or None
@@ -214,7 +218,8 @@ def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
 
 def run(project: Project) -> str:
     started = time.perf_counter()
-    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels)
+    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels,
+                                           project.case_sensitive)
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
     with open_runner(project, settings.workers) as runner:
         result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
