@@ -29,6 +29,51 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
 
 
+def registered_names(root: Path) -> list[str]:
+    """The projects conf/config.yaml registers, in its order (read as text: this works
+    while a project's own file is broken)."""
+    text = (root / "conf" / f"{CONFIG_NAME}.yaml").read_text()
+    return re.findall(r"^\s*-\s*project@projects\.([^:\s]+):", text, flags=re.M)
+
+
+def _reads_as_text(name: str) -> bool:
+    """Whether YAML (and so Hydra's defaults list) reads ``name`` back as this text, not
+    as a number, a date, true/false or null."""
+    try:
+        return yaml.safe_load(name) == name and OmegaConf.create({"n": name}).n == name \
+            and OmegaConf.create(f"n: {name}").n == name
+    except Exception:  # noqa: BLE001 - whatever YAML makes of it, it is not a plain name
+        return False
+
+
+def name_problem(name: str, others: list[str] | tuple[str, ...] = ()) -> str | None:
+    """Why ``name`` cannot name a project beside ``others``, in one line, or None.
+
+    A name names a file, a folder and DVC stages, and sits in Hydra's defaults list: it
+    must read as text there, and it must not differ from another only by case, since a
+    Mac or Windows checkout holds one file for both."""
+    if not NAME_PATTERN.match(name) or not _reads_as_text(name):
+        return (f"project name '{name}' must be letters, digits, '_' or '-', start with a "
+                "letter or digit and not read as a number, a date, true/false or null "
+                "(it names folders and DVC stages): choose another name.")
+    twin = next((o for o in others if o != name and o.casefold() == name.casefold()), None)
+    if twin:
+        return (f"project name '{name}' differs from project '{twin}' only by case: a Mac "
+                f"or Windows checkout holds one conf/project/{twin}.yaml for both; choose "
+                "another name.")
+    return None
+
+
+def _names_problem(root: Path) -> str | None:
+    """The first registered project name that breaks the naming rule, or None."""
+    names = registered_names(root)
+    for i, name in enumerate(names):
+        problem = name_problem(name, names[:i])
+        if problem:
+            return f"conf/{CONFIG_NAME}.yaml: {problem}"
+    return None
+
+
 def checked(cfg: DictConfig | dict, root: Path | None = None) -> None:
     """Raise ConfigError, one line per bad setting, unless ``cfg`` passes the settings'
     types, ranges and (with ``root``) the projects' folder layout."""
@@ -78,7 +123,7 @@ def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
 
     from backfill.config.settings import register
 
-    problem = _yaml_problem(root)
+    problem = _names_problem(root) or _yaml_problem(root)
     if problem:
         raise ConfigError(problem)
     register()
