@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +65,13 @@ def name_problem(name: str, others: list[str] | tuple[str, ...] = ()) -> str | N
     return None
 
 
-def _names_problem(root: Path) -> str | None:
-    """The first registered project name that breaks the naming rule, or None."""
+def _names_problem(root: Path, only: list[str] | None = None) -> str | None:
+    """The first registered project name (of ``only``, when given) that breaks the
+    naming rule, or None."""
     names = registered_names(root)
     for i, name in enumerate(names):
+        if only is not None and name not in only:
+            continue
         problem = name_problem(name, names[:i])
         if problem:
             return f"conf/{CONFIG_NAME}.yaml: {problem}"
@@ -100,9 +104,12 @@ def _conf_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "conf").rglob("*.yaml") if p.is_file())
 
 
-def _yaml_problem(root: Path) -> str | None:
-    """The first conf file that is not valid YAML, in one line, or None."""
+def _yaml_problem(root: Path, skip: set[Path] = frozenset()) -> str | None:
+    """The first conf file (but those in ``skip``) that is not valid YAML, in one line,
+    or None."""
     for path in _conf_files(root):
+        if path in skip:
+            continue
         try:
             yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -114,8 +121,30 @@ def _yaml_problem(root: Path) -> str | None:
     return None
 
 
-def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/ the way DVC does, check every setting, write nothing."""
+def _conf_with_only(root: Path, only: list[str], into: Path) -> set[Path]:
+    """A copy of conf/ under ``into`` that registers only the projects ``only`` names
+    (Hydra reads every file its defaults list names, even one an override drops); returns
+    the other projects' files, which the copy leaves out."""
+    import shutil
+
+    folder = root / "conf" / "project"
+    left_out = {p for p in folder.glob("*.yaml") if p.stem not in only}
+    shutil.copytree(root / "conf", into, ignore=lambda d, names: [
+        n for n in names if Path(d, n) in left_out])
+    config = into / f"{CONFIG_NAME}.yaml"
+    config.write_text("".join(
+        line for line in config.read_text().splitlines(keepends=True)
+        if not (m := re.match(r"^\s*-\s*project@projects\.([^:\s]+):", line))
+        or m.group(1) in only))
+    return left_out
+
+
+def compose(root: Path, overrides: list[str] | None = None,
+            only: list[str] | None = None) -> DictConfig:
+    """Compose conf/ the way DVC does, check every setting, write nothing.
+
+    With ``only``, the other projects are left out (their files are not even read), so
+    one project's broken file does not stop reading another."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -123,17 +152,22 @@ def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
 
     from backfill.config.settings import register
 
-    problem = _names_problem(root) or _yaml_problem(root)
-    if problem:
-        raise ConfigError(problem)
-    register()
-    try:
-        with initialize_config_dir(str(root / "conf"), version_base=None):
-            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
-        # Resolved once, then held as literal text: a folder named `${x}` stays a name.
-        cfg = OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory(prefix="backfill-conf-") as tmp:
+        conf, skip = root / "conf", set()
+        if only is not None:
+            conf = Path(tmp) / "conf"
+            skip = _conf_with_only(root, only, conf)
+        problem = _names_problem(root, only) or _yaml_problem(root, skip)
+        if problem:
+            raise ConfigError(problem)
+        register()
+        try:
+            with initialize_config_dir(str(conf), version_base=None):
+                cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
+            # Resolved once, then held as literal text: a folder named `${x}` stays a name.
+            cfg = OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
     checked(cfg, root)
     return cfg
 
@@ -176,38 +210,56 @@ def _composed_from(root: Path) -> str | None:
         return None
 
 
-def check_params_fresh(root: Path) -> None:
+def _only(tree: dict, only: list[str] | None) -> dict:
+    """``tree`` (a composition) with only the projects ``only`` names (all: None)."""
+    if only is None:
+        return tree
+    projects = tree.get("projects") or {}
+    return {**tree, "projects": {n: projects[n] for n in only if n in projects}}
+
+
+def check_params_fresh(root: Path, only: list[str] | None = None) -> None:
     """Stop when conf/'s content changed since params.yaml was composed from it.
 
     While conf/ holds what it held at the last `backfill compose`, params.yaml is
     trusted even where it differs (`dvc exp run -S` overrides), as it is inside a
     `dvc exp run`, which composes today's conf/ itself. Otherwise params.yaml must equal
     what composing conf/ gives now. Content is compared, never modification times: a
-    file restored by `cp -p`, `rsync -t` or `tar x` keeps an old time.
+    file restored by `cp -p`, `rsync -t` or `tar x` keeps an old time. With ``only``,
+    only those projects (and the shared settings) are composed and compared.
     """
     params = root / PARAMS_FILE
     if not params.exists():
         raise ConfigError("params.yaml is missing: run `backfill compose`, then `dvc repro`.")
     if os.environ.get("DVC_EXP_NAME") or _composed_from(root) == conf_digest(root):
         return
-    current = yaml.safe_load(params.read_text()) or {}
-    if OmegaConf.to_container(compose(root), resolve=True) != current:
+    current = _only(_read_params(root), only)
+    if OmegaConf.to_container(compose(root, only=only), resolve=True) != current:
+        which = "" if only is None else f" for {', '.join(only)}"
         raise ConfigError(
-            "params.yaml is stale: conf/ changed since it was composed. Run "
+            f"params.yaml is stale{which}: conf/ changed since it was composed. Run "
             "`backfill compose` (then `dvc repro`), or use `dvc exp run`."
         )
-    _record_composed(root)
+    if only is None:
+        _record_composed(root)
 
 
-def load_params(root: Path) -> DictConfig:
-    """params.yaml, fresh and checked (a `dvc exp run -S` value is first seen here)."""
-    check_params_fresh(root)
+def _read_params(root: Path) -> dict:
     try:
-        tree = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
+        return yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"params.yaml is not valid YAML ({str(exc).splitlines()[0]}): "
                           "run `backfill compose`.") from None
-    cfg = OmegaConf.create(escaped(tree))  # resolved values: literal text
+
+
+def load_params(root: Path, only: list[str] | None = None) -> DictConfig:
+    """params.yaml, fresh and checked (a `dvc exp run -S` value is first seen here).
+
+    With ``only``, just those projects (and the shared settings) are judged and kept:
+    what a command that reads some projects needs, whatever another project's config
+    holds."""
+    check_params_fresh(root, only)
+    cfg = OmegaConf.create(escaped(_only(_read_params(root), only)))  # literal text
     checked(cfg)
     return cfg
 
@@ -242,12 +294,14 @@ class Project:
         return self.out_dir / f"{table}.parquet"
 
 
-def load_project(name: str, root: Path | None = None) -> Project:
+def load_project(name: str, root: Path | None = None, alone: bool = False) -> Project:
+    """Project ``name`` from params.yaml. ``alone``: judged on its own settings only, for
+    commands that read (another project's broken config does not stop them)."""
     root = root or find_root()
-    params = load_params(root)
+    params = load_params(root, [name] if alone else None)
     projects = params.get("projects") or {}
     if name not in projects:
-        known = ", ".join(sorted(projects)) or "none yet"
+        known = ", ".join(sorted(_read_params(root).get("projects") or {})) or "none yet"
         raise ConfigError(
             f"no project '{name}' in params.yaml (known: {known}). Add it with "
             "`backfill project add NAME --original-dir DIR --final-dir DIR`."
