@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import yaml
@@ -180,33 +183,118 @@ def conf_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def write_params(root: Path) -> Path:
+def _say(line: str) -> None:
+    print(f"backfill: warning: {line}", file=sys.stderr)
+
+
+def write_params(root: Path, warn: Callable[[str], None] = _say) -> Path:
     """Compose conf/ into params.yaml with DVC's own function, as `dvc exp run` would,
-    after checking the composition; record which conf/ content it came from."""
+    after checking the composition; record which conf/ content it came from.
+
+    A value of params.yaml that was changed after it was composed (by hand, or by
+    `dvc exp apply`) is replaced by what conf/ gives: ``warn`` gets one line per key,
+    with both values and the file where a lasting change goes."""
     from dvc.utils.hydra import compose_and_dump
 
     compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
+    try:
+        before = yaml.safe_load(out.read_text()) if out.exists() else None
+    except yaml.YAMLError:
+        before = None  # nothing of it can be told apart: it is replaced whole
     compose_and_dump(out, str(root / "conf"), None, CONFIG_NAME, str(root), [])
+    if isinstance(before, dict):
+        last = _composed_params(root)
+        for key, held, given in replaced_values(before, yaml.safe_load(out.read_text()),
+                                                 last if isinstance(last, dict) else None):
+            warn(f"params.yaml held {key}: {_shown(held)}; conf/ gives {_shown(given)}, "
+                 f"which it holds now. A change made in params.yaml does not last: put it "
+                 f"in {_home(key)}.")
     _record_composed(root)
     return out
 
 
+_ABSENT = object()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def replaced_values(before: dict, composed: dict,
+                    last: dict | None) -> list[tuple[str, Any, Any]]:
+    """(key, value in ``before``, value in ``composed``) for each setting a compose
+    replaced that was not what the last compose wrote (``last``); without ``last``,
+    every setting both hold with different values. Absent: ``_ABSENT``."""
+    b, c = _flat(before), _flat(composed)
+    edited = None if last is None else _flat(last)
+    out = []
+    for key in sorted(b.keys() | c.keys()):
+        held, given = b.get(key, _ABSENT), c.get(key, _ABSENT)
+        if held == given:
+            continue
+        if edited is None:
+            if held is _ABSENT or given is _ABSENT:
+                continue  # a project added or removed in conf/, not an edit
+        elif edited.get(key, _ABSENT) == held:
+            continue  # as the last compose wrote it: conf/ changed since
+        out.append((key, held, given))
+    return out
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value, default=str)
+
+
+def _home(key: str) -> str:
+    """The conf/ file where a lasting change of ``key`` goes."""
+    parts = key.split(".")
+    if parts[0] == "projects" and len(parts) > 2:
+        return f"conf/project/{parts[1]}.yaml (or conf/pipeline/default.yaml for every project)"
+    if parts[0] == "train":
+        return "conf/train/default.yaml"
+    return f"conf/{CONFIG_NAME}.yaml"
+
+
 def _record_composed(root: Path) -> None:
+    """Note what conf/ held and what params.yaml was, so that a later compose can tell
+    an edit of params.yaml from a change of conf/."""
     record = root / COMPOSED_FROM
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_name(f".{record.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"conf": conf_digest(root)}))
+        tmp.write_text(json.dumps({"conf": conf_digest(root),
+                                   "params": (root / PARAMS_FILE).read_text()}))
         os.replace(tmp, record)
     except OSError:  # only a shortcut: without it freshness is judged by composing
         pass
 
 
-def _composed_from(root: Path) -> str | None:
+def _record(root: Path) -> dict:
     try:
-        return json.loads((root / COMPOSED_FROM).read_text())["conf"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((root / COMPOSED_FROM).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _composed_from(root: Path) -> str | None:
+    conf = _record(root).get("conf")
+    return conf if isinstance(conf, str) else None
+
+
+def _composed_params(root: Path) -> Any:
+    """params.yaml as the last compose wrote it (None: not known)."""
+    text = _record(root).get("params")
+    try:
+        return yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError:
         return None
 
 
