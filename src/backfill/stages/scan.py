@@ -303,9 +303,13 @@ def run(project: Project) -> str:
     for source in ("original", "final"):
         folder = project.path(f"{source}_dir")
         if not folder.is_dir():
+            # Before anything is written: the last scan.parquet stays as it was.
+            what = "is not a folder." if folder.exists() else \
+                "is missing: is the drive mounted?"
             raise ConfigError(
-                f"{source}_dir of project '{project.name}' is not a folder: {folder}. "
-                f"Fix it in conf/project/{project.name}.yaml (is the drive mounted?)."
+                f"{source}_dir {folder} {what} Project '{project.name}' was not scanned "
+                f"(its tables are kept); if the folder moved, fix conf/project/"
+                f"{project.name}.yaml."
             )
         roots[source] = Path(os.path.abspath(folder))
     result = scan_project(
