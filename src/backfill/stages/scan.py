@@ -28,6 +28,7 @@ from backfill.config.project import Project
 from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
 from backfill.files.filenames import parse_name
+from backfill.files.filetimes import FileTimes
 from backfill.files.fingerprints import KNOWN, FingerprintCache, typed
 from backfill.files.imageinfo import not_regular, pixel_problem, probe
 
@@ -264,6 +265,26 @@ def limit_pixels(table: pd.DataFrame, max_pixels: int) -> pd.DataFrame:
     return table
 
 
+def flag_file_times(table: pd.DataFrame, file_times: FileTimes,
+                    now_ns: int | None = None) -> pd.DataFrame:
+    """``table`` with every file whose time is not believable a warning that says so.
+
+    Applied after the fingerprint cache, like the pixel limit: a cached row never
+    carries the verdict of another range or another day's clock."""
+    # An error row is never used, and one that could not be stat'ed has no time at all.
+    usable = (table["status"] != "error").to_numpy()
+    odd = usable & ~file_times.believable(table["mtime_ns"], now_ns)
+    if not odd.any():
+        return table
+    table = table.copy()
+    pairs = table.loc[odd, ["mtime_ns", "reason"]].itertuples(index=False)
+    table.loc[odd, "reason"] = [
+        (f"{r}; " if isinstance(r, str) else "") + file_times.problem(t) for t, r in pairs
+    ]
+    table.loc[odd, "status"] = "warning"
+    return table
+
+
 @dataclass(frozen=True)
 class ScanResult:
     table: pd.DataFrame
@@ -272,10 +293,12 @@ class ScanResult:
 
 
 def scan_project(
-    roots: dict[str, Path], settings: ScanSettings, cache_dir: Path
+    roots: dict[str, Path], settings: ScanSettings, cache_dir: Path,
+    file_times: FileTimes | None = None,
 ) -> ScanResult:
     """Walk every root (``{"original": dir, "final": dir}``) and describe each file,
-    from the cache when its identity is unchanged; then apply the pixel limit."""
+    from the cache when its identity is unchanged; then apply the pixel limit and
+    (given ``file_times``) warn of file times that are not believable."""
     parts, probed, n_files = [], 0, 0
     for source, root in roots.items():
         found = found_frame(walk(root, source, settings))
@@ -294,6 +317,8 @@ def scan_project(
         n_files += int(files.sum())
         parts.append(rows)
     table = limit_pixels(finish_table(pd.concat(parts, ignore_index=True)), settings.max_pixels)
+    if file_times is not None:
+        table = flag_file_times(table, file_times)
     return ScanResult(table, probed, n_files - probed)
 
 
@@ -316,6 +341,7 @@ def run(project: Project) -> str:
         roots,
         ScanSettings.from_config(project.cfg.scan),
         project.cache_dir / "fingerprints",
+        FileTimes.from_config(project.cfg.scan),
     )
     out = project.output("scan")
     write_table(result.table, out, ScanTable, "scan")

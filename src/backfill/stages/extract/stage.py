@@ -30,6 +30,7 @@ from backfill.contracts.schemas import UNREADABLE, FinalsTable, TruthTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
 from backfill.executors import LocalRunner, Runner, open_runner
+from backfill.files.filetimes import FileTimes
 from backfill.files.imageinfo import Unreadable
 from backfill.files.resultcache import ResultCache, code_version
 from backfill.stages.extract import locate as locate_module
@@ -53,11 +54,13 @@ class ExtractSettings:
     content_candidates: int  # renders a nameless final is located in; 0: no content pairing
 
     @classmethod
-    def from_config(cls, cfg, max_pixels: int) -> ExtractSettings:
-        """From the project's extract section (checked by settings.ExtractConfig), and
-        its scan.max_pixels."""
+    def from_config(cls, cfg, max_pixels: int,
+                    file_times: FileTimes | None = None) -> ExtractSettings:
+        """From the project's extract section (checked by settings.ExtractConfig), its
+        scan.max_pixels and the believable file times its scan section gives."""
         c = section(ExtractConfig, cfg, "extract")
-        labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
+        labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin,
+                               file_times)
         return cls(MatchSettings(**asdict(c.match)), labels, threads(c.workers),
                    int(max_pixels), c.content_candidates)
 
@@ -202,7 +205,8 @@ def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
 
 def run(project: Project) -> str:
     started = time.perf_counter()
-    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels)
+    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels,
+                                           FileTimes.from_config(project.cfg.scan))
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
     with open_runner(project, settings.workers) as runner:
         result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
