@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="register and list projects")
     psub = project.add_subparsers(dest="project_command", required=True)
     p = psub.add_parser("add", help="register a project and compose params.yaml")
-    p.add_argument("name", help="project name (letters, digits, _ and -)")
+    p.add_argument("name", help="project name: letters, digits, _ and -; not a number or "
+                                "a date, and not another project's name in other case")
     p.add_argument("--original-dir", required=True, help="folder of all renders, any depth")
     p.add_argument("--final-dir", required=True, help="folder of the kept (final) images")
     p.add_argument("--real-db", help="the project's production SQLite DB, if any")

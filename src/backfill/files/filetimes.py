@@ -49,7 +49,7 @@ class FileTimes:
         return (values.notna() & (values >= low) & (values <= high)).to_numpy(dtype=bool)
 
     def problem(self, mtime_ns: int) -> str:
-        """Why a time is not believed, in one phrase."""
-        return (f"file time {_shown_ns(int(mtime_ns))} is not believable (before "
+        """Why a time is not believed, in one phrase (its kind before the colon)."""
+        return (f"file time not believable: {_shown_ns(int(mtime_ns))} is before "
                 f"{self.earliest.isoformat()} or over {self.ahead_hours:g} h ahead of this "
-                "machine's clock): not used as a decision time")
+                "machine's clock, so it is not used as a decision time")
