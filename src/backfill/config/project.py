@@ -9,6 +9,7 @@ on a params.yaml that no longer matches the content of conf/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,13 +32,15 @@ PARAMS_FILE = "params.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What conf/ held when params.yaml was last composed from it (ignored by git: DVC's tmp).
 COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
+# A project's line in conf/config.yaml's defaults list: `  - project@projects.NAME: NAME`.
+ENTRY = re.compile(r"^\s*-\s*project@projects\.([^:\s]+):", flags=re.M)
 
 
 def registered_names(root: Path) -> list[str]:
     """The projects conf/config.yaml registers, in its order (read as text: this works
     while a project's own file is broken)."""
     text = (root / "conf" / f"{CONFIG_NAME}.yaml").read_text()
-    return re.findall(r"^\s*-\s*project@projects\.([^:\s]+):", text, flags=re.M)
+    return ENTRY.findall(text)
 
 
 def _reads_as_text(name: str) -> bool:
@@ -137,7 +140,7 @@ def _conf_with_only(root: Path, only: list[str], into: Path) -> set[Path]:
     config = into / f"{CONFIG_NAME}.yaml"
     config.write_text("".join(
         line for line in config.read_text().splitlines(keepends=True)
-        if not (m := re.match(r"^\s*-\s*project@projects\.([^:\s]+):", line))
+        if not (m := ENTRY.match(line))
         or m.group(1) in only))
     return left_out
 
@@ -155,7 +158,9 @@ def compose(root: Path, overrides: list[str] | None = None,
 
     from backfill.config.settings import register
 
-    with tempfile.TemporaryDirectory(prefix="backfill-conf-") as tmp:
+    apart = tempfile.TemporaryDirectory(prefix="backfill-conf-") if only is not None \
+        else contextlib.nullcontext()
+    with apart as tmp:
         conf, skip = root / "conf", set()
         if only is not None:
             conf = Path(tmp) / "conf"
