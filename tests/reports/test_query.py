@@ -87,7 +87,7 @@ def test_bad_sql_names_the_views(project):
 
 
 def test_the_command(project, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_project", lambda name: project)
+    monkeypatch.setattr(cli, "load_project", lambda name, alone=False: project)
     assert cli.main(["query", "p", "SELECT user_action, count(*) AS n FROM decisions "
                                    "GROUP BY 1 ORDER BY 1", "--csv"]) == 0
     assert capsys.readouterr().out == "user_action,n\napprove,1\ncrop,2\nreject,1\n"
