@@ -47,7 +47,8 @@ def test_dvc_yaml_has_exactly_the_registered_stages(dvc_stages):
 
 def test_each_table_is_an_output_of_the_stage_that_writes_it(dvc_stages):
     for table, stage in STAGE_OF.items():
-        outs = dvc_stages[stage]["do"]["outs"]
+        # An output is a path, or {path: options} (scan's persist: true).
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in dvc_stages[stage]["do"]["outs"]]
         assert f"data/${{key}}/{table}.parquet" in outs, (table, stage)
 
 

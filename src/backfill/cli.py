@@ -8,16 +8,51 @@ import signal
 import sys
 from pathlib import Path
 
-try:  # a Ctrl-C while the libraries load is one line too, not a traceback
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM (`kill`, a job scheduler, a container stopping): stopped the way Ctrl-C
+    stops, through the same clean-up, with its own line and exit code."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> object:
+    """Turn SIGTERM into Terminated; returns the handler to put back (None off the main
+    thread, where Python cannot set one)."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        return None
+
+
+def _release_sigterm(previous: object) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The one line and the exit code of a run stopped by a signal (128 + its number)."""
+    if isinstance(exc, Terminated):
+        print("backfill: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    print("backfill: interrupted", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+_previous = _catch_sigterm()
+try:  # a Ctrl-C or SIGTERM while the libraries load is one line too, not a traceback
     from backfill.config.errors import ConfigError
-    from backfill.config.project import find_root, load_project, write_params
+    from backfill.config.project import check_params_fresh, find_root, load_project, write_params
     from backfill.contracts.tables import ContractError
     from backfill.db.schema import DecisionDBError
     from backfill.files.atomic import DiskFull
     from backfill.pipeline import BY_NAME, STAGES, add_train_stage
-except KeyboardInterrupt:
-    print("backfill: interrupted", file=sys.stderr)
-    sys.exit(130)
+except KeyboardInterrupt as _exc:
+    sys.exit(_stopped(_exc))
+finally:
+    _release_sigterm(_previous)
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -43,13 +78,8 @@ def cmd_project_add(args: argparse.Namespace) -> int:
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
-    from backfill.projects.registry import registered
-
-    root = find_root()
-    for name in registered(root):
-        project = load_project(name, root)
-        print(f"{name}: original={project.cfg.original_dir} final={project.cfg.final_dir}")
-    return 0
+    return _each_readable([], lambda project: f"{project.name}: original="
+                          f"{project.cfg.original_dir} final={project.cfg.final_dir}")
 
 
 def cmd_project_discover(args: argparse.Namespace) -> int:
@@ -85,14 +115,38 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _each_readable(names: list[str], describe) -> int:
+    """Print ``describe(project)`` for each project named (all registered: none named),
+    each judged on its own config: a project whose config is broken is one line on
+    stderr and the others are still printed. Exit code 2 when one was skipped."""
     from backfill.projects.registry import registered
-    from backfill.reports.report import performance_summary
 
     root = find_root()
-    for name in args.names or registered(root):
-        print(performance_summary(load_project(name, root)))
-    return 0
+    names = names or registered(root)
+    if len(names) == 1:  # one project: its error is the error
+        print(describe(load_project(names[0], root, alone=True)))
+        return 0
+    try:  # the common case, one composition for all (or none: conf/ did not change)
+        check_params_fresh(root)
+        alone = False
+    except ConfigError:
+        alone = True
+    skipped = 0
+    for name in names:
+        try:
+            project = load_project(name, root, alone=alone)
+        except ConfigError as exc:
+            print(f"backfill: warning: project '{name}' skipped: {exc}", file=sys.stderr)
+            skipped += 1
+            continue
+        print(describe(project))
+    return 2 if skipped else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from backfill.reports.report import performance_summary
+
+    return _each_readable(args.names, performance_summary)
 
 
 def _projects(root: Path, names: list[str] | None) -> list:
@@ -214,13 +268,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from backfill.projects.registry import registered
     from backfill.reports.summary import summarize
 
-    root = find_root()
-    for name in args.names or registered(root):
-        print(summarize(load_project(name, root)))
-    return 0
+    return _each_readable(args.names, summarize)
 
 
 def cmd_demo_generate(args: argparse.Namespace) -> int:
@@ -236,7 +286,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from backfill.reports.query import query
 
     fmt = "csv" if args.csv else "json" if args.json else "table"
-    out, note = query(load_project(args.name), args.sql, fmt, args.limit,
+    out, note = query(load_project(args.name, alone=True), args.sql, fmt, args.limit,
                       shutil.get_terminal_size((120, 24)).columns)
     print(out)
     if note:  # on stderr for CSV and JSON, so that stdout stays machine-readable
@@ -257,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="register and list projects")
     psub = project.add_subparsers(dest="project_command", required=True)
     p = psub.add_parser("add", help="register a project and compose params.yaml")
-    p.add_argument("name", help="project name (letters, digits, _ and -)")
+    p.add_argument("name", help="project name: letters, digits, _ and -; not a number or "
+                                "a date, and not another project's name in other case")
     p.add_argument("--original-dir", required=True, help="folder of all renders, any depth")
     p.add_argument("--final-dir", required=True, help="folder of the kept (final) images")
     p.add_argument("--real-db", help="the project's production SQLite DB, if any")
@@ -362,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    previous = _catch_sigterm()
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -373,9 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ContractError, DecisionDBError) as exc:
         print(f"backfill: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("backfill: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        return _stopped(exc)
     except BrokenPipeError:
         # The reader went away (`| head`): nothing more to say on stdout, and Python
         # must not try again at exit.
@@ -387,14 +438,17 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"backfill: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    finally:
+        _release_sigterm(previous)
 
 
 def entry() -> None:
     """The console script: main, then exit. Once main has returned, the work is done and
-    reported, so a Ctrl-C while Python shuts down (thread pools, torch) is ignored
-    instead of turning a finished run into a killed one."""
+    reported, so a Ctrl-C or SIGTERM while Python shuts down (thread pools, torch) is
+    ignored instead of turning a finished run into a killed one."""
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -2,7 +2,8 @@
 
 Outputs are replaced atomically and caches only ever gain whole rows, so a stage stopped
 at any moment leaves either its old outputs or none, and running it again gives exactly
-what an undisturbed run gives. A SIGINT is one line (exit 130), never a traceback.
+what an undisturbed run gives. A SIGINT is one line (exit 130), a SIGTERM too (exit 143),
+never a traceback.
 """
 
 import hashlib
@@ -62,18 +63,20 @@ def built(tmp_path_factory):
     return repo, outputs(repo / "data" / "p"), took
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_stage_stopped_midway_reruns_to_identical_outputs(built, sig):
     repo, reference, took = built
     data = repo / "data" / "p"
     for stage in STAGES:
         # Stopped at about two thirds of its usual time: past start-up, mid-work.
         stopped = interrupt(["backfill", stage, "p"], repo, sig, took[stage] * 0.66)
-        if sig == signal.SIGINT:
-            assert stopped.returncode in (0, 130), (stage, stopped.stderr)
+        if sig in (signal.SIGINT, signal.SIGTERM):
+            said = "interrupted" if sig == signal.SIGINT else "terminated"
+            assert stopped.returncode in (0, 128 + sig), (stage, stopped.stderr)
             assert "Traceback" not in stopped.stderr, (stage, stopped.stderr)
-            if stopped.returncode == 130:
-                assert "interrupted" in stopped.stderr
+            if stopped.returncode == 128 + sig:
+                assert f"backfill: {said}" in stopped.stderr
         run(["backfill", stage, "p"], repo)
         after = outputs(data)
         assert after == reference, (stage, sig, {k for k in after.keys() | reference.keys()

@@ -137,7 +137,7 @@ def test_a_missing_folder_is_a_clear_error(two_projects, tmp_path):
     shutil.rmtree(truths["beta"].final_dir)
     proc = run(["backfill", "scan", "beta"], repo, check=False)
     assert proc.returncode == 2
-    assert "final_dir of project 'beta' is not a folder" in proc.stderr
+    assert f"final_dir {truths['beta'].final_dir} is missing: is the drive mounted?" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -88,7 +88,7 @@ def test_bad_sql_names_the_views(project):
 
 
 def test_the_command(project, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_project", lambda name: project)
+    monkeypatch.setattr(cli, "load_project", lambda name, alone=False: project)
     assert cli.main(["query", "p", "SELECT user_action, count(*) AS n FROM decisions "
                                    "GROUP BY 1 ORDER BY 1", "--csv"]) == 0
     assert capsys.readouterr().out == "user_action,n\napprove,1\ncrop,2\nreject,1\n"
@@ -113,7 +113,7 @@ def test_a_query_writes_no_file(project, production_db, monkeypatch, capsys, tar
     path = production_db if target == "production" else project.output("truth")
     before = {p: p.read_bytes() for p in (production_db, project.output("truth"),
                                           project.out_dir / "ai_decisions.db")}
-    monkeypatch.setattr(cli, "load_project", lambda name: project)
+    monkeypatch.setattr(cli, "load_project", lambda name, alone=False: project)
     code = cli.main(["query", "p", f"COPY (SELECT * FROM decisions) TO '{path}' (FORMAT csv)"])
     err = capsys.readouterr().err
     assert code == 2

@@ -325,7 +325,7 @@ def test_merge_publish_and_validate_compare_case_as_the_setting_says(tmp_path,
     live = frame(row("live1", upper))
     back = frame(row("g_upper", upper), row("g_lower", lower))
     cfg = pipeline_config()
-    settings = MergeSettings.from_config(cfg.merge, cfg.evaluate, case_sensitive)
+    settings = MergeSettings.from_config(cfg.merge, cfg.evaluate, case_sensitive=case_sensitive)
     plan = plan_merge(back, live, settings)
     assert "added" not in set(plan.changes["rule"])  # never a second row for one image
     if case_sensitive:

@@ -9,11 +9,16 @@ on a params.yaml that no longer matches the content of conf/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import yaml
@@ -27,6 +32,56 @@ PARAMS_FILE = "params.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # What conf/ held when params.yaml was last composed from it (ignored by git: DVC's tmp).
 COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
+# A project's line in conf/config.yaml's defaults list: `  - project@projects.NAME: NAME`.
+ENTRY = re.compile(r"^\s*-\s*project@projects\.([^:\s]+):", flags=re.M)
+
+
+def registered_names(root: Path) -> list[str]:
+    """The projects conf/config.yaml registers, in its order (read as text: this works
+    while a project's own file is broken)."""
+    text = (root / "conf" / f"{CONFIG_NAME}.yaml").read_text()
+    return ENTRY.findall(text)
+
+
+def _reads_as_text(name: str) -> bool:
+    """Whether YAML (and so Hydra's defaults list) reads ``name`` back as this text, not
+    as a number, a date, true/false or null."""
+    try:
+        return yaml.safe_load(name) == name and OmegaConf.create({"n": name}).n == name \
+            and OmegaConf.create(f"n: {name}").n == name
+    except Exception:  # noqa: BLE001 - whatever YAML makes of it, it is not a plain name
+        return False
+
+
+def name_problem(name: str, others: list[str] | tuple[str, ...] = ()) -> str | None:
+    """Why ``name`` cannot name a project beside ``others``, in one line, or None.
+
+    A name names a file, a folder and DVC stages, and sits in Hydra's defaults list: it
+    must read as text there, and it must not differ from another only by case, since a
+    Mac or Windows checkout holds one file for both."""
+    if not NAME_PATTERN.match(name) or not _reads_as_text(name):
+        return (f"project name '{name}' must be letters, digits, '_' or '-', start with a "
+                "letter or digit and not read as a number, a date, true/false or null "
+                "(it names folders and DVC stages): choose another name.")
+    twin = next((o for o in others if o != name and o.casefold() == name.casefold()), None)
+    if twin:
+        return (f"project name '{name}' differs from project '{twin}' only by case: a Mac "
+                f"or Windows checkout holds one conf/project/{twin}.yaml for both; choose "
+                "another name.")
+    return None
+
+
+def _names_problem(root: Path, only: list[str] | None = None) -> str | None:
+    """The first registered project name (of ``only``, when given) that breaks the
+    naming rule, or None."""
+    names = registered_names(root)
+    for i, name in enumerate(names):
+        if only is not None and name not in only:
+            continue
+        problem = name_problem(name, names[:i])
+        if problem:
+            return f"conf/{CONFIG_NAME}.yaml: {problem}"
+    return None
 
 
 def checked(cfg: DictConfig | dict, root: Path | None = None) -> None:
@@ -55,9 +110,12 @@ def _conf_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "conf").rglob("*.yaml") if p.is_file())
 
 
-def _yaml_problem(root: Path) -> str | None:
-    """The first conf file that is not valid YAML, in one line, or None."""
+def _yaml_problem(root: Path, skip: set[Path] = frozenset()) -> str | None:
+    """The first conf file (but those in ``skip``) that is not valid YAML, in one line,
+    or None."""
     for path in _conf_files(root):
+        if path in skip:
+            continue
         try:
             yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -69,8 +127,30 @@ def _yaml_problem(root: Path) -> str | None:
     return None
 
 
-def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/ the way DVC does, check every setting, write nothing."""
+def _conf_with_only(root: Path, only: list[str], into: Path) -> set[Path]:
+    """A copy of conf/ under ``into`` that registers only the projects ``only`` names
+    (Hydra reads every file its defaults list names, even one an override drops); returns
+    the other projects' files, which the copy leaves out."""
+    import shutil
+
+    folder = root / "conf" / "project"
+    left_out = {p for p in folder.glob("*.yaml") if p.stem not in only}
+    shutil.copytree(root / "conf", into, ignore=lambda d, names: [
+        n for n in names if Path(d, n) in left_out])
+    config = into / f"{CONFIG_NAME}.yaml"
+    config.write_text("".join(
+        line for line in config.read_text().splitlines(keepends=True)
+        if not (m := ENTRY.match(line))
+        or m.group(1) in only))
+    return left_out
+
+
+def compose(root: Path, overrides: list[str] | None = None,
+            only: list[str] | None = None) -> DictConfig:
+    """Compose conf/ the way DVC does, check every setting, write nothing.
+
+    With ``only``, the other projects are left out (their files are not even read), so
+    one project's broken file does not stop reading another."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -78,17 +158,24 @@ def compose(root: Path, overrides: list[str] | None = None) -> DictConfig:
 
     from backfill.config.settings import register
 
-    problem = _yaml_problem(root)
-    if problem:
-        raise ConfigError(problem)
-    register()
-    try:
-        with initialize_config_dir(str(root / "conf"), version_base=None):
-            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
-        # Resolved once, then held as literal text: a folder named `${x}` stays a name.
-        cfg = OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
+    apart = tempfile.TemporaryDirectory(prefix="backfill-conf-") if only is not None \
+        else contextlib.nullcontext()
+    with apart as tmp:
+        conf, skip = root / "conf", set()
+        if only is not None:
+            conf = Path(tmp) / "conf"
+            skip = _conf_with_only(root, only, conf)
+        problem = _names_problem(root, only) or _yaml_problem(root, skip)
+        if problem:
+            raise ConfigError(problem)
+        register()
+        try:
+            with initialize_config_dir(str(conf), version_base=None):
+                cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
+            # Resolved once, then held as literal text: a folder named `${x}` stays a name.
+            cfg = OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
     checked(cfg, root)
     return cfg
 
@@ -101,68 +188,171 @@ def conf_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def write_params(root: Path) -> Path:
+def _say(line: str) -> None:
+    print(f"backfill: warning: {line}", file=sys.stderr)
+
+
+def write_params(root: Path, warn: Callable[[str], None] = _say) -> Path:
     """Compose conf/ into params.yaml with DVC's own function, as `dvc exp run` would,
-    after checking the composition; record which conf/ content it came from."""
+    after checking the composition; record which conf/ content it came from.
+
+    A value of params.yaml that was changed after it was composed (by hand, or by
+    `dvc exp apply`) is replaced by what conf/ gives: ``warn`` gets one line per key,
+    with both values and the file where a lasting change goes."""
     from dvc.utils.hydra import compose_and_dump
 
     compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
+    try:
+        before = yaml.safe_load(out.read_text()) if out.exists() else None
+    except yaml.YAMLError:
+        before = None  # nothing of it can be told apart: it is replaced whole
     compose_and_dump(out, str(root / "conf"), None, CONFIG_NAME, str(root), [])
+    if isinstance(before, dict):
+        last = _composed_params(root)
+        for key, held, given in replaced_values(before, yaml.safe_load(out.read_text()),
+                                                 last if isinstance(last, dict) else None):
+            warn(f"params.yaml held {key}: {_shown(held)}; conf/ gives {_shown(given)}, "
+                 f"which it holds now. A change made in params.yaml does not last: put it "
+                 f"in {_home(key)}.")
     _record_composed(root)
     return out
 
 
+_ABSENT = object()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def replaced_values(before: dict, composed: dict,
+                    last: dict | None) -> list[tuple[str, Any, Any]]:
+    """(key, value in ``before``, value in ``composed``) for each setting a compose
+    replaced that was not what the last compose wrote (``last``); without ``last``,
+    every setting both hold with different values. Absent: ``_ABSENT``."""
+    b, c = _flat(before), _flat(composed)
+    edited = None if last is None else _flat(last)
+    out = []
+    for key in sorted(b.keys() | c.keys()):
+        held, given = b.get(key, _ABSENT), c.get(key, _ABSENT)
+        if held == given:
+            continue
+        if edited is None:
+            if held is _ABSENT or given is _ABSENT:
+                continue  # a project added or removed in conf/, not an edit
+        elif edited.get(key, _ABSENT) == held:
+            continue  # as the last compose wrote it: conf/ changed since
+        out.append((key, held, given))
+    return out
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value, default=str)
+
+
+def _home(key: str) -> str:
+    """The conf/ file where a lasting change of ``key`` goes."""
+    parts = key.split(".")
+    if parts[0] == "projects" and len(parts) > 2:
+        return f"conf/project/{parts[1]}.yaml (or conf/pipeline/default.yaml for every project)"
+    if parts[0] == "train":
+        return "conf/train/default.yaml"
+    return f"conf/{CONFIG_NAME}.yaml"
+
+
 def _record_composed(root: Path) -> None:
+    """Note what conf/ held and what params.yaml was, so that a later compose can tell
+    an edit of params.yaml from a change of conf/."""
     record = root / COMPOSED_FROM
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_name(f".{record.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"conf": conf_digest(root)}))
+        tmp.write_text(json.dumps({"conf": conf_digest(root),
+                                   "params": (root / PARAMS_FILE).read_text()}))
         os.replace(tmp, record)
     except OSError:  # only a shortcut: without it freshness is judged by composing
         pass
 
 
-def _composed_from(root: Path) -> str | None:
+def _record(root: Path) -> dict:
     try:
-        return json.loads((root / COMPOSED_FROM).read_text())["conf"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((root / COMPOSED_FROM).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _composed_from(root: Path) -> str | None:
+    conf = _record(root).get("conf")
+    return conf if isinstance(conf, str) else None
+
+
+def _composed_params(root: Path) -> Any:
+    """params.yaml as the last compose wrote it (None: not known)."""
+    text = _record(root).get("params")
+    try:
+        return yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError:
         return None
 
 
-def check_params_fresh(root: Path) -> None:
+def _only(tree: dict, only: list[str] | None) -> dict:
+    """``tree`` (a composition) with only the projects ``only`` names (all: None)."""
+    if only is None:
+        return tree
+    projects = tree.get("projects") or {}
+    return {**tree, "projects": {n: projects[n] for n in only if n in projects}}
+
+
+def check_params_fresh(root: Path, only: list[str] | None = None) -> None:
     """Stop when conf/'s content changed since params.yaml was composed from it.
 
     While conf/ holds what it held at the last `backfill compose`, params.yaml is
     trusted even where it differs (`dvc exp run -S` overrides), as it is inside a
     `dvc exp run`, which composes today's conf/ itself. Otherwise params.yaml must equal
     what composing conf/ gives now. Content is compared, never modification times: a
-    file restored by `cp -p`, `rsync -t` or `tar x` keeps an old time.
+    file restored by `cp -p`, `rsync -t` or `tar x` keeps an old time. With ``only``,
+    only those projects (and the shared settings) are composed and compared.
     """
     params = root / PARAMS_FILE
     if not params.exists():
         raise ConfigError("params.yaml is missing: run `backfill compose`, then `dvc repro`.")
     if os.environ.get("DVC_EXP_NAME") or _composed_from(root) == conf_digest(root):
         return
-    current = yaml.safe_load(params.read_text()) or {}
-    if OmegaConf.to_container(compose(root), resolve=True) != current:
+    current = _only(_read_params(root), only)
+    if OmegaConf.to_container(compose(root, only=only), resolve=True) != current:
+        which = "" if only is None else f" for {', '.join(only)}"
         raise ConfigError(
-            "params.yaml is stale: conf/ changed since it was composed. Run "
+            f"params.yaml is stale{which}: conf/ changed since it was composed. Run "
             "`backfill compose` (then `dvc repro`), or use `dvc exp run`."
         )
-    _record_composed(root)
+    if only is None:
+        _record_composed(root)
 
 
-def load_params(root: Path) -> DictConfig:
-    """params.yaml, fresh and checked (a `dvc exp run -S` value is first seen here)."""
-    check_params_fresh(root)
+def _read_params(root: Path) -> dict:
     try:
-        tree = yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
+        return yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"params.yaml is not valid YAML ({str(exc).splitlines()[0]}): "
                           "run `backfill compose`.") from None
-    cfg = OmegaConf.create(escaped(tree))  # resolved values: literal text
+
+
+def load_params(root: Path, only: list[str] | None = None) -> DictConfig:
+    """params.yaml, fresh and checked (a `dvc exp run -S` value is first seen here).
+
+    With ``only``, just those projects (and the shared settings) are judged and kept:
+    what a command that reads some projects needs, whatever another project's config
+    holds."""
+    check_params_fresh(root, only)
+    cfg = OmegaConf.create(escaped(_only(_read_params(root), only)))  # literal text
     checked(cfg)
     return cfg
 
@@ -207,12 +397,14 @@ class Project:
         return self.out_dir / f"{table}.parquet"
 
 
-def load_project(name: str, root: Path | None = None) -> Project:
+def load_project(name: str, root: Path | None = None, alone: bool = False) -> Project:
+    """Project ``name`` from params.yaml. ``alone``: judged on its own settings only, for
+    commands that read (another project's broken config does not stop them)."""
     root = root or find_root()
-    params = load_params(root)
+    params = load_params(root, [name] if alone else None)
     projects = params.get("projects") or {}
     if name not in projects:
-        known = ", ".join(sorted(projects)) or "none yet"
+        known = ", ".join(sorted(_read_params(root).get("projects") or {})) or "none yet"
         raise ConfigError(
             f"no project '{name}' in params.yaml (known: {known}). Add it with "
             "`backfill project add NAME --original-dir DIR --final-dir DIR`."

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ def threads(workers: int | None) -> int:
     return (os.cpu_count() or 1) if workers is None else int(workers)
 
 
+def _is_date(value: Any) -> bool:
+    try:
+        date.fromisoformat(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class ScanConfig:
     extensions: list[str] = rule("a list of extensions such as [.png, .jpg]",
@@ -85,6 +94,8 @@ class ScanConfig:
     # Up to Pillow's own guard, which stays on: it refuses anything larger as a bomb.
     max_pixels: int = rule(f"a number from 1 to {PIL_LIMIT} (Pillow's own bomb guard)",
                            lambda v: 1 <= v <= PIL_LIMIT)
+    earliest_file_time: str = rule("a date such as 1990-01-01", _is_date)
+    future_file_time_hours: float = at_least(0)
 
     def cross(self) -> list[tuple[str, Any, str]]:
         if not self.extensions:

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from backfill.config.errors import ConfigError
+from backfill.config.project import name_problem
 from backfill.db.cells import comparable_name
 
 HERE = PurePosixPath(".")
@@ -126,6 +127,8 @@ def project_name(folder_name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", folder_name).encode("ascii", "ignore").decode()
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", ascii_name)
     name = re.sub(r"^[^A-Za-z0-9]+", "", name).rstrip("-")
+    if name and name_problem(name):  # a folder named like a number or a date: '2024'
+        name = f"project-{name}"
     return name or "project"
 
 
@@ -136,7 +139,8 @@ def plan(pairs: list[Pair], root: Path, registered: dict[str, Path | None],
     ``registered`` maps registered names to their resolved original_dir; ``taken`` holds
     other names in use (a conf/project/<name>.yaml not registered)."""
     by_dir = {path: name for name, path in registered.items() if path is not None}
-    used = set(registered) | set(taken)
+    # Compared by case too: 'Aiko' beside 'aiko' would be one file on a Mac checkout.
+    used = {n.casefold() for n in (*registered, *taken)}
     rows = []
     for pair in pairs:
         already = by_dir.get((root / pair.original).resolve())
@@ -145,9 +149,9 @@ def plan(pairs: list[Pair], root: Path, registered: dict[str, Path | None],
             continue
         base = name = project_name(pair.folder_name)
         n = 2
-        while name in used:
+        while name.casefold() in used:
             name, n = f"{base}-{n}", n + 1
-        used.add(name)
+        used.add(name.casefold())
         notes = []
         if base != pair.folder_name:
             notes.append(f"name from '{pair.folder_name}'")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from backfill.config.errors import ConfigError
-from backfill.config.project import NAME_PATTERN, write_params
+from backfill.config.project import name_problem, registered_names, write_params
 from backfill.config.settings import escape
 from backfill.models.versions import check_version_name
 
@@ -78,8 +77,7 @@ def config_path(value: str | Path, root: Path) -> str:
 
 
 def registered(root: Path) -> list[str]:
-    text = (root / "conf" / "config.yaml").read_text()
-    return re.findall(r"^\s*-\s*project@projects\.([^:\s]+):", text, flags=re.M)
+    return registered_names(root)
 
 
 def _register(root: Path, name: str) -> None:
@@ -106,11 +104,10 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
     ``compose_params=False`` skips composing (near a second each with 20 projects): a
     caller registering many projects composes once at the end, and restores the configs
     if that fails."""
-    if not NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"project name '{name}' must be letters, digits, '_' or '-' (it names folders"
-            " and DVC stages)."
-        )
+    existing = [*registered(root), *(p.stem for p in (root / "conf" / "project").glob("*.yaml"))]
+    problem = name_problem(name, existing)
+    if problem:
+        raise ConfigError(problem)
     path = root / "conf" / "project" / f"{name}.yaml"
     if path.exists() and not force:
         raise ConfigError(f"{path.relative_to(root)} exists: pass --force to replace it.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -45,12 +46,14 @@ from backfill.db.cells import (
     decode_box,
     encode_box,
     encode_images,
+    format_time,
     image_names,
     iso_utc,
     read_flag,
     stem_key,
 )
 from backfill.db.schema import COLUMNS, DERIVED, PROVENANCE_COLUMNS, TIMESTAMPS
+from backfill.files.filetimes import FileTimes
 from backfill.models.evaluate import crop_match
 
 CROP_FIELDS = ["final_crop_coords", "crop_timestamp"]
@@ -65,12 +68,34 @@ class MergeSettings:
     crop_tolerance: float  # seed 003: crop_match, every coordinate within this
     fix_invalid_actions: bool = False  # rewrite rows the v3 CHECKs refuse ('skip')
     case_sensitive: bool = False  # names.case_sensitive, resolved: A.png is not a.png
+    file_times: FileTimes | None = None  # a render's time outside it is no row time
 
     @classmethod
-    def from_config(cls, merge_cfg, evaluate_cfg, case_sensitive: bool = False
-                    ) -> MergeSettings:
+    def from_config(cls, merge_cfg, evaluate_cfg, *, case_sensitive: bool = False,
+                    scan_cfg=None) -> MergeSettings:
         return cls(float(merge_cfg.coord_tolerance), float(evaluate_cfg.crop_tolerance),
-                   bool(merge_cfg.fix_invalid_actions), case_sensitive)
+                   bool(merge_cfg.fix_invalid_actions), case_sensitive,
+                   None if scan_cfg is None else FileTimes.from_config(scan_cfg))
+
+
+def _row_time(final_time, paths: list, mtime: pd.Series,
+              name_time: str, file_times: FileTimes | None) -> tuple[str, str | None]:
+    """A backfilled row's ``timestamp`` (the DB needs one) and, when no file time could
+    be believed, why the row needs review: the kept final's time (extract nulls one it
+    does not believe), else the latest render's believable file time, else the time in
+    the renders' names."""
+    if isinstance(final_time, str):
+        return final_time, None
+    if file_times is None:
+        return iso_utc(mtime.get(paths[-1])), None
+    times = [mtime.get(p) for p in reversed(paths)]
+    believed = file_times.believable(times)
+    for t, ok in zip(times, believed, strict=True):
+        if ok:
+            return iso_utc(t), None
+    stamp = datetime.strptime(name_time, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    return format_time(stamp), ("no file time of the group is believable: its timestamp "
+                                "is the time in its renders' names, read as UTC")
 
 
 def _learned(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -106,8 +131,10 @@ def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
                                  (None, None))
         final_box = encode_box([tr[c] for c in CROP_BOX]) if kept is not None else None
         ai_box = encode_box([pr[c] for c in BOX])
-        when = tr["final_modified_at"] if isinstance(tr["final_modified_at"], str) else \
-            iso_utc(mtime.get(grp["image_paths"][-1]))
+        when, time_review = _row_time(tr["final_modified_at"], list(grp["image_paths"]), mtime,
+                                      grp["last_timestamp"], settings.file_times)
+        review = "; ".join(r for r in (tr["review_reason"], time_review)
+                           if isinstance(r, str)) or None
         rows.append({
             "group_id": gid, "timestamp": when, "project_id": project,
             "directory": comparable_name(str(PurePosixPath(grp["image_paths"][user]).parent)),
@@ -128,9 +155,8 @@ def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
             "pair_method": tr["pair_method"] if isinstance(tr["pair_method"], str) else None,
             "match_method": tr["match_method"] if isinstance(tr["match_method"], str) else None,
             "match_confidence": None if pd.isna(tr["confidence"]) else float(tr["confidence"]),
-            "needs_review": bool(tr["needs_review"]),
-            "review_reason": tr["review_reason"] if isinstance(tr["review_reason"], str)
-            else None,
+            "needs_review": bool(tr["needs_review"]) or time_review is not None,
+            "review_reason": review,
             **{c: (pr[c] if isinstance(pr[c], str) else None)
                for c in ("model_version", "ranker", "crop_proposer", "embedding_model")},
         })
@@ -505,7 +531,8 @@ def run(project: Project) -> str:
 
     started = time.perf_counter()
     settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate,
-                                         project.case_sensitive)
+                                         case_sensitive=project.case_sensitive,
+                                         scan_cfg=project.cfg.scan)
     backfilled, prov = backfill_rows(
         project.name, read_table(project.output("groups"), GroupsTable, "groups"),
         read_table(project.output("truth"), TruthTable, "truth"),

@@ -29,6 +29,7 @@ from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
 from backfill.db.cells import comparable_name
 from backfill.files.filenames import parse_name
+from backfill.files.filetimes import FileTimes
 from backfill.files.fingerprints import KNOWN, FingerprintCache, typed
 from backfill.files.imageinfo import (
     READ_EXTENSIONS,
@@ -288,6 +289,26 @@ def limit_pixels(table: pd.DataFrame, max_pixels: int) -> pd.DataFrame:
     return table
 
 
+def flag_file_times(table: pd.DataFrame, file_times: FileTimes,
+                    now_ns: int | None = None) -> pd.DataFrame:
+    """``table`` with every file whose time is not believable a warning that says so.
+
+    Applied after the fingerprint cache, like the pixel limit: a cached row never
+    carries the verdict of another range or another day's clock."""
+    # An error row is never used, and one that could not be stat'ed has no time at all.
+    usable = (table["status"] != "error").to_numpy()
+    odd = usable & ~file_times.believable(table["mtime_ns"], now_ns)
+    if not odd.any():
+        return table
+    table = table.copy()
+    pairs = table.loc[odd, ["mtime_ns", "reason"]].itertuples(index=False)
+    table.loc[odd, "reason"] = [
+        (f"{r}; " if isinstance(r, str) else "") + file_times.problem(t) for t, r in pairs
+    ]
+    table.loc[odd, "status"] = "warning"
+    return table
+
+
 @dataclass(frozen=True)
 class ScanResult:
     table: pd.DataFrame
@@ -296,10 +317,12 @@ class ScanResult:
 
 
 def scan_project(
-    roots: dict[str, Path], settings: ScanSettings, cache_dir: Path
+    roots: dict[str, Path], settings: ScanSettings, cache_dir: Path,
+    file_times: FileTimes | None = None,
 ) -> ScanResult:
     """Walk every root (``{"original": dir, "final": dir}``) and describe each file,
-    from the cache when its identity is unchanged; then apply the pixel limit."""
+    from the cache when its identity is unchanged; then apply the pixel limit and
+    (given ``file_times``) warn of file times that are not believable."""
     parts, probed, n_files = [], 0, 0
     for source, root in roots.items():
         found = found_frame(walk(root, source, settings))
@@ -318,6 +341,8 @@ def scan_project(
         n_files += int(files.sum())
         parts.append(rows)
     table = limit_pixels(finish_table(pd.concat(parts, ignore_index=True)), settings.max_pixels)
+    if file_times is not None:
+        table = flag_file_times(table, file_times)
     return ScanResult(table, probed, n_files - probed)
 
 
@@ -327,15 +352,20 @@ def run(project: Project) -> str:
     for source in ("original", "final"):
         folder = project.path(f"{source}_dir")
         if not folder.is_dir():
+            # Before anything is written: the last scan.parquet stays as it was.
+            what = "is not a folder." if folder.exists() else \
+                "is missing: is the drive mounted?"
             raise ConfigError(
-                f"{source}_dir of project '{project.name}' is not a folder: {folder}. "
-                f"Fix it in conf/project/{project.name}.yaml (is the drive mounted?)."
+                f"{source}_dir {folder} {what} Project '{project.name}' was not scanned "
+                f"(its tables are kept); if the folder moved, fix conf/project/"
+                f"{project.name}.yaml."
             )
         roots[source] = Path(os.path.abspath(folder))
     result = scan_project(
         roots,
         ScanSettings.from_config(project.cfg.scan),
         project.cache_dir / "fingerprints",
+        FileTimes.from_config(project.cfg.scan),
     )
     out = project.output("scan")
     write_table(result.table, out, ScanTable, "scan")

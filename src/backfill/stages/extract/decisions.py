@@ -31,6 +31,7 @@ import pandas as pd
 from backfill.contracts.schemas import BROKEN_REJECT, CROP_BOX, UNREADABLE, TruthTable
 from backfill.contracts.tables import typed_frame
 from backfill.db.cells import iso_utc
+from backfill.files.filetimes import FileTimes
 
 FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
 
@@ -40,6 +41,7 @@ class LabelSettings:
     approve_tolerance: float
     min_confidence: float
     ambiguity_margin: float
+    file_times: FileTimes | None = None  # a final's time outside it is no decision time
 
 
 def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
@@ -68,6 +70,13 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
         ~kept, np.where(broken, BROKEN_REJECT, "reject"),
         np.where(full, "approve", "crop")))
 
+    mtime = df["final_mtime_ns"]
+    odd_time = np.zeros(len(df), dtype=bool)
+    if s.file_times is not None:
+        believed = s.file_times.believable(mtime)
+        odd_time = df["user_selected_index"].notna().to_numpy() & mtime.notna().to_numpy() \
+            & ~believed
+        mtime = mtime.where(believed)
     confidence = df["confidence"].astype("float64")
     runner_up = df["runner_up"].astype("float64").fillna(0.0)
     reasons = pd.DataFrame({
@@ -88,10 +97,11 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
             "no detail of the final could be confirmed at full resolution", None),
         "missing": np.where(kept & ~located_ok & df["locate_error"].isna()
                             & df["review"].isna(), "not located", None),
-    })
+        "time": [f"the kept final's {s.file_times.problem(t)}" if odd else None
+                 for t, odd in zip(df["final_mtime_ns"], odd_time, strict=True)],
+    }, index=df.index)
     review = reasons.apply(lambda r: "; ".join(v for v in r if isinstance(v, str)) or None,
                            axis=1) if len(df) else pd.Series(dtype="object")
-    mtime = df["final_mtime_ns"]
     truth = typed_frame(TruthTable, {
         "group_id": df["group_id"],
         "user_action": action,

@@ -33,6 +33,7 @@ from backfill.contracts.schemas import BROKEN_REJECT, UNREADABLE, FinalsTable, T
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
 from backfill.executors import LocalRunner, Runner, open_runner
+from backfill.files.filetimes import FileTimes
 from backfill.files.imageinfo import Unreadable
 from backfill.files.resultcache import ResultCache, code_version
 from backfill.stages.extract import locate as locate_module
@@ -57,12 +58,14 @@ class ExtractSettings:
     case_sensitive: bool = True  # names.case_sensitive, resolved: A.png is not a.png
 
     @classmethod
-    def from_config(cls, cfg, max_pixels: int, case_sensitive: bool = True
-                    ) -> ExtractSettings:
+    def from_config(cls, cfg, max_pixels: int, *, case_sensitive: bool = True,
+                    file_times: FileTimes | None = None) -> ExtractSettings:
         """From the project's extract section (checked by settings.ExtractConfig), its
-        scan.max_pixels, and whether names that differ in case are two names."""
+        scan.max_pixels, whether names that differ in case are two names, and the
+        believable file times its scan section gives."""
         c = section(ExtractConfig, cfg, "extract")
-        labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin)
+        labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin,
+                               file_times)
         return cls(MatchSettings(**asdict(c.match)), labels, threads(c.workers),
                    int(max_pixels), c.content_candidates, case_sensitive)
 
@@ -219,7 +222,8 @@ def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
 def run(project: Project) -> str:
     started = time.perf_counter()
     settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels,
-                                           project.case_sensitive)
+                                           case_sensitive=project.case_sensitive,
+                                           file_times=FileTimes.from_config(project.cfg.scan))
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
     with open_runner(project, settings.workers) as runner:
         result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
