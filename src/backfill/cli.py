@@ -55,10 +55,25 @@ finally:
     _release_sigterm(_previous)
 
 
+def _say_commit(root: Path, paths: list[Path], message: str) -> None:
+    """The git line that commits ``paths``, when some are not committed (nothing outside
+    a git repository)."""
+    from backfill.projects.git import commit_hint
+
+    hint = commit_hint(root, paths, message)
+    if hint:
+        print(f"next: {hint}")
+
+
 def cmd_compose(args: argparse.Namespace) -> int:
     root = find_root()
-    out = write_params(root)
+    edits = "keep" if args.keep else "discard" if args.discard else "refuse"
+    conf = {p: p.read_bytes() for p in (root / "conf").rglob("*.yaml")}
+    out = write_params(root, edits=edits)
     print(f"composed conf/ -> {out.relative_to(root)}; `dvc repro` will build what changed")
+    kept = [p for p, text in conf.items() if not p.is_file() or p.read_bytes() != text]
+    if kept:
+        _say_commit(root, [*sorted(kept), out], "Keep the experiment's settings")
     return 0
 
 
@@ -302,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compose", help="compose conf/ into params.yaml (before `dvc repro`)")
+    edits = p.add_mutually_exclusive_group()
+    edits.add_argument("--keep", action="store_true",
+                       help="first write the values params.yaml holds that conf/ does not "
+                            "(after `dvc exp apply`) into conf/, so that they last")
+    edits.add_argument("--discard", action="store_true",
+                       help="put conf/'s values back over those (default: stop and name them)")
     p.set_defaults(func=cmd_compose)
 
     project = sub.add_parser("project", help="register and list projects")

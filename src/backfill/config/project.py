@@ -192,14 +192,35 @@ def _say(line: str) -> None:
     print(f"backfill: warning: {line}", file=sys.stderr)
 
 
-def write_params(root: Path, warn: Callable[[str], None] = _say) -> Path:
+def _dump(root: Path) -> str:
+    """params.yaml's text as composing conf/ gives it, with DVC's own function (as
+    `dvc exp run` would), written nowhere."""
+    from dvc.utils.hydra import compose_and_dump
+
+    with tempfile.TemporaryDirectory(prefix="backfill-params-") as tmp:
+        out = Path(tmp) / PARAMS_FILE
+        compose_and_dump(out, str(root / "conf"), None, CONFIG_NAME, str(root), [])
+        return out.read_text(encoding="utf-8")
+
+
+# What compose does with values params.yaml holds that conf/ does not (`dvc exp apply`,
+# an edit): refuse to go on, write them into conf/ first, or put conf/'s values back.
+EDITS = ("refuse", "keep", "discard")
+
+
+def write_params(root: Path, warn: Callable[[str], None] = _say,
+                 edits: str = "refuse", tell: Callable[[str], None] = print) -> Path:
     """Compose conf/ into params.yaml with DVC's own function, as `dvc exp run` would,
     after checking the composition; record which conf/ content it came from.
 
-    A value of params.yaml that was changed after it was composed (by hand, or by
-    `dvc exp apply`) is replaced by what conf/ gives: ``warn`` gets one line per key,
-    with both values and the file where a lasting change goes."""
-    from dvc.utils.hydra import compose_and_dump
+    A value of params.yaml that was changed after it was composed (by `dvc exp apply`,
+    or by hand) is never lost silently. ``edits``: "refuse" stops with ConfigError
+    naming each such key, both values and the commands that keep or drop them; "keep"
+    first writes them into their conf/ files (``backfill.config.keep``), so that
+    params.yaml holds them still; "discard" replaces them by what conf/ gives, ``warn``
+    getting one line per key with both values and the file where a lasting change goes.
+    ``tell`` gets one line per conf/ file that keeping changed."""
+    from backfill.files.atomic import write_text
 
     compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
@@ -207,16 +228,40 @@ def write_params(root: Path, warn: Callable[[str], None] = _say) -> Path:
         before = yaml.safe_load(out.read_text()) if out.exists() else None
     except yaml.YAMLError:
         before = None  # nothing of it can be told apart: it is replaced whole
-    compose_and_dump(out, str(root / "conf"), None, CONFIG_NAME, str(root), [])
+    text = _dump(root)
+    changed = []
     if isinstance(before, dict):
         last = _composed_params(root)
-        for key, held, given in replaced_values(before, yaml.safe_load(out.read_text()),
-                                                 last if isinstance(last, dict) else None):
+        changed = replaced_values(before, yaml.safe_load(text),
+                                  last if isinstance(last, dict) else None)
+    if changed and edits == "refuse":
+        raise ConfigError(refusal(changed))
+    if changed and edits == "keep":
+        from backfill.config.keep import keep_values
+
+        keep_values(root, before, changed, last if isinstance(last, dict) else None, tell)
+        text = _dump(root)
+    elif changed:
+        for key, held, given in changed:
             warn(f"params.yaml held {key}: {_shown(held)}; conf/ gives {_shown(given)}, "
                  f"which it holds now. A change made in params.yaml does not last: put it "
                  f"in {_home(key)}.")
+    write_text(text, out)
     _record_composed(root)
     return out
+
+
+def refusal(changed: list[tuple[str, Any, Any]], shown: int = 4) -> str:
+    """One line: the values params.yaml holds that conf/ does not, and what to run."""
+    keys = [f"{key}: {_shown(held)} (conf/ gives {_shown(given)})"
+            for key, held, given in changed[:shown]]
+    if len(changed) > shown:
+        keys.append(f"and {len(changed) - shown} more")
+    homes = sorted({_home(key).split(" (")[0] for key, _, _ in changed})
+    return (f"params.yaml holds {len(changed)} value(s) that conf/ does not (from `dvc exp "
+            f"apply`, or an edit): {'; '.join(keys)}. Keep them: `backfill compose --keep` "
+            f"(writes them into {', '.join(homes)}); or drop them: `backfill compose "
+            "--discard` (puts conf/'s values back). Nothing was changed.")
 
 
 _ABSENT = object()
