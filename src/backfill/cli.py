@@ -88,6 +88,8 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         config_path(args.review_dir, root) if args.review_dir else None,
     )
     print(f"added project '{args.name}': {path.relative_to(root)}; params.yaml composed.")
+    _say_commit(root, [path, root / "conf" / "config.yaml", root / "params.yaml"],
+                f"Add project {args.name}")
     print(f"next: `dvc repro` (or only this project: `dvc repro group@{args.name}`)")
     return 0
 
@@ -114,6 +116,9 @@ def cmd_project_discover(args: argparse.Namespace) -> int:
         added = register(found, root, args.model)
         print(f"registered {len(added)} project(s): {', '.join(r.name for r in added)}; "
               "params.yaml composed.")
+        _say_commit(root, [*(root / "conf" / "project" / f"{r.name}.yaml" for r in added),
+                           root / "conf" / "config.yaml", root / "params.yaml"],
+                    f"Add projects {', '.join(r.name for r in added)}")
         print("next: `dvc repro` (or one project: `dvc repro group@NAME`)")
     return 0
 
