@@ -73,7 +73,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
     print(f"composed conf/ -> {out.relative_to(root)}; `dvc repro` will build what changed")
     kept = [p for p, text in conf.items() if not p.is_file() or p.read_bytes() != text]
     if kept:
-        _say_commit(root, [*sorted(kept), out], "Keep the experiment's settings")
+        _say_commit(root, [*sorted(kept), out], "Keep experiment settings")
     return 0
 
 

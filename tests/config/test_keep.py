@@ -105,11 +105,24 @@ def test_keeping_another_model_version_sets_the_projects_model_line(repo, capsys
     project = repo / "conf" / "project" / "p.yaml"
     text = project.read_text()
     applied = apply_experiment(repo, ["model@projects.p.model=person"])
+    capsys.readouterr()
 
+    assert cli.main(["compose"]) == 2  # one change of version, not each of its settings
+    assert 'holds 1 value(s) that conf/ does not (from `dvc exp apply`, or an edit): ' \
+        'projects.p.model: "person" (conf/ gives "baseline").' in capsys.readouterr().err
     assert cli.main(["compose", "--keep"]) == 0
+    assert 'kept in conf/project/p.yaml: projects.p.model = "person"\n' \
+        in capsys.readouterr().out
     assert changed_lines(text, project.read_text()) == [
         "-   - /model@model: baseline", "+   - /model@model: person"]
     assert yaml.safe_load((repo / "params.yaml").read_text()) == applied
+
+
+def test_keep_with_nothing_to_keep_only_composes(repo, capsys):
+    before, params = conf_files(repo), (repo / "params.yaml").read_text()
+    assert cli.main(["compose", "--keep"]) == 0
+    assert "kept" not in capsys.readouterr().out
+    assert conf_files(repo) == before and (repo / "params.yaml").read_text() == params
 
 
 def test_discard_puts_conf_values_back_and_names_them(repo, capsys):

@@ -44,8 +44,9 @@ def test_project_add_says_what_to_commit(repo, tmp_path, capsys):
 
     assert cli.main(add(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert f"next: commit it, so that experiments and clones have it (`dvc exp run` leaves " \
-           f"out files git does not track): {ADD_LINE}" in out.splitlines()
+    assert f"next: commit what git does not hold yet, so that experiments and clones have " \
+           f"it (`dvc exp run` leaves out files git does not track): {ADD_LINE}" \
+        in out.splitlines()
     assert git(repo, "rev-parse", "HEAD") == head  # nothing committed for the user
     assert "?? conf/project/p.yaml" in git(repo, "status", "--porcelain", "-uall")
 
@@ -89,5 +90,5 @@ def test_compose_keep_says_what_to_commit(repo, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["compose", "--keep"]) == 0
     # params.yaml is as committed by the experiment: only the conf/ file is named.
-    assert "git add conf/project/p.yaml params.yaml && git commit -m 'Keep the " \
-           "experiment'\"'\"'s settings'" in capsys.readouterr().out
+    assert "git add conf/project/p.yaml params.yaml && git commit -m 'Keep experiment " \
+           "settings'" in capsys.readouterr().out

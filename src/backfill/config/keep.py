@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from backfill.config.errors import ConfigError
-from backfill.config.project import _ABSENT, CONFIG_NAME, _flat, _shown, compose
+from backfill.config.project import _ABSENT, CONFIG_NAME, _flat, _shown, by_version, compose
 from backfill.config.yamledit import EditError, set_keys, set_model
 
 _TRAIN = re.compile(r"^\s*-\s*train\s*:\s*(\S+)", flags=re.M)
@@ -131,7 +131,7 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
                 path.write_text(text, encoding="utf-8")
         raise
     for path in texts:
-        mine = [k for k in held if home(root, k)[0] == path]
+        mine = by_version([(k, v, None) for k, v in held.items() if home(root, k)[0] == path])
         tell(f"kept in {path.relative_to(root)}: " + "; ".join(
-            f"{k} = {_shown(held[k])}" for k in mine))
+            f"{k} = {_shown(v)}" for k, v, _ in mine))
     return list(texts)

@@ -242,7 +242,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
         keep_values(root, before, changed, last if isinstance(last, dict) else None, tell)
         text = _dump(root)
     elif changed:
-        for key, held, given in changed:
+        for key, held, given in by_version(changed):
             warn(f"params.yaml held {key}: {_shown(held)}; conf/ gives {_shown(given)}, "
                  f"which it holds now. A change made in params.yaml does not last: put it "
                  f"in {_home(key)}.")
@@ -251,13 +251,32 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
     return out
 
 
+def by_version(changed: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """``changed`` with a project's model settings said as one change of its model
+    version (``projects.<name>.model``: the version names) where the version changed,
+    as `dvc exp run -S 'model@projects.<name>.model=VERSION'` sets them."""
+    versions = {key.split(".")[1]: (held, given) for key, held, given in changed
+                if re.fullmatch(r"projects\.[^.]+\.model\.name", key)}
+    out, said = [], set()
+    for key, held, given in changed:
+        parts = key.split(".")
+        if parts[0] == "projects" and parts[2:3] == ["model"] and parts[1] in versions:
+            if parts[1] not in said:
+                said.add(parts[1])
+                out.append((f"projects.{parts[1]}.model", *versions[parts[1]]))
+            continue
+        out.append((key, held, given))
+    return out
+
+
 def refusal(changed: list[tuple[str, Any, Any]], shown: int = 4) -> str:
     """One line: the values params.yaml holds that conf/ does not, and what to run."""
+    homes = sorted({_home(key).split(" (")[0] for key, _, _ in changed})
+    changed = by_version(changed)
     keys = [f"{key}: {_shown(held)} (conf/ gives {_shown(given)})"
             for key, held, given in changed[:shown]]
     if len(changed) > shown:
         keys.append(f"and {len(changed) - shown} more")
-    homes = sorted({_home(key).split(" (")[0] for key, _, _ in changed})
     return (f"params.yaml holds {len(changed)} value(s) that conf/ does not (from `dvc exp "
             f"apply`, or an edit): {'; '.join(keys)}. Keep them: `backfill compose --keep` "
             f"(writes them into {', '.join(homes)}); or drop them: `backfill compose "

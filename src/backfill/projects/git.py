@@ -44,6 +44,6 @@ def commit_hint(root: Path, paths: list[Path], message: str) -> str | None:
     quoted = " ".join(shlex.quote(f) for f in files)
     here = Path.cwd().resolve() == root.resolve()
     git = "git" if here else f"git -C {shlex.quote(str(root))}"
-    return (f"commit it, so that experiments and clones have it (`dvc exp run` leaves out "
-            f"files git does not track): {git} add {quoted} && {git} commit -m "
-            f"{shlex.quote(message)}")
+    return (f"commit what git does not hold yet, so that experiments and clones have it "
+            f"(`dvc exp run` leaves out files git does not track): {git} add {quoted} && "
+            f"{git} commit -m {shlex.quote(message)}")
