@@ -118,6 +118,18 @@ def test_keeping_another_model_version_sets_the_projects_model_line(repo, capsys
     assert yaml.safe_load((repo / "params.yaml").read_text()) == applied
 
 
+def test_a_model_setting_beside_the_version_is_kept_as_a_setting(repo, capsys):
+    applied = apply_experiment(repo, ["model@projects.p.model=person",
+                                      "projects.p.model.crop.size_divisor=1024"])
+    capsys.readouterr()
+    assert cli.main(["compose", "--keep"]) == 0
+    assert 'projects.p.model = "person"; projects.p.model.crop.size_divisor = 1024' \
+        in capsys.readouterr().out
+    text = (repo / "conf" / "project" / "p.yaml").read_text()
+    assert "- /model@model: person" in text and "    size_divisor: 1024" in text
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == applied
+
+
 def test_keep_with_nothing_to_keep_only_composes(repo, capsys):
     before, params = conf_files(repo), (repo / "params.yaml").read_text()
     assert cli.main(["compose", "--keep"]) == 0

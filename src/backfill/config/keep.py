@@ -89,9 +89,11 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
         write(texts)
         now = _composed(root) if texts else None
         todo: dict[Path, dict[str, Any]] = {}
+        by_line = set()
         for key, value in held.items():
             if now is not None and now.get(key, _ABSENT) == value:
-                continue  # the model version's line gave it
+                by_line.add(key)  # the model version's line gave it
+                continue
             if value is _ABSENT:
                 raise ConfigError(f"not kept: params.yaml has no {key}, which conf/ sets "
                                   f"({home(root, key)[0].relative_to(root)}); remove it there "
@@ -131,7 +133,10 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
                 path.write_text(text, encoding="utf-8")
         raise
     for path in texts:
-        mine = by_version([(k, v, None) for k, v in held.items() if home(root, k)[0] == path])
+        mine = [*by_version([(k, v, None) for k, v in held.items() if k in by_line and
+                             home(root, k)[0] == path]),
+                *((k, v, None) for k, v in held.items() if k not in by_line and
+                  home(root, k)[0] == path)]
         tell(f"kept in {path.relative_to(root)}: " + "; ".join(
             f"{k} = {_shown(v)}" for k, v, _ in mine))
     return list(texts)

@@ -222,6 +222,8 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
     ``tell`` gets one line per conf/ file that keeping changed."""
     from backfill.files.atomic import write_text
 
+    if edits not in EDITS:
+        raise ValueError(f"edits={edits!r}: one of {EDITS}")
     compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
     try:
