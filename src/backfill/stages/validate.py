@@ -276,10 +276,10 @@ def run(project: Project) -> str:
                             + "\n  - ".join(errors))
     settings = EvalSettings.from_config(project.cfg.evaluate)
     metrics = project_metrics(tables, emitted, settings, findings)
-    write_json(metrics, project.out_dir / "metrics.json")
+    write_json(metrics, project.metrics("metrics.json"))
     plots = plot_data(tables, settings)
     for name, frame in plots.items():
-        write_text(frame.to_csv(index=False), project.out_dir / "plots" / f"{name}.csv")
+        write_text(frame.to_csv(index=False), project.metrics(f"plots/{name}.csv"))
     report = write_report(project, tables, metrics, findings, plots)
     warned = sum(len(f.group_ids) for f in findings)
     return (f"validate {project.name}: {len(TABLES)} tables and {len(emitted.rows):,} DB rows "
