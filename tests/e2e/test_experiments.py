@@ -33,7 +33,13 @@ def exp_metrics(shown: list[dict]) -> dict[str, dict]:
     return out
 
 
-def test_exp_show_and_metrics_diff_compare_experiments_and_commits(repo_copy, tmp_path):
+# The first look at experiments: each one's name and the model's figures, no settings.
+SHOW = ["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+        "Experiment|Created|model_version|.*(selection|anomaly|crop)_accuracy|.*mean_iou"]
+
+
+def test_exp_show_and_metrics_diff_compare_experiments_and_commits(repo_copy, tmp_path,
+                                                                    monkeypatch):
     # The repository's own .gitignore: data/ is ignored there, as in a real checkout.
     shutil.copy2(REPO / ".gitignore", repo_copy / ".gitignore")
     gen = make_project(tmp_path / "p", n_groups=8, seed=1, scale=0.05)
@@ -63,6 +69,15 @@ def test_exp_show_and_metrics_diff_compare_experiments_and_commits(repo_copy, tm
     approved = {rev: f["approve"] for rev, f in figures.items()}
     assert approved["tight"] <= approved["baseline"] < approved["loose"], approved
     assert figures["loose"]["crop"] < figures["baseline"]["crop"], figures
+
+    # The first look fits a 120-column terminal, every figure shown in full.
+    monkeypatch.setenv("COLUMNS", "120")
+    table = run(SHOW, repo_copy).stdout
+    assert max(map(len, table.splitlines())) <= 120 and "…" not in table, table
+    header = table.splitlines()[1].split()
+    assert header == ["Experiment", "Created", "anomaly_accuracy", "crop_accuracy",
+                      "mean_iou", "model_version", "selection_accuracy"], table
+    assert "[tight]" in table and "[loose]" in table
 
     # Keep the loose one as a commit; a fresh clone compares the two commits.
     run(["dvc", "exp", "apply", "loose"], repo_copy)
