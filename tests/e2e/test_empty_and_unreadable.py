@@ -172,10 +172,10 @@ def test_a_project_of_only_bad_files_builds_through_validate(tmp_path):
         table = pd.read_parquet(project.output(name))
         assert len(table) == 0
         check(table, schema, name)
-    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    metrics = json.loads(project.metrics("metrics.json").read_text())
     assert (metrics["groups"], metrics["db_rows"], metrics["unreadable_finals"]) == (0, 0, 0)
     assert metrics["unreadable_files"] == 4
-    model = json.loads((project.out_dir / "model_metrics.json").read_text())
+    model = json.loads(project.metrics("model_metrics.json").read_text())
     assert model["groups"] == 0 and model["selection_accuracy"] is None
     assert (project.out_dir / "report.html").stat().st_size > 1000
 
@@ -225,7 +225,7 @@ def test_an_unreadable_kept_final_is_reported_not_written_and_recovered_once_fix
     issues = pd.read_parquet(project.output("merge_issues"))
     assert gid in set(issues.loc[issues["kind"] == "final_unreadable", "group_id"])
     assert gid not in merged_ids(project)
-    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    metrics = json.loads(project.metrics("metrics.json").read_text())
     others = truth.drop(index=gid)
     assert metrics["unreadable_finals"] == 1 and metrics["groups"] == len(truth)
     for action in ("approve", "crop", "reject"):
@@ -245,7 +245,7 @@ def test_an_unreadable_kept_final_is_reported_not_written_and_recovered_once_fix
     row = pd.read_parquet(project.output("truth")).set_index("group_id").loc[gid]
     assert row.user_action == "crop" and not pd.isna(row.crop_x1)
     assert gid in merged_ids(project)
-    assert json.loads((project.out_dir / "metrics.json").read_text())["unreadable_finals"] == 0
+    assert json.loads(project.metrics("metrics.json").read_text())["unreadable_finals"] == 0
 
 
 def merged_ids(project: Project) -> set[str]:

@@ -69,7 +69,7 @@ def test_a_project_holding_every_odd_entry_builds_green_and_recovers_fixed_final
     assert set(truth.index[truth["user_action"] == "unreadable"]) == unreadable
     issues = pd.read_parquet(data / "merge_issues.parquet")
     assert set(issues.loc[issues["kind"] == "final_unreadable", "group_id"]) == unreadable
-    metrics = json.loads((data / "metrics.json").read_text())
+    metrics = json.loads((repo_copy / "metrics" / "p" / "metrics.json").read_text())
     assert metrics["unreadable_finals"] == 3
     with sqlite3.connect(data / "ai_decisions.db") as db:
         merged = dict(db.execute("SELECT group_id, user_action FROM ai_decisions"))

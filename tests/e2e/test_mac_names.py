@@ -23,7 +23,7 @@ def test_a_mac_drives_copy_merges_and_publishes_each_decision_once(repo_copy, tm
          "--final-dir", str(gen.final_dir), "--real-db", str(live.path),
          "embed.pretrained=null"], repo_copy)
     first = run(["dvc", "repro"], repo_copy).stdout
-    summary = json.loads((repo_copy / "data" / "p" / "merge_summary.json").read_text())
+    summary = json.loads((repo_copy / "metrics" / "p" / "merge_summary.json").read_text())
     assert f"Added {len(gen.groups) - len(live.rows)} new records" in first, summary
     assert f"({len(live.rows)} matched)" in first
     assert "0 warning(s) on production rows" in first

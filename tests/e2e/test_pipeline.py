@@ -59,7 +59,7 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert '"db_rows": 8' in json.dumps(shown).replace(" ", "").replace(":", ": ")
     plots = run(["dvc", "plots", "show", "--json"], repo).stdout
-    assert "data/alpha/plots/iou.csv" in plots and "data/beta/plots/picks.csv" in plots
+    assert "metrics/alpha/plots/iou.csv" in plots and "metrics/beta/plots/picks.csv" in plots
     assert "model ViT-B-32/random-seed0" in first and "model version 'baseline'" in first
     for name, project in truths.items():
         truth = pd.read_parquet(repo / "data" / name / "truth.parquet").set_index("group_id")
@@ -117,7 +117,7 @@ def test_new_renders_are_the_only_ones_embedded_and_a_trained_version_runs_by_ex
     run(["git", "commit", "-qm", "trained t1"], repo)
     out = run(["dvc", "exp", "run", "-S", "model@projects.alpha.model=t1"], repo).stdout
     assert "Running stage 'predict@alpha'" in out and "Running stage 'embed" not in out
-    metrics = json.loads((repo / "data" / "alpha" / "model_metrics.json").read_text())
+    metrics = json.loads((repo / "metrics" / "alpha" / "model_metrics.json").read_text())
     assert metrics["model_version"] == "t1"
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     assert "t1" in json.dumps(shown)

@@ -113,7 +113,7 @@ def test_merge_stage_fills_corrects_and_preserves_without_touching_production(me
     read_table(project.output("merge_issues"), MergeIssuesTable)
     assert message.startswith("merge p: Added ")
     assert f"corrected {len(prod.wrong_coords)}, preserved " in message
-    summary = json.loads((project.out_dir / "merge_summary.json").read_text())
+    summary = json.loads(project.metrics("merge_summary.json").read_text())
     assert summary["rows_after"] == len(out) and summary["matched"] == len(prod.rows)
 
 

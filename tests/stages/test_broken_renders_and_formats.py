@@ -30,7 +30,6 @@ from backfill.contracts.schemas import PredictionsTable, TruthTable
 from backfill.contracts.tables import typed_frame
 from backfill.contracts.tables import validate as check
 from backfill.demo.synthetic import STAGE_LABELS, crop_box, render_stages
-from backfill.models.evaluate import EvalSettings
 from backfill.reports.export import build_records
 from backfill.stages.extract.stage import ExtractSettings, extract_project
 from backfill.stages.group import GroupSettings, group_table
@@ -135,8 +134,7 @@ def built(tmp_path_factory):
     plan = plan_merge(rows, production, merge_settings, reasons=reasons)
     tables = {"truth": truth, "scan": scan, "groups": groups, "finals": result.finals,
               "predictions": typed_frame(PredictionsTable)}
-    metrics = project_metrics(tables, Emitted(plan.merged, prov, "ok"),
-                              EvalSettings.from_config(cfg.evaluate), [])
+    metrics = project_metrics(tables, Emitted(plan.merged, prov, "ok"), [])
     export = build_records("p", groups, truth, lay.original, lay.final)
     return lay, scan, groups, ungrouped, truth, plan, metrics, export
 

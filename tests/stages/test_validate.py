@@ -16,6 +16,7 @@ import pytest
 from backfill.contracts.tables import ContractError
 from backfill.demo.production import make_production_db
 from backfill.files.atomic import write_parquet
+from backfill.models.evaluate import EvalSettings, evaluate
 from tests.production.test_publish import make_stage_project
 
 
@@ -50,17 +51,42 @@ def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
     project, validate = validated
     message = validate(project)
     assert message.startswith("validate p: 9 tables and 30 DB rows pass")
-    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    metrics = json.loads(project.metrics("metrics.json").read_text())
     gen = recovered.gen.groups
     assert metrics["groups"] == len(gen) == metrics["db_rows"]
     for action in ("approve", "crop", "reject"):
         assert metrics[action] == sum(g.action == action for g in gen)
     assert metrics["unreadable_files"] == 4  # the generator's undecodable files
-    iou = pd.read_csv(project.out_dir / "plots" / "iou.csv")
-    assert iou["decisions"].sum() == metrics["crop_n"]
-    picks = pd.read_csv(project.out_dir / "plots" / "picks.csv")
-    assert len(picks) == metrics["selection_n"]
+    # The model's figures are predict's (model_metrics.json) alone: a name in two metrics
+    # files is too wide a column in `dvc exp show`.
+    assert not {"selection_accuracy", "crop_n", "mean_iou"} & set(metrics)
+    quality = evaluate(*(pd.read_parquet(project.output(t))
+                         for t in ("truth", "groups", "predictions")),
+                       EvalSettings.from_config(project.cfg.evaluate))
+    iou = pd.read_csv(project.metrics("plots/iou.csv"))
+    assert iou["decisions"].sum() == quality["crop_n"]
+    picks = pd.read_csv(project.metrics("plots/picks.csv"))
+    assert len(picks) == quality["selection_n"]
     assert (project.out_dir / "report.html").stat().st_size > 10_000
+
+
+def test_metrics_and_plots_are_committable_and_the_same_bytes_on_a_rerun(validated):
+    """metrics/<project>/ is committed to git beside dvc.lock: outside the git-ignored
+    data/, and byte-identical when nothing changed (no clock, keys sorted), so a re-run
+    changes no commit."""
+    project, validate = validated
+    validate(project)
+    folder = project.metrics("metrics.json").parent
+    assert folder == project.root / "metrics" / "p"
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    assert [f.relative_to(folder).as_posix() for f in files] == [
+        "merge_summary.json", "metrics.json", "plots/accuracy_by_stage.csv",
+        "plots/iou.csv", "plots/picks.csv"]
+    first = {f: f.read_bytes() for f in files}
+    text = first[folder / "metrics.json"].decode()
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    validate(project)
+    assert {f: f.read_bytes() for f in files} == first
 
 
 class Decodes(list):
@@ -147,7 +173,7 @@ def test_the_report_renders_in_chromium_with_the_right_counts(validated, tmp_pat
     dom, console = open_in_chromium(project.out_dir / "report.html")
     assert console == []
     assert 'data-rendered="' in dom  # its script ran to the end
-    metrics = json.loads((project.out_dir / "metrics.json").read_text())
+    metrics = json.loads(project.metrics("metrics.json").read_text())
     shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', dom))
     for key in ("groups", "approve", "crop", "reject", "unreadable_finals", "broken_rejects",
                 "needs_review", "orphans", "unreadable_files", "db_rows"):

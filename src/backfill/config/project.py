@@ -462,6 +462,14 @@ class Project:
         """Where a stage's table lives: ``data/<project>/<table>.parquet`` (as in dvc.yaml)."""
         return self.out_dir / f"{table}.parquet"
 
+    def metrics(self, name: str) -> Path:
+        """Where a metrics or plot file lives: ``metrics/<project>/<name>`` (as in dvc.yaml).
+
+        Small files committed to git, not the git-ignored data/: every commit and every
+        experiment then holds them, so `dvc exp show`, `dvc metrics diff` and `dvc plots
+        diff` compare them, on a fresh clone too."""
+        return self.root / "metrics" / self.name / name
+
 
 def load_project(name: str, root: Path | None = None, alone: bool = False) -> Project:
     """Project ``name`` from params.yaml. ``alone``: judged on its own settings only, for

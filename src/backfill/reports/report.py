@@ -213,7 +213,7 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
         (strips, n_wrong), (reviews, n_review) = sections(thumbs)
     finally:
         thumbs.save()
-    merge_path = project.out_dir / "merge_summary.json"
+    merge_path = project.metrics("merge_summary.json")
     iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
     charts = [
         svg_bars(iou["iou"].tolist(), iou["decisions"].tolist(),

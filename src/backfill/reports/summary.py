@@ -72,7 +72,7 @@ def summarize(project: Project) -> str:
         rows = [("images embedded", len(model))]
         rows += [("model", model[0].as_py() if len(model) else "-")]
         lines += _section("embed", rows)
-    metrics_path = project.out_dir / "model_metrics.json"
+    metrics_path = project.metrics("model_metrics.json")
     if metrics_path.exists():
         m = json.loads(metrics_path.read_text())
         def share(key: str, n: str) -> str:
@@ -84,7 +84,7 @@ def summarize(project: Project) -> str:
             ("anomaly accuracy", share("anomaly_accuracy", "anomaly_n")),
             ("crop accuracy", share("crop_accuracy", "crop_n")),
             ("mean IoU", iou)])
-    merge_path = project.out_dir / "merge_summary.json"
+    merge_path = project.metrics("merge_summary.json")
     if merge_path.exists():
         m = json.loads(merge_path.read_text())
         live = project.cfg.get("real_db") or "none (built from scratch)"

@@ -553,7 +553,7 @@ def run(project: Project) -> str:
     write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
     write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")
-    write_json(plan.counts(), project.out_dir / "merge_summary.json")
+    write_json(plan.counts(), project.metrics("merge_summary.json"))
     where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
              "--dry-run` shows what publishing would write" if source.db_path else
              "no real_db: the merged DB is built from scratch")

@@ -27,7 +27,7 @@ def run(project: Project) -> str:
     write_table(predictions, project.output("predictions"), PredictionsTable, "predictions")
     metrics = evaluate(truth, groups, predictions, EvalSettings.from_config(project.cfg.evaluate))
     write_json({"model_version": version.name, **metrics},
-               project.out_dir / "model_metrics.json")
+               project.metrics("model_metrics.json"))
     return (
         f"predict {project.name}: {len(predictions):,} groups with model version "
         f"'{version.name}': {describe_metrics(metrics)}; {time.perf_counter() - started:.1f}s"

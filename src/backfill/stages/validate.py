@@ -207,19 +207,25 @@ def read_emitted(path: Path) -> Emitted:
     return Emitted(rows, provenance, integrity)
 
 
+# The model version's figures: predict's model_metrics.json holds them for DVC; the
+# report shows them beside the project's counts.
+QUALITY = ("selection_accuracy", "anomaly_accuracy", "crop_accuracy", "mean_iou",
+           "selection_n", "anomaly_n", "crop_n")
+
+
 def project_metrics(tables: dict[str, pd.DataFrame], emitted: Emitted,
-                    settings: EvalSettings, findings: list[Finding]) -> dict:
-    """The figures `dvc metrics show/diff` compares across projects, commits and runs."""
+                    findings: list[Finding]) -> dict:
+    """The figures `dvc metrics show/diff` compares across projects, commits and runs.
+
+    The model's figures are left to model_metrics.json: a name in two metrics files
+    makes `dvc exp show` prefix it with the file's path, too wide for a terminal."""
     truth, scan = tables["truth"], tables["scan"]
-    quality = evaluate(truth, tables["groups"], tables["predictions"], settings)
     actions = truth["user_action"].value_counts()
     return {
         "groups": int(len(truth)),
         **{a: int(actions.get(a, 0)) for a in ACTIONS},  # the DB's actions
         "unreadable_finals": int(actions.get(UNREADABLE, 0)),  # in no DB row: see the report
         "broken_rejects": int(actions.get(BROKEN_REJECT, 0)),  # likewise
-        **{k: quality[k] for k in ("selection_accuracy", "anomaly_accuracy", "crop_accuracy",
-                                   "mean_iou", "selection_n", "anomaly_n", "crop_n")},
         "needs_review": int(truth["needs_review"].sum()),
         "orphans": int((tables["finals"]["role"] == "orphan").sum()),
         "unreadable_files": int((scan["status"] == "error").sum()),
@@ -275,12 +281,14 @@ def run(project: Project) -> str:
         raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n  - "
                             + "\n  - ".join(errors))
     settings = EvalSettings.from_config(project.cfg.evaluate)
-    metrics = project_metrics(tables, emitted, settings, findings)
-    write_json(metrics, project.out_dir / "metrics.json")
+    metrics = project_metrics(tables, emitted, findings)
+    write_json(metrics, project.metrics("metrics.json"))
     plots = plot_data(tables, settings)
     for name, frame in plots.items():
-        write_text(frame.to_csv(index=False), project.out_dir / "plots" / f"{name}.csv")
-    report = write_report(project, tables, metrics, findings, plots)
+        write_text(frame.to_csv(index=False), project.metrics(f"plots/{name}.csv"))
+    quality = evaluate(tables["truth"], tables["groups"], tables["predictions"], settings)
+    report = write_report(project, tables, {**metrics, **{k: quality[k] for k in QUALITY}},
+                          findings, plots)
     warned = sum(len(f.group_ids) for f in findings)
     return (f"validate {project.name}: {len(TABLES)} tables and {len(emitted.rows):,} DB rows "
             f"pass; {warned:,} warning(s) on production rows; "
