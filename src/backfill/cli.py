@@ -69,7 +69,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
     root = find_root()
     edits = "keep" if args.keep else "discard" if args.discard else "refuse"
     conf = {p: p.read_bytes() for p in (root / "conf").rglob("*.yaml")}
-    out = write_params(root, edits=edits)
+    from backfill.config.keep import keep_values
+
+    out = write_params(root, edits=edits, keeper=keep_values)
     print(f"composed conf/ -> {out.relative_to(root)}; `dvc repro` will build what changed")
     kept = [p for p, text in conf.items() if not p.is_file() or p.read_bytes() != text]
     if kept:

@@ -208,15 +208,22 @@ def _dump(root: Path) -> str:
 EDITS = ("refuse", "keep", "discard")
 
 
+# Writes the values params.yaml holds that conf/ does not into their conf/ files:
+# (root, params.yaml as it was, the changed keys, the last composition, tell).
+# backfill.config.keep.keep_values, passed in by the caller (it builds on this module).
+Keeper = Callable[[Path, dict, list, "dict | None", Callable[[str], None]], None]
+
+
 def write_params(root: Path, warn: Callable[[str], None] = _say,
-                 edits: str = "refuse", tell: Callable[[str], None] = print) -> Path:
+                 edits: str = "refuse", tell: Callable[[str], None] = print,
+                 keeper: Keeper | None = None) -> Path:
     """Compose conf/ into params.yaml with DVC's own function, as `dvc exp run` would,
     after checking the composition; record which conf/ content it came from.
 
     A value of params.yaml that was changed after it was composed (by `dvc exp apply`,
     or by hand) is never lost silently. ``edits``: "refuse" stops with ConfigError
     naming each such key, both values and the commands that keep or drop them; "keep"
-    first writes them into their conf/ files (``backfill.config.keep``), so that
+    first writes them into their conf/ files with ``keeper`` (keep.keep_values), so that
     params.yaml holds them still; "discard" replaces them by what conf/ gives, ``warn``
     getting one line per key with both values and the file where a lasting change goes.
     ``tell`` gets one line per conf/ file that keeping changed."""
@@ -224,6 +231,8 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
 
     if edits not in EDITS:
         raise ValueError(f"edits={edits!r}: one of {EDITS}")
+    if edits == "keep" and keeper is None:
+        raise ValueError("edits='keep' needs a keeper: backfill.config.keep.keep_values")
     compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
     try:
@@ -239,9 +248,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
     if changed and edits == "refuse":
         raise ConfigError(refusal(changed))
     if changed and edits == "keep":
-        from backfill.config.keep import keep_values
-
-        keep_values(root, before, changed, last if isinstance(last, dict) else None, tell)
+        keeper(root, before, changed, last if isinstance(last, dict) else None, tell)
         text = _dump(root)
     elif changed:
         for key, held, given in by_version(changed):
