@@ -201,7 +201,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say) -> Path:
     with both values and the file where a lasting change goes."""
     from dvc.utils.hydra import compose_and_dump
 
-    compose(root)  # refuse a bad setting before params.yaml is touched
+    cfg = compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
     try:
         before = yaml.safe_load(out.read_text()) if out.exists() else None
@@ -215,8 +215,41 @@ def write_params(root: Path, warn: Callable[[str], None] = _say) -> Path:
             warn(f"params.yaml held {key}: {_shown(held)}; conf/ gives {_shown(given)}, "
                  f"which it holds now. A change made in params.yaml does not last: put it "
                  f"in {_home(key)}.")
+    for line in model_folders(root, cfg):
+        warn(line)
     _record_composed(root)
     return out
+
+
+def model_folders(root: Path, cfg: DictConfig) -> list[str]:
+    """Make ``data/models/<version>/`` for each version a project names: each project's
+    predict stage depends on its version's folder, which DVC refuses to find missing (a
+    version whose files are not copied yet then fails in predict, saying which file to
+    copy). Returns one line per checkpoint kept outside its version's folder, whose
+    changes `dvc repro` cannot see."""
+    lines: dict[str, None] = {}
+    for project in (cfg.get("projects") or {}).values():
+        model = project.get("model") or {}
+        version = str(model.get("name") or "")
+        if not NAME_PATTERN.match(version):
+            continue  # not a folder name: the version's own check says so
+        folder = root / "data" / "models" / version
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            lines[f"cannot make data/models/{version}/ ({exc.strerror}): the predict "
+                  f"stages of model version '{version}' need it."] = None
+        for part in ("ranker", "crop"):
+            checkpoint = (model.get(part) or {}).get("checkpoint")
+            if not checkpoint:
+                continue
+            path = Path(str(checkpoint)).expanduser()
+            path = path if path.is_absolute() else root / path
+            if not path.resolve().is_relative_to(folder.resolve()):
+                lines[f"model version '{version}' reads {checkpoint}, outside "
+                      f"data/models/{version}/: `dvc repro` does not see it change. Move it "
+                      f"there and name it so in conf/model/{version}.yaml."] = None
+    return list(lines)
 
 
 _ABSENT = object()
