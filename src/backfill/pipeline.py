@@ -141,7 +141,7 @@ def add_train_stage(root: Path, name: str, projects: list[str], overrides: list[
     before = path.read_text(encoding="utf-8")
     write_text(with_stage(before, f"train-{name}", train_stage(name, projects, overrides)), path)
     # DVC's own check of the whole pipeline (overlapping outputs, cycles); undone if it fails.
-    proc = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=root,
+    proc = subprocess.run(["dvc", "dag", "--dot"], cwd=root,
                           capture_output=True, text=True)
     if proc.returncode:
         write_text(before, path)
