@@ -13,7 +13,7 @@ import yaml
 
 from backfill.cli import build_parser
 from backfill.contracts.tables import STAGE_OF
-from backfill.pipeline import SRC, STAGES, TRAIN_CODE, train_stage_command
+from backfill.pipeline import SRC, STAGES, TRAIN_CODE, train_stage
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "backfill"
@@ -82,7 +82,7 @@ def test_a_stage_imports_only_what_its_deps_cover(graph, stage):
 
 
 def test_the_train_stage_depends_on_what_training_imports(graph):
-    deps = [d for d in train_stage_command("v", ["p"], []) if d.startswith(SRC)]
+    deps = [d for d in train_stage("v", ["p"], [])["deps"] if d.startswith(SRC)]
     used = {"backfill.models.train", *graph.find_upstream_modules("backfill.models.train")}
     outside = sorted(m for m in used if not _covered(module_file(m), deps)
                      and not _bare_init(module_file(m)))

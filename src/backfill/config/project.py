@@ -233,7 +233,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
         raise ValueError(f"edits={edits!r}: one of {EDITS}")
     if edits == "keep" and keeper is None:
         raise ValueError("edits='keep' needs a keeper: backfill.config.keep.keep_values")
-    compose(root)  # refuse a bad setting before params.yaml is touched
+    cfg = compose(root)  # refuse a bad setting before params.yaml is touched
     out = root / PARAMS_FILE
     try:
         before = yaml.safe_load(out.read_text()) if out.exists() else None
@@ -249,6 +249,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
         raise ConfigError(refusal(changed))
     if changed and edits == "keep":
         keeper(root, before, changed, last if isinstance(last, dict) else None, tell)
+        cfg = compose(root)  # what conf/ holds now, kept values included
         text = _dump(root)
     elif changed:
         for key, held, given in by_version(changed):
@@ -256,6 +257,8 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
                  f"which it holds now. A change made in params.yaml does not last: put it "
                  f"in {_home(key)}.")
     write_text(text, out)
+    for line in model_folders(root, cfg):
+        warn(line)
     _record_composed(root)
     return out
 
@@ -290,6 +293,37 @@ def refusal(changed: list[tuple[str, Any, Any]], shown: int = 4) -> str:
             f"apply`, or an edit): {'; '.join(keys)}. Keep them: `backfill compose --keep` "
             f"(writes them into {', '.join(homes)}); or drop them: `backfill compose "
             "--discard` (puts conf/'s values back). Nothing was changed.")
+
+
+def model_folders(root: Path, cfg: DictConfig) -> list[str]:
+    """Make ``data/models/<version>/`` for each version a project names: each project's
+    predict stage depends on its version's folder, which DVC refuses to find missing (a
+    version whose files are not copied yet then fails in predict, saying which file to
+    copy). Returns one line per checkpoint kept outside its version's folder, whose
+    changes `dvc repro` cannot see."""
+    lines: dict[str, None] = {}
+    for project in (cfg.get("projects") or {}).values():
+        model = project.get("model") or {}
+        version = str(model.get("name") or "")
+        if not NAME_PATTERN.match(version):
+            continue  # not a folder name: the version's own check says so
+        folder = root / "data" / "models" / version
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            lines[f"cannot make data/models/{version}/ ({exc.strerror}): the predict "
+                  f"stages of model version '{version}' need it."] = None
+        for part in ("ranker", "crop"):
+            checkpoint = (model.get(part) or {}).get("checkpoint")
+            if not checkpoint:
+                continue
+            path = Path(str(checkpoint)).expanduser()
+            path = path if path.is_absolute() else root / path
+            if not path.resolve().is_relative_to(folder.resolve()):
+                lines[f"model version '{version}' reads {checkpoint}, outside "
+                      f"data/models/{version}/: `dvc repro` does not see it change. Move it "
+                      f"there and name it so in conf/model/{version}.yaml."] = None
+    return list(lines)
 
 
 _ABSENT = object()

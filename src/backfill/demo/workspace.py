@@ -21,8 +21,11 @@ def scratch_repo(source: Path, dst: Path) -> Path:
             shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst / item)
-    (dst / "data" / "models").mkdir(parents=True)  # the predict stages depend on it
-    (dst / "data" / "models" / "README.md").write_text("checkpoints\n")
+    # The model versions' folders, as git holds them: each predict stage depends on its
+    # version's folder, and the baseline's holds only a README.
+    for readme in (source / "data" / "models").rglob("README.md"):
+        (dst / readme.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(readme, dst / readme.relative_to(source))
     (dst / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy2(source / ".dvc" / name, dst / ".dvc" / name)
