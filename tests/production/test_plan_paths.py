@@ -56,9 +56,13 @@ def test_an_absolute_path_inside_the_repository_is_recorded_relative(tmp_path, r
 def test_publish_finds_the_planned_db_and_refuses_another(two_clones, tmp_path, recovered):
     here, _ = two_clones
     db = here.root / "live" / "ai_decisions.db"
-    # The same DB named another way (absolute): the plan is bound to it.
-    here.cfg.real_db = str(db)
-    assert "dry run" in run_publish(here, dry_run=True)
+    # The same DB named another way (absolute, or by a link outside the repository): the
+    # plan is bound to it, and its rows have not moved.
+    link = tmp_path / "link.db"
+    link.symlink_to(db)
+    for name in (db, link):
+        here.cfg.real_db = str(name)
+        assert "unchanged since" in run_publish(here, dry_run=True)
     other = make_production_db(recovered.gen, tmp_path / "other" / "ai_decisions.db", seed=9)
     before = digest(other.path)
     here.cfg.real_db = str(other.path)

@@ -284,7 +284,7 @@ def run_publish(project: Project, dry_run: bool) -> str:
     if dry_run:
         planned = plan_identity(changes)
         with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
-            now = identity(conn, project.recorded("real_db"))
+            now = identity(conn, planned["path"])  # the same DB (checked): by its rows
         conn.close()
         moved = ("; it has changed since (rows written or altered): publishing re-checks "
                  "every planned value and refuses if one moved" if now != planned else
