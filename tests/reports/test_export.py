@@ -140,3 +140,19 @@ def test_missing_tables_say_which_stage_to_run(tmp_path):
     project = Project("p", tmp_path, OmegaConf.create({}), tmp_path / "cache")
     with pytest.raises(ConfigError, match=r"dvc repro extract@p"):
         export.load_records(project)
+
+
+def test_folders_inside_the_repository_are_exported_as_configured(recovered, tmp_path):
+    """original_dir inside the repository, configured relative: the export names it so,
+    not by this machine's folder; final_dir outside: as configured."""
+    gen, root = recovered.gen, tmp_path / "repo"
+    root.mkdir()
+    (root / "renders").symlink_to(gen.original_dir)
+    project = Project("p", root, OmegaConf.create({
+        "original_dir": "renders", "final_dir": str(gen.final_dir)}), root / "cache")
+    write_parquet(recovered.groups, project.output("groups"))
+    write_parquet(recovered.truth, project.output("truth"))
+    records = export.load_records(project)
+    chosen, finals = records["chosen_path"].dropna(), records["final_path"].dropna()
+    assert len(chosen) and all(p.startswith("renders/") for p in chosen)
+    assert len(finals) and all(p.startswith(f"{gen.final_dir}/") for p in finals)

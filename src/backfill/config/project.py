@@ -482,8 +482,22 @@ class Project:
             raise ConfigError(
                 f"project '{self.name}' has no {key}: set it in conf/project/{self.name}.yaml."
             )
-        p = Path(str(value)).expanduser()
+        return self.locate(str(value))
+
+    def locate(self, value: str) -> Path:
+        """A path as configured or recorded (``recorded``): relative ones from the root."""
+        p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
+
+    def recorded(self, key: str) -> str:
+        """Input path ``key`` as outputs record it: relative to the root when it lies inside
+        the repository, else as configured. Clones in other folders then write the same
+        bytes; ``locate`` finds the file again."""
+        where = Path(os.path.normpath(self.path(key)))
+        try:
+            return where.relative_to(os.path.normpath(self.root)).as_posix()
+        except ValueError:
+            return str(self.cfg.get(key))
 
     @property
     def case_sensitive(self) -> bool:

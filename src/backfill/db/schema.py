@@ -258,16 +258,18 @@ def write_blockers(conn: sqlite3.Connection) -> list[Blocker]:
     return out
 
 
-def identity(conn: sqlite3.Connection, path: Path | None) -> dict:
-    """Which DB a plan is made against: its resolved path, its schema version and a hash
-    of every ai_decisions row as stored (None for all when there is no production DB)."""
+def identity(conn: sqlite3.Connection, path: str | None) -> dict:
+    """Which DB a plan is made against: its path as the project records it (relative to
+    the repository when inside it: the same in every clone), its schema version and a
+    hash of every ai_decisions row as stored (None for all when there is no production
+    DB)."""
     if path is None:
         return {"path": None, "schema_version": None, "rows": 0, "rows_sha256": None}
     digest, n = hashlib.sha256(), 0
     for row in conn.execute("SELECT * FROM ai_decisions ORDER BY group_id"):
         digest.update(repr(row).encode("utf-8", "backslashreplace"))
         n += 1
-    return {"path": str(Path(path).resolve()),
+    return {"path": path,
             "schema_version": conn.execute("PRAGMA schema_version").fetchone()[0],
             "rows": n, "rows_sha256": digest.hexdigest()}
 

@@ -262,9 +262,12 @@ def check_identity(project: Project, db: Path, changes) -> None:
         raise ConfigError(f"the merge plan of '{project.name}' does not say which production "
                           f"DB it was planned against (rule '{IDENTITY}'): nothing was "
                           f"written. {redo}")
-    if planned["path"] != str(db.resolve()):
+    # Compared resolved here: the plan holds real_db as configured (relative to the
+    # repository when inside it), so a clone in another folder plans the same bytes.
+    made = planned["path"] and project.locate(planned["path"]).resolve()
+    if made != db.resolve():
         raise ConfigError(f"the merge plan of '{project.name}' was made against "
-                          f"{planned['path'] or 'no production DB'}, but real_db is now {db}: "
+                          f"{made or 'no production DB'}, but real_db is now {db}: "
                           f"nothing was written. {redo}")
 
 
@@ -281,7 +284,7 @@ def run_publish(project: Project, dry_run: bool) -> str:
     if dry_run:
         planned = plan_identity(changes)
         with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
-            now = identity(conn, db)
+            now = identity(conn, planned["path"])  # the same DB (checked): by its rows
         conn.close()
         moved = ("; it has changed since (rows written or altered): publishing re-checks "
                  "every planned value and refuses if one moved" if now != planned else

@@ -62,7 +62,7 @@ def load_production(project: Project) -> Production:
         try:
             conn.execute("BEGIN")  # one snapshot: the rows and their fingerprint agree
             rows, missing = read_rows(conn)
-            read = identity(conn, db_path)
+            read = identity(conn, project.recorded("real_db"))
             blockers = write_blockers(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

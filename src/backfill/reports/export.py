@@ -234,8 +234,11 @@ def load_records(project: Project) -> pd.DataFrame:
     """A project's entries, from its groups and truth tables."""
     tables = read_stage_tables(project, ["groups", "truth"])
     groups, truth = tables["groups"], tables["truth"]
-    return build_records(project.name, groups, truth, project.path("original_dir"),
-                         project.path("final_dir"))
+    # The folders as configured (relative to the repository when inside it), so an export
+    # names no folder of this machine the user did not name.
+    original, final = (Path(project.recorded(k)).expanduser()
+                       for k in ("original_dir", "final_dir"))
+    return build_records(project.name, groups, truth, original, final)
 
 
 def run(projects: list[Project], out_dir: Path, formats: tuple[str, ...] = FORMATS,
