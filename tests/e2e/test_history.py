@@ -28,16 +28,16 @@ def outputs(repo) -> dict[str, str]:
 
 
 def commit(repo, message: str) -> str:
-    """Commit everything, outputs DVC does not cache included (they are the commit's to
-    keep, and git ignores the data/ folder they may live in), and return the commit."""
+    """Commit everything as a user would (`git add -A`), and return the commit. The
+    outputs DVC does not cache (metrics, plots) must be git's to keep: none is ignored."""
     from dvc.repo import Repo
 
     run(["git", "add", "-A"], repo)
     with Repo(str(repo)) as dvc:
         uncached = [str(o.def_path) for s in dvc.index.stages for o in s.outs
                     if not o.use_cache]
-    if uncached:
-        run(["git", "add", "-f", *uncached], repo)
+    assert uncached
+    run(["git", "ls-files", "--error-unmatch", *uncached], repo)  # all staged, none ignored
     run(["git", "commit", "-qm", message], repo)
     return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
