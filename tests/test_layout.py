@@ -141,3 +141,26 @@ def test_each_format_is_written_out_once(pattern):
     homes = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
                    if re.search(pattern, p.read_text(), re.M))
     assert homes == [ONE_HOME[pattern]]
+
+
+def _outs(do: dict) -> dict[str, dict]:
+    """A stage's outputs and metrics, each with its options."""
+    return {next(iter(o)) if isinstance(o, dict) else o:
+            (next(iter(o.values())) if isinstance(o, dict) else {})
+            for o in [*do.get("outs", []), *do.get("metrics", [])]}
+
+
+def test_the_no_change_check_knows_every_always_run_stage(dvc_stages):
+    """backfill.quick's outputs and tables are dvc.yaml's; every output of an always-run
+    stage is kept in place (persist), since a run that finds nothing changed leaves it."""
+    from backfill.quick import OUTPUTS, TABLES
+
+    always = {name for name, s in dvc_stages.items() if s["do"].get("always_changed")}
+    assert always == set(OUTPUTS) == set(TABLES)
+    for name in always:
+        do = dvc_stages[name]["do"]
+        outs = _outs(do)
+        assert set(outs) == {o.replace("{p}", "${key}") for o in OUTPUTS[name]}, name
+        assert all(opts.get("persist") for opts in outs.values()), name
+        tables = [d for d in do["deps"] if d.startswith("data/")]
+        assert tables == [t.replace("{p}", "${key}") for t in TABLES[name]], name

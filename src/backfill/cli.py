@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 class Terminated(KeyboardInterrupt):
@@ -470,14 +471,19 @@ def main(argv: list[str] | None = None) -> int:
         _release_sigterm(previous)
 
 
-def entry() -> None:
-    """The console script: main, then exit. Once main has returned, the work is done and
-    reported, so a Ctrl-C or SIGTERM while Python shuts down (thread pools, torch) is
-    ignored instead of turning a finished run into a killed one."""
-    code = main()
+def finish(code: int) -> NoReturn:
+    """Exit with ``code``. Once main has returned, the work is done and reported, so a
+    Ctrl-C or SIGTERM while Python shuts down (thread pools, torch) is ignored instead
+    of turning a finished run into a killed one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
+
+
+def entry() -> None:
+    """main, then exit (the console script is ``backfill.quick.entry``, which comes here
+    unless an always-run stage has nothing to do)."""
+    finish(main())
 
 
 if __name__ == "__main__":

@@ -20,18 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import blake3
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from backfill.config.composed import (
+    COMPOSED_FROM,
+    CONFIG_NAME,
+    PARAMS_FILE,
+    composed_record,
+    conf_digest,
+    conf_files,
+    find_config_root,
+    params_trusted,
+)
 from backfill.config.errors import ConfigError
 from backfill.config.settings import RayConfig, escaped, section
 
-CONFIG_NAME = "config"
-PARAMS_FILE = "params.yaml"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-# What conf/ held when params.yaml was last composed from it (ignored by git: DVC's tmp).
-COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
 # A project's line in conf/config.yaml's defaults list: `  - project@projects.NAME: NAME`.
 ENTRY = re.compile(r"^\s*-\s*project@projects\.([^:\s]+):", flags=re.M)
 
@@ -97,23 +102,19 @@ def checked(cfg: DictConfig | dict, root: Path | None = None) -> None:
 
 def find_root(start: Path | None = None) -> Path:
     """The repository root: the nearest folder up from ``start`` holding conf/config.yaml."""
+    root = find_config_root(start)
+    if root is not None:
+        return root
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "conf" / f"{CONFIG_NAME}.yaml").is_file():
-            return folder
     raise ConfigError(
         f"no conf/{CONFIG_NAME}.yaml in {here} or above: run backfill from the repository."
     )
 
 
-def _conf_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "conf").rglob("*.yaml") if p.is_file())
-
-
 def _yaml_problem(root: Path, skip: set[Path] = frozenset()) -> str | None:
     """The first conf file (but those in ``skip``) that is not valid YAML, in one line,
     or None."""
-    for path in _conf_files(root):
+    for path in conf_files(root):
         if path in skip:
             continue
         try:
@@ -178,14 +179,6 @@ def compose(root: Path, overrides: list[str] | None = None,
             raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
     checked(cfg, root)
     return cfg
-
-
-def conf_digest(root: Path) -> str:
-    """A hash of conf/'s content (names and bytes; modification times play no part)."""
-    h = blake3.blake3()
-    for path in _conf_files(root):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def _say(line: str) -> None:
@@ -388,22 +381,9 @@ def _record_composed(root: Path) -> None:
         pass
 
 
-def _record(root: Path) -> dict:
-    try:
-        record = json.loads((root / COMPOSED_FROM).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _composed_from(root: Path) -> str | None:
-    conf = _record(root).get("conf")
-    return conf if isinstance(conf, str) else None
-
-
 def _composed_params(root: Path) -> Any:
     """params.yaml as the last compose wrote it (None: not known)."""
-    text = _record(root).get("params")
+    text = composed_record(root).get("params")
     try:
         return yaml.safe_load(text) if isinstance(text, str) else None
     except yaml.YAMLError:
@@ -431,7 +411,7 @@ def check_params_fresh(root: Path, only: list[str] | None = None) -> None:
     params = root / PARAMS_FILE
     if not params.exists():
         raise ConfigError("params.yaml is missing: run `backfill compose`, then `dvc repro`.")
-    if os.environ.get("DVC_EXP_NAME") or _composed_from(root) == conf_digest(root):
+    if params_trusted(root):
         return
     current = _only(_read_params(root), only)
     if OmegaConf.to_container(compose(root, only=only), resolve=True) != current:

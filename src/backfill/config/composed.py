@@ -1,0 +1,58 @@
+"""What params.yaml was composed from: the names of conf/ and params.yaml, conf/'s digest
+and the record the last `backfill compose` left. Standard library and blake3 only, so
+the no-change check of the always-run stages (``backfill.quick``) can ask whether
+params.yaml is trusted without loading Hydra."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import blake3
+
+CONFIG_NAME = "config"
+PARAMS_FILE = "params.yaml"
+# What conf/ held when params.yaml was last composed from it (ignored by git: DVC's tmp).
+COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
+
+
+def find_config_root(start: Path | None = None) -> Path | None:
+    """The nearest folder up from ``start`` holding conf/config.yaml, or None."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "conf" / f"{CONFIG_NAME}.yaml").is_file():
+            return folder
+    return None
+
+
+def conf_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "conf").rglob("*.yaml") if p.is_file())
+
+
+def conf_digest(root: Path) -> str:
+    """A hash of conf/'s content (names and bytes; modification times play no part)."""
+    h = blake3.blake3()
+    for path in conf_files(root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def composed_record(root: Path) -> dict:
+    """What the last compose noted ({} when nothing readable is there)."""
+    try:
+        record = json.loads((root / COMPOSED_FROM).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def composed_from(root: Path) -> str | None:
+    conf = composed_record(root).get("conf")
+    return conf if isinstance(conf, str) else None
+
+
+def params_trusted(root: Path) -> bool:
+    """Whether params.yaml is taken as it is: inside a `dvc exp run` (which composes
+    today's conf/ itself), or while conf/ holds what it held at the last compose."""
+    return bool(os.environ.get("DVC_EXP_NAME")) or composed_from(root) == conf_digest(root)
