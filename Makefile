@@ -98,6 +98,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_noop.py
 	$(BIN)/python benchmarks/bench_ray.py
 
 # Re-pin every package for every platform after changing pyproject.toml's dependencies

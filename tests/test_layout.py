@@ -35,7 +35,7 @@ def module_file(name: str) -> Path:
 
 
 def test_dvc_yaml_has_exactly_the_registered_stages(dvc_stages):
-    assert list(dvc_stages) == [s.name for s in STAGES]
+    assert list(dvc_stages) == ["watch", *(s.name for s in STAGES)]
     for stage in STAGES:
         do = dvc_stages[stage.name]["do"]
         assert do["cmd"] == f"backfill {stage.name} ${{key}}"
@@ -143,24 +143,16 @@ def test_each_format_is_written_out_once(pattern):
     assert homes == [ONE_HOME[pattern]]
 
 
-def _outs(do: dict) -> dict[str, dict]:
-    """A stage's outputs and metrics, each with its options."""
-    return {next(iter(o)) if isinstance(o, dict) else o:
-            (next(iter(o.values())) if isinstance(o, dict) else {})
-            for o in [*do.get("outs", []), *do.get("metrics", [])]}
 
+def test_the_watch_stage_stamps_what_scan_and_merge_read_from_outside(dvc_stages):
+    """One always-run stage for every project (its YAML lock rewritten once per repro,
+    not once per project); each stage that reads from outside depends on its stamp."""
+    from backfill.watch import STAMPS, WATCHED
 
-def test_the_no_change_check_knows_every_always_run_stage(dvc_stages):
-    """backfill.quick's outputs and tables are dvc.yaml's; every output of an always-run
-    stage is kept in place (persist), since a run that finds nothing changed leaves it."""
-    from backfill.quick import OUTPUTS, TABLES
-
-    always = {name for name, s in dvc_stages.items() if s["do"].get("always_changed")}
-    assert always == set(OUTPUTS) == set(TABLES)
-    for name in always:
-        do = dvc_stages[name]["do"]
-        outs = _outs(do)
-        assert set(outs) == {o.replace("{p}", "${key}") for o in OUTPUTS[name]}, name
-        assert all(opts.get("persist") for opts in outs.values()), name
-        tables = [d for d in do["deps"] if d.startswith("data/")]
-        assert tables == [t.replace("{p}", "${key}") for t in TABLES[name]], name
+    watch = dvc_stages["watch"]
+    assert watch["cmd"] == "backfill watch" and watch["always_changed"] is True
+    assert [next(iter(o)) for o in watch["outs"]] == [STAMPS.as_posix()]
+    assert [n for n, s in dvc_stages.items() if s.get("always_changed")
+            or s.get("do", {}).get("always_changed")] == ["watch"]
+    for name in WATCHED:
+        assert f"{STAMPS.as_posix()}/${{key}}/{name}.json" in dvc_stages[name]["do"]["deps"]

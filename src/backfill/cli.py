@@ -290,6 +290,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from backfill.watch import run
+
+    print(run(find_root()))
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from backfill.reports.summary import summarize
 
@@ -332,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     edits.add_argument("--discard", action="store_true",
                        help="put conf/'s values back over those (default: stop and name them)")
     p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser("watch", help="the pipeline's first stage: note which projects' image "
+                       "folders and production DBs changed (stats only, every `dvc repro`)")
+    p.set_defaults(func=cmd_watch)
 
     project = sub.add_parser("project", help="register and list projects")
     psub = project.add_subparsers(dest="project_command", required=True)
@@ -481,8 +492,8 @@ def finish(code: int) -> NoReturn:
 
 
 def entry() -> None:
-    """main, then exit (the console script is ``backfill.quick.entry``, which comes here
-    unless an always-run stage has nothing to do)."""
+    """main, then exit (the console script, ``backfill.entry``, comes here for every
+    command but the watch stage)."""
     finish(main())
 
 

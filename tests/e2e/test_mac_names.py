@@ -47,4 +47,4 @@ def test_a_mac_drives_copy_merges_and_publishes_each_decision_once(repo_copy, tm
     conf.write_text(conf.read_text() + "names:\n  case_sensitive: false\n")
     run(["backfill", "compose"], repo_copy)
     status = set(json.loads(run(["dvc", "status", "--json"], repo_copy).stdout or "{}"))
-    assert status == {"scan@p", "group@p", "extract@p", "merge@p", "validate@p"}
+    assert status == {"watch", "group@p", "extract@p", "merge@p", "validate@p"}

@@ -14,7 +14,7 @@ from tests.conftest import run
 
 pytestmark = pytest.mark.slow
 
-ALWAYS = ("scan@", "merge@")  # always-run stages (see tests/e2e/test_pipeline.py)
+ALWAYS = ("watch",)  # the always-run stage (see tests/e2e/test_pipeline.py)
 
 
 def changed(repo) -> set[str]:

@@ -21,10 +21,10 @@ def stages_in_status(repo) -> set[str]:
     return set(json.loads(out or "{}"))
 
 
-# Stages that run on every `dvc repro`: scan (DVC does not hash the image folders) and
-# merge (production is live). Both write the same bytes when nothing changed.
-ALWAYS = ("scan@", "merge@")
-ALWAYS_CHANGED = {"scan@alpha", "scan@beta", "merge@alpha", "merge@beta"}
+# The stage that runs on every `dvc repro`: watch, which stamps what changed outside the
+# repository (the image folders, production) and rewrites a stamp only when it did.
+ALWAYS = ("watch",)
+ALWAYS_CHANGED = {"watch"}
 
 
 def ran(out: str) -> list[str]:
@@ -52,7 +52,7 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     live = repo.parent / "live" / "alpha.db"
     before = live.read_bytes()
     first = run(["dvc", "repro"], repo).stdout
-    assert first.count("Running stage") == 14
+    assert first.count("Running stage") == 15  # watch, then 7 stages for each project
     assert live.read_bytes() == before  # `dvc repro` never writes production
     assert "merge alpha: Added " in first and "merge beta: Added 8 new records" in first
     assert "validate alpha: 9 tables and 8 DB rows pass" in first
@@ -76,9 +76,10 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
 
     second = run(["dvc", "repro"], repo).stdout
     assert ran(second) == []
-    # Scan ran again and wrote the same bytes, so nothing after it did.
-    assert "Running stage 'scan@alpha'" in second
-    for stage in ("group", "extract", "embed"):
+    # Only watch ran: it found nothing changed outside, so nothing after it did.
+    assert "Running stage 'watch'" in second
+    assert "nothing changed outside the repository" in second
+    for stage in ("scan", "group", "extract", "embed", "merge"):
         assert f"Stage '{stage}@alpha' didn't change, skipping" in second
     assert stages_in_status(repo) == ALWAYS_CHANGED
 

@@ -1,7 +1,7 @@
 """What params.yaml was composed from: the names of conf/ and params.yaml, conf/'s digest
 and the record the last `backfill compose` left. Standard library and blake3 only, so
-the no-change check of the always-run stages (``backfill.quick``) can ask whether
-params.yaml is trusted without loading Hydra."""
+that the watch stage, which runs on every `dvc repro`, finds the repository without
+loading Hydra."""
 
 from __future__ import annotations
 
