@@ -204,6 +204,21 @@ def _load_params(root: Path) -> dict:
     return params if isinstance(params, dict) else {}
 
 
+def _forget_others(folder: Path, registered: set[str]) -> None:
+    """Remove the stamps of projects no longer registered (only the stamp files this
+    stage writes, and their folder when nothing else is in it)."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and child.name not in registered:
+            for stage in WATCHED:
+                (child / f"{stage}.json").unlink(missing_ok=True)
+            try:
+                child.rmdir()
+            except OSError:  # something else is in it: not ours to remove
+                pass
+
+
 def run(root: Path) -> str:
     """Every registered project's stamps, each rewritten only when it changed; a summary
     line. A project whose settings cannot be read gets stamps that make it run in full
@@ -218,6 +233,7 @@ def run(root: Path) -> str:
                 changed.append(f"{stage}@{name}")
             if "runs in full" in stamp:
                 full.append(f"{stage}@{name} ({stamp['runs in full']})")
+    _forget_others(root / STAMPS, {str(n) for n in projects})
     took = time.perf_counter() - started
     said = f"watch: {len(projects)} project(s), {took:.2f}s; "
     said += f"changed outside the repository: {', '.join(changed)}" if changed else \

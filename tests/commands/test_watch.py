@@ -137,3 +137,13 @@ def test_the_console_script_serves_watch_without_the_heavy_libraries(repo):
     assert proc.returncode == 0, proc.stderr
     assert "watch: 2 project(s)" in proc.stdout
     assert (repo / STAMPS / "p" / "scan.json").is_file()
+
+
+def test_a_project_no_longer_registered_loses_only_its_stamps(repo):
+    _stamped(repo)
+    (repo / STAMPS / "other" / "notes.txt").write_text("the user's own file")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["projects"]["other"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert set(_stamped(repo)) == {"p/scan.json", "p/merge.json"}
+    assert (repo / STAMPS / "other" / "notes.txt").read_text() == "the user's own file"
