@@ -21,7 +21,7 @@ CPU_INDEX := https://download.pytorch.org/whl/cpu
 PATHSEP := $(if $(findstring ;,$(PATH)),;,:)
 export PATH := $(abspath $(BIN))$(PATHSEP)$(PATH)
 
-.PHONY: venv demo test test-fast lint bench clean-demo chromium lock check-lock
+.PHONY: venv demo test test-fast lint docs bench clean-demo chromium lock check-lock
 
 # auto: uv when it is on PATH and pip has no settings of its own (pip.conf, PIP_*):
 # uv reads none of them, so a machine whose pip is set up to take wheels from its own
@@ -61,9 +61,12 @@ demo: $(STAMP)
 	$(BIN)/backfill summary demo
 	$(BIN)/backfill report demo
 
-# The full suite, after the import layers (pyproject.toml's [tool.importlinter]).
+# The full suite, after the import layers (pyproject.toml's [tool.importlinter]), lint
+# and a strict build of the docs (a broken link or a page left out of the nav fails).
 test: $(STAMP) chromium
 	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks scripts
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 	$(BIN)/pytest
 
 # The quick loop while working: layers, then every test not marked slow (no dvc runs,
@@ -86,6 +89,10 @@ chromium:
 	    "install Chromium and put a 'chromium' command on PATH, e.g." \
 	    "'sudo apt-get install chromium')"; \
 	fi
+
+# The documentation site, served at http://127.0.0.1:8000 while you edit docs/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -282,7 +282,7 @@ class MergePlanTable(pa.DataFrameModel):
                                    description="a v3 column, or '*' for a whole row")
     old: Series[str] = pa.Field(str_matches=JSON_VALUE, description="JSON: what the DB holds")
     new: Series[str] = pa.Field(str_matches=JSON_VALUE, description="JSON: what it will hold")
-    rule: Series[str] = pa.Field(isin=PLAN_RULES, description="seed 000's rule that applies")
+    rule: Series[str] = pa.Field(isin=PLAN_RULES, description="the guide's rule that applies")
 
     @pa.dataframe_check
     def one_change_per_cell(cls, df: pd.DataFrame) -> Series[bool]:
@@ -320,7 +320,7 @@ EXPORT_KINDS = ["selection", "rejected"]
 
 
 class TrainingExportTable(pa.DataFrameModel):
-    """`backfill export`: one training entry per group, seed 002's format. A 'selection'
+    """`backfill export`: one training entry per group, the v2 plan's format. A 'selection'
     has the kept image against the group's others; a 'rejected' group has only
     negatives. Paths are absolute, stages follow the group's order."""
 

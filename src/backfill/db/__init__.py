@@ -1,1 +1,1 @@
-"""The person's decision DB: seed 003's v3 schema and the format of each of its cells."""
+"""The person's decision DB: the v3 plan's v3 schema and the format of each of its cells."""

@@ -10,7 +10,7 @@ reader (matching, publish's checks, validate) goes through these.
 - a flag (``selection_match``, ``crop_match``, ``ai_crop_accepted``): a boolean, read
   back from the text forms a CSV holds.
 
-The actions a row may hold are seed 003's CHECK, in db.schema (ACTIONS).
+The actions a row may hold are the v3 plan's CHECK, in db.schema (ACTIONS).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The decision DB the person's tools read: seed 003's v3 schema, in one place.
+"""The decision DB the person's tools read: the v3 plan's v3 schema, in one place.
 
-Table ``ai_decisions`` with exactly seed 003's columns and CHECKs, its six indexes and
+Table ``ai_decisions`` with exactly the v3 plan's columns and CHECKs, its six indexes and
 three views; and ``backfill_provenance``, a side table (keyed by group_id) for what the
 schema has no column for, so the person's tools never see a column they do not know.
 """
@@ -211,7 +211,7 @@ def explain(exc: sqlite3.Error, path: Path, writing: bool = False) -> DecisionDB
 
 
 def read_rows(conn: sqlite3.Connection) -> tuple[pd.DataFrame, list[str]]:
-    """All ai_decisions rows with seed 003's columns (values exactly as stored), and the
+    """All ai_decisions rows with the v3 plan's columns (values exactly as stored), and the
     columns the DB lacks (filled with NULL here)."""
     have = table_columns(conn)
     used = [c for c in COLUMNS if c in have]
@@ -275,7 +275,7 @@ def identity(conn: sqlite3.Connection, path: str | None) -> dict:
 
 
 def violations(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows that seed 003's CHECKs refuse (group_id, column, detail): older scripts wrote
+    """Rows that the v3 plan's CHECKs refuse (group_id, column, detail): older scripts wrote
     them (user_action='skip')."""
     def num(col: str) -> pd.Series:
         return pd.to_numeric(rows[col], errors="coerce")

@@ -4,7 +4,7 @@ would have written it live: for the demo, the tests and the merge benchmark.
 Only some groups are logged; row ids follow the reviewer's own form (so matching must go
 by image names); timestamps and AI predictions are ones the files cannot show; some
 cells are NULL (to be filled), some crops are wrong (to be corrected) or off by less
-than the tolerance (to be kept). ``schema="old"`` writes the table before seed 003's
+than the tolerance (to be kept). ``schema="old"`` writes the table before the v3 plan's
 CHECKs and ``ai_crop_accepted``, with a 'skip' row as the old scripts wrote.
 """
 
@@ -205,7 +205,7 @@ def production_row(rng: np.random.Generator, g: dict, n: int, crop_tolerance: fl
 
 
 def _expected_flags(row: dict, ai_box, final_box, crop_tolerance: float) -> dict:
-    """selection_match and crop_match as seed 003 defines them, from the generator's own
+    """selection_match and crop_match as the v3 plan defines them, from the generator's own
     values (not the merge's code, which the fixtures are there to test): NULL for a
     reject and where the AI made no prediction."""
     measured = row["user_action"] != "reject" and row["ai_selected_index"] is not None

@@ -1,7 +1,7 @@
 """compare: several model versions measured on the same recovered decisions.
 
 Each version predicts every group of each project from the same embeddings; the figures
-are evaluate's (seed 003's measures), per project and pooled over all of them ("all").
+are evaluate's (the v3 plan's measures), per project and pooled over all of them ("all").
 Written as a CSV table and as DVC metrics, so `dvc metrics show/diff` reads them too.
 """
 

@@ -1,9 +1,9 @@
-"""The person's older records (seed 003): ``{project}_decisions.csv`` decision logs, and
+"""The person's older records (the v3 plan): ``{project}_decisions.csv`` decision logs, and
 the ``.decision`` sidecars the reviewer leaves beside files it routes to ``crop/``,
 ``crop_auto/`` and ``selected/``.
 
 The CSV is read into v3 rows so that it can stand as a production source; the sidecars
-answer seed 003's ``ai_crop_accepted`` backfill rule. Pure readers: nothing is written.
+answer the v3 plan's ``ai_crop_accepted`` backfill rule. Pure readers: nothing is written.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _integers(s: pd.Series) -> pd.Series:
 
 
 def read_decisions_csv(path: Path, project: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(v3 rows, problems) from a seed 003 decision log. Rows the CSV cannot fill
+    """(v3 rows, problems) from a v3 decision log. Rows the CSV cannot fill
     (no group id, no images, an unreadable index) are problems, not rows."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -54,7 +54,7 @@ def read_decisions_csv(path: Path, project: str) -> tuple[pd.DataFrame, pd.DataF
         raise ValueError(f"{path} cannot be read as a decision CSV: {exc}") from None
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
-        raise ValueError(f"{path} lacks the columns {missing} of seed 003's decision log "
+        raise ValueError(f"{path} lacks the columns {missing} of the v3 plan's decision log "
                          f"header (group_id, timestamp, ..., {', '.join(IMAGE_COLUMNS)}, ...)")
     raw = raw.replace("", None)
     rows = pd.DataFrame({c: pd.Series([None] * len(raw), dtype=object) for c in COLUMNS})

@@ -1,14 +1,14 @@
-"""export: training pairs from past projects, in the format seed 002 plans (JSONL and CSV).
+"""export: training pairs from past projects, in the format the v2 plan plans (JSONL and CSV).
 
 One entry per group. A kept group is a 'selection': the kept render (chosen) against
 the group's other renders (negatives), with its stage, whether it was cropped and
 whether it is an anomaly (a lower stage than the highest kept; evaluate's definition).
 A rejected group is a 'rejected' entry: every render a negative, nothing chosen
-(seed 002: "Store as negative examples"). Decisions flagged needs_review are kept and
+(the v2 plan: "Store as negative examples"). Decisions flagged needs_review are kept and
 flagged, since they may be wrong, unless the caller leaves them out.
 
 A group whose kept final cannot be read (truth action 'unreadable') is left out: its box
-is unknown, and seed 002's entry says whether the image was cropped, which cannot be
+is unknown, and the v2 plan's entry says whether the image was cropped, which cannot be
 told. Its pick is known, but an entry that teaches a half-known decision is worse than
 none; the next export after the file is fixed (and `dvc repro`) includes it. So is a
 group that kept nothing but holds renders that cannot be read ('broken_reject'): no
@@ -164,7 +164,7 @@ def _plain(value):
 
 
 def to_json_rows(records: pd.DataFrame) -> list[dict]:
-    """Entries as JSONL writes them: seed 002's fields, provenance under 'metadata'."""
+    """Entries as JSONL writes them: the v2 plan's fields, provenance under 'metadata'."""
     rows = []
     for rec in records[COLUMNS].to_dict("records"):
         row = {k: _plain(rec[k]) for k in TOP}

@@ -1,5 +1,5 @@
 """merge: the backfilled decisions as v3 rows, and the plan that merges them into the
-production DB by seed 000's rules.
+production DB by the guide's rules.
 
 Pure functions of tables. A backfilled group matches a production row when they share
 an image file name; a group matching two rows, or two groups matching one row, is
@@ -64,8 +64,8 @@ FLAG_INPUTS = ["user_action", "user_selected_index", "ai_selected_index", "ai_cr
 
 @dataclass(frozen=True)
 class MergeSettings:
-    coord_tolerance: float  # seed 000: coordinates differing by more are corrected
-    crop_tolerance: float  # seed 003: crop_match, every coordinate within this
+    coord_tolerance: float  # the guide: coordinates differing by more are corrected
+    crop_tolerance: float  # the v3 plan: crop_match, every coordinate within this
     fix_invalid_actions: bool = False  # rewrite rows the v3 CHECKs refuse ('skip')
     case_sensitive: bool = False  # names.case_sensitive, resolved: A.png is not a.png
     file_times: FileTimes | None = None  # a render's time outside it is no row time
@@ -283,7 +283,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     """What merging ``backfill`` into ``production`` changes, cell by cell.
 
     ``missing_columns``: v3 columns the production DB lacks (added first, "migrated").
-    ``crop_accepted``: seed 003's sidecar rule, giving True/False/None per merged row.
+    ``crop_accepted``: the v3 plan's sidecar rule, giving True/False/None per merged row.
     ``imported``: production group ids that come from a legacy CSV, not the DB: each
     becomes one "imported" row carrying its merged values.
     ``reasons``: why a backfilled group's final is unreadable (user_action
@@ -304,7 +304,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
         bad = invalid[invalid["group_id"].isin(dropped)].drop_duplicates("group_id")
         issues.append(pd.DataFrame({
             "kind": "legacy_invalid", "group_id": bad["group_id"],
-            "detail": [f"{d}: breaks seed 003's checks, not imported"
+            "detail": [f"{d}: breaks the v3 plan's checks, not imported"
                        + (" (merge.fix_invalid_actions=true rewrites 'skip')"
                           if c == "user_action" else "")
                        for d, c in zip(bad["detail"], bad["column"], strict=True)]},
@@ -478,7 +478,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     unknown = [c for c in missing_columns or [] if c not in ADDABLE]
     if unknown:
         raise DecisionDBError(f"the production DB lacks {unknown}, which cannot be added to an "
-                         "existing table: it predates seed 003's schema; migrate it by hand.")
+                         "existing table: it predates the v3 plan's schema; migrate it by hand.")
     migrations = pd.DataFrame({"group_id": SCHEMA_ROW, "column": list(missing_columns or []),
                                "old": encode(None),
                                "new": [encode(ADDABLE[c]) for c in missing_columns or []],

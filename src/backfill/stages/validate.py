@@ -1,5 +1,5 @@
 """validate: the last stage. Every table against its contract, the emitted DB against
-seed 000's checks; then the project's metrics and plot data for DVC, and the report.
+the guide's checks; then the project's metrics and plot data for DVC, and the report.
 
 A failed check stops the stage (and `dvc repro`) with the table, column or check, the
 failing values and their count. Rows that come from production as the person's tools
@@ -134,13 +134,13 @@ def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str]
 
     add("crop rows without coordinates",
         ((rows["user_action"] == "crop") & rows["final_crop_coords"].isna()).to_numpy(),
-        "seed 000: should be 0")
+        "the backfill guide's check: should be 0")
     coords = _coords(rows["final_crop_coords"])
     off = np.nan_to_num(np.abs(coords - FULL_FRAME).max(axis=1), nan=0.0) > approve_tolerance
     add("approve rows not at full frame", (rows["user_action"] == "approve").to_numpy() & off,
         f"a coordinate more than {approve_tolerance} from [0, 0, 1, 1]")
     broken = violations(rows)
-    add("rows breaking seed 003's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
+    add("rows breaking the v3 plan's CHECKs", rows["group_id"].isin(broken["group_id"]).to_numpy(),
         "; ".join(broken["detail"].head(3)))
     # Names as the merge matched them: any form older tools wrote, accents composed,
     # folder prefixes (and case, unless told apart) aside, or the render's stem for a
