@@ -402,3 +402,26 @@ def test_an_unreadable_final_at_the_merge_stage_is_reported_and_never_written(tm
     plan = read_table(project.output("merge_plan"), MergePlanTable)
     assert live not in set(plan["group_id"])  # no fill, no correction of its live row
     assert out.loc[live, "final_crop_coords"] == prod.rows[live]["final_crop_coords"]
+
+
+def test_a_moved_cell_is_named_once_and_the_dry_run_shows_only_writes(tmp_path):
+    """The cell a plan changes is in its row as seen and in its own change: a conflict
+    names it once. The rows as seen are premises: the dry run neither counts nor shows
+    them, and a new row is one line, not its every cell."""
+    from backfill.production.apply import PlanConflict
+    from backfill.production.publish import describe_plan, publish_plan
+
+    db, plan = live_and_plan(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ai_decisions SET final_crop_coords = '[0.2, 0.2, 0.6, 0.6]' "
+                     "WHERE group_id = 'live1'")
+    conn.close()
+    with pytest.raises(PlanConflict) as err:
+        publish_plan(db, plan.changes)
+    lines = [line for line in str(err.value).splitlines() if line.startswith("  ")]
+    assert len(lines) == len(set(lines)) and any("final_crop_coords" in x for x in lines)
+    shown = describe_plan(plan.changes)
+    writes = plan.changes[~plan.changes["rule"].isin(["seen", "identity"])]
+    assert shown.startswith(f"{len(writes):,} planned changes:")
+    assert "(seen)" not in shown and "seen " not in shown
+    assert "a new row  (added)" in shown and '"images"' not in shown

@@ -89,6 +89,10 @@ def test_stats_count_seed_002s_figures(recovered, records):
     share = f"{len(anomaly) / len(kept):.1%}"
     assert f"  Anomaly cases (chose lower stage): {len(anomaly)} ({share})" in text
     assert export.total_stats([stats, stats])["anomaly"] == 2 * len(anomaly)
+    assert f"Needs review: {n_flagged} (included, flagged)" in text
+    # Left out on request: said so, even when no decision of the project was flagged.
+    none_flagged = {**out, "excluded_needs_review": 0}
+    assert "Needs review: 0 (excluded)" in export.render_stats("p", none_flagged, True)
 
 
 def test_jsonl_and_csv_round_trip(records, tmp_path):

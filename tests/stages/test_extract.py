@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from blake3 import blake3
 
-from backfill.contracts.schemas import FinalsTable, TruthTable
+from backfill.contracts.schemas import CROP_BOX, FinalsTable, TruthTable
 from backfill.contracts.tables import validate
 from backfill.db.cells import iso_utc
 from backfill.demo.synthetic import make_project
@@ -147,6 +147,9 @@ def test_seed_000_actions_with_tolerances():
     assert not t["needs_review"].any()
     assert list(labels([located((40, 20, 960, 480))], approve_tolerance=0.05)["user_action"]) \
         == ["approve"]
+    # An approve's box is the full frame exactly; a crop's is where it was located.
+    assert t.loc[0, CROP_BOX].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert t.loc[1, CROP_BOX].tolist() == pytest.approx([0.04, 0.04, 0.96, 0.96])
 
 
 def test_doubtful_matches_are_kept_and_flagged_never_dropped():
@@ -195,9 +198,11 @@ def test_every_decision_of_a_generated_project_is_recovered(variant_project):
         if g.kept_index is None:
             continue
         assert row.user_selected_index == g.kept_index
-        box = np.array(g.crop or [0, 0, 1, 1])
-        got = row[["crop_x1", "crop_y1", "crop_x2", "crop_y2"]].to_numpy(float)
-        assert np.abs(got - box).max() <= (0.01 if g.resize == 1 else 0.02), g
+        got = row[CROP_BOX].to_numpy(float)
+        if g.action == "approve":  # the full frame exactly, however near-full the final
+            assert got.tolist() == [0.0, 0.0, 1.0, 1.0], g
+        else:
+            assert np.abs(got - np.array(g.crop)).max() <= (0.01 if g.resize == 1 else 0.02), g
         assert row.scale == pytest.approx(g.resize, rel=0.02)
     # Approvals moved as they are need no decoding: the whole frame, by content hash.
     moved = [f"v_group_{g.first_timestamp}" for g in project.groups

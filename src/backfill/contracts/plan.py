@@ -93,6 +93,16 @@ def work(changes: pd.DataFrame) -> pd.DataFrame:
     return changes[changes["rule"] != IDENTITY]
 
 
+SEEN = "seen"  # a live row the plan changes, whole as it was seen: a premise, not a write
+
+
+def writes(changes: pd.DataFrame) -> pd.DataFrame:
+    """What publishing writes: the plan's changes less the rows as seen, which it only
+    re-checks."""
+    changes = work(changes)
+    return changes[changes["rule"] != SEEN]
+
+
 # merge_issues kinds whose group_id is a backfilled group the merge left out of the DB
 # and reported; every other kind names a live row, a legacy-CSV row or nothing.
 LEFT_OUT = ("ambiguous_group", "id_collision", *HELD.values())

@@ -104,7 +104,8 @@ def stale_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> list[str]:
                 stale.append(f"{gid}: the row is gone")
             elif not _same(now[gid], decode(old)):
                 stale.append(f"{gid}.{column} is {now[gid]!r} now, the plan saw {decode(old)!r}")
-    return stale
+    # A changed cell is both in its row as seen and in its own change: say it once.
+    return list(dict.fromkeys(stale))
 
 
 def check_changes(conn: sqlite3.Connection, changes: pd.DataFrame) -> None:

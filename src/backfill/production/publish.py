@@ -24,7 +24,7 @@ import pandas as pd
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
-from backfill.contracts.plan import IDENTITY, plan_identity, work
+from backfill.contracts.plan import IDENTITY, plan_identity, work, writes
 from backfill.contracts.tables import read_stage_tables
 from backfill.db.schema import (
     DecisionDBError,
@@ -237,16 +237,22 @@ def publish_plan(db: Path, changes: pd.DataFrame, lock_timeout: float = 10.0,
 
 
 def describe_plan(changes: pd.DataFrame, limit: int = 20) -> str:
-    """The plan for a person: counts by rule and column, then the first changes."""
-    changes = work(changes)
+    """The plan for a person: counts by rule and column, then the first changes. The
+    live rows as seen are premises publish re-checks, not changes: neither counted nor
+    shown; a new row is one line, not its every cell."""
+    changes = writes(changes)
     if not len(changes):
         return "the plan is empty: production already holds everything the files show."
     counts = changes.groupby(["rule", "column"]).size().rename("changes").reset_index()
     lines = [f"{len(changes):,} planned changes:"]
-    lines += [f"  {r.rule:<13} {r.column:<20} {r.changes:>8,}" for r in counts.itertuples()]
+    lines += [f"  {r.rule:<13} {'(new row)' if r.column == '*' else r.column:<20} "
+              f"{r.changes:>8,}" for r in counts.itertuples()]
     shown = changes.head(limit)
     lines.append(f"first {len(shown)}:")
     for c in shown.itertuples():
+        if c.column == "*":
+            lines.append(f"  {c.group_id}  a new row  ({c.rule})")
+            continue
         new = c.new if len(c.new) <= 60 else c.new[:57] + "..."
         lines.append(f"  {c.group_id}  {c.column}: {c.old} -> {new}  ({c.rule})")
     return "\n".join(lines)

@@ -134,7 +134,7 @@ def _share(n: int, of: int) -> str:
     return f"{n:,} ({percent(n / of if of else None)})"
 
 
-def render_stats(title: str, s: dict[str, int]) -> str:
+def render_stats(title: str, s: dict[str, int], excluded: bool = False) -> str:
     """Seed 002's statistics block: winner and rejected shares of all groups, anomaly
     and cropped shares of the groups with a winner."""
     lines = [
@@ -145,7 +145,7 @@ def render_stats(title: str, s: dict[str, int]) -> str:
         f"  Anomaly cases (chose lower stage): {_share(s['anomaly'], s['with_winner'])}",
         f"  Cropped: {_share(s['cropped'], s['with_winner'])}",
     ]
-    if s["excluded_needs_review"]:
+    if excluded:  # --exclude-needs-review: say so even when none was flagged
         lines.append(f"  Needs review: {s['excluded_needs_review']:,} (excluded)")
     else:
         lines.append(f"  Needs review: {s['needs_review']:,} (included, flagged)")
@@ -250,10 +250,11 @@ def run(projects: list[Project], out_dir: Path, formats: tuple[str, ...] = FORMA
         stats.append(export_stats(records, exclude_needs_review))
         written.append(select(records, exclude_needs_review))
         files += write_export(written[-1], out_dir, p.name, formats)
-        blocks.append(render_stats(p.name, stats[-1]))
+        blocks.append(render_stats(p.name, stats[-1], exclude_needs_review))
     if combined:
         both = pd.concat(written, ignore_index=True) if written else _table([])
         files += write_export(both, out_dir, COMBINED, formats)
     if len(projects) > 1:
-        blocks.append(render_stats(f"Total ({len(projects)} projects)", total_stats(stats)))
+        blocks.append(render_stats(f"Total ({len(projects)} projects)", total_stats(stats),
+                                   exclude_needs_review))
     return "\n".join(blocks), files

@@ -243,9 +243,12 @@ def run(project: Project) -> str:
     write_table(result.table, project.output("embeddings"), EmbeddingsTable, "embeddings")
     unreadable = sum(len(u) for u in groups["unreadable"])
     lines = [
-        f"embed {project.name}: {len(images):,} images: {result.embedded:,} embedded, "
-        f"{result.cached:,} from cache, {len(result.failed) + unreadable:,} unreadable; "
-        f"model {result.model_id}"
+        # The three counts add up to the distinct readable images; renders the scan
+        # already found unreadable are not among them and are counted apart.
+        f"embed {project.name}: {len(images):,} distinct images: {result.embedded:,} "
+        f"embedded, {result.cached:,} from cache, {len(result.failed):,} failed to decode"
+        + (f"; {unreadable:,} unreadable renders (scan) not embedded" if unreadable else "")
+        + f"; model {result.model_id}"
         + (f" on {where}" if where else "")
         + f"; {time.perf_counter() - started:.1f}s -> "
         f"{project.output('embeddings').relative_to(project.root)}"

@@ -69,6 +69,9 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
     action = np.where(boxless, UNREADABLE, np.where(
         ~kept, np.where(broken, BROKEN_REJECT, "reject"),
         np.where(full, "approve", "crop")))
+    # An approve keeps the whole image: its box is the full frame exactly, as the
+    # backfill guide's check requires, not the located box's last bits of float noise.
+    box.loc[action == "approve", list(box.columns)] = FULL_FRAME
 
     mtime = df["final_mtime_ns"]
     odd_time = np.zeros(len(df), dtype=bool)
