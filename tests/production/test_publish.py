@@ -101,8 +101,9 @@ def test_merge_stage_fills_corrects_and_preserves_without_touching_production(me
                 assert row[col] is not None
         for col in prod.null_cells.get(gid, []):
             assert row[col] is not None, (gid, col)
-        true = np.array(next(g.crop or [0, 0, 1, 1] for g in recovered.gen.groups
-                             if g.first_timestamp == prod.first_timestamp[gid]), float)
+        g = next(g for g in recovered.gen.groups
+                 if g.first_timestamp == prod.first_timestamp[gid])
+        true = np.array([0, 0, 1, 1] if g.action == "approve" else g.crop, float)
         coords = np.array(json.loads(row["final_crop_coords"] or "null") or [np.nan] * 4)
         if gid in prod.wrong_coords:
             assert np.abs(coords - true).max() < 0.01, gid  # corrected to what images show
