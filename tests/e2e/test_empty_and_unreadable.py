@@ -165,7 +165,7 @@ def test_a_project_of_only_bad_files_builds_through_validate(tmp_path):
         (original / name).write_bytes(data)
     project = project_at(tmp_path, original, final)
     messages = [stage.run(project) for stage in (scan, group, extract, embed, predict, merge)]
-    assert "0 groups" in messages[2] and "0 images" in messages[3]
+    assert "0 groups" in messages[2] and "0 distinct images: 0 embedded" in messages[3]
     assert "validate p:" in validate.run(project)
     for name, schema in (("truth", TruthTable), ("finals", FinalsTable),
                          ("embeddings", EmbeddingsTable), ("predictions", PredictionsTable)):
