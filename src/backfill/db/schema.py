@@ -1,4 +1,4 @@
-"""The decision DB the person's tools read: the v3 plan's v3 schema, in one place.
+"""The decision DB the person's tools read: the v3 plan's schema, in one place.
 
 Table ``ai_decisions`` with exactly the v3 plan's columns and CHECKs, its six indexes and
 three views; and ``backfill_provenance``, a side table (keyed by group_id) for what the

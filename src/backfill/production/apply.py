@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from backfill.config.errors import ConfigError
-from backfill.contracts.plan import IDENTITY, SCHEMA_ROW, decode, loads
+from backfill.contracts.plan import IDENTITY, SCHEMA_ROW, SEEN, decode, loads
 from backfill.db.cells import name_keys
 from backfill.db.schema import (
     ADDABLE,
@@ -139,7 +139,7 @@ def rule_breaches(changes: pd.DataFrame) -> list[str]:
                 out.append(f"{c.group_id}.{c.column}: rule {c.rule} only fills NULLs")
         elif c.rule == "migrated" and decode(c.new) != ADDABLE.get(c.column):
             out.append(f"column {c.column}: type {c.new} is not {ADDABLE.get(c.column)}")
-        elif c.rule in [*NEW_ROWS, "seen"] and c.column != "*":
+        elif c.rule in [*NEW_ROWS, SEEN] and c.column != "*":
             out.append(f"{c.group_id}.{c.column}: rule {c.rule} is for whole rows")
         elif c.rule == IDENTITY and (c.group_id, c.column) != (SCHEMA_ROW, "*"):
             out.append(f"{c.group_id}.{c.column}: rule {c.rule} names the DB, not a cell")
@@ -147,7 +147,7 @@ def rule_breaches(changes: pd.DataFrame) -> list[str]:
 
 
 def _seen(changes: pd.DataFrame) -> tuple[list[str], list[dict]]:
-    s = changes[changes["rule"] == "seen"]
+    s = changes[changes["rule"] == SEEN]
     return s["group_id"].tolist(), [loads(v) for v in s["old"]]
 
 

@@ -1,4 +1,4 @@
-"""export: training pairs from past projects, in the format the v2 plan plans (JSONL and CSV).
+"""export: training pairs from past projects, in the v2 plan's format (JSONL and CSV).
 
 One entry per group. A kept group is a 'selection': the kept render (chosen) against
 the group's other renders (negatives), with its stage, whether it was cropped and

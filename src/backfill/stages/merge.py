@@ -27,6 +27,7 @@ from backfill.contracts.plan import (
     ISSUE_COLUMNS,
     PLAN_COLUMNS,
     SCHEMA_ROW,
+    SEEN,
     MergePlan,
     dumps,
     encode,
@@ -473,7 +474,7 @@ def plan_merge(backfill: pd.DataFrame, production: pd.DataFrame, settings: Merge
     changes = pd.concat([changes, pd.DataFrame({
         "group_id": seen_ids, "column": "*",
         "old": [dumps({c: plain(v) for c, v in zip(COLUMNS[1:], r, strict=True)})
-                for r in seen.itertuples(index=False)], "rule": "seen"},
+                for r in seen.itertuples(index=False)], "rule": SEEN},
         columns=PLAN_COLUMNS).assign(new=lambda d: d["old"])], ignore_index=True)
     unknown = [c for c in missing_columns or [] if c not in ADDABLE]
     if unknown:
