@@ -19,6 +19,10 @@ def main() -> None:
             except KeyboardInterrupt:
                 print("backfill: interrupted", file=sys.stderr)
                 sys.exit(130)
+            except OSError as exc:  # e.g. data/ read-only or full: one line, as cli says it
+                where = f" ({exc.filename})" if exc.filename else ""
+                print(f"backfill: error: {exc.strerror or exc}{where}", file=sys.stderr)
+                sys.exit(1)
             sys.exit(0)
     from backfill import cli  # `backfill watch` outside a repository: cli says so
 

@@ -147,3 +147,14 @@ def test_a_project_no_longer_registered_loses_only_its_stamps(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert set(_stamped(repo)) == {"p/scan.json", "p/merge.json"}
     assert (repo / STAMPS / "other" / "notes.txt").read_text() == "the user's own file"
+
+
+def test_a_stamp_that_cannot_be_written_is_one_line_not_a_traceback(repo):
+    (repo / "data").mkdir()
+    (repo / STAMPS).write_text("a file where the stamps' folder should be")
+    code = ("import runpy, sys; sys.argv = ['backfill', 'watch']\n"
+            "runpy.run_module('backfill.entry', run_name='x')['main']()")
+    proc = subprocess.run([str(BIN / "python"), "-c", code], cwd=repo, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("backfill: error: ") and len(proc.stderr.splitlines()) == 1
