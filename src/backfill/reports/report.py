@@ -1,11 +1,14 @@
 """The HTML report of a project: one self-contained file a person opens offline.
 
 Summary figures, the plots (matplotlib, inline SVG), thumbnail strips of the groups where
-the AI and the person disagree, every needs-review case with the located box drawn on
-its original, kept finals that cannot be read (in no DB row until fixed), orphans and
-unreadable files with their reasons, and what validation warned about. Images are inline
-JPEG thumbnails, so the file works anywhere; each is decoded through imageinfo.decode
-with scan.max_pixels, and one that cannot be shows a placeholder. Thumbnails are cached
+the AI and the person disagree (on the pick or beyond the crop tolerance), a gallery of
+the recovered decisions with both boxes that the reader filters in the page, every
+needs-review case with the located box drawn on its original and how to resolve it,
+kept finals that cannot be read (in no DB row until fixed), orphans, unreadable and
+ungrouped files with their reasons, and what validation warned about; a section with
+nothing to show is left out. Images are inline JPEG thumbnails, so the file works
+anywhere; each is decoded through imageinfo.decode with scan.max_pixels, and one that
+cannot be shows a placeholder. Thumbnails are cached
 by the file's content hash, size and box (Thumbnails), so a re-run draws only new ones.
 """
 
@@ -177,7 +180,7 @@ def gallery(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: P
     the ones worth a look. Scored with needs_review included: the page filters on it."""
     s = scored(tables["truth"], tables["groups"], tables["predictions"],
                replace(settings, include_needs_review=True))
-    s = s[s["original_path"].map(lambda p: isinstance(p, str))]
+    s = s[s["original_path"].notna()]
     s = s.sort_values(["iou", "group_id"], na_position="last", kind="stable")
     return [gallery_item(r, original, px, thumbs) for r in s.head(limit).itertuples()], len(s)
 
@@ -189,6 +192,7 @@ def gallery_item(r, original: Path, px: int, thumbs: Thumb) -> dict:
     return {"group_id": r.group_id, "action": r.user_action, "needs_review": r.needs_review,
             "confidence": None if pd.isna(r.confidence) else float(r.confidence),
             "iou": None if pd.isna(r.iou) else float(r.iou),
+            "other_pick": not r.right,  # the AI's box was then meant for another render
             "src": thumbs(original / r.original_path, px),
             "user_box": box_of(r, CROP_BOX), "ai_box": box_of(r, BOX)}
 
