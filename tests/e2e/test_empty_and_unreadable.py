@@ -232,7 +232,8 @@ def test_an_unreadable_kept_final_is_reported_not_written_and_recovered_once_fix
         assert metrics[action] == int((others["user_action"] == action).sum())
     assert metrics["db_rows"] == len(others)
     page = (project.out_dir / "report.html").read_text()
-    section = page[page.index("Kept finals that cannot be read"):page.index("Orphan finals")]
+    start = page.index('<section id="unreadable-finals">')
+    section = page[start:page.index("</section>", start)]
     assert gid in section and 'data-count="unreadable_final_rows">1<' in section
     assert 'data-count="unreadable_finals">1<' in page
     records = export.build_records("p", pd.read_parquet(project.output("groups")),

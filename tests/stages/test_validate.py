@@ -9,10 +9,12 @@ import shutil
 import sqlite3
 import subprocess
 import threading
+from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
 
+from backfill.contracts.schemas import BOX, CROP_BOX
 from backfill.contracts.tables import ContractError
 from backfill.demo.production import make_production_db
 from backfill.files.atomic import write_parquet
@@ -157,11 +159,13 @@ def chromium() -> str:
     return path
 
 
-def open_in_chromium(path) -> tuple[str, list[str]]:
-    """The DOM after scripts ran, and the console messages of the page."""
+def open_in_chromium(path, fragment: str = "") -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and the console messages of the page; ``fragment``
+    (``#...``) is what a reader's address would carry, e.g. the report's filters."""
     proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                            "--enable-logging=stderr", "--log-level=0", "--dump-dom",
-                           path.as_uri()], capture_output=True, text=True, timeout=120)
+                           path.as_uri() + fragment], capture_output=True, text=True,
+                          timeout=120)
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     return proc.stdout, console
 
@@ -179,10 +183,96 @@ def test_the_report_renders_in_chromium_with_the_right_counts(validated, tmp_pat
                 "needs_review", "orphans", "unreadable_files", "db_rows"):
         assert int(shown[key]) == metrics[key], key
     assert not re.search(r'(src|href)="(https?:)?//', dom)  # nothing loads from outside
+    quality = evaluate(*(pd.read_parquet(project.output(t))
+                         for t in ("truth", "groups", "predictions")),
+                       EvalSettings.from_config(project.cfg.evaluate))
+    misses = {"pick": quality["selection_n"] * (1 - quality["selection_accuracy"]),
+              "crop": quality["crop_n"] * (1 - quality["crop_accuracy"])}
+    for kind, n in misses.items():  # the heading counts what the accuracies count
+        assert int(shown[f"{kind}_disagreements"]) == round(n), kind
+    assert max(misses.values()) <= int(shown["disagreements"]) <= sum(misses.values())
     # The checker does see a broken page.
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><script>undefinedFn();</script></body></html>")
     assert any("undefinedFn" in line for line in open_in_chromium(bad)[1])
+
+
+class Gallery(HTMLParser):
+    """From a dumped DOM: the ids of the page's sections, and each gallery item's data
+    attributes, whether it is hidden, and its boxes by class."""
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.sections: set[str] = set()
+        self.items: dict[str, dict] = {}
+        self.shown = None
+        self._item: dict | None = None
+        self._in_shown = False
+        self.feed(dom)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.add(a["id"])
+        elif tag == "figure" and a.get("class") == "item":
+            self._item = self.items[a["data-group"]] = {**a, "hidden": "hidden" in a,
+                                                        "boxes": {}}
+        elif tag == "rect" and self._item is not None:
+            self._item["boxes"][a["class"]] = [float(a[k]) for k in ("x", "y", "width",
+                                                                     "height")]
+        self._in_shown = a.get("id") == "gallery-shown"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_shown:
+            self.shown, self._in_shown = int(data), False
+
+
+def as_rect(box: list[float]) -> list[float]:
+    x1, y1, x2, y2 = box
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+@pytest.mark.slow  # starts a browser
+def test_the_gallery_draws_both_boxes_filters_in_the_page_and_empty_sections_are_absent(
+        validated):
+    project, validate = validated
+    validate(project)
+    truth = pd.read_parquet(project.output("truth")).set_index("group_id")
+    predictions = pd.read_parquet(project.output("predictions")).set_index("group_id")
+    page = Gallery(open_in_chromium(project.out_dir / "report.html")[0])
+    items = page.items
+    kept = truth[truth["original_path"].notna()]
+    assert len(items) == min(len(kept), project.cfg.validate.max_cases) and page.shown == len(items)
+    assert not any(i["hidden"] for i in items.values())
+    for group_id, item in items.items():  # the person's box green, the AI's orange
+        if truth.loc[group_id, "crop_x1"] == truth.loc[group_id, "crop_x1"]:  # not NaN
+            assert item["boxes"]["user-box"] == pytest.approx(
+                as_rect(truth.loc[group_id, CROP_BOX].tolist()), abs=1e-4)
+        assert item["boxes"]["ai-box"] == pytest.approx(
+            as_rect(predictions.loc[group_id, BOX].tolist()), abs=1e-4)
+    assert sum("user-box" in i["boxes"] for i in items.values()) > len(items) / 2
+    # A filter in the address hides the items it excludes, in the page itself.
+    ious = sorted(float(i["data-iou"]) for i in items.values() if i["data-iou"])
+    bound = ious[len(ious) // 2]
+    filtered = Gallery(open_in_chromium(project.out_dir / "report.html",
+                                        f"#max_iou={bound}&review=no")[0])
+    for group_id, item in filtered.items.items():
+        keep = (item["data-iou"] != "" and float(item["data-iou"]) <= bound
+                and not truth.loc[group_id, "needs_review"])
+        assert item["hidden"] != keep, group_id
+    assert 0 < filtered.shown < len(items)
+    assert filtered.shown == sum(not i["hidden"] for i in filtered.items.values())
+    # A section with nothing to show is not on the page.
+    metrics = json.loads(project.metrics("metrics.json").read_text())
+    counts = {"reviews": metrics["needs_review"], "orphans": metrics["orphans"],
+              "unreadable-finals": metrics["unreadable_finals"],
+              "broken-rejects": metrics["broken_rejects"],
+              "unreadable": metrics["unreadable_files"],
+              "ungrouped": len(pd.read_parquet(project.output("ungrouped"))),
+              "gallery": len(kept)}
+    assert {s for s, n in counts.items() if n} <= page.sections
+    assert not {s for s, n in counts.items() if not n} & page.sections
+    assert not all(counts.values()), "the generated project leaves some section empty"
 
 
 def test_a_corrupted_value_stops_validation_naming_table_column_and_value(validated):

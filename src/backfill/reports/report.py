@@ -1,11 +1,14 @@
 """The HTML report of a project: one self-contained file a person opens offline.
 
 Summary figures, the plots (matplotlib, inline SVG), thumbnail strips of the groups where
-the AI and the person disagree, every needs-review case with the located box drawn on
-its original, kept finals that cannot be read (in no DB row until fixed), orphans and
-unreadable files with their reasons, and what validation warned about. Images are inline
-JPEG thumbnails, so the file works anywhere; each is decoded through imageinfo.decode
-with scan.max_pixels, and one that cannot be shows a placeholder. Thumbnails are cached
+the AI and the person disagree (on the pick or beyond the crop tolerance), a gallery of
+the recovered decisions with both boxes that the reader filters in the page, every
+needs-review case with the located box drawn on its original and how to resolve it,
+kept finals that cannot be read (in no DB row until fixed), orphans, unreadable and
+ungrouped files with their reasons, and what validation warned about; a section with
+nothing to show is left out. Images are inline JPEG thumbnails, so the file works
+anywhere; each is decoded through imageinfo.decode with scan.max_pixels, and one that
+cannot be shows a placeholder. Thumbnails are cached
 by the file's content hash, size and box (Thumbnails), so a re-run draws only new ones.
 """
 
@@ -15,6 +18,7 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -22,12 +26,13 @@ import pandas as pd
 
 from backfill.config.project import Project
 from backfill.config.settings import ValidateConfig, section, threads
-from backfill.contracts.schemas import BROKEN_REJECT, UNREADABLE
+from backfill.contracts.schemas import BOX, BROKEN_REJECT, CROP_BOX, UNREADABLE
 from backfill.executors import LocalRunner
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
 from backfill.files.resultcache import ResultCache, code_version
-from backfill.models.evaluate import EvalSettings, percent, scored
+from backfill.models.evaluate import EvalSettings, has_box, percent, scored
+from backfill.reports.resolve import how_to_resolve
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 # Thumbnails.want or a Thumbnails: (path, long side, box) -> data URI or None.
@@ -141,20 +146,61 @@ def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) ->
 
 
 def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
-                  px: int, thumbs: Thumb, limit: int) -> tuple[list[dict], int]:
-    """Groups where the AI picked another image than the person: a strip each."""
+                  px: int, thumbs: Thumb, limit: int) -> tuple[list[dict], dict[str, int]]:
+    """Groups where the AI picked another image than the person, or boxed the kept one
+    outside the crop tolerance: a strip each, and how many of each. Both come from the
+    evaluation's own scoring, so the counts are those behind the accuracies."""
     s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
-    wrong = s[~s["right"] & s["ai_selected_index"].notna()]
+    s["crop_miss"] = has_box(s) & ~s["crop_ok"]  # what crop accuracy counts as wrong
+    wrong = s[~s["right"] | s["crop_miss"]]
     members = tables["groups"].set_index("group_id")
-    strips = []
-    for r in wrong.head(limit).itertuples():
-        g = members.loc[r.group_id]
-        strips.append({"group_id": r.group_id, "images": [
-            {"src": thumbs(original / p, px), "stage": stage, "name": name,
-             "user": i == int(r.user_selected_index), "ai": i == int(r.ai_selected_index)}
-            for i, (p, name, stage) in enumerate(zip(g["image_paths"], g["image_names"],
-                                                     g["stages"], strict=True))]})
-    return strips, len(wrong)
+    strips = [strip(r, members.loc[r.group_id], original, px, thumbs)
+              for r in wrong.head(limit).itertuples()]
+    return strips, {"all": len(wrong), "picks": int((~s["right"]).sum()),
+                    "crops": int(s["crop_miss"].sum())}
+
+
+def strip(r, group: pd.Series, original: Path, px: int, thumbs: Thumb) -> dict:
+    """One disagreement: the group's renders, the two picks marked, and what differs."""
+    ai = -1 if pd.isna(r.ai_selected_index) else int(r.ai_selected_index)  # -1: no pick
+    why = [] if r.right else ["picked another image" if ai >= 0 else "made no pick"]
+    if r.crop_miss:
+        why.append("crop off" + ("" if pd.isna(r.iou) else f" (IoU {r.iou:.2f})"))
+    return {"group_id": r.group_id, "why": ", ".join(why), "images": [
+        {"src": thumbs(original / p, px), "stage": stage, "name": name,
+         "user": i == int(r.user_selected_index), "ai": i == ai}
+        for i, (p, name, stage) in enumerate(zip(group["image_paths"], group["image_names"],
+                                                 group["stages"], strict=True))]}
+
+
+def gallery(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
+            px: int, thumbs: Thumb, limit: int) -> tuple[list[dict], int]:
+    """Every decision with a kept render, as its original with the person's and the AI's
+    boxes: worst crops first (IoU ascending, unmeasured last), so the ``limit`` shown are
+    the ones worth a look. Scored with needs_review included: the page filters on it."""
+    s = scored(tables["truth"], tables["groups"], tables["predictions"],
+               replace(settings, include_needs_review=True))
+    s = s[s["original_path"].notna()]
+    s = s.sort_values(["iou", "group_id"], na_position="last", kind="stable")
+    return [gallery_item(r, original, px, thumbs) for r in s.head(limit).itertuples()], len(s)
+
+
+def gallery_item(r, original: Path, px: int, thumbs: Thumb) -> dict:
+    """One recovered decision. The boxes are drawn over the thumbnail by the page (SVG,
+    normalised coordinates) rather than into it: two colours the legend names, and the
+    thumbnail is the strips' own (same size, no box), drawn and cached once."""
+    return {"group_id": r.group_id, "action": r.user_action, "needs_review": r.needs_review,
+            "confidence": None if pd.isna(r.confidence) else float(r.confidence),
+            "iou": None if pd.isna(r.iou) else float(r.iou),
+            "other_pick": not r.right,  # the AI's box was then meant for another render
+            "src": thumbs(original / r.original_path, px),
+            "user_box": box_of(r, CROP_BOX), "ai_box": box_of(r, BOX)}
+
+
+def box_of(r, columns: list[str]) -> list[float] | None:
+    """The row's box in ``columns``, or None when any coordinate is missing."""
+    box = [getattr(r, c) for c in columns]
+    return None if any(pd.isna(v) for v in box) else [float(v) for v in box]
 
 
 def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
@@ -166,6 +212,7 @@ def review_cases(truth: pd.DataFrame, original: Path, final: Path, px: int,
         box = [r.crop_x1, r.crop_y1, r.crop_x2, r.crop_y2]
         out.append({
             "group_id": r.group_id, "action": r.user_action, "reason": r.review_reason,
+            "resolve": how_to_resolve(r.review_reason),
             "confidence": "n/a" if pd.isna(r.confidence) else f"{r.confidence:.3f}",
             # "" when there is no file to show, None when it cannot be read.
             "original": thumbs(original / r.original_path, px * 2, box)
@@ -203,16 +250,19 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
                                             hashed["content_hash"], strict=True)},
                         threads(cfg.workers))
 
-    def sections(thumb: Thumb) -> tuple[tuple[list[dict], int], tuple[list[dict], int]]:
-        return (disagreements(tables, settings, original, px, thumb, limit),
-                review_cases(tables["truth"], original, final, px, thumb, limit))
+    def sections(thumb: Thumb) -> dict[str, tuple[list[dict], int | dict[str, int]]]:
+        return {"strips": disagreements(tables, settings, original, px, thumb, limit),
+                "gallery": gallery(tables, settings, original, px, thumb, limit),
+                "reviews": review_cases(tables["truth"], original, final, px, thumb, limit)}
 
     try:
         sections(thumbs.want)  # every thumbnail the page shows
         thumbs.draw()  # those not cached, on threads
-        (strips, n_wrong), (reviews, n_review) = sections(thumbs)
+        shown = sections(thumbs)
     finally:
         thumbs.save()
+    (strips, n_wrong), (items, n_items), (reviews, n_review) = shown.values()
+    ungrouped = tables["ungrouped"]
     merge_path = project.metrics("merge_summary.json")
     iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
     charts = [
@@ -226,12 +276,15 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
     return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
         project=project.name, metrics=metrics, percent=percent, charts=charts,
         picks=picks, strips=strips, n_wrong=n_wrong, reviews=reviews, n_review=n_review,
+        gallery=items, n_gallery=n_items,
+        actions=sorted({i["action"] for i in items}),
         unreadable_finals=unreadable_finals(tables["truth"]),
         broken_rejects=unreadable_finals(tables["truth"], BROKEN_REJECT),
         orphans=finals[finals["role"] == "orphan"][["rel_path", "reason"]].to_dict("records"),
         unreadable=scan[scan["status"] == "error"][["source", "rel_path", "reason"]]
         .to_dict("records"),
-        ungrouped=tables["ungrouped"]["reason"].fillna("-").value_counts().items(),
+        ungrouped=ungrouped[["rel_path", "reason"]].head(limit).to_dict("records"),
+        n_ungrouped=len(ungrouped),
         findings=findings, limit=limit,
         merge=json.loads(merge_path.read_text()) if merge_path.exists() else None,
         model=tables["predictions"]["model_version"].iloc[0] if len(tables["predictions"])
