@@ -105,9 +105,11 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 def cmd_project_discover(args: argparse.Namespace) -> int:
     from backfill.models.versions import check_version_name
     from backfill.projects.discover import discover, register, render
+    from backfill.projects.registry import check_overrides
 
     root = find_root()
     check_version_name(root, args.model)
+    check_overrides(root, args.overrides)  # before the walk: a typo costs no scan
     found = discover(Path(args.root), root)
     print(render(found))
     if not found.new:
@@ -116,7 +118,7 @@ def cmd_project_discover(args: argparse.Namespace) -> int:
         print(f"would register {len(found.new)} project(s) under the names shown: run again "
               "with --yes to do it.")
     else:
-        added = register(found, root, args.model)
+        added = register(found, root, args.model, args.overrides)
         print(f"registered {len(added)} project(s): {', '.join(r.name for r in added)}; "
               "params.yaml composed.")
         _say_commit(root, [*(root / "conf" / "project" / f"{r.name}.yaml" for r in added),
@@ -391,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register the new ones (default: only list what would be added)")
     p.add_argument("--model", default="baseline",
                    help="model version of the registered projects (conf/model/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="pipeline settings to store for every project registered, as for "
+                        "`project add`, e.g. embed.pretrained=null")
     p.set_defaults(func=cmd_project_discover)
 
     for stage in STAGES:
@@ -473,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     # KEY=VALUE overrides may come before or after the options; argparse alone would
     # reject those that follow an option, so they are collected here.
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "func", None) in (cmd_project_add, cmd_train):
+    if extra and getattr(args, "func", None) in (cmd_project_add, cmd_project_discover,
+                                                 cmd_train):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
