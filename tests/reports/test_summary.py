@@ -68,6 +68,9 @@ def test_one_row_per_project_with_totals(two, recovered):
     header, row = lines[0], next(x for x in lines if x.startswith("p "))
     assert header.index("to publish") + len("to publish") == len(row.rstrip())
     assert "*" not in out
+    long = table([Figures("x" * 150, True, 10**6, (10**6,) * 3, 10**6, 10**6, 10**6), f])
+    assert all(len(x) <= 120 for x in long.splitlines()), long  # a long name is cut
+    assert "x..." in long and "1,000,000/1,000,000/1,000,000" in long
 
     # Once published, the plan's rows are in the DB: the figure says the plan is stale.
     run_publish(p, dry_run=False)

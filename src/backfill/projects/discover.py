@@ -291,10 +291,10 @@ def _db_lines(found: Discovery) -> list[str]:
     out = [f"  production DB of {name}: {db}" for name, db in found.dbs.items() if db]
     missing = [name for name, db in found.dbs.items() if db is None]
     if missing:
-        out.append(f"  no production DB found for {', '.join(missing)} (looked for "
-                   f"{DB_FOLDER}/<project>.db beside their final folders): each is built "
-                   "from scratch; `backfill project add NAME ... --real-db DB --force` "
-                   "sets one later")
+        out += [f"  no production DB found for {', '.join(missing)}: built from scratch",
+                f"    (looked for {DB_FOLDER}/<project>.db in the folders above the final "
+                "folder; to set one later:",
+                "    `backfill project add NAME ... --real-db DB --force`)"]
     return out
 
 

@@ -107,7 +107,7 @@ def summarize(project: Project) -> str:
 
 ACTIONS_HEAD = "/".join(ACTIONS)  # approve/crop/reject
 HEADERS = ("project", "groups", ACTIONS_HEAD, "needs review", "errors", "to publish")
-NAME_WIDTH = 40  # longer names are cut, so the table fits 120 columns
+WIDTH = 120  # the table fits this many columns: long names are cut to make room
 STALE = "*"  # marks rows planned against a DB that has changed since
 
 
@@ -174,12 +174,12 @@ def cells(f: Figures) -> tuple[str, ...]:
         publish = "no DB"
     else:
         publish = _number(f.waiting) + ("" if f.current else STALE)
-    return (_cut(f.name), _number(f.groups), actions, _number(f.needs_review),
-            _number(f.errors), publish)
+    return (f.name, _number(f.groups), actions, _number(f.needs_review), _number(f.errors),
+            publish)
 
 
-def _cut(name: str) -> str:
-    return name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 3] + "..."
+def _cut(name: str, width: int) -> str:
+    return name if len(name) <= width else name[:width - 3] + "..."
 
 
 def _total(rows: list[Figures]) -> Figures:
@@ -200,11 +200,14 @@ def _total(rows: list[Figures]) -> Figures:
 def table(rows: list[Figures]) -> str:
     """One line per project (and a total when there are several), numbers right-aligned;
     a project not built yet says so across its figures."""
-    lines = [cells(f) if f.built else (_cut(f.name),) for f in rows]
+    lines = [cells(f) if f.built else (f.name,) for f in rows]
     if len(rows) > 1:
         lines.append(cells(_total(rows)))
     widths = [max(len(r[i]) for r in [HEADERS, *lines] if len(r) > i)
               for i in range(len(HEADERS))]
+    # The figures keep their width; the names get what is left of WIDTH.
+    widths[0] = max(len(HEADERS[0]), min(widths[0], WIDTH - sum(widths[1:]) - 2 * len(widths[1:])))
+    lines = [(_cut(r[0], widths[0]), *r[1:]) for r in lines]
 
     def line(row: tuple[str, ...]) -> str:
         if len(row) == 1:  # not built: the note takes the figures' place
