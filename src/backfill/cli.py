@@ -105,9 +105,11 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 def cmd_project_discover(args: argparse.Namespace) -> int:
     from backfill.models.versions import check_version_name
     from backfill.projects.discover import discover, register, render
+    from backfill.projects.registry import check_overrides
 
     root = find_root()
     check_version_name(root, args.model)
+    check_overrides(root, args.overrides)  # before the walk: a typo costs no scan
     found = discover(Path(args.root), root)
     print(render(found))
     if not found.new:
@@ -116,7 +118,7 @@ def cmd_project_discover(args: argparse.Namespace) -> int:
         print(f"would register {len(found.new)} project(s) under the names shown: run again "
               "with --yes to do it.")
     else:
-        added = register(found, root, args.model)
+        added = register(found, root, args.model, args.overrides)
         print(f"registered {len(added)} project(s): {', '.join(r.name for r in added)}; "
               "params.yaml composed.")
         _say_commit(root, [*(root / "conf" / "project" / f"{r.name}.yaml" for r in added),
@@ -138,38 +140,54 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _each_readable(names: list[str], describe) -> int:
-    """Print ``describe(project)`` for each project named (all registered: none named),
-    each judged on its own config: a project whose config is broken is one line on
-    stderr and the others are still printed. Exit code 2 when one was skipped."""
+def _readable(names: list[str], root: Path, warn: bool = True) -> tuple[list, int]:
+    """The projects named (all registered: none named), each judged on its own config: a
+    project whose config is broken is one line on stderr (unless not ``warn``) and the
+    others are still returned, with the number skipped. One project named: its error is
+    the error."""
     from backfill.projects.registry import registered
 
-    root = find_root()
     names = names or registered(root)
-    if len(names) == 1:  # one project: its error is the error
-        print(describe(load_project(names[0], root, alone=True)))
-        return 0
+    if len(names) == 1:
+        return [load_project(names[0], root, alone=True)], 0
     try:  # the common case, one composition for all (or none: conf/ did not change)
         check_params_fresh(root)
         alone = False
     except ConfigError:
         alone = True
-    skipped = 0
+    projects, skipped = [], 0
     for name in names:
         try:
-            project = load_project(name, root, alone=alone)
+            projects.append(load_project(name, root, alone=alone))
         except ConfigError as exc:
-            print(f"backfill: warning: project '{name}' skipped: {exc}", file=sys.stderr)
+            if warn:
+                print(f"backfill: warning: project '{name}' skipped: {exc}", file=sys.stderr)
             skipped += 1
-            continue
+    return projects, skipped
+
+
+def _each_readable(names: list[str], describe) -> int:
+    """Print ``describe(project)`` for each readable project (see _readable). Exit code 2
+    when one was skipped."""
+    projects, skipped = _readable(names, find_root())
+    for project in projects:
         print(describe(project))
     return 2 if skipped else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from backfill.reports.index import write_index
     from backfill.reports.report import performance_summary
 
-    return _each_readable(args.names, performance_summary)
+    root = find_root()
+    code = _each_readable(args.names, performance_summary)
+    # The index lists every project, even when only some were named; those whose config
+    # is broken were named on stderr already, or will be by a plain `backfill report`.
+    projects = _readable([], root, warn=False)[0]
+    if projects:
+        index = write_index(projects, root)
+        print(f"index of all projects: {index}")
+    return code
 
 
 def _projects(root: Path, names: list[str] | None) -> list:
@@ -298,9 +316,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from backfill.reports.summary import summarize
+    from backfill.reports.summary import figures, summarize, table
 
-    return _each_readable(args.names, summarize)
+    if args.detail:
+        return _each_readable(args.names, summarize)
+    projects, skipped = _readable(args.names, find_root())
+    if projects:
+        print(table([figures(p) for p in projects]))
+    return 2 if skipped else 0
 
 
 def cmd_demo_generate(args: argparse.Namespace) -> int:
@@ -370,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register the new ones (default: only list what would be added)")
     p.add_argument("--model", default="baseline",
                    help="model version of the registered projects (conf/model/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="pipeline settings to store for every project registered, as for "
+                        "`project add`, e.g. embed.pretrained=null")
     p.set_defaults(func=cmd_project_discover)
 
     for stage in STAGES:
@@ -417,8 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="projects (default: all)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("summary", help="one-screen summary of projects' tables")
+    p = sub.add_parser("summary", help="one-screen table of projects: groups, actions, "
+                                       "reviews, errors, rows waiting for publish")
     p.add_argument("names", nargs="*", help="projects (default: all)")
+    p.add_argument("--detail", "-v", action="store_true",
+                   help="each project in full, stage by stage (scan, group, extract, ...)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("query", help="DuckDB SQL over a project's tables and merged DB")
@@ -449,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     # KEY=VALUE overrides may come before or after the options; argparse alone would
     # reject those that follow an option, so they are collected here.
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "func", None) in (cmd_project_add, cmd_train):
+    if extra and getattr(args, "func", None) in (cmd_project_add, cmd_project_discover,
+                                                 cmd_train):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -28,7 +28,7 @@ def test_add_from_a_subfolder_scan_group_and_summarize(repo_copy, tmp_path):
     assert "cached 0" not in run(["backfill", "scan", "p"], repo_copy).stdout  # warm
     group_line = run(["backfill", "group", "p"], repo_copy).stdout
     assert f"group p: {len(project.groups)} groups" in group_line
-    summary = run(["backfill", "summary", "p"], repo_copy).stdout
+    summary = run(["backfill", "summary", "p", "--detail"], repo_copy).stdout
     assert re.search(rf"groups\s+{len(project.groups)}\n", summary)
     assert "truncated" in summary and "no timestamp" in summary
 

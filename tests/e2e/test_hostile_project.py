@@ -77,7 +77,8 @@ def test_a_project_holding_every_odd_entry_builds_green_and_recovers_fixed_final
     assert set(merged.values()) <= {"approve", "crop", "reject"}
     report = (data / "report.html").read_text()
     assert all(g in report for g in unreadable)
-    assert re.search(r"\n  unreadable\s+3\n", run(["backfill", "summary", "p"], repo_copy).stdout)
+    detail = run(["backfill", "summary", "p", "-v"], repo_copy).stdout
+    assert re.search(r"\n  unreadable\s+3\n", detail)
 
     run(["backfill", "publish", "p"], repo_copy)
     again = run(["dvc", "repro"], repo_copy).stdout

@@ -127,3 +127,54 @@ def test_a_failed_registration_leaves_the_configs_as_they_were(repo_copy, tmp_pa
         register(found, repo_copy)
     assert config.read_text() == before
     assert not (repo_copy / "conf" / "project" / "a.yaml").exists()
+
+
+def test_settings_and_the_production_db_go_to_every_project(repo_copy, tmp_path, monkeypatch,
+                                                            capsys):
+    """The person's tools keep each project's DB in data/training/ai_training_decisions/
+    of the folder holding its final folder: found, set as real_db, and said; KEY=VALUE
+    settings (before or after the options) are stored for every project registered."""
+    import sqlite3
+
+    from backfill import cli
+    from backfill.db.schema import create
+
+    past = tmp_path / "image-workflow"
+    renders = ("20250708_060711_stage1.png", "20250708_060726_stage2.png")
+    for name in ("mojo1", "mojo2"):
+        _png(past / f"{name}_raw", *renders)
+        _png(past / name, renders[1])
+    dbs = past / "data" / "training" / "ai_training_decisions"
+    dbs.mkdir(parents=True)
+    with sqlite3.connect(dbs / "mojo1.db") as conn:
+        create(conn)
+    conn.close()
+    (dbs / "mojo2_backfill_temp.db").write_bytes(b"")  # a temporary DB is not production
+    monkeypatch.chdir(repo_copy)
+
+    assert cli.main(["project", "discover", str(past), "group.lookahead=25"]) == 0
+    out = capsys.readouterr().out
+    assert f"production DB of mojo1: {dbs / 'mojo1.db'}" in out
+    assert "no production DB found for mojo2" in out
+    assert not (repo_copy / "conf" / "project" / "mojo1.yaml").exists()  # a dry run
+
+    assert cli.main(["project", "discover", str(past), "--yes", "embed.pretrained=null",
+                     "--model", "baseline", "group.lookahead=25"]) == 0
+    assert "registered 2 project(s): mojo1, mojo2" in capsys.readouterr().out
+    conf = {n: yaml.safe_load((repo_copy / "conf" / "project" / f"{n}.yaml").read_text())
+            for n in ("mojo1", "mojo2")}
+    assert conf["mojo1"]["real_db"] == str(dbs / "mojo1.db")
+    assert conf["mojo2"].get("real_db") is None
+    for c in conf.values():
+        assert c["embed"]["pretrained"] is None and c["group"]["lookahead"] == 25
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    assert params["projects"]["mojo2"]["embed"]["pretrained"] is None
+
+
+def test_an_unknown_setting_stops_discover_before_it_walks(repo_copy, tmp_path, monkeypatch,
+                                                          capsys):
+    from backfill import cli
+
+    monkeypatch.chdir(repo_copy)
+    assert cli.main(["project", "discover", str(tmp_path), "group.lookahed=25"]) == 2
+    assert "did you mean group.lookahead" in capsys.readouterr().err

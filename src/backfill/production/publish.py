@@ -24,7 +24,7 @@ import pandas as pd
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
-from backfill.contracts.plan import IDENTITY, plan_identity, work, writes
+from backfill.contracts.plan import IDENTITY, SCHEMA_ROW, plan_identity, work, writes
 from backfill.contracts.tables import read_stage_tables
 from backfill.db.schema import (
     DecisionDBError,
@@ -277,6 +277,46 @@ def check_identity(project: Project, db: Path, changes) -> None:
                           f"nothing was written. {redo}")
 
 
+def planned_rows(changes: pd.DataFrame) -> int:
+    """Production rows the plan would add or change: every group a change proper writes
+    ('seen' rows only record what the plan saw; table migrations are not rows)."""
+    written = writes(changes)
+    return int(written.loc[written["group_id"] != SCHEMA_ROW, "group_id"].nunique())
+
+
+def plan_is_current(project: Project, db: Path, changes: pd.DataFrame) -> bool:
+    """Whether ``db`` still holds the rows the plan was made against (read-only): when
+    not, it was written since (a publish, the reviewer app) and publishing re-checks."""
+    planned = plan_identity(changes)
+    with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
+        now = identity(conn, planned["path"])  # the same DB (checked): by its rows
+    conn.close()
+    return now == planned
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What `backfill publish NAME` would write now, as its dry run decides it."""
+
+    rows: int
+    current: bool | None  # the DB unchanged since planning; None: it cannot be read
+
+
+def waiting(project: Project) -> Waiting | None:
+    """The rows the merge plan would write to the production DB; None when there is no
+    real_db or no plan yet. Reads the DB read-only, as the dry run does."""
+    if not project.cfg.get("real_db") or not project.output("merge_plan").exists():
+        return None
+    db = project.path("real_db")
+    changes = read_stage_tables(project, ["merge_plan"])["merge_plan"]
+    try:
+        check_identity(project, db, changes)
+        current: bool | None = plan_is_current(project, db, changes)
+    except (ConfigError, DecisionDBError):
+        current = None  # planned against another DB, or one that cannot be read now
+    return Waiting(planned_rows(changes), current)
+
+
 def run_publish(project: Project, dry_run: bool) -> str:
     """`backfill publish NAME [--dry-run]`."""
     if not project.cfg.get("real_db"):
@@ -289,12 +329,9 @@ def run_publish(project: Project, dry_run: bool) -> str:
     check_identity(project, db, changes)
     if dry_run:
         planned = plan_identity(changes)
-        with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
-            now = identity(conn, planned["path"])  # the same DB (checked): by its rows
-        conn.close()
-        moved = ("; it has changed since (rows written or altered): publishing re-checks "
-                 "every planned value and refuses if one moved" if now != planned else
-                 "; unchanged since")
+        moved = ("; unchanged since" if plan_is_current(project, db, changes) else
+                 "; it has changed since (rows written or altered): publishing re-checks "
+                 "every planned value and refuses if one moved")
         partials = leftover_partials(db)
         stale = (f"\n{len(partials)} partial backup(s) from an interrupted publish "
                  f"({', '.join(p.name for p in partials)}): publish removes them."

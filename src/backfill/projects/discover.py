@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -30,6 +30,10 @@ from backfill.config.project import name_problem
 from backfill.db.cells import comparable_name
 
 HERE = PurePosixPath(".")
+# Where the person's review tools keep each project's decision DB: in the folder they
+# run from, which also holds the projects' final folders (``mojo3/`` beside
+# ``data/training/ai_training_decisions/mojo3.db``).
+DB_FOLDER = PurePosixPath("data/training/ai_training_decisions")
 # Longer stems first: "Aiko_raw_incoming" pairs with "Aiko_raw_final" before "Aiko_final".
 RAW_SUFFIXES = ("_incoming", "_raw", "_raw_incoming")
 FINAL_SUFFIXES = ("_final", "")
@@ -215,12 +219,30 @@ def registered_dirs(repo: Path) -> tuple[dict[str, Path | None], set[str]]:
     return out, others
 
 
+def find_db(root: Path, pair: Pair, name: str) -> Path | None:
+    """The project's production DB, ``<tools>/data/training/ai_training_decisions/
+    <project>.db``, where ``<tools>`` is a folder holding its final folder (the closest
+    first, up to the folder above ``root``); the project as its folders name it, else as
+    registered. Never the tools' ``<project>_backfill_temp.db``: that is not production."""
+    final = root / pair.final
+    places = [final.parent, *final.parent.parents]
+    stop = places.index(root.parent) + 1 if root.parent in places else len(places)
+    for place in places[:stop]:
+        folder = place / DB_FOLDER
+        for stem in dict.fromkeys((pair.folder_name, name)):
+            db = folder / f"{stem}.db"
+            if db.is_file():
+                return db
+    return None
+
+
 @dataclass
 class Discovery:
     root: Path
     rows: list[Row]
     unpaired: list[Unpaired]
     counts: dict[Path, int]
+    dbs: dict[str, Path | None] = field(default_factory=dict)  # new projects' real_db
 
     @property
     def new(self) -> list[Row]:
@@ -237,7 +259,8 @@ def discover(root: Path, repo: Path) -> Discovery:
     registered, taken = registered_dirs(repo)
     rows = plan(pairs, root, registered, taken)
     folders = [root / p for r in rows for p in (r.pair.original, r.pair.final)]
-    return Discovery(root, rows, unpaired, count_images(folders, repo))
+    dbs = {r.name: find_db(root, r.pair, r.name) for r in rows if r.registered_as is None}
+    return Discovery(root, rows, unpaired, count_images(folders, repo), dbs)
 
 
 def render(found: Discovery) -> str:
@@ -259,12 +282,27 @@ def render(found: Discovery) -> str:
             lines.append("  " + "  ".join(cells + [row[-1]]))
     for u in found.unpaired:
         lines.append(f"  not paired: {u.original}/ ({u.reason})")
+    lines += _db_lines(found)
     return "\n".join(lines)
 
 
-def register(found: Discovery, repo: Path, model: str = "baseline") -> list[Row]:
-    """Register every new project, then compose params.yaml once; on any failure the
-    configs are restored as they were."""
+def _db_lines(found: Discovery) -> list[str]:
+    """Which production DB each new project gets as real_db, and which have none."""
+    out = [f"  production DB of {name}: {db}" for name, db in found.dbs.items() if db]
+    missing = [name for name, db in found.dbs.items() if db is None]
+    if missing:
+        out += [f"  no production DB found for {', '.join(missing)}: built from scratch",
+                f"    (looked for {DB_FOLDER}/<project>.db in the folders above the final "
+                "folder; to set one later:",
+                "    `backfill project add NAME ... --real-db DB --force`)"]
+    return out
+
+
+def register(found: Discovery, repo: Path, model: str = "baseline",
+             overrides: list[str] | None = None) -> list[Row]:
+    """Register every new project, with its production DB where one was found and the
+    same KEY=VALUE ``overrides`` (as `project add` takes them) for each, then compose
+    params.yaml once; on any failure the configs are restored as they were."""
     from backfill.config.project import write_params
     from backfill.projects.registry import add_project, config_path
 
@@ -273,9 +311,11 @@ def register(found: Discovery, repo: Path, model: str = "baseline") -> list[Row]
     written: list[Path] = []
     try:
         for r in found.new:
+            db = found.dbs.get(r.name)
             written.append(add_project(
                 repo, r.name, config_path(found.root / r.pair.original, repo),
-                config_path(found.root / r.pair.final, repo), model=model,
+                config_path(found.root / r.pair.final, repo),
+                config_path(db, repo) if db else None, overrides, model=model,
                 compose_params=False))
         write_params(repo)  # once for all: checked before params.yaml is touched
     except Exception as exc:

@@ -16,7 +16,7 @@ from backfill.models.versions import check_version_name
 _ENTRY = "  - project@projects.{name}: {name}\n"
 
 
-def _check_overrides(root: Path, overrides: list[str]) -> dict:
+def check_overrides(root: Path, overrides: list[str]) -> dict:
     """Parse KEY=VALUE overrides (YAML values) and reject keys the pipeline does not have."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -122,7 +122,7 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
         if not (p.is_dir() if kind == "folder" else p.is_file()):
             raise ConfigError(f"{label} {given} is not a {kind}.")
     check_version_name(root, model)
-    values = _check_overrides(root, overrides or [])
+    values = check_overrides(root, overrides or [])
     previous = path.read_text() if path.exists() else None
     path.write_text(project_yaml(name, original_dir, final_dir, real_db, values, model,
                                  legacy_csv, review_dir))

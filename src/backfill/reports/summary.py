@@ -1,15 +1,19 @@
-"""The one-screen summary of a project's tables, for people (``backfill summary``)."""
+"""Summaries of projects' tables, for people: one row per project (``backfill summary``),
+or one project in full (``backfill summary NAME --detail``)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from backfill.config.project import Project
-from backfill.contracts.schemas import TRUTH_ACTIONS
+from backfill.contracts.schemas import ACTIONS, TRUTH_ACTIONS
+from backfill.contracts.tables import ContractError
 from backfill.models.evaluate import percent
+from backfill.production.publish import Waiting, waiting
 
 
 def _section(title: str, rows: list[tuple[str, object]]) -> list[str]:
@@ -97,3 +101,129 @@ def summarize(project: Project) -> str:
         lines += _section(f"merge (`backfill publish {project.name} --dry-run` shows the plan)",
                           rows)
     return "\n".join(lines)
+
+
+# -- the table of many projects (`backfill summary`): one row each --------------------
+
+ACTIONS_HEAD = "/".join(ACTIONS)  # approve/crop/reject
+HEADERS = ("project", "groups", ACTIONS_HEAD, "needs review", "errors", "to publish")
+WIDTH = 120  # the table fits this many columns: long names are cut to make room
+STALE = "*"  # marks rows planned against a DB that has changed since
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One project's summary figures; None where the stage has not run yet."""
+
+    name: str
+    built: bool  # scanned at least
+    groups: int | None = None
+    actions: tuple[int, ...] | None = None  # per ACTIONS
+    needs_review: int | None = None
+    errors: int | None = None  # scan errors + merge issues
+    waiting: int | None = None  # rows the merge plan would write to production
+    current: bool | None = True  # the production DB unchanged since planning
+    has_db: bool = False  # a real_db to publish to
+
+
+def _merge_issues(project: Project) -> int | None:
+    path = project.metrics("merge_summary.json")
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    return sum(int(v) for k, v in m.items() if k.startswith("issues_"))
+
+
+def _waiting(project: Project) -> Waiting | None:
+    try:
+        return waiting(project)
+    except ContractError:
+        return Waiting(0, None)  # a plan that does not read back: publish refuses it too
+
+
+def figures(project: Project) -> Figures:
+    """The figures of the table, from whatever tables exist so far."""
+    scan_path = project.output("scan")
+    if not scan_path.exists():
+        return Figures(project.name, built=False)
+    status = pq.read_table(scan_path, columns=["status"]).column(0).to_pandas()
+    errors = int((status == "error").sum())
+    issues = _merge_issues(project)
+    groups_path = project.output("groups")
+    groups = pq.read_metadata(groups_path).num_rows if groups_path.exists() else None
+    actions = review = None
+    truth_path = project.output("truth")
+    if truth_path.exists():
+        truth = pd.read_parquet(truth_path, columns=["user_action", "needs_review"])
+        counts = truth["user_action"].value_counts()
+        actions = tuple(int(counts.get(a, 0)) for a in ACTIONS)
+        review = int(truth["needs_review"].sum())
+    plan = _waiting(project)
+    return Figures(project.name, True, groups, actions, review,
+                   errors + (issues or 0), plan.rows if plan else None,
+                   plan.current if plan else True, bool(project.cfg.get("real_db")))
+
+
+def _number(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def cells(f: Figures) -> tuple[str, ...]:
+    actions = "-" if f.actions is None else "/".join(f"{n:,}" for n in f.actions)
+    if not f.has_db:
+        publish = "no DB"
+    else:
+        publish = _number(f.waiting) + ("" if f.current else STALE)
+    return (f.name, _number(f.groups), actions, _number(f.needs_review), _number(f.errors),
+            publish)
+
+
+def _cut(name: str, width: int) -> str:
+    return name if len(name) <= width else name[:width - 3] + "..."
+
+
+def _total(rows: list[Figures]) -> Figures:
+    def add(values: list[int | None]) -> int | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+
+    built = [f for f in rows if f.built]
+    actions = [f.actions for f in built if f.actions is not None]
+    return Figures(
+        "total", True, add([f.groups for f in built]),
+        tuple(map(sum, zip(*actions, strict=True))) if actions else None,
+        add([f.needs_review for f in built]), add([f.errors for f in built]),
+        add([f.waiting for f in built]), all(f.current for f in built),
+        any(f.has_db for f in built))
+
+
+def table(rows: list[Figures]) -> str:
+    """One line per project (and a total when there are several), numbers right-aligned;
+    a project not built yet says so across its figures."""
+    lines = [cells(f) if f.built else (f.name,) for f in rows]
+    if len(rows) > 1:
+        lines.append(cells(_total(rows)))
+    widths = [max(len(r[i]) for r in [HEADERS, *lines] if len(r) > i)
+              for i in range(len(HEADERS))]
+    # The figures keep their width; the names get what is left of WIDTH.
+    widths[0] = max(len(HEADERS[0]), min(widths[0], WIDTH - sum(widths[1:]) - 2 * len(widths[1:])))
+    lines = [(_cut(r[0], widths[0]), *r[1:]) for r in lines]
+
+    def line(row: tuple[str, ...]) -> str:
+        if len(row) == 1:  # not built: the note takes the figures' place
+            return f"{row[0]:<{widths[0]}}  not built yet: run `dvc repro`"
+        return "  ".join([row[0].ljust(widths[0]),
+                          *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+
+    out = [line(HEADERS), *map(line, lines)]
+    if len(rows) > 1:
+        out.insert(-1, "-" * len(out[0]))
+    notes = []
+    if any(f.built and f.has_db and not f.current for f in rows):
+        notes.append(f"{STALE} the production DB changed since these rows were planned (a "
+                     "publish, the reviewer app) or cannot be read now: `dvc repro` plans "
+                     "again.")
+    if any(f.built and f.waiting for f in rows):
+        notes.append("`backfill publish NAME --dry-run` shows what would be written.")
+    notes.append("`backfill summary NAME --detail` shows a project stage by stage.")
+    return "\n".join(out + notes)
