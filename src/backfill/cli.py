@@ -1,59 +1,120 @@
-"""The ``backfill`` command: project set-up, one subcommand per stage, summaries."""
+"""The ``backfill`` command: one Click command per job, each a thin call into the module
+that does the work. What lives here is the command line itself (arguments, their types,
+help) and the one way every failure reaches the user: one line and an exit code."""
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import click
+
+from backfill.config.errors import ConfigError
+from backfill.config.project import find_root, load_project
+from backfill.contracts.tables import ContractError
+from backfill.db.schema import DecisionDBError
+from backfill.files.atomic import DiskFull
+from backfill.pipeline import BY_NAME, STAGES, add_train_stage
+from backfill.signals import catch_sigterm, ignore_signals, release_sigterm, stopped
 
 
-class Terminated(KeyboardInterrupt):
-    """A SIGTERM (`kill`, a job scheduler, a container stopping): stopped the way Ctrl-C
-    stops, through the same clean-up, with its own line and exit code."""
+class Backfill(click.Group):
+    """The top command: runs the chosen command under the error contract. A setting, a
+    path or a full disk is the user's to fix (exit 2); a broken table or DB is the
+    data's (exit 1); a signal stops cleanly (128 + its number). Never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order of the work, as defined below
+
+    def invoke(self, ctx: click.Context) -> Any:
+        previous = catch_sigterm()
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"backfill: error: {exc}", err=True)
+            return 2
+        except DiskFull as exc:  # the user makes room: their fix, like a setting
+            click.echo(f"backfill: error: {exc.strerror}", err=True)
+            return 2
+        except (ContractError, DecisionDBError) as exc:
+            click.echo(f"backfill: {exc}", err=True)
+            return 1
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+            return stopped(exc)
+        except BrokenPipeError:
+            # The reader went away (`| head`): nothing more to say on stdout, and Python
+            # must not try again at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            click.echo("backfill: output closed early (by a pipe such as `| head`); "
+                       "nothing else was done", err=True)
+            return 2
+        except OSError as exc:  # a disk, permission or path problem: one line, not a trace
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"backfill: error: {exc.strerror or exc}{where}", err=True)
+            return 1
+        finally:
+            release_sigterm(previous)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
+class WholeNumber(click.ParamType):
+    """An integer of at least ``least``, said in words when it is not."""
+
+    name = "N"
+
+    def __init__(self, least: int) -> None:
+        self.least = least
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = self.least - 1
+        if number < self.least:
+            self.fail(f"'{value}': use a whole number of {self.least} or more", param, ctx)
+        return number
 
 
-def _catch_sigterm() -> object:
-    """Turn SIGTERM into Terminated; returns the handler to put back (None off the main
-    thread, where Python cannot set one)."""
-    try:
-        return signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:
-        return None
+class Formats(click.ParamType):
+    """Comma-separated export formats, each one the exporter writes."""
+
+    name = "FORMATS"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        from backfill.reports.export import FORMATS
+
+        if isinstance(value, tuple):
+            return value
+        chosen = tuple(dict.fromkeys(f.strip().lower() for f in value.split(",") if f.strip()))
+        if not chosen or any(f not in FORMATS for f in chosen):
+            self.fail(f"'{value}': choose from {','.join(FORMATS)}", param, ctx)
+        return chosen
 
 
-def _release_sigterm(previous: object) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+class OutputFolder(click.ParamType):
+    """Where a command writes its files, relative to the repository: created if missing;
+    a file, or a folder that cannot be written, is refused before any work."""
 
+    name = "FOLDER"
 
-def _stopped(exc: KeyboardInterrupt) -> int:
-    """The one line and the exit code of a run stopped by a signal (128 + its number)."""
-    if isinstance(exc, Terminated):
-        print("backfill: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    print("backfill: interrupted", file=sys.stderr)
-    return 128 + signal.SIGINT
-
-
-_previous = _catch_sigterm()
-try:  # a Ctrl-C or SIGTERM while the libraries load is one line too, not a traceback
-    from backfill.config.errors import ConfigError
-    from backfill.config.project import check_params_fresh, find_root, load_project, write_params
-    from backfill.contracts.tables import ContractError
-    from backfill.db.schema import DecisionDBError
-    from backfill.files.atomic import DiskFull
-    from backfill.pipeline import BY_NAME, STAGES, add_train_stage
-except KeyboardInterrupt as _exc:
-    sys.exit(_stopped(_exc))
-finally:
-    _release_sigterm(_previous)
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Path:
+        out = Path(value).expanduser()
+        out = out if out.is_absolute() else find_root() / out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder: choose a folder.")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {out} cannot be created ({exc.strerror or exc}): "
+                              "choose a folder you can write.") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out} cannot be written (permission denied): choose "
+                              "a folder you can write.")
+        return out
 
 
 def _say_commit(root: Path, paths: list[Path], message: str) -> None:
@@ -63,461 +124,361 @@ def _say_commit(root: Path, paths: list[Path], message: str) -> None:
 
     hint = commit_hint(root, paths, message)
     if hint:
-        print(f"next: {hint}")
+        click.echo(f"next: {hint}")
 
 
-def cmd_compose(args: argparse.Namespace) -> int:
+def _each_readable(names: tuple[str, ...], describe) -> int:
+    """Print ``describe(project)`` for each readable project (projects.select.readable);
+    exit code 2 when one was skipped."""
+    from backfill.projects.select import readable
+
+    projects, skipped = readable(list(names), find_root())
+    for project in projects:
+        click.echo(describe(project))
+    return 2 if skipped else 0
+
+
+OVERRIDES = dict(nargs=-1, metavar="[KEY=VALUE]...")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(cls=Backfill, context_settings=CONTEXT)
+@click.version_option(package_name="backfill", prog_name="backfill")
+def backfill() -> None:
+    """Rebuild AI-training decision databases from curated image folders."""
+
+
+@backfill.command()
+@click.option("--keep", "edits", flag_value="keep",
+              help="first write the values params.yaml holds that conf/ does not (after "
+                   "`dvc exp apply`) into conf/, so that they last")
+@click.option("--discard", "edits", flag_value="discard",
+              help="put conf/'s values back over those (default: stop and name them)")
+def compose(edits: str | None) -> int:
+    """Compose conf/ into params.yaml (before `dvc repro`)."""
+    from backfill.config.keep import compose_params
+
     root = find_root()
-    edits = "keep" if args.keep else "discard" if args.discard else "refuse"
-    conf = {p: p.read_bytes() for p in (root / "conf").rglob("*.yaml")}
-    from backfill.config.keep import keep_values
-
-    out = write_params(root, edits=edits, keeper=keep_values)
-    print(f"composed conf/ -> {out.relative_to(root)}; `dvc repro` will build what changed")
-    kept = [p for p, text in conf.items() if not p.is_file() or p.read_bytes() != text]
+    out, kept = compose_params(root, edits or "refuse")
+    click.echo(f"composed conf/ -> {out.relative_to(root)}; `dvc repro` will build what "
+               "changed")
     if kept:
-        _say_commit(root, [*sorted(kept), out], "Keep experiment settings")
+        _say_commit(root, [*kept, out], "Keep experiment settings")
     return 0
 
 
-def cmd_project_add(args: argparse.Namespace) -> int:
+@backfill.command()
+def watch() -> int:
+    """The pipeline's first stage: note which projects' image folders and production
+    DBs changed (stats only, every `dvc repro`)."""
+    from backfill.watch import run
+
+    click.echo(run(find_root()))
+    return 0
+
+
+@backfill.group()
+def project() -> None:
+    """Register and list projects."""
+
+
+@project.command("add")
+@click.argument("name")
+@click.option("--original-dir", required=True, help="folder of all renders, any depth")
+@click.option("--final-dir", required=True, help="folder of the kept (final) images")
+@click.option("--real-db", help="the project's production SQLite DB, if any")
+@click.option("--legacy-csv", help="its legacy {project}_decisions.csv log, if any")
+@click.option("--review-dir", help="folder holding its crop_auto/ and selected/ folders "
+                                   "(.decision sidecars), if any")
+@click.option("--model", default="baseline", show_default=True,
+              help="model version whose predictions are recorded (conf/model/)")
+@click.option("--force", is_flag=True, help="replace an existing project config")
+@click.argument("overrides", **OVERRIDES)
+def project_add(name: str, original_dir: str, final_dir: str, real_db: str | None,
+                legacy_csv: str | None, review_dir: str | None, model: str, force: bool,
+                overrides: tuple[str, ...]) -> int:
+    """Register project NAME (letters, digits, _ and -; not a number or a date) and
+    compose params.yaml. KEY=VALUE: pipeline settings stored for it, e.g.
+    group.lookahead=25."""
     from backfill.projects.registry import add_project, config_path
 
     root = find_root()
-    path = add_project(
-        root, args.name, config_path(args.original_dir, root), config_path(args.final_dir, root),
-        config_path(args.real_db, root) if args.real_db else None, args.overrides, args.force,
-        args.model, config_path(args.legacy_csv, root) if args.legacy_csv else None,
-        config_path(args.review_dir, root) if args.review_dir else None,
-    )
-    print(f"added project '{args.name}': {path.relative_to(root)}; params.yaml composed.")
+
+    def where(value: str | None) -> str | None:
+        return config_path(value, root) if value else None
+
+    path = add_project(root, name, where(original_dir), where(final_dir), where(real_db),
+                       list(overrides), force, model, where(legacy_csv), where(review_dir))
+    click.echo(f"added project '{name}': {path.relative_to(root)}; params.yaml composed.")
     _say_commit(root, [path, root / "conf" / "config.yaml", root / "params.yaml"],
-                f"Add project {args.name}")
-    print(f"next: `dvc repro` (or only this project: `dvc repro group@{args.name}`)")
+                f"Add project {name}")
+    click.echo(f"next: `dvc repro` (or only this project: `dvc repro group@{name}`)")
     return 0
 
 
-def cmd_project_list(args: argparse.Namespace) -> int:
-    return _each_readable([], lambda project: f"{project.name}: original="
-                          f"{project.cfg.original_dir} final={project.cfg.final_dir}")
+@project.command("list")
+def project_list() -> int:
+    """List registered projects."""
+    return _each_readable((), lambda p: f"{p.name}: original={p.cfg.original_dir} "
+                                        f"final={p.cfg.final_dir}")
 
 
-def cmd_project_discover(args: argparse.Namespace) -> int:
+@project.command("discover")
+@click.argument("folder", metavar="ROOT")
+@click.option("--yes", is_flag=True,
+              help="register the new ones (default: only list what would be added)")
+@click.option("--model", default="baseline", show_default=True,
+              help="model version of the registered projects (conf/model/)")
+@click.argument("overrides", **OVERRIDES)
+def project_discover(folder: str, yes: bool, model: str, overrides: tuple[str, ...]) -> int:
+    """Find past projects' folder pairs under ROOT (sandbox/<p> + <p>, <p>_raw +
+    <p>_final, or <p>). KEY=VALUE: settings stored for every project registered, as for
+    `project add`, e.g. embed.pretrained=null."""
     from backfill.models.versions import check_version_name
     from backfill.projects.discover import discover, register, render
     from backfill.projects.registry import check_overrides
 
     root = find_root()
-    check_version_name(root, args.model)
-    check_overrides(root, args.overrides)  # before the walk: a typo costs no scan
-    found = discover(Path(args.root), root)
-    print(render(found))
+    check_version_name(root, model)
+    check_overrides(root, list(overrides))  # before the walk: a typo costs no scan
+    found = discover(Path(folder), root)
+    click.echo(render(found))
     if not found.new:
-        print("nothing new to register.")
-    elif not args.yes:
-        print(f"would register {len(found.new)} project(s) under the names shown: run again "
-              "with --yes to do it.")
-    else:
-        added = register(found, root, args.model, args.overrides)
-        print(f"registered {len(added)} project(s): {', '.join(r.name for r in added)}; "
-              "params.yaml composed.")
-        _say_commit(root, [*(root / "conf" / "project" / f"{r.name}.yaml" for r in added),
-                           root / "conf" / "config.yaml", root / "params.yaml"],
-                    f"Add projects {', '.join(r.name for r in added)}")
-        print("next: `dvc repro` (or one project: `dvc repro group@NAME`)")
+        click.echo("nothing new to register.")
+        return 0
+    if not yes:
+        click.echo(f"would register {len(found.new)} project(s) under the names shown: run "
+                   "again with --yes to do it.")
+        return 0
+    added = register(found, root, model, list(overrides))
+    names = ", ".join(r.name for r in added)
+    click.echo(f"registered {len(added)} project(s): {names}; params.yaml composed.")
+    _say_commit(root, [*(root / "conf" / "project" / f"{r.name}.yaml" for r in added),
+                       root / "conf" / "config.yaml", root / "params.yaml"],
+                f"Add projects {names}")
+    click.echo("next: `dvc repro` (or one project: `dvc repro group@NAME`)")
     return 0
 
 
-def cmd_stage(args: argparse.Namespace) -> int:
-    print(BY_NAME[args.stage].run(load_project(args.name)))
-    return 0
+def _stage_command(name: str, help: str) -> click.Command:
+    def run_stage(project: str) -> int:
+        click.echo(BY_NAME[name].run(load_project(project)))
+        return 0
+
+    return click.Command(name, callback=run_stage, help=f"Stage: {help} (run by `dvc repro`).",
+                         params=[click.Argument(["project"], metavar="NAME")],
+                         context_settings=CONTEXT)
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+for _stage in STAGES:
+    backfill.add_command(_stage_command(_stage.name, _stage.help))
+
+
+@backfill.command()
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="print the plan; write nothing")
+def publish(name: str, dry_run: bool) -> int:
+    """Apply project NAME's merge plan to its production DB (backup first, one
+    transaction)."""
     from backfill.production.publish import run_publish
 
-    print(run_publish(load_project(args.name), args.dry_run))
+    click.echo(run_publish(load_project(name), dry_run))
     return 0
 
 
-def _readable(names: list[str], root: Path, warn: bool = True) -> tuple[list, int]:
-    """The projects named (all registered: none named), each judged on its own config: a
-    project whose config is broken is one line on stderr (unless not ``warn``) and the
-    others are still returned, with the number skipped. One project named: its error is
-    the error."""
-    from backfill.projects.registry import registered
-
-    names = names or registered(root)
-    if len(names) == 1:
-        return [load_project(names[0], root, alone=True)], 0
-    try:  # the common case, one composition for all (or none: conf/ did not change)
-        check_params_fresh(root)
-        alone = False
-    except ConfigError:
-        alone = True
-    projects, skipped = [], 0
-    for name in names:
-        try:
-            projects.append(load_project(name, root, alone=alone))
-        except ConfigError as exc:
-            if warn:
-                print(f"backfill: warning: project '{name}' skipped: {exc}", file=sys.stderr)
-            skipped += 1
-    return projects, skipped
-
-
-def _each_readable(names: list[str], describe) -> int:
-    """Print ``describe(project)`` for each readable project (see _readable). Exit code 2
-    when one was skipped."""
-    projects, skipped = _readable(names, find_root())
-    for project in projects:
-        print(describe(project))
-    return 2 if skipped else 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from backfill.reports.index import write_index
-    from backfill.reports.report import performance_summary
+@backfill.command()
+@click.argument("name")
+@click.option("--projects", multiple=True, metavar="NAME...",
+              help="projects to learn from (default: all)")
+@click.option("--force", is_flag=True, help="replace an existing version")
+@click.option("--stage", is_flag=True,
+              help="add this training to dvc.yaml as a stage instead of running it")
+@click.argument("overrides", **OVERRIDES)
+def train(name: str, projects: tuple[str, ...], force: bool, stage: bool,
+          overrides: tuple[str, ...]) -> int:
+    """Train model version NAME (data/models/NAME/, conf/model/NAME.yaml) from the
+    recovered decisions. KEY=VALUE: train settings (conf/train/default.yaml), e.g.
+    ranker.epochs=60."""
+    from backfill.models.train import describe_training, train_settings
+    from backfill.models.train import train as run_training
+    from backfill.projects.select import named
 
     root = find_root()
-    code = _each_readable(args.names, performance_summary)
-    # The index lists every project, even when only some were named; those whose config
-    # is broken were named on stderr already, or will be by a plain `backfill report`.
-    projects = _readable([], root, warn=False)[0]
-    if projects:
-        index = write_index(projects, root)
-        print(f"index of all projects: {index}")
-    return code
-
-
-def _projects(root: Path, names: list[str] | None) -> list:
-    from backfill.projects.registry import registered
-
-    names = names or registered(root)
-    if not names:
-        raise ConfigError("no projects registered: `backfill project add` first.")
-    return [load_project(name, root) for name in names]
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from backfill.config.project import load_params
-    from backfill.models.train import train
-
-    root = find_root()
-    # KEY=VALUE words typed after --projects land there; they are overrides.
-    args.overrides += [p for p in args.projects or [] if "=" in p]
-    args.projects = [p for p in args.projects or [] if "=" not in p]
-    from backfill.config.settings import SettingError, TrainConfig, typed
-
-    cfg = load_params(root).get("train")
-    if cfg is None:
-        raise ConfigError("params.yaml has no train section: run `backfill compose`.")
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"train overrides look like KEY=VALUE, e.g. ranker.epochs=60: {bad}")
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
-        typed(TrainConfig, cfg, prefix="train.")  # types, ranges, unknown keys
-    except SettingError as exc:
-        raise ConfigError(str(exc)) from None
-    except Exception as exc:
-        raise ConfigError(f"bad train override {args.overrides}: {exc}") from None
-    projects = _projects(root, args.projects)
-    if args.stage:
-        print(add_train_stage(root, args.name, [p.name for p in projects], args.overrides))
+    cfg = train_settings(root, list(overrides))
+    chosen = named(root, projects)
+    if stage:
+        click.echo(add_train_stage(root, name, [p.name for p in chosen], list(overrides)))
         return 0
-    result = train(args.name, projects, cfg, root, force=args.force)
-    held = result.metadata["held_out"]
-    from backfill.models.evaluate import describe_metrics
-
-    print(f"trained model version '{args.name}' on {', '.join(p.name for p in projects)} "
-          f"({result.metadata['training']['groups']} groups, "
-          f"{result.metadata['training']['ranker_pairs']} ranker pairs, "
-          f"{result.metadata['training']['crop_boxes']} crop boxes)")
-    print(f"held out: {describe_metrics(held)}")
-    print(f"wrote data/models/{args.name}/ and {result.config_path.relative_to(root)}; "
-          f"compare it: `backfill compare baseline {args.name}`")
+    result = run_training(name, chosen, cfg, root, force=force)
+    click.echo(describe_training(result, chosen, root))
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from backfill.models.compare import compare, render, version_from_file, write
+@backfill.command()
+@click.argument("versions", nargs=-1, required=True)
+@click.option("--projects", multiple=True, metavar="NAME...",
+              help="projects to measure on (default: all)")
+@click.option("--out", type=OutputFolder(), default="data/compare", show_default=True,
+              help="folder for compare.csv and metrics.json")
+def compare(versions: tuple[str, ...], projects: tuple[str, ...], out: Path) -> int:
+    """Measure model VERSIONS (conf/model/) on projects' decisions."""
+    from backfill.models.compare import compare as measure
+    from backfill.models.compare import render, version_from_file, write
+    from backfill.projects.select import named
 
     root = find_root()
-    versions = [version_from_file(root, v) for v in args.versions]
-    out = _output_folder(args.out, "data/compare", root)
-    table = compare(versions, _projects(root, args.projects))
+    table = measure([version_from_file(root, v) for v in versions], named(root, projects))
     csv, metrics = write(table, out)
-    print(render(table))
-    print(f"-> {csv.relative_to(root)} and {metrics.relative_to(root)} "
-          f"(`dvc metrics show {metrics.relative_to(root)}`)")
+    click.echo(render(table))
+    click.echo(f"-> {csv.relative_to(root)} and {metrics.relative_to(root)} "
+               f"(`dvc metrics show {metrics.relative_to(root)}`)")
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}': use a whole number of 1 or more")
-    return value
-
-
-def _output_folder(value: str | None, default: str, root: Path) -> Path:
-    """Where a command writes its files: created if missing; a file, or a folder that
-    cannot be written, is refused before any work, naming the path."""
-    out = Path(value).expanduser() if value else Path(default)
-    out = out if out.is_absolute() else root / out
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder: choose a folder.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {out} cannot be created ({exc.strerror or exc}): choose "
-                          "a folder you can write.") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out} cannot be written (permission denied): choose a "
-                          "folder you can write.")
-    return out
-
-
-def _formats(text: str) -> tuple[str, ...]:
-    from backfill.reports.export import FORMATS
-
-    chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    if not chosen or any(f not in FORMATS for f in chosen):
-        raise argparse.ArgumentTypeError(f"'{text}': choose from {','.join(FORMATS)}")
-    return chosen
-
-
-def cmd_export(args: argparse.Namespace) -> int:
+@backfill.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "every", is_flag=True,
+              help="every registered project, plus combined _all.jsonl/_all.csv")
+@click.option("--out", type=OutputFolder(), default="data/export", show_default=True,
+              help="folder for the files")
+@click.option("--format", "formats", type=Formats(), default="jsonl,csv", show_default=True,
+              help="comma-separated: jsonl, csv")
+@click.option("--exclude-needs-review", is_flag=True,
+              help="leave out decisions flagged needs_review (default: kept, flagged)")
+def export(names: tuple[str, ...], every: bool, out: Path, formats: tuple[str, ...],
+           exclude_needs_review: bool) -> int:
+    """Training pairs from projects' decisions (JSONL and CSV, in the training
+    exporter's format)."""
     from backfill.projects.registry import config_path
+    from backfill.projects.select import named
     from backfill.reports.export import run
 
     root = find_root()
-    if bool(args.names) == args.all:
+    if bool(names) == every:
         raise ConfigError("name the projects to export, or pass --all (not both).")
-    out = _output_folder(args.out, "data/export", root)
-    stats, files = run(_projects(root, args.names), out, args.format, args.exclude_needs_review,
-                       combined=args.all)
-    print(stats)
-    print(f"-> {', '.join(config_path(str(f), root) for f in files)}")
+    stats, files = run(named(root, names), out, formats, exclude_needs_review, combined=every)
+    click.echo(stats)
+    click.echo(f"-> {', '.join(config_path(str(f), root) for f in files)}")
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    from backfill.watch import run
+@backfill.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+def report(names: tuple[str, ...]) -> int:
+    """The AI's accuracy per project against your reviewer's picks, and the path of
+    each project's HTML report (default: all projects)."""
+    from backfill.projects.select import readable
+    from backfill.reports.index import write_index
+    from backfill.reports.report import performance_summary
 
-    print(run(find_root()))
-    return 0
+    code = _each_readable(names, performance_summary)
+    # The index lists every project, even when only some were named; those whose config
+    # is broken were named on stderr already, or will be by a plain `backfill report`.
+    root = find_root()
+    projects = readable([], root, warn=False)[0]
+    if projects:
+        click.echo(f"index of all projects: {write_index(projects, root)}")
+    return code
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
+@backfill.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--detail", "-v", is_flag=True,
+              help="each project in full, stage by stage (scan, group, extract, ...)")
+def summary(names: tuple[str, ...], detail: bool) -> int:
+    """One-screen table of projects: groups, actions, reviews, errors, rows waiting for
+    publish (default: all projects)."""
+    from backfill.projects.select import readable
     from backfill.reports.summary import figures, summarize, table
 
-    if args.detail:
-        return _each_readable(args.names, summarize)
-    projects, skipped = _readable(args.names, find_root())
+    if detail:
+        return _each_readable(names, summarize)
+    projects, skipped = readable(list(names), find_root())
     if projects:
-        print(table([figures(p) for p in projects]))
+        click.echo(table([figures(p) for p in projects]))
     return 2 if skipped else 0
 
 
-def cmd_demo_generate(args: argparse.Namespace) -> int:
-    from backfill.demo.generate import generate
-
-    print(generate(Path(args.out), args.groups, args.seed, args.force))
-    return 0
-
-
-def cmd_query(args: argparse.Namespace) -> int:
+@backfill.command()
+@click.argument("name")
+@click.argument("sql")
+@click.option("--csv", "fmt", flag_value="csv", help="print CSV (every row by default)")
+@click.option("--json", "fmt", flag_value="json",
+              help="print a JSON array of rows (every row by default)")
+@click.option("--limit", type=WholeNumber(0), metavar="N",
+              help="rows to print (default: 50 as a table, all as CSV/JSON; 0: all)")
+def query(name: str, sql: str, fmt: str | None, limit: int | None) -> int:
+    """DuckDB SQL over project NAME's tables and merged DB. Views: its tables (scan,
+    groups, truth, ...), decisions and provenance (data/NAME/ai_decisions.db)."""
     import shutil
 
-    from backfill.reports.query import query
+    from backfill.reports.query import query as run_query
 
-    fmt = "csv" if args.csv else "json" if args.json else "table"
-    out, note = query(load_project(args.name, alone=True), args.sql, fmt, args.limit,
-                      shutil.get_terminal_size((120, 24)).columns)
-    print(out)
+    fmt = fmt or "table"
+    out, note = run_query(load_project(name, alone=True), sql, fmt, limit,
+                          shutil.get_terminal_size((120, 24)).columns)
+    click.echo(out)
     if note:  # on stderr for CSV and JSON, so that stdout stays machine-readable
-        print(note, file=sys.stdout if fmt == "table" else sys.stderr)
+        click.echo(note, err=fmt != "table")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="backfill",
-        description="Rebuild AI-training decision databases from curated image folders.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+@backfill.group()
+def demo() -> None:
+    """The generated demo project."""
 
-    p = sub.add_parser("compose", help="compose conf/ into params.yaml (before `dvc repro`)")
-    edits = p.add_mutually_exclusive_group()
-    edits.add_argument("--keep", action="store_true",
-                       help="first write the values params.yaml holds that conf/ does not "
-                            "(after `dvc exp apply`) into conf/, so that they last")
-    edits.add_argument("--discard", action="store_true",
-                       help="put conf/'s values back over those (default: stop and name them)")
-    p.set_defaults(func=cmd_compose)
 
-    p = sub.add_parser("watch", help="the pipeline's first stage: note which projects' image "
-                       "folders and production DBs changed (stats only, every `dvc repro`)")
-    p.set_defaults(func=cmd_watch)
+@demo.command("generate")
+@click.option("--out", default="data/demo", show_default=True, help="where to write it")
+@click.option("--groups", type=WholeNumber(1), default=40, show_default=True,
+              help="number of image groups")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--force", is_flag=True, help="regenerate even if present")
+def demo_generate(out: str, groups: int, seed: int, force: bool) -> int:
+    """Write the demo project's images (once)."""
+    from backfill.demo.generate import generate
 
-    project = sub.add_parser("project", help="register and list projects")
-    psub = project.add_subparsers(dest="project_command", required=True)
-    p = psub.add_parser("add", help="register a project and compose params.yaml")
-    p.add_argument("name", help="project name: letters, digits, _ and -; not a number or "
-                                "a date, and not another project's name in other case")
-    p.add_argument("--original-dir", required=True, help="folder of all renders, any depth")
-    p.add_argument("--final-dir", required=True, help="folder of the kept (final) images")
-    p.add_argument("--real-db", help="the project's production SQLite DB, if any")
-    p.add_argument("--legacy-csv", help="its legacy {project}_decisions.csv log, if any")
-    p.add_argument("--review-dir", help="folder holding its crop_auto/ and selected/ "
-                                        "folders (.decision sidecars), if any")
-    p.add_argument("--model", default="baseline",
-                   help="model version whose predictions are recorded (conf/model/)")
-    p.add_argument("--force", action="store_true", help="replace an existing project config")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="pipeline settings to store for this project, e.g. group.lookahead=25")
-    p.set_defaults(func=cmd_project_add)
-    p = psub.add_parser("list", help="list registered projects")
-    p.set_defaults(func=cmd_project_list)
-    p = psub.add_parser("discover", help="find past projects' folder pairs under ROOT "
-                                         "(sandbox/<p> + <p>, <p>_raw + <p>_final or <p>)")
-    p.add_argument("root", help="folder holding past projects")
-    p.add_argument("--yes", action="store_true",
-                   help="register the new ones (default: only list what would be added)")
-    p.add_argument("--model", default="baseline",
-                   help="model version of the registered projects (conf/model/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="pipeline settings to store for every project registered, as for "
-                        "`project add`, e.g. embed.pretrained=null")
-    p.set_defaults(func=cmd_project_discover)
+    click.echo(generate(Path(out), groups, seed, force))
+    return 0
 
-    for stage in STAGES:
-        p = sub.add_parser(stage.name, help=f"stage: {stage.help} (run by `dvc repro`)")
-        p.add_argument("name", help="project name")
-        p.set_defaults(func=cmd_stage, stage=stage.name)
 
-    p = sub.add_parser("publish", help="apply the merge plan to the production DB "
-                                       "(backup first, one transaction)")
-    p.add_argument("name", help="project name")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
-    p.set_defaults(func=cmd_publish)
-
-    p = sub.add_parser("train", help="train a new model version from recovered decisions")
-    p.add_argument("name", help="version name: writes data/models/NAME/, conf/model/NAME.yaml")
-    p.add_argument("--projects", nargs="+", metavar="NAME", help="(default: all)")
-    p.add_argument("--force", action="store_true", help="replace an existing version")
-    p.add_argument("--stage", action="store_true",
-                   help="add this training to dvc.yaml as a stage instead of running it")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="train settings (conf/train/default.yaml), e.g. ranker.epochs=60")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("compare", help="measure model versions on projects' decisions")
-    p.add_argument("versions", nargs="+", help="model versions (conf/model/)")
-    p.add_argument("--projects", nargs="+", metavar="NAME", help="(default: all)")
-    p.add_argument("--out", help="folder for compare.csv and metrics.json "
-                                 "(default: data/compare)")
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("export", help="training pairs from projects' decisions "
-                                      "(JSONL and CSV, seed 002's format)")
-    p.add_argument("names", nargs="*", metavar="NAME", help="projects to export")
-    p.add_argument("--all", action="store_true",
-                   help="every registered project, plus combined _all.jsonl/_all.csv")
-    p.add_argument("--out", help="folder for the files (default: data/export)")
-    p.add_argument("--format", type=_formats, default=("jsonl", "csv"),
-                   help="comma-separated: jsonl, csv (default: jsonl,csv)")
-    p.add_argument("--exclude-needs-review", action="store_true",
-                   help="leave out decisions flagged needs_review (default: kept, flagged)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("report", help="the AI's accuracy per project (seed 003) and the "
-                                      "path of its HTML report")
-    p.add_argument("names", nargs="*", help="projects (default: all)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("summary", help="one-screen table of projects: groups, actions, "
-                                       "reviews, errors, rows waiting for publish")
-    p.add_argument("names", nargs="*", help="projects (default: all)")
-    p.add_argument("--detail", "-v", action="store_true",
-                   help="each project in full, stage by stage (scan, group, extract, ...)")
-    p.set_defaults(func=cmd_summary)
-
-    p = sub.add_parser("query", help="DuckDB SQL over a project's tables and merged DB")
-    p.add_argument("name", help="project name")
-    p.add_argument("sql", help="one query; views: its tables (scan, groups, truth, ...), "
-                               "decisions and provenance (data/NAME/ai_decisions.db)")
-    form = p.add_mutually_exclusive_group()
-    form.add_argument("--csv", action="store_true", help="print CSV (every row by default)")
-    form.add_argument("--json", action="store_true",
-                      help="print a JSON array of rows (every row by default)")
-    p.add_argument("--limit", type=int, metavar="N",
-                   help="rows to print (default: 50 as a table, all as CSV/JSON; 0: all)")
-    p.set_defaults(func=cmd_query)
-
-    demo = sub.add_parser("demo", help="the generated demo project")
-    dsub = demo.add_subparsers(dest="demo_command", required=True)
-    p = dsub.add_parser("generate", help="write the demo project's images (once)")
-    p.add_argument("--out", default="data/demo", help="where to write it")
-    p.add_argument("--groups", type=_positive, default=40, help="number of image groups")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--force", action="store_true", help="regenerate even if present")
-    p.set_defaults(func=cmd_demo_generate)
-    return parser
+def _spread(argv: list[str], option: str) -> list[str]:
+    """``--projects a b`` as ``--projects a --projects b``: the list form the README and
+    dvc.yaml's train stages use, which Click's options (one value each) do not parse.
+    The list ends at the next option or KEY=VALUE word."""
+    out, taking = [], False
+    for word in argv:
+        if word == option:
+            taking = True
+            continue
+        if taking and not word.startswith("-") and "=" not in word:
+            out += [option, word]
+            continue
+        taking = False
+        out.append(word)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    # KEY=VALUE overrides may come before or after the options; argparse alone would
-    # reject those that follow an option, so they are collected here.
-    args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "func", None) in (cmd_project_add, cmd_project_discover,
-                                                 cmd_train):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    previous = _catch_sigterm()
+    """Run the command line ``argv`` (default: this process's); the exit code."""
+    argv = _spread(list(sys.argv[1:] if argv is None else argv), "--projects")
     try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"backfill: error: {exc}", file=sys.stderr)
-        return 2
-    except DiskFull as exc:  # the user makes room: their fix, like a setting
-        print(f"backfill: error: {exc.strerror}", file=sys.stderr)
-        return 2
-    except (ContractError, DecisionDBError) as exc:
-        print(f"backfill: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
-        return _stopped(exc)
-    except BrokenPipeError:
-        # The reader went away (`| head`): nothing more to say on stdout, and Python
-        # must not try again at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("backfill: output closed early (by a pipe such as `| head`); nothing else "
-              "was done", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a disk, permission or path problem: one line, not a trace
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"backfill: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
-    finally:
-        _release_sigterm(previous)
+        code = backfill.main(args=argv, prog_name="backfill", standalone_mode=False)
+    except click.ClickException as exc:  # a usage error: Click's message, exit 2
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
+    except click.Abort as exc:  # Ctrl-C while the command line was read
+        return stopped(exc.__cause__ or KeyboardInterrupt())
+    return code if isinstance(code, int) else 0
 
 
 def finish(code: int) -> NoReturn:
     """Exit with ``code``. Once main has returned, the work is done and reported, so a
     Ctrl-C or SIGTERM while Python shuts down (thread pools, torch) is ignored instead
     of turning a finished run into a killed one."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_signals()
     sys.exit(code)
 
 

@@ -47,3 +47,39 @@ def test_errors_say_what_to_do_and_exit_2(repo_copy, tmp_path):
     proc = run(["backfill", "compose"], tmp_path, check=False)
     assert proc.returncode == 2 and "run backfill from the repository" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_version_and_help_exit_0(capsys):
+    from importlib.metadata import version
+
+    from backfill import cli
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"backfill, version {version('backfill')}"
+    assert cli.main(["-h"]) == 0
+    out = capsys.readouterr().out
+    # Commands are listed in the order of the work, not alphabetically.
+    assert out.index("compose") < out.index("scan") < out.index("publish") < out.index("demo")
+
+
+def test_the_parser_checks_types_and_says_which_value(capsys):
+    from backfill import cli
+
+    for argv, said in ((["demo", "generate", "--groups", "0"], "'--groups': '0': use a whole "
+                        "number of 1 or more"),
+                       (["query", "p", "select 1", "--limit", "x"], "'--limit': 'x'"),
+                       (["export", "--all", "--format", "xml"], "'xml': choose from jsonl,csv"),
+                       (["compose", "--nope"], "No such option '--nope'"),
+                       (["nosuch"], "No such command 'nosuch'")):
+        assert cli.main(argv) == 2, argv
+        assert said in capsys.readouterr().err, argv
+
+
+def test_projects_take_a_list_up_to_the_next_option_or_setting():
+    from backfill.cli import _spread
+
+    argv = ["train", "v9", "--projects", "a", "b", "ranker.epochs=3", "--force", "c=1"]
+    assert _spread(argv, "--projects") == ["train", "v9", "--projects", "a", "--projects", "b",
+                                           "ranker.epochs=3", "--force", "c=1"]
+    assert _spread(["compare", "v1", "--projects=a"], "--projects") == [
+        "compare", "v1", "--projects=a"]

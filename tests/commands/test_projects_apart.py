@@ -67,19 +67,19 @@ def test_a_stage_still_refuses_while_any_config_is_broken(two, capsys):
 
 
 def test_sigterm_stops_a_command_as_ctrl_c_does(two, capsys, monkeypatch):
-    def killed(args):
+    def killed(rows):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(cli, "cmd_summary", killed)
+    monkeypatch.setattr("backfill.reports.summary.table", killed)
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["summary"]) == 143
     assert capsys.readouterr().err.strip() == "backfill: terminated"
     assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler is back
 
-    def interrupted(args):
+    def interrupted(rows):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_summary", interrupted)
+    monkeypatch.setattr("backfill.reports.summary.table", interrupted)
     assert cli.main(["summary"]) == 130
     assert capsys.readouterr().err.strip() == "backfill: interrupted"

@@ -285,8 +285,9 @@ def test_output_folders_that_are_files_or_cannot_be_made_are_refused(repo_copy, 
 @pytest.mark.slow  # runs the CLI in a subprocess
 def test_a_closed_pipe_is_one_line_not_a_traceback(tmp_path):
     code = ("import sys\nfrom backfill import cli\n"
-            "def spam(args):\n    for _ in range(200000): print('x' * 60)\n    return 0\n"
-            "cli.cmd_project_list = spam\nsys.exit(cli.main(['project', 'list']))\n")
+            "def spam(names, describe):\n"
+            "    for _ in range(200000): print('x' * 60)\n    return 0\n"
+            "cli._each_readable = spam\nsys.exit(cli.main(['project', 'list']))\n")
     script = tmp_path / "spam.py"
     script.write_text(code)
     proc = run(["bash", "-c", f"{sys.executable} {script} | head -1; "

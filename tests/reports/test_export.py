@@ -123,8 +123,9 @@ def test_cli_exports_every_project_and_the_combined_files(recovered, records, tm
                                                           monkeypatch, capsys):
     projects = {n: _project(n, tmp_path, recovered) for n in ("p", "q")}
     monkeypatch.setattr(cli, "find_root", lambda: tmp_path)
-    monkeypatch.setattr(cli, "load_project", lambda name, root: projects[name])
-    monkeypatch.setattr("backfill.projects.registry.registered", lambda root: sorted(projects))
+    monkeypatch.setattr("backfill.projects.select.load_project",
+                        lambda name, root: projects[name])
+    monkeypatch.setattr("backfill.projects.select.registered", lambda root: sorted(projects))
     assert cli.main(["export", "--all", "--exclude-needs-review"]) == 0
     out = capsys.readouterr().out
     n = len(export.select(records, exclude_needs_review=True))

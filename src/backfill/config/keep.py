@@ -19,7 +19,15 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from backfill.config.errors import ConfigError
-from backfill.config.project import _ABSENT, CONFIG_NAME, _flat, _shown, by_version, compose
+from backfill.config.project import (
+    _ABSENT,
+    CONFIG_NAME,
+    _flat,
+    _shown,
+    by_version,
+    compose,
+    write_params,
+)
 from backfill.config.yamledit import EditError, set_keys, set_model
 
 _TRAIN = re.compile(r"^\s*-\s*train\s*:\s*(\S+)", flags=re.M)
@@ -140,3 +148,12 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
         tell(f"kept in {path.relative_to(root)}: " + "; ".join(
             f"{k} = {_shown(v)}" for k, v, _ in mine))
     return list(texts)
+
+
+def compose_params(root: Path, edits: str) -> tuple[Path, list[Path]]:
+    """`backfill compose`: conf/ into params.yaml (``edits`` as write_params takes it,
+    keeping with keep_values), and the conf/ files that keeping changed, to commit."""
+    conf = {p: p.read_bytes() for p in (root / "conf").rglob("*.yaml")}
+    out = write_params(root, edits=edits, keeper=keep_values)
+    return out, sorted(p for p, text in conf.items()
+                       if not p.is_file() or p.read_bytes() != text)

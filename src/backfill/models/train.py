@@ -24,7 +24,7 @@ from backfill.config.project import NAME_PATTERN, Project
 from backfill.contracts.schemas import CROP_BOX
 from backfill.contracts.tables import read_stage_tables
 from backfill.files.atomic import write_json
-from backfill.models.evaluate import EvalSettings, anomalies, evaluate
+from backfill.models.evaluate import EvalSettings, anomalies, describe_metrics, evaluate
 from backfill.models.predictor import predict_groups
 from backfill.models.versions import (
     ModelSpec,
@@ -288,3 +288,38 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(version_yaml(name, data.embedding_model, cfg, list(data.projects)))
     return TrainResult(version, metadata, config_path)
+
+
+def train_settings(root: Path, overrides: list[str]) -> DictConfig:
+    """params.yaml's train section with ``overrides`` (KEY=VALUE) applied, checked as
+    conf/ is: types, ranges and unknown keys are a ConfigError naming the setting."""
+    from backfill.config.project import load_params
+    from backfill.config.settings import SettingError, TrainConfig, typed
+
+    cfg = load_params(root).get("train")
+    if cfg is None:
+        raise ConfigError("params.yaml has no train section: run `backfill compose`.")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"train overrides look like KEY=VALUE, e.g. ranker.epochs=60: {bad}")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        typed(TrainConfig, cfg, prefix="train.")
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
+    except Exception as exc:  # OmegaConf's own parse errors: any of several types
+        raise ConfigError(f"bad train override {list(overrides)}: {exc}") from None
+    return cfg
+
+
+def describe_training(result: TrainResult, projects: list[Project], root: Path) -> str:
+    """What `backfill train` says: what it learned from, how the held-out groups
+    scored, what it wrote and what to run next."""
+    name, seen = result.version.name, result.metadata["training"]
+    return "\n".join([
+        f"trained model version '{name}' on {', '.join(p.name for p in projects)} "
+        f"({seen['groups']} groups, {seen['ranker_pairs']} ranker pairs, "
+        f"{seen['crop_boxes']} crop boxes)",
+        f"held out: {describe_metrics(result.metadata['held_out'])}",
+        f"wrote data/models/{name}/ and {result.config_path.relative_to(root)}; "
+        f"compare it: `backfill compare baseline {name}`"])
