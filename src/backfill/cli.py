@@ -432,7 +432,8 @@ def demo() -> None:
 @click.option("--out", default="data/demo", show_default=True, help="where to write it")
 @click.option("--groups", type=WholeNumber(1), default=40, show_default=True,
               help="number of image groups")
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True,
+              help="random seed: the same seed writes the same images")
 @click.option("--force", is_flag=True, help="regenerate even if present")
 def demo_generate(out: str, groups: int, seed: int, force: bool) -> int:
     """Write the demo project's images (once)."""

@@ -232,7 +232,7 @@ def test_publish_is_safe_while_the_reviewer_writes(merged):
 
 
 def to_legacy_csv(rows: pd.DataFrame, path: Path) -> None:
-    """Rows as the person's older tools logged them: seed 003's CSV header."""
+    """Rows as the person's older tools logged them: the v3 decisions plan's CSV header."""
     from backfill.production.legacy import AI_BOX, FINAL_BOX, IMAGE_COLUMNS
 
     out = rows.drop(columns=["images", "ai_crop_coords", "final_crop_coords",

@@ -21,9 +21,9 @@ def _pairs(found: list[Pair]) -> set[tuple[str, str, str, str]]:
 def test_pairs_every_documented_layout():
     pairs, unpaired = pair_folders(_paths(
         "sandbox", "sandbox/mojo_old", "sandbox/Slender Kiara", "sandbox/lost",
-        "mojo_old", "Slender Kiara", "Slender Kiara/sub",          # seed 004, in the root
+        "mojo_old", "Slender Kiara", "Slender Kiara/sub",  # before/after layout, in root
         "Eleni_raw", "Eleni_final", "Kiara_raw", "Kiara",           # <p>_raw + <p>_final or <p>
-        "archives", "archives/Aiko_raw_incoming", "archives/Aiko_raw_final",  # seed 002
+        "archives", "archives/Aiko_raw_incoming", "archives/Aiko_raw_final",  # historical layout
         "archives/mojo1_raw", "mojo1",                              # final in the root
         "archives/orphan_raw",
         "agent-1003", "agent-1003/sandbox", "agent-1003/sandbox/agent-1003",
@@ -68,9 +68,9 @@ def test_dry_run_lists_and_yes_registers(repo_copy, tmp_path):
     past = tmp_path / "past"
     renders = ("20250708_060711_stage1.png", "20250708_060726_stage2.png",
                "20250708_060741_stage3.png")
-    _png(past / "sandbox" / "Slender Kiara", *renders)       # seed 004's layout
+    _png(past / "sandbox" / "Slender Kiara", *renders)       # the before/after plan's layout
     _png(past / "Slender Kiara", renders[1])
-    _png(past / "mojo1_raw" / "batch1", *renders[:2])          # seed 002's layout
+    _png(past / "mojo1_raw" / "batch1", *renders[:2])  # the historical layout
     _png(past / "mojo1_final", renders[0])
     (past / "mojo1_raw" / "notes.yaml").write_text("not an image\n")
     config = repo_copy / "conf" / "config.yaml"

@@ -1,4 +1,5 @@
-"""`backfill export`: seed 002's training entries, checked against the generator's truth."""
+"""`backfill export`: the historical extraction plan's training entries, checked
+against the generator's truth."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""merge: backfilled v3 rows and seed 000's merge rules, cell by cell."""
+"""merge: backfilled v3 rows and the backfill guide's merge rules, cell by cell."""
 
 from __future__ import annotations
 

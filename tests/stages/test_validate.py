@@ -1,4 +1,4 @@
-"""validate: contracts and seed 000's checks stop the stage with a readable message;
+"""validate: contracts and the backfill guide's checks stop the stage with a readable message;
 metrics, plot data and an HTML report that renders in headless Chromium."""
 
 from __future__ import annotations

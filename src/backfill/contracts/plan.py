@@ -159,7 +159,7 @@ class MergePlan:
         }
 
     def summary(self) -> str:
-        """Seed 000's line, then what else happened."""
+        """The backfill guide's line, then what else happened."""
         c = self.counts()
         line = (f"Added {c['added'] + c['imported']:,} new records, filled {c['filled']:,}, "
                 f"corrected {c['corrected']:,}, preserved {c['preserved_timestamps']:,} "

@@ -1,6 +1,6 @@
 """How well a model version's predictions agree with the recovered decisions.
 
-Seed 003's measures: selection accuracy (the AI picked the image the person kept),
+The v3 decisions plan's measures: selection accuracy (the AI picked the image the person kept),
 anomaly accuracy (the same, on groups where the person kept a lower stage than the
 highest: the cases a "highest stage wins" rule gets wrong), crop accuracy (every
 coordinate of the AI's box within ``crop_tolerance`` of the final's) and mean IoU.
@@ -47,7 +47,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def crop_match(ai: np.ndarray, final: np.ndarray, tolerance: float) -> np.ndarray:
-    """Seed 003's crop_match: every coordinate within ``tolerance``; a missing box fails."""
+    """The v3 decisions plan's crop_match: every coordinate within ``tolerance``; a
+    missing box fails."""
     return (np.abs(ai - final) <= tolerance).all(axis=1)
 
 

@@ -132,7 +132,7 @@ def read_review_folders(root: Path, folders: list[str],
 
 def crop_acceptance(rows: pd.DataFrame, review: ReviewFolders, accepted: str,
                     declined: str) -> pd.Series:
-    """Seed 003's ai_crop_accepted backfill rule, for rows where it is NULL: True when
+    """The v3 decisions plan's ai_crop_accepted backfill rule, for rows where it is NULL: True when
     the approved AI pick sits in ``accepted`` (crop_auto/) with a sidecar; False when it
     sits in ``declined`` (selected/) and no sidecar in ``accepted`` names it; else NULL."""
     out = pd.Series([None] * len(rows), index=rows.index, dtype=object)

@@ -100,7 +100,8 @@ def load_production(project: Project) -> Production:
 
 def review_rule(project: Project) -> tuple[Callable[[pd.DataFrame], pd.Series] | None,
                                            pd.DataFrame]:
-    """Seed 003's ai_crop_accepted rule over the project's review folders, if it has any."""
+    """The v3 decisions plan's ai_crop_accepted rule over the project's review
+    folders, if it has any."""
     root = _optional_path(project, "review_dir")
     if root is None:
         return None, pd.DataFrame(columns=ISSUE_COLUMNS)

@@ -1,12 +1,14 @@
 """discover: past projects' folder pairs under a root, named and ready to register.
 
-Layouts recognised (seeds 002 and 004), in ROOT itself and in each folder directly in it:
+Layouts recognised (the historical extraction plan and the before/after plan), in
+ROOT itself and in each folder directly in it:
 
-- ``sandbox/<p>/`` (every render) beside ``<p>/`` (the kept images): seed 004.
+- ``sandbox/<p>/`` (every render) beside ``<p>/`` (the kept images): the before/after plan.
 - ``<p>_raw/``, ``<p>_incoming/`` or ``<p>_raw_incoming/`` (every render) beside
-  ``<p>_final/`` or else ``<p>/``: seed 002 (``Aiko_raw_incoming`` + ``Aiko_raw_final``
-  is project ``Aiko_raw``). A raw folder one level down may have its final folder in
-  ROOT itself (seed 002's ``archives/mojo1_raw`` with ``mojo1/``).
+  ``<p>_final/`` or else ``<p>/``: the historical extraction plan
+  (``Aiko_raw_incoming`` + ``Aiko_raw_final`` is project ``Aiko_raw``). A raw folder
+  one level down may have its final folder in ROOT itself (the historical extraction
+  plan's ``archives/mojo1_raw`` with ``mojo1/``).
 
 Folder names match case-insensitively; hidden folders are skipped. ``pair_folders`` and
 ``plan`` are pure (``plan`` only resolves paths); ``list_folders``, ``count_images`` and

@@ -36,7 +36,8 @@ from backfill.contracts.tables import read_stage_tables, validate
 from backfill.files.atomic import write_text
 from backfill.models.evaluate import anomalies, percent
 
-# Seed 002's training entry, plus what the entry is and whether it is an anomaly...
+# The historical extraction plan's training entry, plus what the entry is and
+# whether it is an anomaly...
 TOP = ["project", "kind", "timestamp", "chosen_path", "chosen_stage", "neg_paths",
        "neg_stages", "was_cropped", "anomaly"]
 # ...and where it comes from, nested under "metadata" in JSONL.
@@ -111,7 +112,8 @@ def select(records: pd.DataFrame, exclude_needs_review: bool) -> pd.DataFrame:
 
 
 def export_stats(records: pd.DataFrame, exclude_needs_review: bool) -> dict[str, int]:
-    """Seed 002's figures over the entries written; excluded ones are counted apart."""
+    """The historical extraction plan's figures over the entries written; excluded
+    ones are counted apart."""
     written = select(records, exclude_needs_review)
     chosen = written["kind"] == "selection"
     return {
@@ -135,7 +137,8 @@ def _share(n: int, of: int) -> str:
 
 
 def render_stats(title: str, s: dict[str, int], excluded: bool = False) -> str:
-    """Seed 002's statistics block: winner and rejected shares of all groups, anomaly
+    """The historical extraction plan's statistics block: winner and rejected shares of
+    all groups, anomaly
     and cropped shares of the groups with a winner."""
     lines = [
         f"{title}:",

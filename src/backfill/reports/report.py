@@ -299,7 +299,8 @@ def write_report(project: Project, tables: dict[str, pd.DataFrame], metrics: dic
 
 
 def performance_summary(project: Project) -> str:
-    """Seed 003's finish-project figures from the emitted DB, and where the report is."""
+    """The v3 decisions plan's finish-project figures from the emitted DB, and where
+    the report is."""
     from backfill.db.schema import open_production
 
     db = project.out_dir / "ai_decisions.db"

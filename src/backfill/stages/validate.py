@@ -119,7 +119,7 @@ def check_unreadable(truth: pd.DataFrame, issues: pd.DataFrame,
 def check_decisions(rows: pd.DataFrame, sources: pd.Series, scan_names: set[str],
                     approve_tolerance: float, case_sensitive: bool = False
                     ) -> list[Finding]:
-    """Seed 000's validation queries and this project's own invariants over the emitted
+    """The backfill guide's validation queries and this project's own invariants over the emitted
     rows. ``sources``: per row, where it came from (production rows only warn).
     ``case_sensitive``: whether names that differ only in case are two names."""
     # A matched row keeps the person's values wherever the files had nothing to add.

@@ -1,6 +1,6 @@
 """decisions: the person's action per group, labelled from located boxes and tolerances.
 
-Seed 000's rules: 'approve' when every coordinate of the kept final's box is within
+The backfill guide's rules: 'approve' when every coordinate of the kept final's box is within
 ``approve_tolerance`` of the full frame [0, 0, 1, 1], 'crop' otherwise, 'reject' when no
 image of the group was kept (there is no 'skip'). A decision the evidence does not
 support firmly (low confidence, an ambiguous match, several kept images, unreadable
