@@ -97,3 +97,41 @@ def test_an_image_extension_left_out_of_the_settings_is_listed_not_hidden(tmp_pa
     rows = scan_project({"original": tmp_path / "o"}, settings, tmp_path / "c").table
     reason = rows.set_index("rel_path").loc["a.webp", "reason"]
     assert reason == "not scanned: .webp is not in scan.extensions; add it to use the file"
+
+
+def _damaged(data: bytes, chunk: bytes) -> bytes:
+    """``data`` with one byte inside ``chunk``'s data flipped (its checksum now fails)."""
+    at = data.index(chunk) + 4 + 2
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def test_a_damaged_or_cut_png_gets_a_reason_and_nothing_reaches_stderr(tmp_path, capfd):
+    good = saved("PNG")
+    cases = {"damaged.png": (_damaged(good, b"IDAT"), "IDAT chunk fails its checksum"),
+             "cut.png": (good[:len(good) // 2], "truncated: the PNG ends inside its IDAT")}
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(Unreadable, match=reason):
+            decode(tmp_path / name, cv2.IMREAD_COLOR, 10**8)
+    # libpng would have printed 'libpng error: ...' on the process's stderr for each.
+    assert capfd.readouterr().err == ""
+
+
+def test_a_png_libpng_would_warn_about_decodes_to_the_same_pixels_silently(tmp_path, capfd):
+    out = io.BytesIO()
+    Image.fromarray(PIXELS).save(out, format="PNG", icc_profile=b"not a profile" * 4)
+    (tmp_path / "odd.png").write_bytes(out.getvalue())
+    pixels = decode(tmp_path / "odd.png", cv2.IMREAD_COLOR, 10**8)
+    assert np.array_equal(pixels, PIXELS[..., ::-1])
+    assert capfd.readouterr().err == ""  # libpng says 'iCCP: too short' when given it
+
+
+def test_a_palette_png_with_transparency_decodes_as_opencv_decodes_it(tmp_path):
+    image = Image.fromarray(PIXELS).convert("P")
+    out = io.BytesIO()
+    image.save(out, format="PNG", transparency=3)
+    (tmp_path / "p.png").write_bytes(out.getvalue())
+    raw = np.frombuffer(out.getvalue(), np.uint8)
+    for flags in (cv2.IMREAD_COLOR, cv2.IMREAD_GRAYSCALE):
+        assert np.array_equal(decode(tmp_path / "p.png", flags, 10**8),
+                              cv2.imdecode(raw, flags | cv2.IMREAD_IGNORE_ORIENTATION))

@@ -19,6 +19,7 @@ import mmap
 import os
 import stat
 import warnings
+import zlib
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -30,8 +31,15 @@ from PIL import Image, UnidentifiedImageError
 # Our own limit (max_pixels) is the one that speaks; PIL's warning below its hard limit
 # would only add noise. Set once for the process: warning filters are not thread-safe.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Likewise OpenCV's log lines (a broken TIFF): a file that cannot be decoded gets its
+# reason in its own record, and raw lines on stderr would break the progress bars.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# The PNG chunks that make its pixels as OpenCV decodes them (it applies no gamma and
+# no colour profile); tRNS kept as the one ancillary chunk that decoding reads.
+_PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS"})
 _JPEG_END = b"\xff\xd9"
 # The formats the pipeline reads (PIL's names: both PIL and OpenCV decode them), and the
 # extensions each is saved under; a file of another is refused, never half-read by one
@@ -273,6 +281,8 @@ def decode(path: Path | str | Shipped, flags: int, max_pixels: int) -> np.ndarra
     problem = pixel_problem(width, height, max_pixels)
     if problem:
         raise Unreadable(problem)
+    if data[:8].tobytes() == _PNG_SIGNATURE:
+        data = png_pixel_chunks(data)
     # Pixels as stored, as the header's size says: an EXIF orientation tag would turn
     # them, and the box located in them would no longer match the recorded size.
     pixels = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -281,6 +291,42 @@ def decode(path: Path | str | Shipped, flags: int, max_pixels: int) -> np.ndarra
     if pixels is None:
         raise Unreadable("cannot decode its pixels (truncated or corrupt)")
     return pixels
+
+
+def png_pixel_chunks(data: np.ndarray) -> np.ndarray:
+    """The PNG ``data`` with only the chunks its pixels come from, each checked against
+    its checksum. libpng prints its complaints (a damaged chunk, a colour profile it
+    dislikes) straight to the process's stderr, where no reason can be attributed and
+    the progress bars break: so a damaged file is refused here, with the reason in the
+    file's record, and the chunks libpng would only warn about never reach it.
+
+    Raises Unreadable naming the chunk for a cut-short or damaged PNG."""
+    raw = memoryview(data)
+    kept, at, end, dropped = [raw[:8]], 8, len(raw), False
+    while True:
+        if at + 12 > end:
+            raise Unreadable("truncated: the PNG ends inside a chunk")
+        length = int.from_bytes(raw[at:at + 4], "big")
+        kind = raw[at + 4:at + 8].tobytes()
+        stop = at + 12 + length
+        if stop > end:
+            raise Unreadable(f"truncated: the PNG ends inside its {_chunk(kind)} chunk")
+        crc = int.from_bytes(raw[stop - 4:stop], "big")
+        if kind in _PNG_PIXEL_CHUNKS:
+            if zlib.crc32(raw[at + 4:stop - 4]) != crc:
+                raise Unreadable(f"damaged: the PNG's {_chunk(kind)} chunk fails its "
+                                 "checksum (a bad copy or a failing disk)")
+            kept.append(raw[at:stop])
+        else:
+            dropped = True
+        at = stop
+        if kind == b"IEND":
+            break
+    return np.frombuffer(b"".join(kept), dtype=np.uint8) if dropped else data
+
+
+def _chunk(kind: bytes) -> str:
+    return kind.decode("ascii", "replace") if kind.isalpha() else repr(kind)
 
 
 def _pil_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
