@@ -61,6 +61,12 @@ def test_repro_builds_projects_and_reruns_only_what_a_change_touches(two_project
     plots = run(["dvc", "plots", "show", "--json"], repo).stdout
     assert "metrics/alpha/plots/iou.csv" in plots and "metrics/beta/plots/picks.csv" in plots
     assert "model ViT-B-32/random-seed0" in first and "model version 'baseline'" in first
+    # Two accuracies, each labelled for what it scores: today's version, or the DB's record.
+    assert "'baseline', scored against the recovered decisions: selection" in first
+    said = run(["backfill", "report", "alpha"], repo).stdout
+    assert "as ai_decisions.db records it (each decision's AI pick as logged" in said
+    html = (repo / "data" / "alpha" / "report.html").read_text()
+    assert "model version baseline, scored against the recovered decisions" in html
     for name, project in truths.items():
         truth = pd.read_parquet(repo / "data" / name / "truth.parquet").set_index("group_id")
         for g in project.groups:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
+from omegaconf import OmegaConf
 
 from backfill.config.project import Project
 from backfill.config.settings import ValidateConfig, section, threads
@@ -275,6 +276,7 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
     env = Environment(autoescape=select_autoescape(default=True))
     return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
         project=project.name, metrics=metrics, percent=percent, charts=charts,
+        version=OmegaConf.select(project.cfg, "model.name"),
         picks=picks, strips=strips, n_wrong=n_wrong, reviews=reviews, n_review=n_review,
         gallery=items, n_gallery=n_items,
         actions=sorted({i["action"] for i in items}),
@@ -320,7 +322,8 @@ def performance_summary(project: Project) -> str:
     where = (f"report: {report}" if report.exists()
              else f"no report yet: `dvc repro validate@{project.name}`")
     return "\n".join([
-        f"AI Performance for {project.name}:",
+        f"AI Performance for {project.name}, as {db.name} records it (each decision's AI "
+        "pick as logged; `predict` scores today's model version instead):",
         f"   Selection Accuracy: {share(picked, total)}",
         f"   Crop Accuracy: {share(cropped, crop_n)}",
         *([] if total else ["   (no AI predictions recorded: the model version is a rule, or "

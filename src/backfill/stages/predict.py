@@ -30,6 +30,7 @@ def run(project: Project) -> str:
                project.metrics("model_metrics.json"))
     return (
         f"predict {project.name}: {len(predictions):,} groups with model version "
-        f"'{version.name}': {describe_metrics(metrics)}; {time.perf_counter() - started:.1f}s"
+        f"'{version.name}', scored against the recovered decisions: "
+        f"{describe_metrics(metrics)}; {time.perf_counter() - started:.1f}s"
         f" -> {project.output('predictions').relative_to(project.root)}"
     )
