@@ -1,7 +1,7 @@
 """The HTML report of a project: one self-contained file a person opens offline.
 
 Summary figures, the plots (matplotlib, inline SVG), thumbnail strips of the groups where
-the AI and the person disagree (on the pick or beyond the crop tolerance), a gallery of
+the AI and your reviewer disagree (on the pick or beyond the crop tolerance), a gallery of
 the recovered decisions with both boxes that the reader filters in the page, every
 needs-review case with the located box drawn on its original and how to resolve it,
 kept finals that cannot be read (in no DB row until fixed), orphans, unreadable and
@@ -268,9 +268,9 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
     iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
     charts = [
         svg_bars(iou["iou"].tolist(), iou["decisions"].tolist(),
-                 "IoU of the AI's crop with the person's", "decisions"),
+                 "IoU of the AI's crop with your reviewer's", "decisions"),
         svg_bars(by_stage["kept_stage"].tolist(), by_stage["selection_accuracy"].tolist(),
-                 "selection accuracy by the stage the person kept", "share right"),
+                 "selection accuracy by the stage your reviewer kept", "share right"),
     ]
     picks = pd.crosstab(plots["picks"]["user_stage"], plots["picks"]["ai_stage"])
     env = Environment(autoescape=select_autoescape(default=True))

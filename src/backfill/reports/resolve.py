@@ -25,7 +25,7 @@ ADVICE: tuple[tuple[str, str], ...] = (
                                "(how close counts as a tie is extract.ambiguity_margin)"),
     ("could be confirmed at full resolution", "compare the final with the boxed region "
                                               "closely: a retouched final can look like this"),
-    ("images of this group are in the final folder", "keep only the image the person chose "
+    ("images of this group are in the final folder", "keep only the image your reviewer chose "
                                                       "in the final folder (the highest stage "
                                                       "was assumed)"),
     ("differ in content", "keep one copy of the final in the final folder and remove the "
