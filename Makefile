@@ -63,11 +63,14 @@ demo: $(STAMP)
 
 # The full suite, after the import layers (pyproject.toml's [tool.importlinter]), lint
 # and a strict build of the docs (a broken link or a page left out of the nav fails).
+# One worker per core (at most 4: each may hold torch and a CLIP model); a test file
+# stays on one worker, so its module fixtures (a built project) are built once. Every
+# test works in its own temporary folders and repository copy, so they share safely.
 test: $(STAMP) chromium
 	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests benchmarks scripts
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadfile
 
 # The quick loop while working: layers, then every test not marked slow (no dvc runs,
 # no CLI subprocesses), one pytest worker per core.
