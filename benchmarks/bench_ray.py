@@ -108,7 +108,7 @@ def main() -> None:
         runner = RayRunner(ray_cfg)
         try:
             remote, r_embed, r_extract = both(tmp / "ray", runner)
-            where = runner.describe()
+            where = runner.where()
             warm_extract, _ = extract_all(tmp / "ray-warm", runner)  # workers started now
             t_tasks, _ = timed(lambda: list(runner.map(abs, range(args.tasks))))
         finally:

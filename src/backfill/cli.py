@@ -235,14 +235,14 @@ def project_discover(folder: str, yes: bool, model: str, overrides: tuple[str, .
     <p>_final, or <p>). KEY=VALUE: settings stored for every project registered, as for
     `project add`, e.g. embed.pretrained=null."""
     from backfill.models.versions import check_version_name
-    from backfill.projects.discover import discover, register, render
+    from backfill.projects.discover import discover, discovery_table, register
     from backfill.projects.registry import check_overrides
 
     root = find_root()
     check_version_name(root, model)
     check_overrides(root, list(overrides))  # before the walk: a typo costs no scan
     found = discover(Path(folder), root)
-    click.echo(render(found))
+    click.echo(discovery_table(found))
     if not found.new:
         click.echo("nothing new to register.")
         return 0
@@ -323,13 +323,13 @@ def train(name: str, projects: tuple[str, ...], force: bool, stage: bool,
 def compare(versions: tuple[str, ...], projects: tuple[str, ...], out: Path) -> int:
     """Measure model VERSIONS (conf/model/) on projects' decisions."""
     from backfill.models.compare import compare as measure
-    from backfill.models.compare import render, version_from_file, write
+    from backfill.models.compare import comparison_table, version_from_file, write
     from backfill.projects.select import named
 
     root = find_root()
     table = measure([version_from_file(root, v) for v in versions], named(root, projects))
     csv, metrics = write(table, out)
-    click.echo(render(table))
+    click.echo(comparison_table(table))
     click.echo(f"-> {csv.relative_to(root)} and {metrics.relative_to(root)} "
                f"(`dvc metrics show {metrics.relative_to(root)}`)")
     return 0

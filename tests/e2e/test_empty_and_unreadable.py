@@ -92,7 +92,7 @@ def test_extract_of_no_group_gives_empty_tables_of_the_contracts_dtypes(tmp_path
     check(result.finals, FinalsTable, "finals")
     assert len(result.truth) == len(result.finals) == result.matched == 0
     assert ("0 groups (0 approve, 0 crop, 0 reject, 0 unreadable, 0 broken_reject)"
-            in extract.describe(result.truth, result.finals))
+            in extract.decisions_line(result.truth, result.finals))
 
 
 def test_embed_of_no_image_loads_no_model_and_writes_a_typed_empty_table(tmp_path):

@@ -87,7 +87,7 @@ def test_ray_gives_the_local_tables_to_the_byte(project, ray_cluster, tmp_path, 
     runner = RayRunner(ray_config(address=ray_cluster, ship_bytes=ship_bytes))
     try:
         remote = run_both(project, tmp_path / "ray-cache", runner)
-        assert "2 CPUs" in runner.describe() and "1 actor" in runner.describe()
+        assert "2 CPUs" in runner.where() and "1 actor" in runner.where()
     finally:
         runner.close()
     assert remote[0].device == "ray" and remote[0].embedded == len(images) - 1

@@ -17,13 +17,13 @@ from tests.executors.test_ray import ray_config
 
 def test_the_local_runner_keeps_the_items_order():
     assert list(LocalRunner(3).map(lambda x: -x, range(50))) == [-x for x in range(50)]
-    assert LocalRunner(1).describe() == "1 thread" and list(LocalRunner(2).map(abs, [])) == []
+    assert LocalRunner(1).where() == "1 thread" and list(LocalRunner(2).map(abs, [])) == []
 
 
 def test_a_runner_with_nothing_to_send_says_it_never_joined():
     runner = RayRunner(ray_config(address="auto"))
     assert list(runner.map(abs, [])) == [] and list(runner.pool(abs, [], cpus=1)) == []
-    assert runner.describe() == "ray (auto, not joined: nothing to send)"
+    assert runner.where() == "ray (auto, not joined: nothing to send)"
     runner.close()
 
 

@@ -14,7 +14,7 @@ from backfill.config.project import Project
 from backfill.contracts.schemas import ACTIONS
 from backfill.demo.production import make_production_db
 from backfill.production.publish import planned_rows, run_publish
-from backfill.reports.index import render, write_index
+from backfill.reports.index import index_html, write_index
 from backfill.reports.summary import Figures, figures, table
 from tests.production.test_publish import make_stage_project
 
@@ -100,7 +100,7 @@ def test_the_index_links_each_report_that_exists(two, tmp_path):
     assert "q/report.html" not in html and "not built yet" in html
     assert "<script" not in html and "<link" not in html  # self-contained
 
-    escaped = render([(Figures('<b>&"x', built=False), 'a"b/report.html')])
+    escaped = index_html([(Figures('<b>&"x', built=False), 'a"b/report.html')])
     assert '<b>&"x' not in escaped and "&lt;b&gt;&amp;&quot;x" in escaped
     assert 'href="a&quot;b/report.html"' in escaped
 

@@ -8,7 +8,7 @@ import pytest
 
 from backfill.demo.synthetic import add_decoys, make_project
 from backfill.files.filenames import parse_name
-from backfill.stages.extract.pairing import Claim, ContentOutcome, identity, pair_finals
+from backfill.stages.extract.pairing import Claim, ContentOutcome, pair_finals, stated_render
 from backfill.stages.extract.stage import extract_project
 from backfill.stages.group import GroupSettings, group_table
 from backfill.stages.scan import ScanSettings, scan_project
@@ -19,7 +19,7 @@ from tests.stages.test_pairing_names import PIPELINE, SETTINGS
 def claimed(rel: str) -> tuple[str, float] | None:
     """The render identity (timestamp, stage) a final's name states, if any."""
     parsed = parse_name(rel.rsplit("/", 1)[-1])
-    return identity(parsed.timestamp, parsed.stage)
+    return stated_render(parsed.timestamp, parsed.stage)
 
 
 @pytest.fixture(scope="module")

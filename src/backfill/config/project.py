@@ -157,7 +157,6 @@ def compose(root: Path, overrides: list[str] | None = None,
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from backfill.config.settings import register
 
     apart = tempfile.TemporaryDirectory(prefix="backfill-conf-") if only is not None \
         else contextlib.nullcontext()
@@ -169,7 +168,6 @@ def compose(root: Path, overrides: list[str] | None = None,
         problem = _names_problem(root, only) or _yaml_problem(root, skip)
         if problem:
             raise ConfigError(problem)
-        register()
         try:
             with initialize_config_dir(str(conf), version_base=None):
                 cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])

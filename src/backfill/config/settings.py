@@ -8,10 +8,9 @@ settings enter: `backfill project add`, `backfill compose`, every stage when it 
 params.yaml (the first to see a `dvc exp run -S` value) and `backfill train`'s
 overrides. A wrong value is one line naming the key, the value and what is allowed.
 
-The classes are also in Hydra's ConfigStore (group ``schema``), for code composing
-through Hydra; `dvc exp run` composes in DVC's own process, which never imports this
-module, so conf/ cannot name them in its defaults lists: the check is applied to what
-was composed instead.
+They are not in Hydra's ConfigStore: `dvc exp run` composes in DVC's own process, which
+never imports this module, so conf/ cannot name them in its defaults lists; the check
+is applied to what was composed instead, in every process alike.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ def one_of(choices: list[str]) -> Any:
     return rule(f"one of {', '.join(choices)}", lambda v: v in choices)
 
 
-def text() -> Any:
+def required() -> Any:
     return field(default=MISSING)
 
 
@@ -88,8 +87,8 @@ class ScanConfig:
     unread_extensions: list[str] = rule("a list of extensions such as [.heic]",
                                         lambda v: bool(re.fullmatch(r"\.[A-Za-z0-9]+", v)),
                                         each=True)
-    ignore: list[str] = text()
-    follow_symlinks: bool = text()
+    ignore: list[str] = required()
+    follow_symlinks: bool = required()
     workers: int = at_least(1)
     # Up to Pillow's own guard, which stays on: it refuses anything larger as a bomb.
     max_pixels: int = rule(f"a number from 1 to {PIL_LIMIT} (Pillow's own bomb guard)",
@@ -153,8 +152,8 @@ class ExtractConfig:
 
 @dataclass
 class EmbedConfig:
-    model: str = text()
-    pretrained: str | None = text()
+    model: str = required()
+    pretrained: str | None = required()
     seed: int = at_least(0)
     device: str = rule("auto, cpu, mps, cuda or cuda:N",
                        lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)))
@@ -166,15 +165,15 @@ class EmbedConfig:
 @dataclass
 class EvaluateConfig:
     crop_tolerance: float = fraction()
-    include_needs_review: bool = text()
+    include_needs_review: bool = required()
 
 
 @dataclass
 class MergeConfig:
     coord_tolerance: float = fraction()
-    fix_invalid_actions: bool = text()
-    accepted_folder: str = text()
-    declined_folder: str = text()
+    fix_invalid_actions: bool = required()
+    accepted_folder: str = required()
+    declined_folder: str = required()
     lock_timeout_s: float = at_least(0)
 
 
@@ -195,11 +194,11 @@ class NamesConfig:
 class ProjectConfig:
     """One project: its folders and DBs, every pipeline section, its model version."""
 
-    original_dir: str = text()
-    final_dir: str = text()
-    real_db: str | None = text()
-    legacy_csv: str | None = text()
-    review_dir: str | None = text()
+    original_dir: str = required()
+    final_dir: str = required()
+    real_db: str | None = required()
+    legacy_csv: str | None = required()
+    review_dir: str | None = required()
     scan: ScanConfig = field(default_factory=ScanConfig)
     group: GroupConfig = field(default_factory=GroupConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -242,7 +241,7 @@ class CropTrainConfig(NetTrainConfig):
 class TrainConfig:
     seed: int = at_least(0)
     holdout: float = rule("a number above 0 and below 1", lambda v: 0 < v < 1)
-    skip_needs_review: bool = text()
+    skip_needs_review: bool = required()
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
     crop: CropTrainConfig = field(default_factory=CropTrainConfig)
 
@@ -253,7 +252,7 @@ class RayConfig:
 
     address: str | None = rule("auto, ray://host:port, host:port, or null (a Ray instance "
                                "of this machine's own)", lambda v: bool(RAY_ADDRESS.fullmatch(v)))
-    ship_bytes: bool = text()
+    ship_bytes: bool = required()
     actors: int | None = at_least(1)
     actor_cpus: float | None = above(0)
     actor_gpus: float = at_least(0)
@@ -266,7 +265,7 @@ class Settings:
     """The whole composition: params.yaml."""
 
     projects: dict[str, ProjectConfig] = field(default_factory=dict)
-    cache_dir: str = text()
+    cache_dir: str = required()
     executor: str = one_of(EXECUTORS)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -288,18 +287,6 @@ def escaped(tree: Any) -> Any:
 
 class SettingError(ValueError):
     """A setting of the wrong type, shape or range; the message is one line per problem."""
-
-
-def register() -> None:
-    """Put the classes in Hydra's ConfigStore (group ``schema``), for compositions made
-    through Hydra in this process (``project.compose`` calls it: Hydra is loaded there
-    anyway, so no command pays for it at start-up)."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    store.store(group="schema", name="settings", node=Settings)
-    store.store(group="schema", name="project", node=ProjectConfig)
-    store.store(group="schema", name="train", node=TrainConfig)
 
 
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}

@@ -136,11 +136,6 @@ def table_columns(conn: sqlite3.Connection, table: str = "ai_decisions") -> list
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection: the production DB is never written by a pipeline stage."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-
-
 # Columns an older DB may lack and that can be added in place (nullable, no default).
 ADDABLE = {"ai_crop_accepted": "BOOLEAN", "crop_timestamp": "TEXT", "selection_match": "BOOLEAN",
            "crop_match": "BOOLEAN", "batch_number": "INTEGER", "directory": "TEXT"}

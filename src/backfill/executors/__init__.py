@@ -28,7 +28,7 @@ class Runner(Protocol):
         """``fn(item)`` for every item, yielded in the items' order. ``fn`` must catch
         what an item can fail with and return it: an exception stops the run."""
 
-    def describe(self) -> str:
+    def where(self) -> str:
         """Where the work runs, in words, for the stage's summary line."""
 
 
@@ -43,7 +43,7 @@ class LocalRunner:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             yield from pool.map(fn, items)
 
-    def describe(self) -> str:
+    def where(self) -> str:
         return f"{self.workers} thread{'s' if self.workers != 1 else ''}"
 
 

@@ -175,7 +175,7 @@ class RayRunner:
             self._joined = False
         self._ray = None
 
-    def describe(self) -> str:
+    def where(self) -> str:
         where = self.cfg.address or "a local instance"
         if self._ray is None:
             return f"ray ({where}, not joined: nothing to send)"

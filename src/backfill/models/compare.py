@@ -88,7 +88,7 @@ def write(table: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
     return csv, path
 
 
-def render(table: pd.DataFrame) -> str:
+def comparison_table(table: pd.DataFrame) -> str:
     """The table for a terminal, best version first."""
     def pct(x) -> str:
         return "   n/a" if pd.isna(x) else f"{x:6.1%}"

@@ -15,7 +15,7 @@ import pandas as pd
 from backfill.config.errors import ConfigError
 from backfill.contracts.schemas import BOX, PredictionsTable
 from backfill.contracts.tables import typed_frame
-from backfill.models.versions import ModelVersion, build, crop_inputs, describe, normalise
+from backfill.models.versions import ModelVersion, build, crop_inputs, model_label, normalise
 
 
 def check_embeddings(version: ModelVersion, embeddings: pd.DataFrame) -> None:
@@ -104,8 +104,8 @@ def predict_groups(groups: pd.DataFrame, embeddings: pd.DataFrame, version: Mode
         box[at["index"].to_numpy()] = [0.0, 0.0, 1.0, 1.0]
     out[BOX] = box
     out["model_version"] = version.name
-    out["ranker"] = describe(version.ranker)
-    out["crop_proposer"] = describe(version.crop)
+    out["ranker"] = model_label(version.ranker)
+    out["crop_proposer"] = model_label(version.crop)
     used = version.embedding_model if version.needs_embeddings else None
     out["embedding_model"] = pd.Series([used] * len(out), dtype="str")
     return typed_frame(PredictionsTable, out.sort_values("group_id"))

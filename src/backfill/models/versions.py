@@ -197,7 +197,7 @@ def save_checkpoint(net, path: Path) -> None:
     tmp.replace(path)
 
 
-def describe(spec: ModelSpec) -> str:
+def model_label(spec: ModelSpec) -> str:
     """How a model is named in outputs: its architecture and the checkpoint's hash."""
     if spec.checkpoint is None:
         return spec.architecture

@@ -265,7 +265,7 @@ def discover(root: Path, repo: Path) -> Discovery:
     return Discovery(root, rows, unpaired, count_images(folders, repo), dbs)
 
 
-def render(found: Discovery) -> str:
+def discovery_table(found: Discovery) -> str:
     """The table of what was found, and what registering would add."""
     lines = [f"under {found.root}: {len(found.rows)} project(s) found, {len(found.new)} new"]
     if found.rows:

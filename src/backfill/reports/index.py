@@ -40,7 +40,7 @@ def _row(f: Figures, link: str | None) -> str:
     return f"<tr><td>{name}</td>{figures_}</tr>"
 
 
-def render(rows: list[tuple[Figures, str | None]]) -> str:
+def index_html(rows: list[tuple[Figures, str | None]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in HEADERS)
     body = "\n".join(_row(f, link) for f, link in rows)
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
@@ -54,5 +54,5 @@ def write_index(projects: list[Project], root: Path) -> Path:
     """Write data/index.html for ``projects``; returns its path."""
     index = root / "data" / "index.html"
     index.parent.mkdir(parents=True, exist_ok=True)
-    write_text(render([(figures(p), report_link(p, index)) for p in projects]), index)
+    write_text(index_html([(figures(p), report_link(p, index)) for p in projects]), index)
     return index

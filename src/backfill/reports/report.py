@@ -234,7 +234,7 @@ def unreadable_finals(truth: pd.DataFrame, action: str = UNREADABLE) -> list[dic
                                  strict=True)]
 
 
-def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
+def report_html(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
            findings: list, plots: dict[str, pd.DataFrame]) -> str:
     from jinja2 import Environment, select_autoescape
 
@@ -296,7 +296,7 @@ def render(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
 def write_report(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
                  findings: list, plots: dict[str, pd.DataFrame]) -> Path:
     out = project.out_dir / "report.html"
-    write_text(render(project, tables, metrics, findings, plots), out)
+    write_text(report_html(project, tables, metrics, findings, plots), out)
     return out
 
 

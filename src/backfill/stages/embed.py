@@ -239,7 +239,7 @@ def run(project: Project) -> str:
         load = partial(ray_embedder, runner) if isinstance(runner, RayRunner) else clip_embedder
         result = embed_images(images, project.path("original_dir"), settings,
                               project.cache_dir, load)
-        where = runner.describe() if result.device == "ray" else result.device
+        where = runner.where() if result.device == "ray" else result.device
     write_table(result.table, project.output("embeddings"), EmbeddingsTable, "embeddings")
     unreadable = sum(len(u) for u in groups["unreadable"])
     lines = [

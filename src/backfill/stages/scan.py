@@ -1,6 +1,6 @@
 """scan: every image under a project's original_dir and final_dir, with its facts.
 
-``walk`` lists and stats; ``describe`` reads one file (header and bytes, never the
+``walk`` lists and stats; ``file_row`` reads one file (header and bytes, never the
 pixels) and parses its name; ``finish_table`` shapes the table. Only files whose
 (size, mtime, inode) changed since the last run are described again: the rest come
 from the fingerprint cache.
@@ -214,7 +214,7 @@ def _merge(*pairs: tuple[str, str | None]) -> tuple[str, str | None]:
     return status, "; ".join(reasons) if reasons else None
 
 
-def describe(f: Found) -> dict:
+def file_row(f: Found) -> dict:
     """Everything the scan says of one file (the KNOWN columns): facts, name, verdict."""
     name = comparable_name(os.path.basename(f.rel_path))
     parsed = parse_name(name) if f.ext else None
@@ -242,11 +242,11 @@ def describe(f: Found) -> dict:
     }
 
 
-def describe_all(found: pd.DataFrame, workers: int, label: str) -> pd.DataFrame:
-    """``describe`` every row of ``found``, reading files on ``workers`` threads."""
+def file_rows(found: pd.DataFrame, workers: int, label: str) -> pd.DataFrame:
+    """``file_row`` for every row of ``found``, reading files on ``workers`` threads."""
     items = [Found(*row) for row in found[list(Found._fields)].itertuples(index=False)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(describe, items), total=len(items), desc=f"scan {label}",
+        results = list(tqdm(pool.map(file_row, items), total=len(items), desc=f"scan {label}",
                             unit="file", disable=None, mininterval=0.5))
     return pd.DataFrame(results, columns=KNOWN, index=found.index)
 
@@ -333,7 +333,7 @@ def scan_project(
             # As objects: pandas cannot set a slice of the cache's nullable integer
             # columns from a frame with another index; finish_table types them again.
             rows = rows.astype(dict.fromkeys(KNOWN, object))
-            rows.loc[misses, KNOWN] = describe_all(rows[misses], settings.workers, source)
+            rows.loc[misses, KNOWN] = file_rows(rows[misses], settings.workers, source)
         files = rows["problem"].isna()
         fresh = misses & files & (rows["status"] != "error")
         cache.update(rows[files], described=bool(fresh.any()), selected=settings.selects)

@@ -50,7 +50,7 @@ class Finding:
     group_ids: list[str] = field(default_factory=list)
     detail: str = ""
 
-    def describe(self, limit: int = 5) -> str:
+    def line(self, limit: int = 5) -> str:
         shown = ", ".join(self.group_ids[:limit])
         more = f" (+{len(self.group_ids) - limit} more)" if len(self.group_ids) > limit else ""
         return f"{self.check}: {len(self.group_ids)} row(s){': ' + shown if shown else ''}{more}" \
@@ -276,7 +276,7 @@ def run(project: Project) -> str:
         float(project.cfg.extract.approve_tolerance), project.case_sensitive)
     findings += check_accounted(tables["groups"], emitted.provenance, tables["merge_issues"])
     findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
-    errors += [f.describe() for f in findings if f.severity == "error"]
+    errors += [f.line() for f in findings if f.severity == "error"]
     if errors:
         raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n  - "
                             + "\n  - ".join(errors))

@@ -5,6 +5,6 @@ tie each final to its group, ``locate`` finds where it lies in its render, and
 ``decisions`` labels the group approve, crop or reject.
 """
 
-from backfill.stages.extract.stage import ExtractSettings, describe, extract_project, run
+from backfill.stages.extract.stage import ExtractSettings, decisions_line, extract_project, run
 
-__all__ = ["ExtractSettings", "describe", "extract_project", "run"]
+__all__ = ["ExtractSettings", "decisions_line", "extract_project", "run"]

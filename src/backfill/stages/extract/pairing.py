@@ -149,7 +149,7 @@ def stem(name: str) -> str:
     return os.path.splitext(name)[0]
 
 
-def identity(timestamp: object, stage: object) -> tuple[str, float] | None:
+def stated_render(timestamp: object, stage: object) -> tuple[str, float] | None:
     """A render's identity as its name states it, or None when the name has none (no
     timestamp, or stage 0.0: scan's value for a name without a stage)."""
     if not isinstance(timestamp, str) or pd.isna(stage) or float(stage) <= 0:
@@ -234,14 +234,14 @@ def claim_by_name(finals: pd.DataFrame, renders: pd.DataFrame, ungrouped: pd.Dat
     at = list(zip(renders["group_id"], renders["index"], strict=True))
     names = dict(zip(at, renders["name"].map(compare), strict=True))
     by_stem = _index(renders["name"].map(key), at)
-    by_identity = _index(map(identity, renders["timestamp"], renders["stage"]), at)
+    by_identity = _index(map(stated_render, renders["timestamp"], renders["stage"]), at)
     lone_stem = dict(zip(ungrouped["name"].map(key), ungrouped["reason"], strict=True))
-    lone_identity = {identity(t, s): (n, r) for t, s, n, r in zip(
+    lone_identity = {stated_render(t, s): (n, r) for t, s, n, r in zip(
         ungrouped["timestamp"], ungrouped["stage"], ungrouped["name"], ungrouped["reason"],
         strict=True)}
     out = Pairing()
     for f in finals.itertuples(index=False):
-        name, ident = key(f.name), identity(f.timestamp, f.stage)
+        name, ident = key(f.name), stated_render(f.timestamp, f.stage)
         for method, found in (("name", by_stem.get(name, [])),
                               ("identity", by_identity.get(ident, []) if ident else [])):
             clash = _clash(found, names, clashing) if found else None
@@ -475,7 +475,7 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
                           & (finals["status"] != "error")]
         decided = {c.group_id for c in pairing.claims.values()}
         named = {rel: ident for rel, ident in zip(unpaired["rel_path"], map(
-            identity, unpaired["timestamp"], unpaired["stage"]), strict=True) if ident}
+            stated_render, unpaired["timestamp"], unpaired["stage"]), strict=True) if ident}
         if len(unpaired):
             add_content(pairing, by_content(unpaired, renders[
                 ~renders["group_id"].isin(decided) & renders["content_hash"].notna()],

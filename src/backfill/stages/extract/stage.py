@@ -208,7 +208,7 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
                          int(same.sum()), by_content.stats)
 
 
-def describe(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
+def decisions_line(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
     """The decisions by action, then what the final folder holds."""
     actions = truth["user_action"].value_counts()
     by_action = ", ".join(f"{actions.get(a, 0):,} {a}"
@@ -229,12 +229,12 @@ def run(project: Project) -> str:
         result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
                                  settings, project.path("original_dir"),
                                  project.path("final_dir"), project.cache_dir, runner)
-        where = runner.describe()
+        where = runner.where()
     write_table(result.truth, project.output("truth"), TruthTable, "truth")
     write_table(result.finals, project.output("finals"), FinalsTable, "finals")
     unreadable = result.truth.loc[result.truth["user_action"] == UNREADABLE]
     lines = [
-        f"extract {project.name}: {describe(result.truth, result.finals)}; pairs: "
+        f"extract {project.name}: {decisions_line(result.truth, result.finals)}; pairs: "
         f"{result.matched:,} matched, {result.cached:,} from cache, {result.identical:,} "
         f"identical, {result.failed:,} failed; on {where}; "
         f"{time.perf_counter() - started:.1f}s -> "
