@@ -128,6 +128,15 @@ def test_a_failed_registration_leaves_the_configs_as_they_were(repo_copy, tmp_pa
     assert config.read_text() == before
     assert not (repo_copy / "conf" / "project" / "a.yaml").exists()
 
+    def interrupted(root):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backfill.config.project, "compose", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while composing: rolled back too
+        register(found, repo_copy)
+    assert config.read_text() == before
+    assert not (repo_copy / "conf" / "project" / "a.yaml").exists()
+
 
 def test_settings_and_the_production_db_go_to_every_project(repo_copy, tmp_path, monkeypatch,
                                                             capsys):

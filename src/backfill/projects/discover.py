@@ -310,21 +310,22 @@ def register(found: Discovery, repo: Path, model: str = "baseline",
 
     config = repo / "conf" / "config.yaml"
     before = config.read_text()
-    written: list[Path] = []
+    # Named before any is written: a Ctrl-C inside add_project leaves no file unknown.
+    paths = [repo / "conf" / "project" / f"{r.name}.yaml" for r in found.new]
+    fresh = [p for p in paths if not p.exists()]
     try:
         for r in found.new:
             db = found.dbs.get(r.name)
-            written.append(add_project(
-                repo, r.name, config_path(found.root / r.pair.original, repo),
-                config_path(found.root / r.pair.final, repo),
-                config_path(db, repo) if db else None, overrides, model=model,
-                compose_params=False))
+            add_project(repo, r.name, config_path(found.root / r.pair.original, repo),
+                        config_path(found.root / r.pair.final, repo),
+                        config_path(db, repo) if db else None, overrides, model=model,
+                        compose_params=False)
         write_params(repo)  # once for all: checked before params.yaml is touched
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C too: conf/ is left as it was, as by `project add`
         config.write_text(before)
-        for path in written:
+        for path in fresh:
             path.unlink(missing_ok=True)
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, ConfigError | KeyboardInterrupt):
             raise
         raise ConfigError(f"the discovered projects' configs do not compose ({exc}); "
                           "nothing was registered.") from exc
