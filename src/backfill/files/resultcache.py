@@ -2,7 +2,7 @@
 
 Keys are content hashes (never paths), so a result is reused across runs, renames and
 projects. One store per kind of work and settings: the caller puts everything that
-changes the result (settings, code version) into the file name.
+changes the result (settings, a version constant) into the file name.
 
 A store is a main Parquet file plus append-only part files beside it
 (``<stem>.part-*.parquet``). A periodic save writes only the rows added since the last
@@ -16,29 +16,19 @@ at most each other's newest rows, never the file.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 
-import blake3
 import pandas as pd
 import pyarrow.parquet as pq
 
 from backfill.files.atomic import write_parquet
 
 _PART_NUMBERS = itertools.count()  # unique part names within one process
-
-
-def code_version(*code: ModuleType | Callable) -> str:
-    """A short hash of the source of modules or functions: results made by other code are
-    never reused."""
-    source = "".join(inspect.getsource(m) for m in code)
-    return blake3.blake3(source.encode()).hexdigest()[:12]
 
 
 class ResultCache:

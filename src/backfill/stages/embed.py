@@ -40,8 +40,8 @@ from backfill.files.resultcache import ResultCache
 from backfill.models.clip import ClipSettings, load_clip, model_id, resolve_device
 
 # Bump when decoding or preprocessing changes what an image embeds to: cached
-# embeddings of other versions are then not reused. (Not the module's source hash, as
-# the locate cache uses: re-embedding 200k renders for an edited comment costs hours.)
+# embeddings of other versions are then not reused. (Not a hash of the module's source:
+# re-embedding 200k renders for an edited comment costs hours.)
 PREPROCESS_VERSION = 1
 DTYPES = {"content_hash": "str", "embedding": "object"}
 

@@ -42,7 +42,6 @@ signature (milliseconds), then k locates plus the winner's other stages; near
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import pandas as pd
 
 from backfill.executors import Runner
 from backfill.files.imageinfo import Unreadable, decode
-from backfill.files.resultcache import ResultCache, code_version
+from backfill.files.resultcache import ResultCache
 from backfill.stages.extract.locate import (
     ONE_TO_ONE_SUPPORT,
     LocateError,
@@ -65,6 +64,9 @@ from backfill.stages.extract.locate import (
 )
 from backfill.stages.extract.pairing import Claim, ContentOutcome
 
+# Bump when ``signature`` (or decode's pixels) gives other cells for an image: cached
+# signatures of other versions are then not reused.
+SIGNATURE_VERSION = 1
 GRID = 3  # cells a side: a crop covers some rectangle of them
 COLOUR_LEVELS = 6  # per channel: 216 colour bins
 GREY_BINS = 32
@@ -154,9 +156,9 @@ def shortlist(score: np.ndarray, renders: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def signature_cache(cache_dir: Path) -> ResultCache:
-    """Signatures by content hash, for this module's code (its constants included)."""
-    return ResultCache(cache_dir / "signature" / f"{code_version(sys.modules[__name__])}"
-                       ".parquet", ["content_hash"],
+    """Signatures by content hash, for SIGNATURE_VERSION."""
+    return ResultCache(cache_dir / "signature" / f"v{SIGNATURE_VERSION}.parquet",
+                       ["content_hash"],
                        {"content_hash": "str", "cells": "object", "grey": "bool"})
 
 

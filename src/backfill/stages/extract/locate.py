@@ -30,6 +30,9 @@ import numpy as np
 
 from backfill.files.imageinfo import decode
 
+# Bump when a pair's Location changes (this module's matching, or read_gray's pixels):
+# cached locations of other versions are then not reused.
+LOCATE_VERSION = 1
 MIN_TEMPLATE = 8  # pixels: a smaller coarse template carries no shape to match
 FLAT = 1.0  # grey-level standard deviation below which a patch has nothing to match on
 PATCH_MIN_SCORE = 0.5  # a patch correlating less than this found nothing

@@ -35,11 +35,16 @@ from backfill.db.schema import ACTIONS
 from backfill.executors import LocalRunner, Runner, open_runner
 from backfill.files.filetimes import FileTimes
 from backfill.files.imageinfo import Unreadable
-from backfill.files.resultcache import ResultCache, code_version
-from backfill.stages.extract import locate as locate_module
+from backfill.files.resultcache import ResultCache
 from backfill.stages.extract.content_pairing import ContentPairing, ContentSettings, ContentStats
 from backfill.stages.extract.decisions import LabelSettings, label
-from backfill.stages.extract.locate import LocateError, MatchSettings, locate, read_gray
+from backfill.stages.extract.locate import (
+    LOCATE_VERSION,
+    LocateError,
+    MatchSettings,
+    locate,
+    read_gray,
+)
 from backfill.stages.extract.pairing import clash_copies, pair_finals, render_rows
 
 KEYS = ["original_hash", "final_hash"]
@@ -75,8 +80,8 @@ class ExtractSettings:
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
-    """Located boxes for these matcher settings and this matcher code."""
-    name = f"{match.key()}-{code_version(locate_module)}.parquet"
+    """Located boxes for these matcher settings and LOCATE_VERSION."""
+    name = f"{match.key()}-v{LOCATE_VERSION}.parquet"
     return ResultCache(cache_dir / "locate" / name, KEYS,
                        {"original_hash": "str", "final_hash": "str", **RESULTS})
 
