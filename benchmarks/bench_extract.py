@@ -126,7 +126,10 @@ def extract(original: Path, final: Path, match: MatchSettings) -> list[float] | 
             r = same_bytes(*img.size)
     else:
         r = locate_files(original, final, match, MAX_PIXELS)
-    return None if r.get("error") else [r["x1"], r["y1"], r["x2"], r["y2"]]
+        if r.location is None:
+            return None
+        r = r.location._asdict()
+    return [r["x1"], r["y1"], r["x2"], r["y2"]]
 
 
 def original_method(original: Path, final: Path, match: MatchSettings) -> list[float] | None:
@@ -220,7 +223,7 @@ def content_cost(folder: Path, truths: list[dict], settings: ExtractSettings, wo
             workers)
     one = (time.perf_counter() - start) / len(named)
     own = {t["final"]: (f"g{i:03d}", t) for i, t in enumerate(truths)}
-    located = {r["final_hash"]: r for r in pairing.located}
+    located = {p.final_hash: p.row() for p in pairing.located}
     hashes = dict(zip(orphans["rel_path"], orphans["content_hash"], strict=True))
     right = sum(1 for c in outcome.claims if c.group_id == own[c.rel_path][0] and correct(
         [located[hashes[c.rel_path]][k] for k in ("x1", "y1", "x2", "y2")],

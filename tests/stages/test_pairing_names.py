@@ -287,10 +287,10 @@ def test_shortlist_on_empty_and_one_row():
 def located_at(index: int, confidence: float, scale: float = 1.0, support: float = 1.0,
                runner_up: float = 0.0):
     from backfill.stages.extract.content_pairing import _Target
+    from backfill.stages.extract.locate import Location, PairLocation
     target = _Target("f.png", "f" * 64, "g", index, f"{index:064x}", f"r{index}.png")
-    return target, {"original_hash": target.original_hash, "final_hash": target.final_hash,
-                    "confidence": confidence, "scale": scale, "support": support,
-                    "runner_up": runner_up, "error": None}
+    return target, PairLocation(target.original_hash, target.final_hash, Location(
+        0.0, 0.0, 1.0, 1.0, scale, confidence, runner_up, "1:1", support))
 
 
 def test_the_stage_rule_takes_the_better_match_then_scale_one_then_the_highest_stage():
@@ -315,4 +315,5 @@ def test_a_nameless_final_needs_a_match_beyond_doubt():
     assert _doubt(located_at(0, 0.99)[1], s) is None
     assert "confirmed at full resolution" in _doubt(located_at(0, 0.9, support=0.5)[1], s)
     assert "almost as well" in _doubt(located_at(0, 0.9, runner_up=0.89)[1], s)
-    assert _doubt({"error": "no scale fits", "confidence": 0.0}, s).startswith("not located")
+    from backfill.stages.extract.locate import PairLocation
+    assert _doubt(PairLocation("o", "f", error="no scale fits"), s).startswith("not located")

@@ -16,13 +16,12 @@ import blake3
 import numpy as np
 import pandas as pd
 
-from backfill.files import filenames, imageinfo
 from backfill.files.atomic import write_parquet
-from backfill.files.resultcache import code_version
 
-# Cached rows are what imageinfo and filenames made of a file: any change to either
-# module's code gives a new version, so no row from older code is ever reused.
-CODE_VERSION = code_version(imageinfo, filenames)
+# Bump when what is known of a file changes (imageinfo.probe's facts or hash,
+# filenames.parse_name, scan.describe): rows of other versions are never reused. Not a
+# hash of the code: an edited comment must not re-read 200k renders.
+FINGERPRINT_VERSION = 1
 
 IDENTITY = ["path", "size_bytes", "mtime_ns", "inode"]
 # What the cache remembers of a file: its facts and what its name says.
@@ -44,7 +43,7 @@ class FingerprintCache:
 
     def __init__(self, cache_dir: Path, root: Path) -> None:
         key = blake3.blake3(str(root).encode()).hexdigest()[:20]
-        self.path = cache_dir / f"{key}-{CODE_VERSION}.parquet"
+        self.path = cache_dir / f"{key}-v{FINGERPRINT_VERSION}.parquet"
         self.known = typed(pd.DataFrame(columns=IDENTITY + KNOWN))
         if self.path.exists():
             try:

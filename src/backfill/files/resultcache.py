@@ -2,7 +2,7 @@
 
 Keys are content hashes (never paths), so a result is reused across runs, renames and
 projects. One store per kind of work and settings: the caller puts everything that
-changes the result (settings, code version) into the file name.
+changes the result (settings, a version constant) into the file name.
 
 A store is a main Parquet file plus append-only part files beside it
 (``<stem>.part-*.parquet``). A periodic save writes only the rows added since the last
@@ -16,34 +16,27 @@ at most each other's newest rows, never the file.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import ModuleType
+from typing import TypeVar
 
-import blake3
 import pandas as pd
 import pyarrow.parquet as pq
 
 from backfill.files.atomic import write_parquet
 
 _PART_NUMBERS = itertools.count()  # unique part names within one process
-
-
-def code_version(*code: ModuleType | Callable) -> str:
-    """A short hash of the source of modules or functions: results made by other code are
-    never reused."""
-    source = "".join(inspect.getsource(m) for m in code)
-    return blake3.blake3(source.encode()).hexdigest()[:12]
+R = TypeVar("R")
 
 
 class ResultCache:
-    """``add`` saves by itself every ``save_every`` seconds, so a long run that is killed
-    loses at most that much work; call ``save`` at the end (in a ``finally``).
+    """``lookup`` what is known, then ``fill`` with the work it left: ``add`` saves by
+    itself every ``save_every`` seconds, so a long run that is killed loses at most that
+    much work, and ``fill`` saves the rest in a ``finally``.
 
     ``lookup`` answers from the store as it was when opened: rows added by this run are
     written, not looked up again (a run computes each key once)."""
@@ -114,3 +107,15 @@ class ResultCache:
                                    f"{next(_PART_NUMBERS)}.parquet")
         write_parquet(self.frame(self.pending), part)
         self.pending = {c: [] for c in self.dtypes}
+
+    def fill(self, results: Iterable[R], remember: Callable[[R], Iterable[Mapping]]) -> None:
+        """Run the work ``lookup`` left: ``results`` computes as it is read, and each
+        result goes to ``remember``, which uses it and returns the rows to add (none for
+        a failure, which is never cached: the file may be fixed). Saved in a ``finally``,
+        so an interrupted run (Ctrl-C) keeps every result it computed."""
+        try:
+            for result in results:
+                for row in remember(result):
+                    self.add(row)
+        finally:
+            self.save()

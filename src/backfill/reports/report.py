@@ -31,10 +31,13 @@ from backfill.contracts.schemas import BOX, BROKEN_REJECT, CROP_BOX, UNREADABLE
 from backfill.executors import LocalRunner
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
-from backfill.files.resultcache import ResultCache, code_version
+from backfill.files.resultcache import ResultCache
 from backfill.models.evaluate import EvalSettings, has_box, percent, scored
 from backfill.reports.resolve import how_to_resolve
 
+# Bump when ``thumbnail`` draws another picture (size, box, JPEG settings): cached
+# thumbnails of other versions are then not reused.
+THUMBNAIL_VERSION = 1
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 # Thumbnails.want or a Thumbnails: (path, long side, box) -> data URI or None.
 Thumb = Callable[..., str | None]
@@ -76,7 +79,7 @@ class Thumbnails:
         self.hashes = hashes
         self.workers = workers
         self.cache = ResultCache(
-            cache_dir / "thumbnail" / f"{code_version(thumbnail)}-m{max_pixels}.parquet",
+            cache_dir / "thumbnail" / f"v{THUMBNAIL_VERSION}-m{max_pixels}.parquet",
             ["content_hash", "px", "box"],
             {"content_hash": "str", "px": "int64", "box": "str", "uri": "str"})
         known = self.cache.known

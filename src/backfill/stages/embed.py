@@ -40,8 +40,8 @@ from backfill.files.resultcache import ResultCache
 from backfill.models.clip import ClipSettings, load_clip, model_id, resolve_device
 
 # Bump when decoding or preprocessing changes what an image embeds to: cached
-# embeddings of other versions are then not reused. (Not the module's source hash, as
-# the locate cache uses: re-embedding 200k renders for an edited comment costs hours.)
+# embeddings of other versions are then not reused. (Not a hash of the module's source:
+# re-embedding 200k renders for an edited comment costs hours.)
 PREPROCESS_VERSION = 1
 DTYPES = {"content_hash": "str", "embedding": "object"}
 
@@ -198,22 +198,24 @@ def embed_images(images: pd.DataFrame, root: Path, settings: ClipSettings, cache
         embed, device = load(settings)
         paths = [root / p for p in todo["image_path"]]
         hashes = todo["content_hash"].tolist()
-        try:
-            for i, vector, error in tqdm(embed(paths), total=len(paths), desc="embed: CLIP",
-                                         unit="img", disable=None):
-                if error is not None:
-                    failed[str(todo["image_path"].iat[i])] = error
-                    continue
-                # Copied into one preallocated block: no allocation per image that would
-                # outlive the model's large temporaries and fragment the heap, and no view
-                # keeping a whole batch alive.
-                if block is None:
-                    block = np.empty((len(todo), len(vector)), dtype=np.float32)
-                block[i] = vector
-                done[i] = True
-                cache.add({"content_hash": hashes[i], "embedding": block[i]})
-        finally:  # an interrupted run keeps what it embedded
-            cache.save()
+
+        def remember(result: tuple[int, np.ndarray | None, str | None]) -> list[dict]:
+            nonlocal block
+            i, vector, error = result
+            if error is not None:
+                failed[str(todo["image_path"].iat[i])] = error
+                return []
+            # Copied into one preallocated block: no allocation per image that would
+            # outlive the model's large temporaries and fragment the heap, and no view
+            # keeping a whole batch alive.
+            if block is None:
+                block = np.empty((len(todo), len(vector)), dtype=np.float32)
+            block[i] = vector
+            done[i] = True
+            return [{"content_hash": hashes[i], "embedding": block[i]}]
+
+        cache.fill(tqdm(embed(paths), total=len(paths), desc="embed: CLIP", unit="img",
+                        disable=None), remember)
     fresh = np.flatnonzero(done)
     table = typed_frame(EmbeddingsTable, {
         "content_hash": pd.concat([hits["content_hash"], todo["content_hash"].iloc[fresh]],

@@ -42,7 +42,6 @@ signature (milliseconds), then k locates plus the winner's other stages; near
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -55,16 +54,20 @@ import pandas as pd
 
 from backfill.executors import Runner
 from backfill.files.imageinfo import Unreadable, decode
-from backfill.files.resultcache import ResultCache, code_version
+from backfill.files.resultcache import ResultCache
+from backfill.stages.extract.decisions import ambiguous
 from backfill.stages.extract.locate import (
     ONE_TO_ONE_SUPPORT,
-    LocateError,
     MatchSettings,
-    locate,
+    PairLocation,
+    locate_pair,
     read_gray,
 )
 from backfill.stages.extract.pairing import Claim, ContentOutcome
 
+# Bump when ``signature`` (or decode's pixels) gives other cells for an image: cached
+# signatures of other versions are then not reused.
+SIGNATURE_VERSION = 1
 GRID = 3  # cells a side: a crop covers some rectangle of them
 COLOUR_LEVELS = 6  # per channel: 216 colour bins
 GREY_BINS = 32
@@ -78,7 +81,6 @@ CONFIRMED = ONE_TO_ONE_SUPPORT  # share of a final's patches a content match mus
 CHUNK = 512  # renders whose rectangle histograms are held at once while scoring
 COLOUR_BINS = COLOUR_LEVELS ** 3
 BINS = COLOUR_BINS + GREY_BINS
-KEYS = ["original_hash", "final_hash"]  # the locate cache's keys
 
 
 def _rectangles(grid: int) -> np.ndarray:
@@ -154,9 +156,9 @@ def shortlist(score: np.ndarray, renders: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def signature_cache(cache_dir: Path) -> ResultCache:
-    """Signatures by content hash, for this module's code (its constants included)."""
-    return ResultCache(cache_dir / "signature" / f"{code_version(sys.modules[__name__])}"
-                       ".parquet", ["content_hash"],
+    """Signatures by content hash, for SIGNATURE_VERSION."""
+    return ResultCache(cache_dir / "signature" / f"v{SIGNATURE_VERSION}.parquet",
+                       ["content_hash"],
                        {"content_hash": "str", "cells": "object", "grey": "bool"})
 
 
@@ -204,8 +206,8 @@ class ContentPairing:
     locate_cache: ResultCache  # extract's: a location found here is never searched again
     runner: Runner  # where signatures and locates are computed
     stats: ContentStats = field(default_factory=ContentStats)
-    # The location of every claim made (KEYS and RESULTS): extract needs no second locate.
-    located: list[dict] = field(default_factory=list)
+    # The location of every claim made: extract needs no second locate.
+    located: list[PairLocation] = field(default_factory=list)
 
     def __call__(self, finals: pd.DataFrame, renders: pd.DataFrame,
                  named: frozenset[str] = frozenset()) -> ContentOutcome:
@@ -362,29 +364,31 @@ class ContentPairing:
                for h, c, g in zip(hits["content_hash"], hits["cells"], hits["grey"],
                                   strict=True)}
         failed = {}
+
+        def remember(result: tuple[str, np.ndarray | None, bool, str | None]) -> list[dict]:
+            h, cells, grey, error = result
+            if error is not None:
+                failed[h] = error  # never cached: the file may be fixed
+                return []
+            out[h] = (cells, grey)
+            self.stats.signatures += 1
+            return [{"content_hash": h, "cells": cells.ravel(), "grey": grey}]
+
         jobs = [(h, wanted[h]) for h in todo["content_hash"]]
-        try:
-            for h, cells, grey, error in self.runner.map(
-                    partial(signature_of, max_pixels=self.settings.max_pixels), jobs):
-                if error is not None:
-                    failed[h] = error  # never cached: the file may be fixed
-                    continue
-                out[h] = (cells, grey)
-                cache.add({"content_hash": h, "cells": cells.ravel(), "grey": grey})
-                self.stats.signatures += 1
-        finally:
-            cache.save()
+        cache.fill(self.runner.map(
+            partial(signature_of, max_pixels=self.settings.max_pixels), jobs), remember)
         return out, failed
 
-    def _locate(self, targets: list[_Target]) -> dict[tuple[str, str], dict]:
-        """Each target's location (KEYS and RESULTS, confidence 0 and ``error`` when it
-        cannot be located), from the locate cache or found now, each final decoded once."""
+    def _locate(self, targets: list[_Target]) -> dict[tuple[str, str], PairLocation]:
+        """Each target's location (or why there is none), from the locate cache or found
+        now, each final decoded once."""
         if not targets:
             return {}
         keys = pd.DataFrame({"original_hash": [t.original_hash for t in targets],
                              "final_hash": [t.final_hash for t in targets]})
         hits, todo = self.locate_cache.lookup(keys)
-        found = {(r["original_hash"], r["final_hash"]): r for r in hits.to_dict("records")}
+        found = {(r["original_hash"], r["final_hash"]): PairLocation.from_row(r)
+                 for r in hits.to_dict("records")}
         missing = set(zip(todo["original_hash"], todo["final_hash"], strict=True))
         jobs: dict[str, list[_Target]] = defaultdict(list)
         for t in targets:
@@ -396,12 +400,14 @@ class ContentPairing:
         items = [(self.final_root / ts[0].rel_path,
                   [(t.original_hash, t.final_hash, self.original_root / t.original_path)
                    for t in ts]) for ts in jobs.values()]
-        for rows in self.runner.map(located, items):
-            for row in rows:
-                if row.get("error") is None:
-                    self.locate_cache.add(row)  # failures are never cached
-                found[row["original_hash"], row["final_hash"]] = row
+
+        def remember(pairs: list[PairLocation]) -> list[dict]:
+            for p in pairs:
+                found[p.original_hash, p.final_hash] = p
                 self.stats.locates += 1
+            return [p.row() for p in pairs if p.location is not None]  # failures: never
+
+        self.locate_cache.fill(self.runner.map(located, items), remember)
         return found
 
 
@@ -418,33 +424,17 @@ def signature_of(job: tuple[str, Path], max_pixels: int
 
 
 def locate_in_renders(job: tuple[Path, list[tuple[str, str, Path]]], match: MatchSettings,
-                      max_pixels: int) -> list[dict]:
+                      max_pixels: int) -> list[PairLocation]:
     """One final (its path, then each render's hash, the final's hash and the render's
-    path), decoded once, located in each render: KEYS and RESULTS per render, or
-    confidence 0 and ``error``."""
+    path), decoded once, located in each render."""
     final_path, renders = job
-
-    def failed(original_hash: str, final_hash: str, why: str) -> dict:
-        return {"original_hash": original_hash, "final_hash": final_hash,
-                "confidence": 0.0, "error": why}
-
     try:
         final = read_gray(final_path, max_pixels)
     except Unreadable as exc:
-        return [failed(o, f, f"final unreadable: {exc}") for o, f, _ in renders]
-    rows = []
-    for original_hash, final_hash, original_path in renders:
-        try:
-            original = read_gray(original_path, max_pixels)
-            loc = locate(original, final, match)
-        except Unreadable as exc:
-            rows.append(failed(original_hash, final_hash, f"original unreadable: {exc}"))
-        except (LocateError, cv2.error) as exc:
-            rows.append(failed(original_hash, final_hash, str(exc)))
-        else:
-            rows.append({"original_hash": original_hash, "final_hash": final_hash,
-                         **loc._asdict(), "error": None})
-    return rows
+        return [PairLocation(o, f, unreadable=f"final unreadable: {exc}")
+                for o, f, _ in renders]
+    return [locate_pair(o, f, original_path, final, match, max_pixels)
+            for o, f, original_path in renders]
 
 
 def _targets(rel: str, final_hash: str, renders: pd.DataFrame) -> list[_Target]:
@@ -465,7 +455,7 @@ def shortlisted(finals: pd.DataFrame, renders: pd.DataFrame,
             for t in _targets(rel, h, shortlist(score, renders, k))]
 
 
-def _choose_groups(tried: list[_Target], found: dict[tuple[str, str], dict],
+def _choose_groups(tried: list[_Target], found: dict[tuple[str, str], PairLocation],
                    s: ContentSettings, names: dict[str, str], outcome: ContentOutcome,
                    named: frozenset[str] = frozenset()
                    ) -> dict[str, tuple[str, list[_Target]]]:
@@ -487,27 +477,27 @@ def _choose_groups(tried: list[_Target], found: dict[tuple[str, str], dict],
     return winners
 
 
-def _confidence(found: dict[tuple[str, str], dict], t: _Target) -> float:
+def _confidence(found: dict[tuple[str, str], PairLocation], t: _Target) -> float:
     """How well the final matches the target's render; 0 when it could not be located."""
-    row = found[t.original_hash, t.final_hash]
-    return 0.0 if row.get("error") is not None else float(row["confidence"])
+    return found[t.original_hash, t.final_hash].confidence
 
 
-def _doubt(row: dict, s: ContentSettings) -> str | None:
+def _doubt(p: PairLocation, s: ContentSettings) -> str | None:
     """Why a location would not pair a nameless final (which has no name to back it):
     not located, too little of the final's detail confirmed at full resolution (as
     locate trusts a 1:1 answer), or another place in the render matching almost as
     well. None when there is no doubt."""
-    if row.get("error") is not None:
-        return f"not located: {row['error']}"
-    if row["support"] < CONFIRMED:
-        return f"{row['support']:.0%} of its detail confirmed at full resolution"
-    if row["runner_up"] > 0 and row["runner_up"] >= row["confidence"] - s.ambiguity_margin:
-        return f"another place matches almost as well ({row['runner_up']:.2f})"
+    loc = p.location
+    if loc is None:
+        return f"not located: {p.failure}"
+    if loc.support < CONFIRMED:
+        return f"{loc.support:.0%} of its detail confirmed at full resolution"
+    if ambiguous(loc.confidence, loc.runner_up, s.ambiguity_margin):
+        return f"another place matches almost as well ({loc.runner_up:.2f})"
     return None
 
 
-def _tied(targets: list[_Target], found: dict[tuple[str, str], dict], s: ContentSettings
+def _tied(targets: list[_Target], found: dict[tuple[str, str], PairLocation], s: ContentSettings
           ) -> list[_Target]:
     """The targets that match about as well as the best, and well enough."""
     top = max(_confidence(found, t) for t in targets)
@@ -523,7 +513,7 @@ def _by_final(targets: list[_Target]) -> dict[str, list[_Target]]:
 
 
 def _ambiguous(outcome: ContentOutcome, rel: str, groups: list[str], tried: list[_Target],
-               found: dict[tuple[str, str], dict], flag: bool = True) -> None:
+               found: dict[tuple[str, str], PairLocation], flag: bool = True) -> None:
     """A final whose content fits renders of several groups about equally: no pair, and
     each group flagged (when ``flag``)."""
     best = {g: max(_confidence(found, t) for t in tried if t.group_id == g) for g in groups}
@@ -536,7 +526,7 @@ def _ambiguous(outcome: ContentOutcome, rel: str, groups: list[str], tried: list
                                   f"({said}): not paired (check which group it belongs to)")
 
 
-def _stage(options: list[_Target], found: dict[tuple[str, str], dict], s: ContentSettings
+def _stage(options: list[_Target], found: dict[tuple[str, str], PairLocation], s: ContentSettings
            ) -> tuple[_Target, str | None]:
     """The render of the winning group that the final was cut from, and a review note
     when stages match about equally (then: the scale closest to 1, then the highest
@@ -546,7 +536,8 @@ def _stage(options: list[_Target], found: dict[tuple[str, str], dict], s: Conten
         return tied[0], None
     top = max(_confidence(found, t) for t in tied)
     alike = [t for t in tied if _confidence(found, t) >= top - SAME_CONFIDENCE]
-    scale = {t.index: float(found[t.original_hash, t.final_hash]["scale"]) for t in tied}
+    scale = {t.index: float(found[t.original_hash, t.final_hash].location.scale)
+             for t in tied}
     off = {i: abs(math.log(v)) for i, v in scale.items()}
     closest = min(off[t.index] for t in alike)
     pick = max((t for t in alike if off[t.index] <= closest + SAME_SCALE), key=lambda t: t.index)

@@ -34,6 +34,7 @@ from backfill.db.cells import iso_utc
 from backfill.files.filetimes import FileTimes
 
 FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
+Numbers = float | np.ndarray | pd.Series  # one value, or one per pair
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class LabelSettings:
     min_confidence: float
     ambiguity_margin: float
     file_times: FileTimes | None = None  # a final's time outside it is no decision time
+
+
+def ambiguous(confidence: Numbers, runner_up: Numbers, margin: float) -> Numbers:
+    """Whether a clearly different place in the original matches within ``margin`` of
+    the located one (scalars, or arrays element-wise): the location may be a guess."""
+    return (runner_up > 0) & (runner_up >= confidence - margin)
 
 
 def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
@@ -92,7 +99,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
             "match confidence " + confidence.round(3).astype(str)
             + f" is below min_confidence {s.min_confidence}", None),
         "ambiguous": np.where(
-            located_ok & (runner_up > 0) & (runner_up >= confidence - s.ambiguity_margin),
+            located_ok & ambiguous(confidence, runner_up, s.ambiguity_margin),
             "another place matches almost as well (" + runner_up.round(3).astype(str) + ")",
             None),
         "unconfirmed": np.where(

@@ -28,8 +28,11 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from backfill.files.imageinfo import decode
+from backfill.files.imageinfo import Unreadable, decode
 
+# Bump when a pair's Location changes (this module's matching, or read_gray's pixels):
+# cached locations of other versions are then not reused.
+LOCATE_VERSION = 1
 MIN_TEMPLATE = 8  # pixels: a smaller coarse template carries no shape to match
 FLAT = 1.0  # grey-level standard deviation below which a patch has nothing to match on
 PATCH_MIN_SCORE = 0.5  # a patch correlating less than this found nothing
@@ -79,6 +82,41 @@ class Location(NamedTuple):
 
     def normalised(self, width: int, height: int) -> list[float]:
         return [self.x1 / width, self.y1 / height, self.x2 / width, self.y2 / height]
+
+
+@dataclass(frozen=True)
+class PairLocation:
+    """What locating one (original, final) pair gave: its Location, or why there is none.
+    Failures are never cached (a file may be fixed, a setting changed)."""
+
+    original_hash: str
+    final_hash: str
+    location: Location | None = None
+    error: str | None = None  # why the readable pair cannot be located
+    unreadable: str | None = None  # which file cannot be decoded, and why
+
+    @property
+    def failure(self) -> str | None:
+        """Why the pair has no location; None when it has one."""
+        return self.unreadable or self.error
+
+    @property
+    def confidence(self) -> float:
+        """How well the final matches its place in the original; 0 when not located."""
+        return 0.0 if self.location is None else float(self.location.confidence)
+
+    def row(self) -> dict:
+        """The located pair as a locate cache row: its hashes and the Location's fields."""
+        if self.location is None:
+            raise ValueError(f"a pair that was not located has no row: {self.failure}")
+        return {"original_hash": self.original_hash, "final_hash": self.final_hash,
+                **self.location._asdict()}
+
+    @classmethod
+    def from_row(cls, row: dict) -> PairLocation:
+        """A locate cache row (``row``'s inverse)."""
+        return cls(row["original_hash"], row["final_hash"],
+                   Location(*(row[f] for f in Location._fields)))
 
 
 def read_gray(path: Path | str, max_pixels: int) -> np.ndarray:
@@ -352,3 +390,23 @@ def locate(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> Location:
                                    >= multi.confidence + multi.support):
         return one_to_one
     return multi
+
+
+def locate_pair(original_hash: str, final_hash: str, original: Path | np.ndarray,
+                final: Path | np.ndarray, s: MatchSettings, max_pixels: int) -> PairLocation:
+    """Locate a final in its original, each given as a path (decoded here with
+    ``max_pixels``) or as pixels already decoded by read_gray (content pairing decodes a
+    final once for several renders)."""
+    images = {}
+    for role, image in (("original", original), ("final", final)):
+        try:
+            images[role] = image if isinstance(image, np.ndarray) else read_gray(image,
+                                                                                 max_pixels)
+        except Unreadable as exc:
+            return PairLocation(original_hash, final_hash,
+                                unreadable=f"{role} unreadable: {exc}")
+    try:
+        loc = locate(images["original"], images["final"], s)
+    except (LocateError, cv2.error) as exc:
+        return PairLocation(original_hash, final_hash, error=str(exc))
+    return PairLocation(original_hash, final_hash, loc)

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import cv2
 import pandas as pd
 from tqdm import tqdm
 
@@ -34,12 +33,15 @@ from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
 from backfill.executors import LocalRunner, Runner, open_runner
 from backfill.files.filetimes import FileTimes
-from backfill.files.imageinfo import Unreadable
-from backfill.files.resultcache import ResultCache, code_version
-from backfill.stages.extract import locate as locate_module
+from backfill.files.resultcache import ResultCache
 from backfill.stages.extract.content_pairing import ContentPairing, ContentSettings, ContentStats
 from backfill.stages.extract.decisions import LabelSettings, label
-from backfill.stages.extract.locate import LocateError, MatchSettings, locate, read_gray
+from backfill.stages.extract.locate import (
+    LOCATE_VERSION,
+    MatchSettings,
+    PairLocation,
+    locate_pair,
+)
 from backfill.stages.extract.pairing import clash_copies, pair_finals, render_rows
 
 KEYS = ["original_hash", "final_hash"]
@@ -75,8 +77,8 @@ class ExtractSettings:
 
 
 def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
-    """Located boxes for these matcher settings and this matcher code."""
-    name = f"{match.key()}-{code_version(locate_module)}.parquet"
+    """Located boxes for these matcher settings and LOCATE_VERSION."""
+    name = f"{match.key()}-v{LOCATE_VERSION}.parquet"
     return ResultCache(cache_dir / "locate" / name, KEYS,
                        {"original_hash": "str", "final_hash": "str", **RESULTS})
 
@@ -90,49 +92,30 @@ def same_bytes(width: int, height: int) -> dict:
             "confidence": 1.0, "runner_up": 0.0, "support": 1.0, "method": "identical"}
 
 
-def locate_files(original: Path, final: Path, match: MatchSettings, max_pixels: int) -> dict:
+def locate_files(original: Path, final: Path, match: MatchSettings, max_pixels: int
+                 ) -> PairLocation:
     """One pair's location in original pixels; else ``unreadable`` says which file cannot
     be decoded and why, or ``error`` why the readable pair cannot be located."""
-    images = {}
-    for role, path in (("original", original), ("final", final)):
-        try:
-            images[role] = read_gray(path, max_pixels)
-        except Unreadable as exc:
-            return {"error": None, "unreadable": f"{role} unreadable: {exc}"}
-    try:
-        loc = locate(images["original"], images["final"], match)
-    except (LocateError, cv2.error) as exc:
-        return {"error": str(exc), "unreadable": None}
-    return {**loc._asdict(), "error": None, "unreadable": None}
+    return locate_pair("", "", original, final, match, max_pixels)
 
 
-def locate_pair(job: tuple[str, str, Path, Path], match: MatchSettings, max_pixels: int
-                ) -> dict:
-    """``locate_files`` of one (original hash, final hash, original path, final path),
-    as a row with KEYS."""
+def locate_job(job: tuple[str, str, Path, Path], match: MatchSettings, max_pixels: int
+               ) -> PairLocation:
+    """``locate_files`` of one (original hash, final hash, original path, final path)."""
     o_hash, f_hash, original, final = job
-    return {"original_hash": o_hash, "final_hash": f_hash,
-            **locate_files(original, final, match, max_pixels)}
+    return locate_pair(o_hash, f_hash, original, final, match, max_pixels)
 
 
 def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
-               match: MatchSettings, max_pixels: int, cache: ResultCache, runner: Runner
-               ) -> Iterator[dict]:
-    """Locate every (original, final) of ``todo`` on ``runner``, yielding a row (KEYS,
-    RESULTS, ``error`` and ``unreadable``) per pair and saving results to ``cache`` as
-    they come. Each worker holds one pair's pixels at a time, so memory stays bounded."""
+               match: MatchSettings, max_pixels: int, runner: Runner
+               ) -> Iterator[PairLocation]:
+    """Locate every (original, final) of ``todo`` on ``runner``, as they come. Each
+    worker holds one pair's pixels at a time, so memory stays bounded."""
     jobs = ((o_hash, f_hash, original_root / o_path, final_root / f_path)
             for o_hash, f_hash, o_path, f_path in todo[
                 KEYS + ["original_path", "final_path"]].itertuples(index=False, name=None))
-    try:
-        for row in tqdm(runner.map(partial(locate_pair, match=match, max_pixels=max_pixels),
-                                   jobs), total=len(todo), desc="extract: locating",
-                        unit="pair", disable=None):
-            if row["error"] is None and row["unreadable"] is None:
-                cache.add(row)  # failures are never cached: a file may be fixed
-            yield row
-    finally:  # an interrupted run keeps what it matched
-        cache.save()
+    return tqdm(runner.map(partial(locate_job, match=match, max_pixels=max_pixels), jobs),
+                total=len(todo), desc="extract: locating", unit="pair", disable=None)
 
 
 @dataclass
@@ -173,7 +156,7 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
             ["; ".join([*([r] if isinstance(r, str) else []), *mixed.get(g, [])]) or None
              for g, r in zip(pairs["group_id"], pairs["review"], strict=True)],
             index=pairs.index, dtype="str")
-    located_by_content = located_table(by_content.located)
+    located_by_content = located_table([p.row() for p in by_content.located])
     locatable = pairs[pairs["original_hash"].notna() & pairs["final_hash"].notna()]
     same = locatable["original_hash"] == locatable["final_hash"]
     identical = located_table([
@@ -185,15 +168,20 @@ def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.Data
     todo_keys = todo_keys[todo_keys.pop("_merge") == "left_only"]
     todo = todo_keys.merge(locatable.drop_duplicates(KEYS), on=KEYS, how="left")
     matched, errors, unreadable = [], {}, {}
-    for row in locate_all(todo, original_root, final_root, settings.match,
-                          settings.max_pixels, cache, runner):
-        key = row["original_hash"], row["final_hash"]
-        if row["unreadable"] is not None:
-            unreadable[key] = row["unreadable"]
-        elif row["error"] is not None:
-            errors[key] = row["error"]
+
+    def remember(p: PairLocation) -> list[dict]:
+        key = p.original_hash, p.final_hash
+        if p.unreadable is not None:
+            unreadable[key] = p.unreadable
+        elif p.error is not None:
+            errors[key] = p.error
         else:
-            matched.append(row)
+            matched.append(p.row())
+            return [matched[-1]]
+        return []  # failures are never cached: a file may be fixed
+
+    cache.fill(locate_all(todo, original_root, final_root, settings.match,
+                          settings.max_pixels, runner), remember)
     located = pd.concat([identical, hits[identical.columns], located_by_content,
                          located_table(matched)], ignore_index=True).drop_duplicates(KEYS)
     joined = pairs.merge(located, on=KEYS, how="left")
