@@ -19,7 +19,7 @@ import pandas as pd
 from backfill.files.atomic import write_parquet
 
 # Bump when what is known of a file changes (imageinfo.probe's facts or hash,
-# filenames.parse_name, scan.describe): rows of other versions are never reused. Not a
+# filenames.parse_name, scan.file_row): rows of other versions are never reused. Not a
 # hash of the code: an edited comment must not re-read 200k renders.
 FINGERPRINT_VERSION = 1
 
