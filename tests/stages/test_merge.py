@@ -10,7 +10,13 @@ import pytest
 
 from backfill.db.schema import COLUMNS, INDEXES, VIEWS, create, insert_rows
 from backfill.production.legacy import crop_acceptance
-from backfill.stages.merge import MergeSettings, match_rows, plan_merge, with_matches
+from backfill.stages.merge import (
+    MergeInputs,
+    MergeSettings,
+    match_rows,
+    plan_merge,
+    with_matches,
+)
 
 SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
 
@@ -153,7 +159,7 @@ def test_sidecars_set_ai_crop_accepted_by_seed_003s_rule(tmp_path):
     def rule(rows):
         return crop_acceptance(rows, folders, "crop_auto", "selected")
 
-    plan = plan_merge(frame(), live, SETTINGS, crop_accepted=rule)
+    plan = plan_merge(frame(), live, SETTINGS, MergeInputs(crop_accepted=rule))
     got = plan.merged.set_index("group_id")["ai_crop_accepted"].to_dict()
     assert got == {"auto": True, "plain": False, "both": None, "nowhere": None,
                    "other": None, "known": False}
@@ -327,7 +333,7 @@ def test_an_unreadable_final_is_reported_not_written_and_its_live_row_left_alone
     back = frame(row("g1", ["a.png", "b.png"], **unreadable),
                  row("g2", ["c.png", "d.png"], **unreadable))
     why = {"g1": "final unreadable: 0 bytes", "g2": "final unreadable: truncated"}
-    plan = plan_merge(back, live, SETTINGS, reasons=why)
+    plan = plan_merge(back, live, SETTINGS, MergeInputs(reasons=why))
     assert plan.changes.empty  # no new row, no fill of live1's NULLs
     assert plan.issues["kind"].tolist() == ["final_unreadable"] * 2
     details = plan.issues.set_index("group_id")["detail"]
@@ -355,7 +361,7 @@ def test_a_legacy_skip_row_for_a_group_production_lacks_is_reported_or_fixed():
     legacy = frame(row("old1", ["a.png", "b.png"], user_action="skip",
                        timestamp="2024-01-01T00:00:00Z"))
     back = frame(row("g1", ["a.png", "b.png"], user_action="reject"))
-    plan = plan_merge(back, legacy, SETTINGS, imported={"old1"})
+    plan = plan_merge(back, legacy, SETTINGS, MergeInputs(imported={"old1"}))
     assert plan.issues["kind"].tolist() == ["legacy_invalid"]
     assert "fix_invalid_actions" in plan.issues["detail"][0]
     assert plan.merged["group_id"].tolist() == ["g1"]  # one decision, the files'
@@ -365,7 +371,7 @@ def test_a_legacy_skip_row_for_a_group_production_lacks_is_reported_or_fixed():
 
     apply_changes(db, plan.changes)  # no IntegrityError
     fix = plan_merge(back, legacy, replace(SETTINGS, fix_invalid_actions=True),
-                     imported={"old1"})
+                     MergeInputs(imported={"old1"}))
     assert fix.merged[["group_id", "user_action", "timestamp"]].values.tolist() == [
         ["old1", "reject", "2024-01-01T00:00:00Z"]]
     assert db.execute("SELECT group_id, user_action FROM ai_decisions").fetchall() == [
@@ -385,7 +391,7 @@ def test_a_broken_reject_is_reported_not_written_and_its_live_row_left_alone(tmp
                  row("g2", ["c.png", "d.png"], **broken),
                  row("g3", ["e.png", "f.png"], user_action="reject", user_selected_index=0))
     why = {g: "unreadable renders in the group: b.png (truncated)" for g in ("g1", "g2")}
-    plan = plan_merge(back, live, SETTINGS, reasons=why)
+    plan = plan_merge(back, live, SETTINGS, MergeInputs(reasons=why))
     assert set(plan.changes["group_id"]) == {"g3"}  # only the provable reject is added
     issues = plan.issues.set_index("group_id")
     assert issues["kind"].to_dict() == {"g1": "broken_reject", "g2": "broken_reject"}
