@@ -107,64 +107,81 @@ def _learned(predictions: pd.DataFrame | None) -> pd.DataFrame | None:
     return predictions[predictions["ranker"] != "highest_stage"]
 
 
+AI_PROVENANCE = ("model_version", "ranker", "crop_proposer", "embedding_model")
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value, kind: type) -> int | float | None:
+    return None if pd.isna(value) else kind(value)
+
+
 def backfill_rows(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
                   scan: pd.DataFrame, predictions: pd.DataFrame | None,
                   settings: MergeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ai_decisions rows, provenance rows), one per group, from the recovered truth and
     the AI's predictions (AI columns NULL without them)."""
-    g = groups.set_index("group_id")
-    t = truth.set_index("group_id").reindex(g.index)
-    p = _learned(predictions)
-    p = (p.set_index("group_id").reindex(g.index) if p is not None
-         else pd.DataFrame(index=g.index, columns=["ai_selected_index", "ai_confidence", *BOX,
-                                                   "model_version", "ranker",
-                                                   "crop_proposer", "embedding_model"]))
+    by_group = groups.set_index("group_id")
+    truths = truth.set_index("group_id").reindex(by_group.index)
+    learned = _learned(predictions)
+    preds = (learned.set_index("group_id").reindex(by_group.index) if learned is not None
+             else pd.DataFrame(index=by_group.index,
+                               columns=["ai_selected_index", "ai_confidence", *BOX,
+                                        *AI_PROVENANCE]))
     mtime = scan[scan["source"] == "original"].set_index("rel_path")["mtime_ns"]
     rows, prov = [], []
-    for gid in g.index:
-        grp, tr, pr = g.loc[gid], t.loc[gid], p.loc[gid]
-        ai = None if pd.isna(pr["ai_selected_index"]) else int(pr["ai_selected_index"])
-        kept = None if pd.isna(tr["user_selected_index"]) else int(tr["user_selected_index"])
-        user = kept if kept is not None else (ai if ai is not None else 0)
-        sizes = [(w, h) for w, h in zip(grp["widths"], grp["heights"], strict=True)]
-        width, height = sizes[user]
-        if width is None or pd.isna(width):  # the picked member is unreadable
-            width, height = next(((w, h) for w, h in sizes if w is not None and not pd.isna(w)),
-                                 (None, None))
-        final_box = encode_box([tr[c] for c in CROP_BOX]) if kept is not None else None
-        ai_box = encode_box([pr[c] for c in BOX])
-        when, time_review = _row_time(tr["final_modified_at"], list(grp["image_paths"]), mtime,
-                                      grp["last_timestamp"], settings.file_times)
-        review = "; ".join(r for r in (tr["review_reason"], time_review)
-                           if isinstance(r, str)) or None
-        rows.append({
-            "group_id": gid, "timestamp": when, "project_id": project,
-            "directory": comparable_name(str(PurePosixPath(grp["image_paths"][user]).parent)),
-            "batch_number": None, "images": encode_images(grp["image_names"]),
-            "ai_selected_index": ai, "ai_crop_coords": ai_box,
-            "ai_confidence": None if pd.isna(pr["ai_confidence"]) else float(pr["ai_confidence"]),
-            "user_selected_index": user, "user_action": tr["user_action"],
-            "ai_crop_accepted": None, "final_crop_coords": final_box,
-            "crop_timestamp": tr["crop_timestamp"] if isinstance(tr["crop_timestamp"], str)
-            else None,
-            "image_width": None if width is None else int(width),
-            "image_height": None if height is None else int(height),
-            "selection_match": None, "crop_match": None,
-        })
-        prov.append({
-            "group_id": gid, "source": "backfill", "backfill_group_id": gid,
-            "final_path": tr["final_path"] if isinstance(tr["final_path"], str) else None,
-            "pair_method": tr["pair_method"] if isinstance(tr["pair_method"], str) else None,
-            "match_method": tr["match_method"] if isinstance(tr["match_method"], str) else None,
-            "match_confidence": None if pd.isna(tr["confidence"]) else float(tr["confidence"]),
-            "needs_review": bool(tr["needs_review"]) or time_review is not None,
-            "review_reason": review,
-            **{c: (pr[c] if isinstance(pr[c], str) else None)
-               for c in ("model_version", "ranker", "crop_proposer", "embedding_model")},
-        })
-    out = pd.DataFrame(rows, columns=COLUMNS)
-    out = with_matches(out, settings)
+    for gid in by_group.index:
+        row, source = _group_decision(project, gid, by_group.loc[gid], truths.loc[gid],
+                                      preds.loc[gid], mtime, settings.file_times)
+        rows.append(row)
+        prov.append(source)
+    out = with_matches(pd.DataFrame(rows, columns=COLUMNS), settings)
     return out, pd.DataFrame(prov, columns=PROVENANCE_COLUMNS)
+
+
+def _group_decision(project: str, gid: str, group: pd.Series, found: pd.Series,
+                    pred: pd.Series, mtime: pd.Series,
+                    file_times: FileTimes | None) -> tuple[dict, dict]:
+    """One group's ai_decisions row (match flags still NULL) and its provenance row."""
+    ai_index = _number(pred["ai_selected_index"], int)
+    kept = _number(found["user_selected_index"], int)
+    # A reject keeps no image: the AI's pick stands for the row, else the first.
+    picked = kept if kept is not None else (ai_index if ai_index is not None else 0)
+    sizes = list(zip(group["widths"], group["heights"], strict=True))
+    width, height = sizes[picked]
+    if width is None or pd.isna(width):  # the picked member is unreadable
+        width, height = next(((w, h) for w, h in sizes if w is not None and not pd.isna(w)),
+                             (None, None))
+    when, time_review = _row_time(found["final_modified_at"], list(group["image_paths"]),
+                                  mtime, group["last_timestamp"], file_times)
+    row = {
+        "group_id": gid, "timestamp": when, "project_id": project,
+        "directory": comparable_name(str(PurePosixPath(group["image_paths"][picked]).parent)),
+        "batch_number": None, "images": encode_images(group["image_names"]),
+        "ai_selected_index": ai_index, "ai_crop_coords": encode_box([pred[c] for c in BOX]),
+        "ai_confidence": _number(pred["ai_confidence"], float),
+        "user_selected_index": picked, "user_action": found["user_action"],
+        "ai_crop_accepted": None,
+        "final_crop_coords": (encode_box([found[c] for c in CROP_BOX])
+                              if kept is not None else None),
+        "crop_timestamp": _text(found["crop_timestamp"]),
+        "image_width": None if width is None else int(width),
+        "image_height": None if height is None else int(height),
+        "selection_match": None, "crop_match": None,
+    }
+    source = {
+        "group_id": gid, "source": "backfill", "backfill_group_id": gid,
+        "final_path": _text(found["final_path"]), "pair_method": _text(found["pair_method"]),
+        "match_method": _text(found["match_method"]),
+        "match_confidence": _number(found["confidence"], float),
+        "needs_review": bool(found["needs_review"]) or time_review is not None,
+        "review_reason": "; ".join(r for r in (found["review_reason"], time_review)
+                                   if isinstance(r, str)) or None,
+        **{c: _text(pred[c]) for c in AI_PROVENANCE},
+    }
+    return row, source
 
 
 def with_matches(rows: pd.DataFrame, settings: MergeSettings) -> pd.DataFrame:
