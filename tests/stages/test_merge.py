@@ -8,7 +8,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from backfill.db.schema import COLUMNS, INDEXES, VIEWS, create, insert_rows
+from backfill.db.schema import COLUMNS, create, insert_rows
 from backfill.production.legacy import crop_acceptance
 from backfill.stages.merge import (
     MergeInputs,
@@ -32,18 +32,6 @@ def row(gid: str, images: list[str], **values) -> dict:
 
 def frame(*rows: dict) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=COLUMNS)
-
-
-def test_the_schema_has_seed_003s_columns_checks_indexes_and_views(tmp_path):
-    conn = sqlite3.connect(tmp_path / "d.db")
-    create(conn)
-    assert [r[1] for r in conn.execute("PRAGMA table_info(ai_decisions)")] == COLUMNS
-    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert set(INDEXES) | set(VIEWS) <= names
-    with pytest.raises(sqlite3.IntegrityError):  # the old scripts' 'skip' is refused
-        conn.execute("INSERT INTO ai_decisions (group_id, timestamp, project_id, images, "
-                     "user_selected_index, user_action, image_width, image_height) VALUES "
-                     "('g', 't', 'p', '[]', 0, 'skip', 1, 1)")
 
 
 def test_matches_are_one_to_one_by_file_name_and_ambiguity_is_left_alone():
@@ -167,34 +155,6 @@ def test_sidecars_set_ai_crop_accepted_by_seed_003s_rule(tmp_path):
         "auto", "plain"}
 
 
-def test_a_legacy_csv_reads_as_v3_rows_and_bad_lines_are_reported(tmp_path):
-    from backfill.production.legacy import read_decisions_csv
-
-    header = ("group_id,timestamp,project_id,directory,batch_number,image_1_filename,"
-              "image_2_filename,image_3_filename,image_4_filename,ai_selected_index,"
-              "ai_crop_x1,ai_crop_y1,ai_crop_x2,ai_crop_y2,ai_confidence,user_selected_index,"
-              "user_action,final_crop_x1,final_crop_y1,final_crop_x2,final_crop_y2,"
-              "crop_timestamp,image_width,image_height,selection_match,crop_match")
-    lines = [header,
-             "g1,2025-09-01T10:00:00Z,p,d,1,a.png,b.png,,,1,0.1,0.1,0.9,0.9,0.8,1,crop,"
-             "0.2,0.2,0.8,0.8,2025-09-01T11:00:00Z,832,1216,True,False",
-             "g2,2025-09-01T10:05:00Z,p,,,c.png,d.png,e.png,,,,,,,,0,reject,,,,,,832,1216,,",
-             ",2025-09-01T10:09:00Z,p,,,f.png,,,,,,,,,,0,approve,,,,,,832,1216,,",
-             "g4,2025-09-01T10:10:00Z,p,,,g.png,,,,,,,,,,x,approve,,,,,,832,1216,,"]
-    path = tmp_path / "p_decisions.csv"
-    path.write_text("\n".join(lines) + "\n")
-    rows, problems = read_decisions_csv(path, "p")
-    assert rows["group_id"].tolist() == ["g1", "g2"]
-    g1 = rows.iloc[0]
-    assert json.loads(g1["images"]) == ["a.png", "b.png"]
-    assert g1["ai_crop_coords"] == "[0.1, 0.1, 0.9, 0.9]" and g1["ai_selected_index"] == 1
-    assert g1["final_crop_coords"] == "[0.2, 0.2, 0.8, 0.8]" and g1["selection_match"] is True
-    assert rows.iloc[1]["ai_selected_index"] is None and rows.iloc[1]["final_crop_coords"] is None
-    assert [d.split(": ")[1] for d in problems["detail"]] == [
-        "no group_id", "user_selected_index unreadable"]
-    assert "line 4" in problems["detail"][0]
-
-
 def test_the_reviewers_own_flags_stand_on_rows_the_merge_leaves_alone():
     live = frame(
         # The reviewer measured crop_match with its own tolerance: it stays.
@@ -279,15 +239,6 @@ def test_a_stem_two_groups_share_is_ambiguous_and_reported_not_guessed():
     assert "live1" in issues.at["g1", "detail"] and "g2" in issues.at["g1", "detail"]
     assert plan.changes.empty  # neither group is added beside the live row
     assert plan.endings(back["group_id"])["reported"].all()  # nor silently missing
-
-
-def test_unreadable_images_cells_match_nothing_and_never_crash():
-    from backfill.db.cells import image_names
-
-    for cell in [None, float("nan"), "", "not a list", "{'a': 1}", "[1, 2]", b"\xff\xfe",
-                 "['a.png'", b'["a.png"]']:
-        assert image_names(cell) in ([], ["a.png"])
-    assert image_names(b'["x/a.png"]') == ["a.png"]
 
 
 def test_a_blob_cell_in_a_changed_row_survives_the_plan_and_publish(tmp_path):
