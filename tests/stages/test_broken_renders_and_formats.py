@@ -33,7 +33,7 @@ from backfill.demo.synthetic import STAGE_LABELS, crop_box, render_stages
 from backfill.reports.export import build_records
 from backfill.stages.extract.stage import ExtractSettings, extract_project
 from backfill.stages.group import GroupSettings, group_table
-from backfill.stages.merge import MergeSettings, backfill_rows, plan_merge
+from backfill.stages.merge import MergeInputs, MergeSettings, backfill_rows, plan_merge
 from backfill.stages.scan import ScanSettings, scan_project
 from backfill.stages.validate import Emitted, project_metrics
 from tests.conftest import pipeline_config
@@ -131,7 +131,7 @@ def built(tmp_path_factory):
     rows, prov = backfill_rows("p", groups, truth, scan, None, merge_settings)
     production = pd.DataFrame({c: pd.Series(dtype=object) for c in rows.columns})
     reasons = dict(zip(prov["group_id"], prov["review_reason"], strict=True))
-    plan = plan_merge(rows, production, merge_settings, reasons=reasons)
+    plan = plan_merge(rows, production, merge_settings, MergeInputs(reasons=reasons))
     tables = {"truth": truth, "scan": scan, "groups": groups, "finals": result.finals,
               "predictions": typed_frame(PredictionsTable)}
     metrics = project_metrics(tables, Emitted(plan.merged, prov, "ok"), [])

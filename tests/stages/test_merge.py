@@ -8,9 +8,15 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from backfill.db.schema import COLUMNS, INDEXES, VIEWS, create, insert_rows
+from backfill.db.schema import COLUMNS, create, insert_rows
 from backfill.production.legacy import crop_acceptance
-from backfill.stages.merge import MergeSettings, match_rows, plan_merge, with_matches
+from backfill.stages.merge import (
+    MergeInputs,
+    MergeSettings,
+    match_rows,
+    plan_merge,
+    with_matches,
+)
 
 SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
 
@@ -26,18 +32,6 @@ def row(gid: str, images: list[str], **values) -> dict:
 
 def frame(*rows: dict) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=COLUMNS)
-
-
-def test_the_schema_has_seed_003s_columns_checks_indexes_and_views(tmp_path):
-    conn = sqlite3.connect(tmp_path / "d.db")
-    create(conn)
-    assert [r[1] for r in conn.execute("PRAGMA table_info(ai_decisions)")] == COLUMNS
-    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert set(INDEXES) | set(VIEWS) <= names
-    with pytest.raises(sqlite3.IntegrityError):  # the old scripts' 'skip' is refused
-        conn.execute("INSERT INTO ai_decisions (group_id, timestamp, project_id, images, "
-                     "user_selected_index, user_action, image_width, image_height) VALUES "
-                     "('g', 't', 'p', '[]', 0, 'skip', 1, 1)")
 
 
 def test_matches_are_one_to_one_by_file_name_and_ambiguity_is_left_alone():
@@ -153,40 +147,12 @@ def test_sidecars_set_ai_crop_accepted_by_seed_003s_rule(tmp_path):
     def rule(rows):
         return crop_acceptance(rows, folders, "crop_auto", "selected")
 
-    plan = plan_merge(frame(), live, SETTINGS, crop_accepted=rule)
+    plan = plan_merge(frame(), live, SETTINGS, MergeInputs(crop_accepted=rule))
     got = plan.merged.set_index("group_id")["ai_crop_accepted"].to_dict()
     assert got == {"auto": True, "plain": False, "both": None, "nowhere": None,
                    "other": None, "known": False}
     assert set(plan.changes.loc[plan.changes["rule"] == "sidecar", "group_id"]) == {
         "auto", "plain"}
-
-
-def test_a_legacy_csv_reads_as_v3_rows_and_bad_lines_are_reported(tmp_path):
-    from backfill.production.legacy import read_decisions_csv
-
-    header = ("group_id,timestamp,project_id,directory,batch_number,image_1_filename,"
-              "image_2_filename,image_3_filename,image_4_filename,ai_selected_index,"
-              "ai_crop_x1,ai_crop_y1,ai_crop_x2,ai_crop_y2,ai_confidence,user_selected_index,"
-              "user_action,final_crop_x1,final_crop_y1,final_crop_x2,final_crop_y2,"
-              "crop_timestamp,image_width,image_height,selection_match,crop_match")
-    lines = [header,
-             "g1,2025-09-01T10:00:00Z,p,d,1,a.png,b.png,,,1,0.1,0.1,0.9,0.9,0.8,1,crop,"
-             "0.2,0.2,0.8,0.8,2025-09-01T11:00:00Z,832,1216,True,False",
-             "g2,2025-09-01T10:05:00Z,p,,,c.png,d.png,e.png,,,,,,,,0,reject,,,,,,832,1216,,",
-             ",2025-09-01T10:09:00Z,p,,,f.png,,,,,,,,,,0,approve,,,,,,832,1216,,",
-             "g4,2025-09-01T10:10:00Z,p,,,g.png,,,,,,,,,,x,approve,,,,,,832,1216,,"]
-    path = tmp_path / "p_decisions.csv"
-    path.write_text("\n".join(lines) + "\n")
-    rows, problems = read_decisions_csv(path, "p")
-    assert rows["group_id"].tolist() == ["g1", "g2"]
-    g1 = rows.iloc[0]
-    assert json.loads(g1["images"]) == ["a.png", "b.png"]
-    assert g1["ai_crop_coords"] == "[0.1, 0.1, 0.9, 0.9]" and g1["ai_selected_index"] == 1
-    assert g1["final_crop_coords"] == "[0.2, 0.2, 0.8, 0.8]" and g1["selection_match"] is True
-    assert rows.iloc[1]["ai_selected_index"] is None and rows.iloc[1]["final_crop_coords"] is None
-    assert [d.split(": ")[1] for d in problems["detail"]] == [
-        "no group_id", "user_selected_index unreadable"]
-    assert "line 4" in problems["detail"][0]
 
 
 def test_the_reviewers_own_flags_stand_on_rows_the_merge_leaves_alone():
@@ -275,15 +241,6 @@ def test_a_stem_two_groups_share_is_ambiguous_and_reported_not_guessed():
     assert plan.endings(back["group_id"])["reported"].all()  # nor silently missing
 
 
-def test_unreadable_images_cells_match_nothing_and_never_crash():
-    from backfill.db.cells import image_names
-
-    for cell in [None, float("nan"), "", "not a list", "{'a': 1}", "[1, 2]", b"\xff\xfe",
-                 "['a.png'", b'["a.png"]']:
-        assert image_names(cell) in ([], ["a.png"])
-    assert image_names(b'["x/a.png"]') == ["a.png"]
-
-
 def test_a_blob_cell_in_a_changed_row_survives_the_plan_and_publish(tmp_path):
     blob = b"\x00\x01legacy"
     live = frame(row("live1", ["a.png"], user_action="crop", directory=blob,
@@ -327,7 +284,7 @@ def test_an_unreadable_final_is_reported_not_written_and_its_live_row_left_alone
     back = frame(row("g1", ["a.png", "b.png"], **unreadable),
                  row("g2", ["c.png", "d.png"], **unreadable))
     why = {"g1": "final unreadable: 0 bytes", "g2": "final unreadable: truncated"}
-    plan = plan_merge(back, live, SETTINGS, reasons=why)
+    plan = plan_merge(back, live, SETTINGS, MergeInputs(reasons=why))
     assert plan.changes.empty  # no new row, no fill of live1's NULLs
     assert plan.issues["kind"].tolist() == ["final_unreadable"] * 2
     details = plan.issues.set_index("group_id")["detail"]
@@ -355,7 +312,7 @@ def test_a_legacy_skip_row_for_a_group_production_lacks_is_reported_or_fixed():
     legacy = frame(row("old1", ["a.png", "b.png"], user_action="skip",
                        timestamp="2024-01-01T00:00:00Z"))
     back = frame(row("g1", ["a.png", "b.png"], user_action="reject"))
-    plan = plan_merge(back, legacy, SETTINGS, imported={"old1"})
+    plan = plan_merge(back, legacy, SETTINGS, MergeInputs(imported={"old1"}))
     assert plan.issues["kind"].tolist() == ["legacy_invalid"]
     assert "fix_invalid_actions" in plan.issues["detail"][0]
     assert plan.merged["group_id"].tolist() == ["g1"]  # one decision, the files'
@@ -365,7 +322,7 @@ def test_a_legacy_skip_row_for_a_group_production_lacks_is_reported_or_fixed():
 
     apply_changes(db, plan.changes)  # no IntegrityError
     fix = plan_merge(back, legacy, replace(SETTINGS, fix_invalid_actions=True),
-                     imported={"old1"})
+                     MergeInputs(imported={"old1"}))
     assert fix.merged[["group_id", "user_action", "timestamp"]].values.tolist() == [
         ["old1", "reject", "2024-01-01T00:00:00Z"]]
     assert db.execute("SELECT group_id, user_action FROM ai_decisions").fetchall() == [
@@ -385,7 +342,7 @@ def test_a_broken_reject_is_reported_not_written_and_its_live_row_left_alone(tmp
                  row("g2", ["c.png", "d.png"], **broken),
                  row("g3", ["e.png", "f.png"], user_action="reject", user_selected_index=0))
     why = {g: "unreadable renders in the group: b.png (truncated)" for g in ("g1", "g2")}
-    plan = plan_merge(back, live, SETTINGS, reasons=why)
+    plan = plan_merge(back, live, SETTINGS, MergeInputs(reasons=why))
     assert set(plan.changes["group_id"]) == {"g3"}  # only the provable reject is added
     issues = plan.issues.set_index("group_id")
     assert issues["kind"].to_dict() == {"g1": "broken_reject", "g2": "broken_reject"}

@@ -212,21 +212,39 @@ def big_plan(tmp_path_factory):
                            after=content(tmp / "after.db"), seconds=took)
 
 
+def writing(db: Path) -> Path:
+    """The rollback journal: SQLite creates it at the transaction's first page write and
+    deletes it as the commit, so a killed publish leaves it exactly when it was killed
+    mid-write."""
+    return db.with_name(db.name + "-journal")
+
+
 def test_a_publish_killed_at_any_moment_leaves_the_db_before_or_after(big_plan):
     rng = random.Random(11)
-    outcomes = []
+    outcomes, mid_write = [], 0
     for i in range(10):
         db = big_plan.tmp / f"kill{i}.db"
         shutil.copy(big_plan.tmp / "before.db", db)
         proc = publisher(db, big_plan.plan)
-        time.sleep(rng.uniform(0, big_plan.seconds * 1.2))
+        if i % 2:  # at a random moment of the publish, backup and all
+            time.sleep(rng.uniform(0, big_plan.seconds * 1.2))
+        else:  # from the writes' own progress: once the first page is written
+            while not writing(db).exists() and proc.poll() is None:
+                time.sleep(0.0005)
+            time.sleep(rng.uniform(0, big_plan.seconds * 0.1))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        killed_writing = writing(db).exists()  # before content() opens it and rolls back
         now = content(db)
         assert now in (big_plan.before, big_plan.after), f"kill {i}: DB in between"
+        if killed_writing:
+            mid_write += 1
+            assert now == big_plan.before, f"kill {i}: a half-written publish was not undone"
         outcomes.append("after" if now == big_plan.after else "before")
-    print(f"killed publishes: {outcomes.count('before')} left as before, "
-          f"{outcomes.count('after')} fully applied")
+    print(f"killed publishes: {outcomes.count('before')} left as before ({mid_write} of them "
+          f"killed mid-write), {outcomes.count('after')} fully applied")
+    # Kills that all landed before the first write would prove nothing about atomicity.
+    assert mid_write >= 1, "no kill landed while the publish was writing"
 
 
 def test_two_publishes_at_once_cannot_both_apply(big_plan):
