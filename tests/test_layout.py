@@ -58,6 +58,40 @@ def test_the_cli_has_one_subcommand_per_stage():
         assert [p.name for p in command.params] == ["project"], stage.name
 
 
+def _declared(do: dict) -> set[str]:
+    """Every path a stage declares it writes: outs, metrics and plots."""
+    entries = [*do.get("outs", []), *do.get("metrics", []), *do.get("plots", [])]
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+
+def test_every_file_a_project_names_is_declared_by_the_stage_that_writes_it(dvc_stages):
+    from types import SimpleNamespace
+
+    from backfill.config.project import (
+        MERGE_SUMMARY,
+        METRICS,
+        MODEL_METRICS,
+        PLOTS,
+        Project,
+    )
+
+    project = Project("${key}", REPO, SimpleNamespace(), REPO)
+    written = {"merge": [project.merged_db, project.metrics(MERGE_SUMMARY)],
+               "validate": [project.report, project.metrics(METRICS),
+                            *(project.metrics(f"plots/{name}.csv") for name in PLOTS)],
+               "predict": [project.metrics(MODEL_METRICS)]}
+    for stage, paths in written.items():
+        declared = _declared(dvc_stages[stage]["do"])
+        for path in paths:
+            assert path.relative_to(REPO).as_posix() in declared, (stage, path)
+    # and nothing declared is left unnamed: every metrics and plots file is one of them
+    named = {p.relative_to(REPO).as_posix() for paths in written.values() for p in paths}
+    for stage in written:
+        do = dvc_stages[stage]["do"]
+        for entry in [*do.get("metrics", []), *do.get("plots", [])]:
+            assert (entry if isinstance(entry, str) else next(iter(entry))) in named, entry
+
+
 def _covered(path: Path, deps: list[str]) -> bool:
     rel = path.relative_to(REPO).as_posix()
     return any(rel == d or rel.startswith(d + "/") for d in deps)

@@ -491,6 +491,16 @@ class Project:
     def out_dir(self) -> Path:
         return self.root / "data" / self.name
 
+    @property
+    def merged_db(self) -> Path:
+        """The merge's DB: the production DB as publishing would leave it (as in dvc.yaml)."""
+        return self.out_dir / MERGED_DB
+
+    @property
+    def report(self) -> Path:
+        """validate's HTML report (as in dvc.yaml)."""
+        return self.out_dir / REPORT
+
     def output(self, table: str) -> Path:
         """Where a stage's table lives: ``data/<project>/<table>.parquet`` (as in dvc.yaml)."""
         return self.out_dir / f"{table}.parquet"
@@ -502,6 +512,16 @@ class Project:
         experiment then holds them, so `dvc exp show`, `dvc metrics diff` and `dvc plots
         diff` compare them, on a fresh clone too."""
         return self.root / "metrics" / self.name / name
+
+
+# Every file a stage writes besides its tables, named once: readers ask the project for
+# it, and the layout test checks each against dvc.yaml's outs, metrics and plots.
+MERGED_DB = "ai_decisions.db"
+REPORT = "report.html"
+MODEL_METRICS = "model_metrics.json"  # predict: the model version's accuracy
+MERGE_SUMMARY = "merge_summary.json"  # merge: added, filled, corrected, preserved
+METRICS = "metrics.json"  # validate: counts by action, problems, DB rows
+PLOTS = ("iou", "accuracy_by_stage", "picks")  # validate: plots/<name>.csv
 
 
 def load_project(name: str, root: Path | None = None, alone: bool = False) -> Project:

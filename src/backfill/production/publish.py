@@ -322,7 +322,7 @@ def run_publish(project: Project, dry_run: bool) -> str:
     if not project.cfg.get("real_db"):
         raise ConfigError(
             f"project '{project.name}' has no real_db, so there is nothing to publish to. "
-            f"Its merged DB is {project.out_dir / 'ai_decisions.db'}; to make that the "
+            f"Its merged DB is {project.merged_db}; to make that the "
             f"production DB, copy it and set real_db in conf/project/{project.name}.yaml.")
     db = project.path("real_db")
     changes = read_stage_tables(project, ["merge_plan"])["merge_plan"]

@@ -20,7 +20,7 @@ th{text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
 
 def report_link(project: Project, index: Path) -> str | None:
     """The project's report.html relative to the index page, where it exists."""
-    report = project.out_dir / "report.html"
+    report = project.report
     if not report.is_file():
         return None
     return Path(os.path.relpath(report, index.parent)).as_posix()

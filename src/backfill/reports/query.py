@@ -29,7 +29,6 @@ import pyarrow.dataset as pads
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
 
-DB_FILE = "ai_decisions.db"
 DB_TABLES = {"decisions": "ai_decisions", "provenance": "backfill_provenance"}
 # SQLite's declared column types, as pandas' nullable types (a NULL stays NULL).
 DTYPES = {"BOOLEAN": "boolean", "INTEGER": "Int64", "REAL": "Float64", "TEXT": "string"}
@@ -76,7 +75,7 @@ def connect(project: Project) -> duckdb.DuckDBPyConnection:
         except (pa.ArrowException, OSError) as exc:
             raise ConfigError(f"{path} cannot be read ({str(exc).splitlines()[0]}): build "
                               f"it again (`dvc repro`).") from None
-    db = project.out_dir / DB_FILE
+    db = project.merged_db
     if db.is_file():
         sqlite = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
         try:

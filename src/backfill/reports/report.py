@@ -25,7 +25,7 @@ import cv2
 import pandas as pd
 from omegaconf import OmegaConf
 
-from backfill.config.project import Project
+from backfill.config.project import MERGE_SUMMARY, Project
 from backfill.config.settings import ValidateConfig, section, threads
 from backfill.contracts.schemas import BOX, BROKEN_REJECT, CROP_BOX, UNREADABLE
 from backfill.executors import LocalRunner
@@ -267,7 +267,7 @@ def report_html(project: Project, tables: dict[str, pd.DataFrame], metrics: dict
         thumbs.save()
     (strips, n_wrong), (items, n_items), (reviews, n_review) = shown.values()
     ungrouped = tables["ungrouped"]
-    merge_path = project.metrics("merge_summary.json")
+    merge_path = project.metrics(MERGE_SUMMARY)
     iou, by_stage = plots["iou"], plots["accuracy_by_stage"]
     charts = [
         svg_bars(iou["iou"].tolist(), iou["decisions"].tolist(),
@@ -298,7 +298,7 @@ def report_html(project: Project, tables: dict[str, pd.DataFrame], metrics: dict
 
 def write_report(project: Project, tables: dict[str, pd.DataFrame], metrics: dict,
                  findings: list, plots: dict[str, pd.DataFrame]) -> Path:
-    out = project.out_dir / "report.html"
+    out = project.report
     write_text(report_html(project, tables, metrics, findings, plots), out)
     return out
 
@@ -308,7 +308,7 @@ def performance_summary(project: Project) -> str:
     the report is."""
     from backfill.db.schema import open_production
 
-    db = project.out_dir / "ai_decisions.db"
+    db = project.merged_db
     if not db.exists():
         return (f"{project.name}: no {db.relative_to(project.root)} yet: run "
                 f"`dvc repro validate@{project.name}` first.")
@@ -321,7 +321,7 @@ def performance_summary(project: Project) -> str:
     def share(hits, n) -> str:
         return f"{hits or 0}/{n} ({percent((hits or 0) / n) if n else 'n/a'})"
 
-    report = project.out_dir / "report.html"
+    report = project.report
     where = (f"report: {report}" if report.exists()
              else f"no report yet: `dvc repro validate@{project.name}`")
     return "\n".join([

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow.parquet as pq
 
-from backfill.config.project import Project
+from backfill.config.project import MERGE_SUMMARY, MODEL_METRICS, Project
 from backfill.contracts.schemas import ACTIONS, TRUTH_ACTIONS
 from backfill.contracts.tables import ContractError
 from backfill.models.evaluate import percent
@@ -76,7 +76,7 @@ def summarize(project: Project) -> str:
         rows = [("images embedded", len(model))]
         rows += [("model", model[0].as_py() if len(model) else "-")]
         lines += _section("embed", rows)
-    metrics_path = project.metrics("model_metrics.json")
+    metrics_path = project.metrics(MODEL_METRICS)
     if metrics_path.exists():
         m = json.loads(metrics_path.read_text())
         def share(key: str, n: str) -> str:
@@ -88,7 +88,7 @@ def summarize(project: Project) -> str:
             ("anomaly accuracy", share("anomaly_accuracy", "anomaly_n")),
             ("crop accuracy", share("crop_accuracy", "crop_n")),
             ("mean IoU", iou)])
-    merge_path = project.metrics("merge_summary.json")
+    merge_path = project.metrics(MERGE_SUMMARY)
     if merge_path.exists():
         m = json.loads(merge_path.read_text())
         live = project.cfg.get("real_db") or "none (built from scratch)"
@@ -127,7 +127,7 @@ class Figures:
 
 
 def _merge_issues(project: Project) -> int | None:
-    path = project.metrics("merge_summary.json")
+    path = project.metrics(MERGE_SUMMARY)
     if not path.exists():
         return None
     m = json.loads(path.read_text())

@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from backfill.config.project import Project
+from backfill.config.project import MERGE_SUMMARY, Project
 from backfill.contracts.plan import (
     IDENTITY,
     ISSUE_COLUMNS,
@@ -708,13 +708,13 @@ def run(project: Project) -> str:
     plan.issues = typed_frame(MergeIssuesTable, pd.concat(
         [plan.issues, source.issues, sidecar_issues], ignore_index=True)
         .fillna({"group_id": ""}))
-    out = project.out_dir / "ai_decisions.db"  # first: a DB that refuses it stops all
+    out = project.merged_db  # first: a DB that refuses it stops all
     write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
                     float(project.cfg.merge.lock_timeout_s))
     write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
     write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")
-    write_json(plan.counts(), project.metrics("merge_summary.json"))
+    write_json(plan.counts(), project.metrics(MERGE_SUMMARY))
     where = (f"production DB {source.db_path} untouched: `backfill publish {project.name} "
              "--dry-run` shows what publishing would write" if source.db_path else
              "no real_db: the merged DB is built from scratch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from backfill.config.project import Project
+from backfill.config.project import MODEL_METRICS, Project
 from backfill.contracts.schemas import PredictionsTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.files.atomic import write_json
@@ -27,7 +27,7 @@ def run(project: Project) -> str:
     write_table(predictions, project.output("predictions"), PredictionsTable, "predictions")
     metrics = evaluate(truth, groups, predictions, EvalSettings.from_config(project.cfg.evaluate))
     write_json({"model_version": version.name, **metrics},
-               project.metrics("model_metrics.json"))
+               project.metrics(MODEL_METRICS))
     return (
         f"predict {project.name}: {len(predictions):,} groups with model version "
         f"'{version.name}', scored against the recovered decisions: "

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from backfill.config.errors import ConfigError
-from backfill.config.project import Project
+from backfill.config.project import METRICS, PLOTS, Project
 from backfill.contracts.plan import group_endings, unaccounted
 from backfill.contracts.schemas import BROKEN_REJECT, HELD, TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
@@ -57,7 +57,6 @@ class Finding:
                f"{' - ' + self.detail if self.detail else ''}"
 
 
-MERGED_DB = "ai_decisions.db"  # the merge's output: the production DB as publish would leave it
 
 
 def check_inputs(project: Project) -> None:
@@ -65,11 +64,11 @@ def check_inputs(project: Project) -> None:
 
     `dvc repro merge@<p>` makes them all: it runs every stage before the merge (scan,
     group, extract, embed, predict), and those write every other table too."""
-    wanted = [project.output(name) for name in TABLES] + [project.out_dir / MERGED_DB]
+    wanted = [project.output(name) for name in TABLES] + [project.merged_db]
     missing = [p for p in wanted if not p.exists()]
     if not missing:
         return
-    names = [str(p.relative_to(project.root)) + (" (the merged DB)" if p.name == MERGED_DB
+    names = [str(p.relative_to(project.root)) + (" (the merged DB)" if p == project.merged_db
                                                   else "") for p in missing]
     raise ConfigError(f"project '{project.name}' has no {', '.join(names)}: run "
                       f"`dvc repro merge@{project.name}` first (it runs the stages before it).")
@@ -257,7 +256,7 @@ def run(project: Project) -> str:
     started = time.perf_counter()
     check_inputs(project)
     tables, errors = read_tables(project)
-    db = project.out_dir / MERGED_DB
+    db = project.merged_db
     emitted = None
     try:
         emitted = read_emitted(db)
@@ -282,10 +281,10 @@ def run(project: Project) -> str:
                             + "\n  - ".join(errors))
     settings = EvalSettings.from_config(project.cfg.evaluate)
     metrics = project_metrics(tables, emitted, findings)
-    write_json(metrics, project.metrics("metrics.json"))
+    write_json(metrics, project.metrics(METRICS))
     plots = plot_data(tables, settings)
-    for name, frame in plots.items():
-        write_text(frame.to_csv(index=False), project.metrics(f"plots/{name}.csv"))
+    for name in PLOTS:  # dvc.yaml declares each
+        write_text(plots[name].to_csv(index=False), project.metrics(f"plots/{name}.csv"))
     quality = evaluate(tables["truth"], tables["groups"], tables["predictions"], settings)
     report = write_report(project, tables, {**metrics, **{k: quality[k] for k in QUALITY}},
                           findings, plots)
