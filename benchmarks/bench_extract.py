@@ -43,10 +43,11 @@ from blake3 import blake3
 from omegaconf import OmegaConf
 from PIL import Image
 
+from backfill.config.settings import MatchConfig
 from backfill.demo.synthetic import crop_box, encode_final, texture
 from backfill.executors import LocalRunner
 from backfill.stages.extract.content_pairing import ContentPairing
-from backfill.stages.extract.locate import MatchSettings, locate, read_gray
+from backfill.stages.extract.locate import locate, read_gray
 from backfill.stages.extract.stage import ExtractSettings, locate_cache, locate_files, same_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -113,12 +114,12 @@ def decode(path: Path) -> np.ndarray:
     return img
 
 
-def decode_only(original: Path, final: Path, match: MatchSettings) -> None:
+def decode_only(original: Path, final: Path, match: MatchConfig) -> None:
     decode(original)
     decode(final)
 
 
-def extract(original: Path, final: Path, match: MatchSettings) -> list[float] | None:
+def extract(original: Path, final: Path, match: MatchConfig) -> list[float] | None:
     """Our stage's work for one pair; the box in original pixels, or None on an error."""
     hashes = [blake3(p.read_bytes(), max_threads=1).digest() for p in (original, final)]
     if hashes[0] == hashes[1]:
@@ -132,7 +133,7 @@ def extract(original: Path, final: Path, match: MatchSettings) -> list[float] | 
     return [r["x1"], r["y1"], r["x2"], r["y2"]]
 
 
-def original_method(original: Path, final: Path, match: MatchSettings) -> list[float] | None:
+def original_method(original: Path, final: Path, match: MatchConfig) -> list[float] | None:
     """The old tool: colour reads, grey, one full-resolution correlation; no scales."""
     orig = cv2.cvtColor(cv2.imread(str(original)), cv2.COLOR_BGR2GRAY)
     fin = cv2.cvtColor(cv2.imread(str(final)), cv2.COLOR_BGR2GRAY)
@@ -144,7 +145,7 @@ def original_method(original: Path, final: Path, match: MatchSettings) -> list[f
     return [float(x), float(y), float(x + fw), float(y + fh)]
 
 
-def matching_alone(pairs: list[tuple[Path, Path]], match: MatchSettings) -> tuple[float, float]:
+def matching_alone(pairs: list[tuple[Path, Path]], match: MatchConfig) -> tuple[float, float]:
     """Seconds per pair of the two matchers on pixels already decoded (no identical-file
     shortcut): the full-resolution correlation against our coarse-to-fine search."""
     old = new = 0.0
@@ -160,10 +161,10 @@ def matching_alone(pairs: list[tuple[Path, Path]], match: MatchSettings) -> tupl
     return old / len(pairs), new / len(pairs)
 
 
-Method = Callable[[Path, Path, MatchSettings], object]
+Method = Callable[[Path, Path, MatchConfig], object]
 
 
-def run_all(method: Method, pairs: list[tuple[Path, Path]], match: MatchSettings,
+def run_all(method: Method, pairs: list[tuple[Path, Path]], match: MatchConfig,
             workers: int) -> tuple[float, list]:
     """Seconds for every pair and the results; ``workers`` 1 means a plain loop."""
     start = time.perf_counter()

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 from timing import timed
 
-from backfill.config.settings import RayConfig
+from backfill.config.settings import GroupConfig, RayConfig, section
 from backfill.demo.synthetic import make_project
 from backfill.executors.ray_runner import RayRunner
 from backfill.models.clip import ClipSettings
 from backfill.stages.embed import embed_images, members, ray_embedder
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +86,7 @@ def main() -> None:
                            odd_names=True)
         scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                             ScanSettings.from_config(cfg.scan), tmp / "scan").table
-        groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+        groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
         images = members(groups)
         print(f"project: {args.groups} groups at {args.scale:g} of the person's sizes, "
               f"{len(images)} renders to embed, {os.cpu_count()} CPUs; empty caches\n")

@@ -33,12 +33,17 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     for f in dataclasses.fields(ProjectConfig):
         if f.name in cfg and f.default_factory is not dataclasses.MISSING:  # each section, typed
             section(f.default_factory, cfg[f.name], f.name)
-    return OmegaConf.to_container(cfg, resolve=True)
+    # What a registered project holds besides (its folders are each test's own): no DBs,
+    # no older logs, and the baseline model version, as `project add` writes them.
+    model = OmegaConf.load(REPO / "conf" / "model" / "baseline.yaml")
+    return {**OmegaConf.to_container(cfg, resolve=True), "real_db": None, "legacy_csv": None,
+            "review_dir": None, "model": OmegaConf.to_container(model)}
 
 
 def pipeline_config(*overrides: str):
     """The pipeline's settings as every project starts from them: the real
-    conf/pipeline/default.yaml composed by Hydra, with overrides as on the command line
+    conf/pipeline/default.yaml composed by Hydra (with a project's own keys but its
+    folders: no DBs, the baseline model version), with overrides as on the command line
     (``"group.lookahead=25"``), and each section checked against its typed settings.
     Composed once per set of overrides; each call returns a copy to change freely."""
     from omegaconf import OmegaConf
@@ -56,8 +61,9 @@ def small_project(tmp_path_factory) -> object:
 def recovered(tmp_path_factory) -> SimpleNamespace:
     """A generated project (30 groups) taken through scan, group and extract: the
     backfill side of a merge, with the generator's truth beside it."""
+    from backfill.config.settings import GroupConfig, section
     from backfill.stages.extract.stage import ExtractSettings, extract_project
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.group import group_table
     from backfill.stages.scan import ScanSettings, scan_project
 
     root = tmp_path_factory.mktemp("recovered")
@@ -65,7 +71,7 @@ def recovered(tmp_path_factory) -> SimpleNamespace:
     gen = make_project(root / "p", n_groups=30, seed=4, scale=0.05)
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(cfg.scan), root / "cache").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
     settings = ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels)
     truth = extract_project(groups, scan, ungrouped, settings,
                             gen.original_dir, gen.final_dir, root / "cache").truth

@@ -131,14 +131,15 @@ from backfill.models.clip import ClipSettings
 from backfill.reports.report import Thumbnails
 from backfill.stages.embed import embed_images, members
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
+from backfill.config.settings import GroupConfig, section
 
 project, cache, cfg = Path(sys.argv[1]), Path(sys.argv[2]), OmegaConf.load(sys.argv[3])
 original, final = project / "original", project / "final"
 scan = scan_project({"original": original, "final": final},
                     ScanSettings.from_config(cfg.scan), cache / "fingerprints")
-groups, ungrouped = group_table(scan.table, GroupSettings.from_config(cfg.group), "p")
+groups, ungrouped = group_table(scan.table, section(GroupConfig, cfg.group, "group"), "p")
 x = extract_project(groups, scan.table, ungrouped,
                     ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
                     original, final, cache)

@@ -27,6 +27,7 @@ from PIL import Image
 from backfill import cli
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
+from backfill.config.settings import EvaluateConfig, section
 from backfill.contracts.schemas import (
     EmbeddingsTable,
     FinalsTable,
@@ -41,7 +42,7 @@ from backfill.contracts.tables import validate as check
 from backfill.demo.synthetic import make_project
 from backfill.models import predictor
 from backfill.models.clip import ClipSettings
-from backfill.models.evaluate import EvalSettings, evaluate
+from backfill.models.evaluate import evaluate
 from backfill.models.versions import ModelVersion
 from backfill.reports import export, report
 from backfill.stages import embed, extract, group, merge, predict, scan, validate
@@ -129,7 +130,8 @@ def test_predict_and_evaluate_take_empty_and_one_row_input(rows):
     predictions = predictor.predict_groups(groups, embeddings, version)
     check(predictions, PredictionsTable, "predictions")
     assert len(predictions) == rows
-    metrics = evaluate(truth, groups, predictions, EvalSettings.from_config(PIPELINE.evaluate))
+    metrics = evaluate(truth, groups, predictions,
+                       section(EvaluateConfig, PIPELINE.evaluate, "evaluate"))
     assert metrics["groups"] == metrics["selection_n"] == rows
     if rows:  # the baseline picks the highest stage; the person kept the lower one
         assert metrics["selection_accuracy"] == 0.0 and metrics["anomaly_n"] == 1
@@ -144,10 +146,10 @@ def test_an_unreadable_final_counts_for_selection_but_never_for_crop():
         crop_y2=np.nan, needs_review=True, review_reason="final unreadable: truncated"))
     predictions = predictor.predict_groups(groups, typed_frame(EmbeddingsTable),
                                          ModelVersion.from_config(BASELINE, REPO))
-    counted = EvalSettings(0.05, include_needs_review=True)
+    counted = EvaluateConfig(0.05, include_needs_review=True)
     metrics = evaluate(truth, groups, predictions, counted)
     assert (metrics["selection_n"], metrics["crop_n"], metrics["crop_accuracy"]) == (1, 0, None)
-    default = evaluate(truth, groups, predictions, EvalSettings(0.05, False))
+    default = evaluate(truth, groups, predictions, EvaluateConfig(0.05, False))
     assert default["selection_n"] == 0 and default["excluded_needs_review"] == 1
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from backfill.config.errors import ConfigError
-from backfill.config.settings import RayConfig
+from backfill.config.settings import GroupConfig, RayConfig, section
 from backfill.contracts.schemas import EmbeddingsTable, FinalsTable, TruthTable
 from backfill.contracts.tables import write_table
 from backfill.demo.synthetic import make_project
@@ -24,7 +24,7 @@ from backfill.executors.ray_runner import RayRunner
 from backfill.models.clip import ClipSettings
 from backfill.stages.embed import embed_images, members, ray_embedder
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import REPO, pipeline_config
 
@@ -55,7 +55,7 @@ def project(tmp_path_factory):
     gen = make_project(root / "p", n_groups=8, seed=3, scale=0.1, odd_names=True)
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(PIPELINE.scan), root / "scan-cache").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(PIPELINE.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, PIPELINE.group, "group"), "p")
     images = members(groups)
     gone = images["image_path"].iloc[5]
     (gen.original_dir / gone).unlink()

@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from backfill.config.settings import GroupConfig
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import write_table
 from backfill.demo.synthetic import make_project
 from backfill.files import imageinfo
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 
 # imageinfo silences PIL's warning for the process; pytest resets filters per test.
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarn
 MAX_PIXELS = 100_000_000  # the default scan.max_pixels
 SETTINGS = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True, 2,
                         MAX_PIXELS)
-GROUPING = GroupSettings("nearest_up", 50, None, 2, 4, "{project}_group_{timestamp}")
+GROUPING = GroupConfig("nearest_up", 50, None, 2, 4, "{project}_group_{timestamp}")
 
 
 class Hung(Exception):  # not an OSError: no code under test may take it for a read error

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import Project
+from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import EmbeddingsTable, GroupsTable, TruthTable
 from backfill.contracts.tables import write_table
 from backfill.demo.synthetic import make_project
@@ -25,7 +26,7 @@ from backfill.models.train import Dataset, fit_crop, fit_ranker, held_out, ranke
 from backfill.models.versions import ModelSpec
 from backfill.stages.embed import embed_images, members
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import REPO
 
@@ -97,7 +98,7 @@ def workspace(tmp_path_factory):
     cache = root / "data" / "cache"
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(PIPELINE.scan), cache).table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(PIPELINE.group), "gen")
+    groups, ungrouped = group_table(scan, section(GroupConfig, PIPELINE.group, "group"), "gen")
     settings = ExtractSettings.from_config(PIPELINE.extract, PIPELINE.scan.max_pixels)
     truth = extract_project(groups, scan, ungrouped, settings, gen.original_dir,
                             gen.final_dir, cache).truth

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from backfill.config.settings import EvaluateConfig
 from backfill.contracts.schemas import BOX
-from backfill.models.evaluate import EvalSettings, evaluate
+from backfill.models.evaluate import evaluate
 from backfill.reports.report import disagreements, gallery
 from backfill.reports.resolve import GENERAL, how_to_resolve
 
@@ -25,7 +26,7 @@ def right_picks_whole_frames(truth: pd.DataFrame, groups: pd.DataFrame) -> pd.Da
 
 
 def test_the_disagreement_count_includes_crop_misses(recovered):
-    settings = EvalSettings(crop_tolerance=0.05, include_needs_review=False)
+    settings = EvaluateConfig(crop_tolerance=0.05, include_needs_review=False)
     tables = {"truth": recovered.truth, "groups": recovered.groups,
               "predictions": right_picks_whole_frames(recovered.truth, recovered.groups)}
     quality = evaluate(*tables.values(), settings)
@@ -38,7 +39,7 @@ def test_the_disagreement_count_includes_crop_misses(recovered):
 
 
 def test_the_gallery_shows_every_kept_decision_worst_crop_first_and_counts_the_rest(recovered):
-    settings = EvalSettings(crop_tolerance=0.05, include_needs_review=False)
+    settings = EvaluateConfig(crop_tolerance=0.05, include_needs_review=False)
     tables = {"truth": recovered.truth, "groups": recovered.groups,
               "predictions": right_picks_whole_frames(recovered.truth, recovered.groups)}
     items, n = gallery(tables, settings, Path("/"), 32, no_thumbnail, limit=4)

@@ -26,13 +26,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import PredictionsTable, TruthTable
 from backfill.contracts.tables import typed_frame
 from backfill.contracts.tables import validate as check
 from backfill.demo.synthetic import STAGE_LABELS, crop_box, render_stages
 from backfill.reports.export import build_records
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.merge import MergeInputs, MergeSettings, backfill_rows, plan_merge
 from backfill.stages.scan import ScanSettings, scan_project
 from backfill.stages.validate import Emitted, project_metrics
@@ -122,7 +123,7 @@ def built(tmp_path_factory):
     cfg = pipeline_config()
     scan = scan_project({"original": lay.original, "final": lay.final},
                         ScanSettings.from_config(cfg.scan), root / "cache").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
     settings = ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels)
     result = extract_project(groups, scan, ungrouped, settings, lay.original, lay.final,
                              root / "cache")

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from backfill.config.errors import ConfigError
+from backfill.config.settings import GroupConfig, section
 from backfill.demo.synthetic import make_project
 from backfill.models.clip import ClipSettings, check_weights_reachable, load_clip, model_id
 from backfill.stages.embed import embed_images, members
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import REPO, add_renders, pipeline_config
 
@@ -29,7 +30,7 @@ SETTINGS = dataclasses.replace(ClipSettings.from_config(PIPELINE.embed, REPO,
 def grouped_images(project, cache_dir):
     scan = scan_project({"original": project.original_dir}, ScanSettings.from_config(
         PIPELINE.scan), cache_dir).table
-    groups, _ = group_table(scan, GroupSettings.from_config(PIPELINE.group), "p")
+    groups, _ = group_table(scan, section(GroupConfig, PIPELINE.group, "group"), "p")
     return groups, members(groups)
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from blake3 import blake3
 
+from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import CROP_BOX, FinalsTable, TruthTable
 from backfill.contracts.tables import validate
 from backfill.db.cells import iso_utc
@@ -15,7 +16,7 @@ from backfill.files.filenames import parse_name
 from backfill.stages.extract.decisions import LabelSettings, label
 from backfill.stages.extract.pairing import pair_finals
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
 
@@ -175,7 +176,7 @@ def variant_project(tmp_path_factory):
     project = make_project(root, n_groups=60, seed=21, scale=0.3)
     scan = scan_project({"original": project.original_dir, "final": project.final_dir},
                         ScanSettings.from_config(PIPELINE.scan), root / "cache" / "fp").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(PIPELINE.group), "v")
+    groups, ungrouped = group_table(scan, section(GroupConfig, PIPELINE.group, "group"), "v")
     return project, scan, groups, ungrouped, root / "cache"
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from backfill.config.settings import section
 from backfill.demo.synthetic import make_project
 from backfill.files.filetimes import FileTimes
 from tests.conftest import pipeline_config
@@ -30,8 +31,9 @@ def test_the_believable_range_comes_from_the_settings():
 def odd_times(tmp_path_factory):
     """A project whose first crop's final is dated 2150, and whose first reject group's
     renders are all dated 1960, taken through scan, group, extract and the merge rows."""
+    from backfill.config.settings import GroupConfig
     from backfill.stages.extract.stage import ExtractSettings, extract_project
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.group import group_table
     from backfill.stages.merge import MergeSettings, backfill_rows
     from backfill.stages.scan import ScanSettings, scan_project
 
@@ -47,7 +49,7 @@ def odd_times(tmp_path_factory):
     times = FileTimes.from_config(cfg.scan)
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(cfg.scan), root / "cache", times).table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
     settings = ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels, file_times=times)
     truth = extract_project(groups, scan, ungrouped, settings, gen.original_dir,
                             gen.final_dir, root / "cache").truth

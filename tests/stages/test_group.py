@@ -4,14 +4,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from backfill.stages.group import (
-    ALONE,
-    SKIPPED,
-    GroupSettings,
-    exact_timestamp,
-    group_table,
-    nearest_up,
-)
+from backfill.config.settings import GroupConfig, section
+from backfill.stages.group import ALONE, SKIPPED, exact_timestamp, group_table, nearest_up
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
 
@@ -79,9 +73,9 @@ def test_exact_timestamp_groups_only_shared_timestamps():
     assert set(left_out) == {2, 3}
 
 
-def settings(**kw) -> GroupSettings:
+def settings(**kw) -> GroupConfig:
     base = dict(method="nearest_up", id_format="{project}_group_{timestamp}", **DEFAULTS)
-    return GroupSettings(**{**base, **kw})
+    return GroupConfig(**{**base, **kw})
 
 
 SCAN = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True, 2, 10**8)
@@ -156,7 +150,7 @@ def test_bad_group_settings_are_refused(change, message):
 
     cfg = pipeline_config().group
     with pytest.raises(ConfigError, match=message):
-        GroupSettings.from_config(OmegaConf.merge(cfg, change))
+        section(GroupConfig, OmegaConf.merge(cfg, change), "group")
 
 
 def _two_sources(tmp_path, folders: dict[str, int]):

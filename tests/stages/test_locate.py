@@ -8,12 +8,13 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from backfill.config.settings import MatchConfig
 from backfill.demo.synthetic import low_texture, texture
 from backfill.files.imageinfo import Unreadable
-from backfill.stages.extract.locate import LocateError, MatchSettings, locate, read_gray
+from backfill.stages.extract.locate import LocateError, locate, read_gray
 from tests.conftest import REPO
 
-SETTINGS = MatchSettings(**OmegaConf.to_container(
+SETTINGS = MatchConfig(**OmegaConf.to_container(
     OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml").extract.match))
 
 
@@ -127,5 +128,5 @@ def test_an_image_over_max_pixels_is_refused_from_its_header(tmp_path):
 
 
 def test_settings_key_changes_with_any_setting():
-    other = MatchSettings(**{**SETTINGS.__dict__, "patch_size": SETTINGS.patch_size + 1})
+    other = MatchConfig(**{**SETTINGS.__dict__, "patch_size": SETTINGS.patch_size + 1})
     assert other.key() != SETTINGS.key() and SETTINGS.key() == SETTINGS.key()

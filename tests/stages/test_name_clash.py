@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from backfill.config.settings import GroupConfig, section
 from backfill.db.schema import COLUMNS
 from backfill.demo.synthetic import make_two_machine_project
 from backfill.stages.extract.pairing import pair_finals
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.merge import MergeSettings, backfill_rows, plan_merge
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
@@ -24,7 +25,7 @@ def _recover(root, clash: bool) -> SimpleNamespace:
     gen = make_two_machine_project(root / "p", n_groups=30, clashing=4, seed=11, clash=clash)
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(cfg.scan), root / "fp").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
     result = extract_project(groups, scan, ungrouped,
                              ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
                              gen.original_dir, gen.final_dir, root / "cache")
@@ -234,7 +235,7 @@ def test_renders_of_two_sources_mixed_in_one_group_are_flagged(tmp_path):
     cfg = pipeline_config()
     scan = scan_project({"original": tmp_path / "original", "final": tmp_path / "final"},
                         ScanSettings.from_config(cfg.scan), tmp_path / "fp").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
     assert len(groups) == 2 and len(ungrouped) == 0
     truth = extract_project(groups, scan, ungrouped,
                             ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),

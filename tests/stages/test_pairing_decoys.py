@@ -6,11 +6,12 @@ flagged for review unless the bytes are identical."""
 import pandas as pd
 import pytest
 
+from backfill.config.settings import GroupConfig, section
 from backfill.demo.synthetic import add_decoys, make_project
 from backfill.files.filenames import parse_name
 from backfill.stages.extract.pairing import Claim, ContentOutcome, pair_finals, stated_render
 from backfill.stages.extract.stage import extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.stages.test_extract import NO_UNGROUPED, file_row, group
 from tests.stages.test_pairing_names import PIPELINE, SETTINGS
@@ -34,7 +35,7 @@ def decoyed(tmp_path_factory):
     add_decoys(project, seed=5, per_group=1, groups=16)
     scan = scan_project({"original": project.original_dir, "final": project.final_dir},
                         ScanSettings.from_config(PIPELINE.scan), root / "cache" / "fp").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(PIPELINE.group), "o")
+    groups, ungrouped = group_table(scan, section(GroupConfig, PIPELINE.group, "group"), "o")
     result = extract_project(groups, scan, ungrouped, SETTINGS, project.original_dir,
                              project.final_dir, root / "cache")
     return project, scan, result

@@ -12,13 +12,14 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import CROP_BOX, FinalsTable, TruthTable
 from backfill.contracts.tables import validate
 from backfill.db.schema import PROVENANCE_COLUMNS, create, table_columns
 from backfill.demo.synthetic import STAGE_DELAY, STAGE_LABELS, make_project, texture
 from backfill.stages.extract.content_pairing import normalised, scores, shortlist, signature
 from backfill.stages.extract.stage import ExtractSettings, extract_project
-from backfill.stages.group import GroupSettings, group_table
+from backfill.stages.group import group_table
 from backfill.stages.merge import MergeSettings, backfill_rows
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import REPO
@@ -58,7 +59,7 @@ def odd(tmp_path_factory):
     twins = duplicate_group(project, datetime(2025, 7, 8, 6, 0) + timedelta(minutes=400))
     scan = scan_project({"original": project.original_dir, "final": project.final_dir},
                         ScanSettings.from_config(PIPELINE.scan), root / "cache" / "fp").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(PIPELINE.group), "o")
+    groups, ungrouped = group_table(scan, section(GroupConfig, PIPELINE.group, "group"), "o")
     result = extract_project(groups, scan, ungrouped, SETTINGS, project.original_dir,
                              project.final_dir, root / "cache")
     return project, twins, scan, groups, ungrouped, result, root

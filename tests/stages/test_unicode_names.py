@@ -65,10 +65,11 @@ def mac_copied_project(root: Path):
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory):
+    from backfill.config.settings import GroupConfig, section
     from backfill.db.schema import read_rows
     from backfill.production.publish import publish_plan
     from backfill.stages.extract.stage import ExtractSettings, extract_project
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.group import group_table
     from backfill.stages.merge import MergeSettings, backfill_rows, plan_merge
     from backfill.stages.scan import ScanSettings, scan_project
 
@@ -77,7 +78,7 @@ def merged(tmp_path_factory):
     cfg = pipeline_config()
     scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
                         ScanSettings.from_config(cfg.scan), root / "cache").table
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
     truth = extract_project(groups, scan, ungrouped,
                             ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
                             gen.original_dir, gen.final_dir, root / "cache").truth
@@ -192,12 +193,13 @@ def _two_folders(root: Path, same_pixels: bool, second: str) -> Path:
 
 @pytest.mark.parametrize("same_pixels", [True, False])
 def test_one_name_in_two_forms_in_two_folders_is_a_copy_or_a_clash(tmp_path, same_pixels):
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.config.settings import GroupConfig, section
+    from backfill.stages.group import group_table
 
     original = _two_folders(tmp_path, same_pixels, nfc)
     scan = _scan(tmp_path, original, tmp_path / "final")
     assert len(set(scan["rel_path"])) == 6 and len(set(scan["name"])) == 3
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(pipeline_config().group),
+    groups, ungrouped = group_table(scan, section(GroupConfig, pipeline_config().group, "group"),
                                     "p")
     if same_pixels:  # grouped once, the other folder's files are copies
         assert len(groups) == 1
@@ -211,8 +213,9 @@ def test_one_name_in_two_forms_in_two_folders_is_a_copy_or_a_clash(tmp_path, sam
 
 
 def test_a_composed_final_pairs_by_name_with_its_decomposed_render(tmp_path):
+    from backfill.config.settings import GroupConfig, section
     from backfill.stages.extract.pairing import pair_finals
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.group import group_table
 
     gen = make_project(tmp_path / "p", n_groups=8, seed=11, scale=0.05, variants=False,
                        bad_files=False, companions=False, reject_rate=0.2)
@@ -227,7 +230,7 @@ def test_a_composed_final_pairs_by_name_with_its_decomposed_render(tmp_path):
         if folder.name.startswith("batch"):
             folder.rmdir()
     scan = _scan(tmp_path, gen.original_dir, gen.final_dir)
-    groups, ungrouped = group_table(scan, GroupSettings.from_config(pipeline_config().group),
+    groups, ungrouped = group_table(scan, section(GroupConfig, pipeline_config().group, "group"),
                                     "p")
     pairs, finals = pair_finals(groups, scan, ungrouped)
     kept = [g for g in gen.groups if g.final_rel_path]
@@ -285,8 +288,9 @@ def test_the_case_setting_is_auto_true_or_false_and_auto_asks_the_file_system(tm
 
 @pytest.mark.parametrize("case_sensitive", [True, False])
 def test_names_that_differ_only_in_case_follow_the_setting(tmp_path, case_sensitive):
+    from backfill.config.settings import GroupConfig, section
     from backfill.stages.extract.pairing import pair_finals
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.group import group_table
     from tests.conftest import add_renders
 
     original = tmp_path / "original"
@@ -298,7 +302,7 @@ def test_names_that_differ_only_in_case_follow_the_setting(tmp_path, case_sensit
     kept = upper[1].name.lower()  # the lower-case render's name (machine_b)
     (final / kept).write_bytes((original / "machine_b" / kept).read_bytes())
     scan = _scan(tmp_path, original, final)
-    settings = GroupSettings.from_config(pipeline_config().group)
+    settings = section(GroupConfig, pipeline_config().group, "group")
     groups, ungrouped = group_table(scan, settings, "p", case_sensitive)
     if not case_sensitive:  # A.PNG and a.png are one name: a clash, each side grouped
         assert len(groups) == 2 and ungrouped.empty

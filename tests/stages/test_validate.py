@@ -14,16 +14,18 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
+from backfill.config.settings import section
 from backfill.contracts.schemas import BOX, CROP_BOX
 from backfill.contracts.tables import ContractError
 from backfill.demo.production import make_production_db
 from backfill.files.atomic import write_parquet
-from backfill.models.evaluate import EvalSettings, evaluate
+from backfill.models.evaluate import evaluate
 from tests.production.test_publish import make_stage_project
 
 
 @pytest.fixture
 def validated(tmp_path, recovered):
+    from backfill.config.settings import GroupConfig
     from backfill.stages.merge import run as merge
     from backfill.stages.validate import run as validate
 
@@ -31,10 +33,10 @@ def validated(tmp_path, recovered):
     project = make_stage_project(tmp_path, recovered, real_db=live.path)
     # Upstream tables the merge does not need but validate checks.
     from backfill.stages.extract.stage import ExtractSettings, extract_project
-    from backfill.stages.group import GroupSettings, group_table
+    from backfill.stages.group import group_table
 
     cfg = recovered.cfg
-    groups, ungrouped = group_table(recovered.scan, GroupSettings.from_config(cfg.group), "p")
+    groups, ungrouped = group_table(recovered.scan, section(GroupConfig, cfg.group, "group"), "p")
     finals = extract_project(groups, recovered.scan, ungrouped,
                              ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
                              recovered.gen.original_dir,
@@ -64,7 +66,7 @@ def test_validate_writes_metrics_plots_and_a_report(validated, recovered):
     assert not {"selection_accuracy", "crop_n", "mean_iou"} & set(metrics)
     quality = evaluate(*(pd.read_parquet(project.output(t))
                          for t in ("truth", "groups", "predictions")),
-                       EvalSettings.from_config(project.cfg.evaluate))
+                       project.settings.evaluate)
     iou = pd.read_csv(project.metrics("plots/iou.csv"))
     assert iou["decisions"].sum() == quality["crop_n"]
     picks = pd.read_csv(project.metrics("plots/picks.csv"))
@@ -185,7 +187,7 @@ def test_the_report_renders_in_chromium_with_the_right_counts(validated, tmp_pat
     assert not re.search(r'(src|href)="(https?:)?//', dom)  # nothing loads from outside
     quality = evaluate(*(pd.read_parquet(project.output(t))
                          for t in ("truth", "groups", "predictions")),
-                       EvalSettings.from_config(project.cfg.evaluate))
+                       project.settings.evaluate)
     misses = {"pick": quality["selection_n"] * (1 - quality["selection_accuracy"]),
               "crop": quality["crop_n"] * (1 - quality["crop_accuracy"])}
     for kind, n in misses.items():  # the heading counts what the accuracies count

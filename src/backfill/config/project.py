@@ -16,7 +16,8 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from backfill.config.composed import (
     params_trusted,
 )
 from backfill.config.errors import ConfigError
-from backfill.config.settings import RayConfig, escaped, section
+from backfill.config.settings import ProjectConfig, RayConfig, Settings, escaped, section
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # A project's line in conf/config.yaml's defaults list: `  - project@projects.NAME: NAME`.
@@ -89,13 +90,13 @@ def _names_problem(root: Path, only: list[str] | None = None) -> str | None:
     return None
 
 
-def checked(cfg: DictConfig | dict, root: Path | None = None) -> None:
-    """Raise ConfigError, one line per bad setting, unless ``cfg`` passes the settings'
-    types, ranges and (with ``root``) the projects' folder layout."""
+def checked(cfg: DictConfig | dict, root: Path | None = None) -> Settings:
+    """``cfg`` typed, or ConfigError, one line per bad setting, unless it passes the
+    settings' types, ranges and (with ``root``) the projects' folder layout."""
     from backfill.config.settings import SettingError, check
 
     try:
-        check(cfg, root)
+        return check(cfg, root)
     except SettingError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -436,10 +437,14 @@ def load_params(root: Path, only: list[str] | None = None) -> DictConfig:
     With ``only``, just those projects (and the shared settings) are judged and kept:
     what a command that reads some projects needs, whatever another project's config
     holds."""
+    return _checked_params(root, only)[0]
+
+
+def _checked_params(root: Path, only: list[str] | None = None) -> tuple[DictConfig, Settings]:
+    """params.yaml as load_params gives it, and the typed settings its check built."""
     check_params_fresh(root, only)
     cfg = OmegaConf.create(escaped(_only(_read_params(root), only)))  # literal text
-    checked(cfg)
-    return cfg
+    return cfg, checked(cfg)
 
 
 @dataclass(frozen=True)
@@ -452,6 +457,13 @@ class Project:
     cache_dir: Path
     executor: str = "local"  # where embed and extract work: local or ray
     ray: RayConfig | None = None  # with executor ray: the cluster and how to use it
+    typed_config: ProjectConfig | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def settings(self) -> ProjectConfig:
+        """The project's settings, typed: every value of the type and range its section
+        allows. From load_project, those params.yaml's check built; else typed here."""
+        return self.typed_config or section(ProjectConfig, self.cfg, f"projects.{self.name}")
 
     def path(self, key: str) -> Path:
         """An input path from the project's config, relative paths taken from the root."""
@@ -528,7 +540,7 @@ def load_project(name: str, root: Path | None = None, alone: bool = False) -> Pr
     """Project ``name`` from params.yaml. ``alone``: judged on its own settings only, for
     commands that read (another project's broken config does not stop them)."""
     root = root or find_root()
-    params = load_params(root, [name] if alone else None)
+    params, settings = _checked_params(root, [name] if alone else None)
     projects = params.get("projects") or {}
     if name not in projects:
         known = ", ".join(sorted(_read_params(root).get("projects") or {})) or "none yet"
@@ -538,4 +550,4 @@ def load_project(name: str, root: Path | None = None, alone: bool = False) -> Pr
         )
     cache = Path(str(params.get("cache_dir", "data/cache"))).expanduser()
     return Project(name, root, projects[name], cache if cache.is_absolute() else root / cache,
-                   str(params.executor), section(RayConfig, params.ray, "ray"))
+                   settings.executor, settings.ray, settings.projects[name])

@@ -15,10 +15,11 @@ is applied to what was composed instead, in every process alike.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ class MatchConfig:
     patch_grid: int = at_least(1)
     verify_size: int = at_least(16)
     candidates: int = at_least(1)
+
+    def key(self) -> str:
+        """A short id of these settings, for the locate cache's file name."""
+        blob = repr(sorted(asdict(self).items())).encode()
+        return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 @dataclass

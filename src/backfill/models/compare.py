@@ -17,7 +17,7 @@ from backfill.config.project import Project
 from backfill.contracts.schemas import EmbeddingsTable, GroupsTable, TruthTable
 from backfill.contracts.tables import read_table
 from backfill.files.atomic import write_json
-from backfill.models.evaluate import EvalSettings, evaluate
+from backfill.models.evaluate import evaluate
 from backfill.models.predictor import predict_groups
 from backfill.models.versions import ModelVersion, check_version_name
 
@@ -48,7 +48,7 @@ def _tables(project: Project) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
 
 def compare(versions: list[ModelVersion], projects: list[Project]) -> pd.DataFrame:
     """One row per (version, project) and per version pooled over the projects."""
-    settings = EvalSettings.from_config(projects[0].cfg.evaluate)
+    settings = projects[0].settings.evaluate
     tables = {p.name: _tables(p) for p in projects}
     rows = []
     for version in versions:

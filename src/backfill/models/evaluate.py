@@ -16,22 +16,12 @@ crop accuracy or IoU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from backfill.config.settings import EvaluateConfig
 from backfill.contracts.schemas import BOX, CROP_BOX, UNREADABLE
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    crop_tolerance: float
-    include_needs_review: bool
-
-    @classmethod
-    def from_config(cls, cfg) -> EvalSettings:
-        return cls(float(cfg.crop_tolerance), bool(cfg.include_needs_review))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,7 +60,7 @@ def _share(hits: pd.Series) -> float | None:
 
 
 def scored(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
-           settings: EvalSettings) -> pd.DataFrame:
+           settings: EvaluateConfig) -> pd.DataFrame:
     """Per measured decision (kept, and not needs_review unless asked for): the truth
     with the AI's pick and box beside it, and whether they agree (``right``, ``anomaly``,
     ``boxed``, ``iou``, ``crop_ok``); the stages of both picks, for plots and reports."""
@@ -92,7 +82,7 @@ def scored(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
 
 
 def evaluate(truth: pd.DataFrame, groups: pd.DataFrame, predictions: pd.DataFrame,
-             settings: EvalSettings) -> dict:
+             settings: EvaluateConfig) -> dict:
     """Counts and accuracies (None where there is nothing to measure)."""
     excluded = 0 if settings.include_needs_review else int(truth["needs_review"].sum())
     t = scored(truth, groups, predictions, settings)

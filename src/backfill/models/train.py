@@ -21,10 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import NAME_PATTERN, Project
+from backfill.config.settings import EvaluateConfig
 from backfill.contracts.schemas import CROP_BOX
 from backfill.contracts.tables import read_stage_tables
 from backfill.files.atomic import write_json
-from backfill.models.evaluate import EvalSettings, anomalies, describe_metrics, evaluate
+from backfill.models.evaluate import anomalies, describe_metrics, evaluate
 from backfill.models.predictor import predict_groups
 from backfill.models.versions import (
     ModelSpec,
@@ -265,8 +266,8 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
     version = ModelVersion(name, data.embedding_model, ranker_spec, crop_spec)
     # Measured as `compare` would, with the first project's evaluate settings, counting
     # what training counted.
-    base = EvalSettings.from_config(projects[0].cfg.evaluate)
-    settings = EvalSettings(base.crop_tolerance, not cfg.skip_needs_review)
+    base = projects[0].settings.evaluate
+    settings = EvaluateConfig(base.crop_tolerance, not cfg.skip_needs_review)
     test_ids = truth.loc[test.to_numpy(), "group_id"]
     groups = data.groups[data.groups["group_id"].isin(test_ids)]
     held = evaluate(data.truth[data.truth["group_id"].isin(test_ids)], groups,

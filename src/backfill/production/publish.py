@@ -288,7 +288,7 @@ def plan_is_current(project: Project, db: Path, changes: pd.DataFrame) -> bool:
     """Whether ``db`` still holds the rows the plan was made against (read-only): when
     not, it was written since (a publish, the reviewer app) and publishing re-checks."""
     planned = plan_identity(changes)
-    with open_production(db, float(project.cfg.merge.lock_timeout_s)) as conn:
+    with open_production(db, project.settings.merge.lock_timeout_s) as conn:
         now = identity(conn, planned["path"])  # the same DB (checked): by its rows
     conn.close()
     return now == planned
@@ -340,7 +340,7 @@ def run_publish(project: Project, dry_run: bool) -> str:
                 f"{moved}.\ndry run: {db} not touched. "
                 f"`backfill publish {project.name}` backs it up and applies this plan.{stale}")
     try:
-        done = publish_plan(db, changes, float(project.cfg.merge.lock_timeout_s))
+        done = publish_plan(db, changes, project.settings.merge.lock_timeout_s)
     except PlanConflict as exc:
         raise DecisionDBError(str(exc).replace("<project>", project.name)) from None
     cleaned = (f" Removed {len(done.removed)} partial backup(s) an interrupted publish left: "

@@ -57,7 +57,7 @@ def load_production(project: Project) -> Production:
     """The production records of a project: its DB (read-only) and its legacy CSV."""
     db_path = _optional_path(project, "real_db")
     if db_path is not None:
-        timeout = float(project.cfg.merge.lock_timeout_s)
+        timeout = project.settings.merge.lock_timeout_s
         conn = open_production(db_path, timeout)
         try:
             conn.execute("BEGIN")  # one snapshot: the rows and their fingerprint agree

@@ -26,13 +26,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from backfill.config.project import MERGE_SUMMARY, Project
-from backfill.config.settings import ValidateConfig, section, threads
+from backfill.config.settings import EvaluateConfig, threads
 from backfill.contracts.schemas import BOX, BROKEN_REJECT, CROP_BOX, UNREADABLE
 from backfill.executors import LocalRunner
 from backfill.files.atomic import write_text
 from backfill.files.imageinfo import Unreadable, decode
 from backfill.files.resultcache import ResultCache
-from backfill.models.evaluate import EvalSettings, has_box, percent, scored
+from backfill.models.evaluate import has_box, percent, scored
 from backfill.reports.resolve import how_to_resolve
 
 # Bump when ``thumbnail`` draws another picture (size, box, JPEG settings): cached
@@ -149,7 +149,7 @@ def svg_bars(labels: list[str], values: list[float], title: str, xlabel: str) ->
     return out.getvalue()[out.getvalue().index("<svg"):]
 
 
-def disagreements(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
+def disagreements(tables: dict[str, pd.DataFrame], settings: EvaluateConfig, original: Path,
                   px: int, thumbs: Thumb, limit: int) -> tuple[list[dict], dict[str, int]]:
     """Groups where the AI picked another image than the person, or boxed the kept one
     outside the crop tolerance: a strip each, and how many of each. Both come from the
@@ -177,7 +177,7 @@ def strip(r, group: pd.Series, original: Path, px: int, thumbs: Thumb) -> dict:
                                                  group["stages"], strict=True))]}
 
 
-def gallery(tables: dict[str, pd.DataFrame], settings: EvalSettings, original: Path,
+def gallery(tables: dict[str, pd.DataFrame], settings: EvaluateConfig, original: Path,
             px: int, thumbs: Thumb, limit: int) -> tuple[list[dict], int]:
     """Every decision with a kept render, as its original with the person's and the AI's
     boxes: worst crops first (IoU ascending, unmeasured last), so the ``limit`` shown are
@@ -241,11 +241,11 @@ def report_html(project: Project, tables: dict[str, pd.DataFrame], metrics: dict
            findings: list, plots: dict[str, pd.DataFrame]) -> str:
     from jinja2 import Environment, select_autoescape
 
-    cfg = section(ValidateConfig, project.cfg.validate, "validate")
+    cfg = project.settings.validate
     px, limit = cfg.thumbnail_px, cfg.max_cases
-    max_pixels = int(project.cfg.scan.max_pixels)
+    max_pixels = project.settings.scan.max_pixels
     original, final = project.path("original_dir"), project.path("final_dir")
-    settings = EvalSettings.from_config(project.cfg.evaluate)
+    settings = project.settings.evaluate
     scan, finals = tables["scan"], tables["finals"]
     hashed = scan[scan["content_hash"].notna()]
     folder = {"original": original, "final": final}

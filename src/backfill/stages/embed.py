@@ -233,8 +233,8 @@ def read_embeddings(path: Path) -> pd.DataFrame:
 
 def run(project: Project) -> str:
     started = time.perf_counter()
-    settings = ClipSettings.from_config(project.cfg.embed, project.root,
-                                        project.cfg.scan.max_pixels)
+    settings = ClipSettings.from_config(project.settings.embed, project.root,
+                                        project.settings.scan.max_pixels)
     groups = read_stage_tables(project, ["groups"])["groups"]
     images = members(groups)
     with open_runner(project, settings.workers) as runner:

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
 import pandas as pd
 
 from backfill.config.project import Project
-from backfill.config.settings import GroupConfig, section
+from backfill.config.settings import GroupConfig
 from backfill.contracts.schemas import GroupsTable, ScanTable, UngroupedTable
 from backfill.contracts.tables import read_table, write_table
 from backfill.db.cells import comparable_name
@@ -49,23 +48,6 @@ ALONE = "no higher stage followed it within the window (run shorter than min_gro
 SAME_STAGE = "another file of the same stage shares its timestamp"
 ALONE_AT_TIMESTAMP = "no other stage shares its timestamp"
 GROUP_FULL = "its timestamp's group already holds max_group_size images"
-
-
-@dataclass(frozen=True)
-class GroupSettings:
-    method: str
-    lookahead: int
-    time_gap_minutes: float | None
-    min_group_size: int
-    max_group_size: int
-    id_format: str
-
-    @classmethod
-    def from_config(cls, cfg) -> GroupSettings:
-        """From the project's group section, checked by settings.GroupConfig."""
-        c = section(GroupConfig, cfg, "group")
-        return cls(c.method, c.lookahead, c.time_gap_minutes, c.min_group_size,
-                   c.max_group_size, c.id_format)
 
 
 def nearest_up(
@@ -179,7 +161,7 @@ def _nullable(values: pd.Series) -> list:
     return [None if pd.isna(v) else v for v in values.tolist()]
 
 
-def _group(candidates: pd.DataFrame, settings: GroupSettings, sides: Sides | None
+def _group(candidates: pd.DataFrame, settings: GroupConfig, sides: Sides | None
            ) -> tuple[list[list[int]], dict[int, str]]:
     """``settings.method`` run on sorted candidates: groups and left-out reasons, by
     position in ``candidates``; ``sides``: each candidate's side of each name clash."""
@@ -196,7 +178,7 @@ def _group(candidates: pd.DataFrame, settings: GroupSettings, sides: Sides | Non
 
 
 def group_table(
-    scan: pd.DataFrame, settings: GroupSettings, project: str, case_sensitive: bool = True
+    scan: pd.DataFrame, settings: GroupConfig, project: str, case_sensitive: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The groups table and the ungrouped table from a scan table (originals only).
 
@@ -284,7 +266,7 @@ GROUP_COLUMNS = [
 def run(project: Project) -> str:
     started = time.perf_counter()
     scan = read_table(project.output("scan"), ScanTable, "scan")
-    settings = GroupSettings.from_config(project.cfg.group)
+    settings = project.settings.group
     groups, ungrouped = group_table(scan, settings, project.name, project.case_sensitive)
     write_table(groups, project.output("groups"), GroupsTable, "groups")
     write_table(ungrouped, project.output("ungrouped"), UngroupedTable, "ungrouped")

@@ -691,9 +691,9 @@ def run(project: Project) -> str:
     from backfill.production.sources import load_production, review_rule, write_merged_db
 
     started = time.perf_counter()
-    settings = MergeSettings.from_config(project.cfg.merge, project.cfg.evaluate,
+    settings = MergeSettings.from_config(project.settings.merge, project.settings.evaluate,
                                          case_sensitive=project.case_sensitive,
-                                         scan_cfg=project.cfg.scan)
+                                         scan_cfg=project.settings.scan)
     backfilled, prov = backfill_rows(
         project.name, read_table(project.output("groups"), GroupsTable, "groups"),
         read_table(project.output("truth"), TruthTable, "truth"),
@@ -710,7 +710,7 @@ def run(project: Project) -> str:
         .fillna({"group_id": ""}))
     out = project.merged_db  # first: a DB that refuses it stops all
     write_merged_db(out, source.db_path, plan, provenance(plan, prov, source.imported),
-                    float(project.cfg.merge.lock_timeout_s))
+                    project.settings.merge.lock_timeout_s)
     write_table(plan.changes, project.output("merge_plan"), MergePlanTable, "merge_plan")
     write_table(plan.issues.sort_values(["kind", "group_id"], kind="stable"),
                 project.output("merge_issues"), MergeIssuesTable, "merge_issues")

@@ -9,7 +9,7 @@ from backfill.config.project import MODEL_METRICS, Project
 from backfill.contracts.schemas import PredictionsTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.files.atomic import write_json
-from backfill.models.evaluate import EvalSettings, describe_metrics, evaluate
+from backfill.models.evaluate import describe_metrics, evaluate
 from backfill.models.predictor import predict_groups
 from backfill.models.versions import ModelVersion
 
@@ -25,7 +25,7 @@ def run(project: Project) -> str:
     groups, truth, embeddings = tables["groups"], tables["truth"], tables["embeddings"]
     predictions = predict_groups(groups, embeddings, version)
     write_table(predictions, project.output("predictions"), PredictionsTable, "predictions")
-    metrics = evaluate(truth, groups, predictions, EvalSettings.from_config(project.cfg.evaluate))
+    metrics = evaluate(truth, groups, predictions, project.settings.evaluate)
     write_json({"model_version": version.name, **metrics},
                project.metrics(MODEL_METRICS))
     return (

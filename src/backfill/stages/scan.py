@@ -363,9 +363,9 @@ def run(project: Project) -> str:
         roots[source] = Path(os.path.abspath(folder))
     result = scan_project(
         roots,
-        ScanSettings.from_config(project.cfg.scan),
+        ScanSettings.from_config(project.settings.scan),
         project.cache_dir / "fingerprints",
-        FileTimes.from_config(project.cfg.scan),
+        FileTimes.from_config(project.settings.scan),
     )
     out = project.output("scan")
     write_table(result.table, out, ScanTable, "scan")

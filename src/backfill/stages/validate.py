@@ -26,6 +26,7 @@ import pandas as pd
 
 from backfill.config.errors import ConfigError
 from backfill.config.project import METRICS, PLOTS, Project
+from backfill.config.settings import EvaluateConfig
 from backfill.contracts.plan import group_endings, unaccounted
 from backfill.contracts.schemas import BROKEN_REJECT, HELD, TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
@@ -38,7 +39,7 @@ from backfill.db.cells import (
 )
 from backfill.db.schema import ACTIONS, read_rows, violations
 from backfill.files.atomic import write_json, write_text
-from backfill.models.evaluate import EvalSettings, evaluate, scored
+from backfill.models.evaluate import evaluate, scored
 
 FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
 
@@ -233,7 +234,7 @@ def project_metrics(tables: dict[str, pd.DataFrame], emitted: Emitted,
     }
 
 
-def plot_data(tables: dict[str, pd.DataFrame], settings: EvalSettings) -> dict[str, pd.DataFrame]:
+def plot_data(tables: dict[str, pd.DataFrame], settings: EvaluateConfig) -> dict[str, pd.DataFrame]:
     """Plot tables for `dvc plots`: IoU distribution, accuracy by kept stage, and the AI's
     pick against the person's by stage."""
     s = scored(tables["truth"], tables["groups"], tables["predictions"], settings)
@@ -272,14 +273,14 @@ def run(project: Project) -> str:
     originals = tables["scan"].loc[tables["scan"]["source"] == "original", "name"]
     findings = check_decisions(
         emitted.rows, sources.fillna("production"), set(originals),
-        float(project.cfg.extract.approve_tolerance), project.case_sensitive)
+        project.settings.extract.approve_tolerance, project.case_sensitive)
     findings += check_accounted(tables["groups"], emitted.provenance, tables["merge_issues"])
     findings += check_unreadable(tables["truth"], tables["merge_issues"], emitted.provenance)
     errors += [f.line() for f in findings if f.severity == "error"]
     if errors:
         raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n  - "
                             + "\n  - ".join(errors))
-    settings = EvalSettings.from_config(project.cfg.evaluate)
+    settings = project.settings.evaluate
     metrics = project_metrics(tables, emitted, findings)
     write_json(metrics, project.metrics(METRICS))
     plots = plot_data(tables, settings)

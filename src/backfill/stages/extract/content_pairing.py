@@ -52,17 +52,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from backfill.config.settings import MatchConfig
 from backfill.executors import Runner
 from backfill.files.imageinfo import Unreadable, decode
 from backfill.files.resultcache import ResultCache
 from backfill.stages.extract.decisions import ambiguous
-from backfill.stages.extract.locate import (
-    ONE_TO_ONE_SUPPORT,
-    MatchSettings,
-    PairLocation,
-    locate_pair,
-    read_gray,
-)
+from backfill.stages.extract.locate import ONE_TO_ONE_SUPPORT, PairLocation, locate_pair, read_gray
 from backfill.stages.extract.pairing import Claim, ContentOutcome
 
 # Bump when ``signature`` (or decode's pixels) gives other cells for an image: cached
@@ -167,7 +162,7 @@ class ContentSettings:
     candidates: int  # k: renders located per final; 0 turns content pairing off
     min_confidence: float
     ambiguity_margin: float
-    match: MatchSettings
+    match: MatchConfig
     max_pixels: int
 
 
@@ -423,7 +418,7 @@ def signature_of(job: tuple[str, Path], max_pixels: int
     return h, cells, grey, None
 
 
-def locate_in_renders(job: tuple[Path, list[tuple[str, str, Path]]], match: MatchSettings,
+def locate_in_renders(job: tuple[Path, list[tuple[str, str, Path]]], match: MatchConfig,
                       max_pixels: int) -> list[PairLocation]:
     """One final (its path, then each render's hash, the final's hash and the render's
     path), decoded once, located in each render."""

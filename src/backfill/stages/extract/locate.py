@@ -20,14 +20,14 @@ pixels and settings: the stage caches the results by both files' content hashes.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
+from backfill.config.settings import MatchConfig
 from backfill.files.imageinfo import Unreadable, decode
 
 # Bump when a pair's Location changes (this module's matching, or read_gray's pixels):
@@ -46,25 +46,6 @@ COARSE_SPREAD = 0.1  # coarse peaks this close to the best are refined too
 class LocateError(Exception):
     """A readable pair that cannot be located at all (an impossible scale); a file that
     cannot be decoded raises imageinfo.Unreadable instead."""
-
-
-@dataclass(frozen=True)
-class MatchSettings:
-    coarse_size: int
-    sweep_size: int
-    accept_score: float
-    min_scale: float
-    max_scale: float
-    scale_step: float
-    patch_size: int
-    patch_grid: int
-    verify_size: int
-    candidates: int
-
-    def key(self) -> str:
-        """A short id of these settings, for the result cache's file name."""
-        blob = repr(sorted(asdict(self).items())).encode()
-        return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 class Location(NamedTuple):
@@ -197,7 +178,7 @@ def _coarse_at(orig_c: np.ndarray, final_c: np.ndarray, fc: float, ff: float, sc
     return out
 
 
-def _scale_sweep(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> _Coarse | None:
+def _scale_sweep(orig: np.ndarray, final: np.ndarray, s: MatchConfig) -> _Coarse | None:
     """The best scale over a geometric grid, refined by a parabola in log-scale."""
     oh, ow = orig.shape
     fh, fw = final.shape
@@ -230,7 +211,7 @@ def _scale_sweep(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> _Coar
     return _Coarse(float(scores[k]), max(best, lo), 0.0, 0.0)
 
 
-def _patch_boxes(fw: int, fh: int, s: MatchSettings, final: np.ndarray
+def _patch_boxes(fw: int, fh: int, s: MatchConfig, final: np.ndarray
                  ) -> list[tuple[int, int, int]]:
     """Textured patches (x, y, side) on a grid over the final, spread to its corners."""
     side = int(min(s.patch_size, fw // 2, fh // 2))
@@ -263,7 +244,7 @@ class _Fit(NamedTuple):
 
 
 def _refine(orig: np.ndarray, final: np.ndarray, start: _Coarse, radius: float,
-            scale_err: float, s: MatchSettings) -> _Fit:
+            scale_err: float, s: MatchConfig) -> _Fit:
     """Match patches at full resolution around ``start`` and fit the map through them."""
     oh, ow = orig.shape
     fh, fw = final.shape
@@ -325,7 +306,7 @@ def _verify(orig: np.ndarray, final_v: np.ndarray, box: tuple[float, float, floa
     return float(np.clip(_ncc(region, final_v)[0, 0], 0.0, 1.0))
 
 
-def locate(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> Location:
+def locate(orig: np.ndarray, final: np.ndarray, s: MatchConfig) -> Location:
     """Find ``final`` (8-bit grey) inside ``orig`` (8-bit grey)."""
     oh, ow = orig.shape
     fh, fw = final.shape
@@ -393,7 +374,7 @@ def locate(orig: np.ndarray, final: np.ndarray, s: MatchSettings) -> Location:
 
 
 def locate_pair(original_hash: str, final_hash: str, original: Path | np.ndarray,
-                final: Path | np.ndarray, s: MatchSettings, max_pixels: int) -> PairLocation:
+                final: Path | np.ndarray, s: MatchConfig, max_pixels: int) -> PairLocation:
     """Locate a final in its original, each given as a path (decoded here with
     ``max_pixels``) or as pixels already decoded by read_gray (content pairing decodes a
     final once for several renders)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from backfill.config.project import Project
-from backfill.config.settings import ExtractConfig, section, threads
+from backfill.config.settings import ExtractConfig, MatchConfig, section, threads
 from backfill.contracts.schemas import BROKEN_REJECT, UNREADABLE, FinalsTable, TruthTable
 from backfill.contracts.tables import read_stage_tables, write_table
 from backfill.db.schema import ACTIONS
@@ -36,12 +36,7 @@ from backfill.files.filetimes import FileTimes
 from backfill.files.resultcache import ResultCache
 from backfill.stages.extract.content_pairing import ContentPairing, ContentSettings, ContentStats
 from backfill.stages.extract.decisions import LabelSettings, label
-from backfill.stages.extract.locate import (
-    LOCATE_VERSION,
-    MatchSettings,
-    PairLocation,
-    locate_pair,
-)
+from backfill.stages.extract.locate import LOCATE_VERSION, PairLocation, locate_pair
 from backfill.stages.extract.pairing import clash_copies, pair_finals, render_rows
 
 KEYS = ["original_hash", "final_hash"]
@@ -52,7 +47,7 @@ RESULTS = {"x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64",
 
 @dataclass(frozen=True)
 class ExtractSettings:
-    match: MatchSettings
+    match: MatchConfig
     labels: LabelSettings
     workers: int
     max_pixels: int  # scan.max_pixels: larger images are never decoded
@@ -68,7 +63,7 @@ class ExtractSettings:
         c = section(ExtractConfig, cfg, "extract")
         labels = LabelSettings(c.approve_tolerance, c.min_confidence, c.ambiguity_margin,
                                file_times)
-        return cls(MatchSettings(**asdict(c.match)), labels, threads(c.workers),
+        return cls(c.match, labels, threads(c.workers),
                    int(max_pixels), c.content_candidates, case_sensitive)
 
     def content(self) -> ContentSettings:
@@ -76,7 +71,7 @@ class ExtractSettings:
                                self.labels.ambiguity_margin, self.match, self.max_pixels)
 
 
-def locate_cache(cache_dir: Path, match: MatchSettings) -> ResultCache:
+def locate_cache(cache_dir: Path, match: MatchConfig) -> ResultCache:
     """Located boxes for these matcher settings and LOCATE_VERSION."""
     name = f"{match.key()}-v{LOCATE_VERSION}.parquet"
     return ResultCache(cache_dir / "locate" / name, KEYS,
@@ -92,14 +87,14 @@ def same_bytes(width: int, height: int) -> dict:
             "confidence": 1.0, "runner_up": 0.0, "support": 1.0, "method": "identical"}
 
 
-def locate_files(original: Path, final: Path, match: MatchSettings, max_pixels: int
+def locate_files(original: Path, final: Path, match: MatchConfig, max_pixels: int
                  ) -> PairLocation:
     """One pair's location in original pixels; else ``unreadable`` says which file cannot
     be decoded and why, or ``error`` why the readable pair cannot be located."""
     return locate_pair("", "", original, final, match, max_pixels)
 
 
-def locate_job(job: tuple[str, str, Path, Path], match: MatchSettings, max_pixels: int
+def locate_job(job: tuple[str, str, Path, Path], match: MatchConfig, max_pixels: int
                ) -> PairLocation:
     """``locate_files`` of one (original hash, final hash, original path, final path)."""
     o_hash, f_hash, original, final = job
@@ -107,7 +102,7 @@ def locate_job(job: tuple[str, str, Path, Path], match: MatchSettings, max_pixel
 
 
 def locate_all(todo: pd.DataFrame, original_root: Path, final_root: Path,
-               match: MatchSettings, max_pixels: int, runner: Runner
+               match: MatchConfig, max_pixels: int, runner: Runner
                ) -> Iterator[PairLocation]:
     """Locate every (original, final) of ``todo`` on ``runner``, as they come. Each
     worker holds one pair's pixels at a time, so memory stays bounded."""
@@ -209,9 +204,10 @@ def decisions_line(truth: pd.DataFrame, finals: pd.DataFrame) -> str:
 
 def run(project: Project) -> str:
     started = time.perf_counter()
-    settings = ExtractSettings.from_config(project.cfg.extract, project.cfg.scan.max_pixels,
+    cfg = project.settings
+    settings = ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels,
                                            case_sensitive=project.case_sensitive,
-                                           file_times=FileTimes.from_config(project.cfg.scan))
+                                           file_times=FileTimes.from_config(cfg.scan))
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
     with open_runner(project, settings.workers) as runner:
         result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
