@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import find_root, load_project
 from backfill.contracts.tables import ContractError
 from backfill.db.schema import DecisionDBError
@@ -32,7 +32,7 @@ class Backfill(click.Group):
         previous = catch_sigterm()
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
+        except UserError as exc:
             click.echo(f"backfill: error: {exc}", err=True)
             return 2
         except DiskFull as exc:  # the user makes room: their fix, like a setting
@@ -105,14 +105,14 @@ class OutputFolder(click.ParamType):
         out = Path(value).expanduser()
         out = out if out.is_absolute() else find_root() / out
         if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file, not a folder: choose a folder.")
+            raise UserError(f"--out {out} is a file, not a folder: choose a folder.")
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"--out {out} cannot be created ({exc.strerror or exc}): "
+            raise UserError(f"--out {out} cannot be created ({exc.strerror or exc}): "
                               "choose a folder you can write.") from None
         if not os.access(out, os.W_OK | os.X_OK):
-            raise ConfigError(f"--out {out} cannot be written (permission denied): choose "
+            raise UserError(f"--out {out} cannot be written (permission denied): choose "
                               "a folder you can write.")
         return out
 
@@ -355,7 +355,7 @@ def export(names: tuple[str, ...], every: bool, out: Path, formats: tuple[str, .
 
     root = find_root()
     if bool(names) == every:
-        raise ConfigError("name the projects to export, or pass --all (not both).")
+        raise UserError("name the projects to export, or pass --all (not both).")
     stats, files = run(named(root, names), out, formats, exclude_needs_review, combined=every)
     click.echo(stats)
     click.echo(f"-> {', '.join(config_path(str(f), root) for f in files)}")

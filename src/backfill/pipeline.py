@@ -81,7 +81,7 @@ def with_stage(text: str, name: str, stage: dict) -> str:
     that name is replaced in place, a new one goes at the end of ``stages:``."""
     import yaml
 
-    from backfill.config.errors import ConfigError
+    from backfill.config.errors import UserError
 
     class Indented(yaml.SafeDumper):  # lists indented under their key, as dvc.yaml's are
         def increase_indent(self, flow: bool = False, indentless: bool = False):
@@ -94,7 +94,7 @@ def with_stage(text: str, name: str, stage: dict) -> str:
               None)
     if at is None:
         if any(line.startswith("stages:") for line in lines):
-            raise ConfigError("dvc.yaml's stages are not a block mapping: add the stage by hand.")
+            raise UserError("dvc.yaml's stages are not a block mapping: add the stage by hand.")
         lines += ["stages:\n"]
         at = len(lines) - 1
     # The stages block: up to the next top-level line (a key or a comment at column 0).
@@ -124,19 +124,19 @@ def with_stage(text: str, name: str, stage: dict) -> str:
     old_doc, new_doc = yaml.safe_load(text) or {}, yaml.safe_load(out)
     want = {**old_doc, "stages": {**(old_doc.get("stages") or {}), name: stage}}
     if new_doc != want:
-        raise ConfigError(f"could not add stage {name} to dvc.yaml without changing other "
+        raise UserError(f"could not add stage {name} to dvc.yaml without changing other "
                           "lines: add it by hand.")
     return out
 
 
 def add_train_stage(root: Path, name: str, projects: list[str], overrides: list[str]) -> str:
     """Register a training as a DVC stage (replacing one of that name); what to run next."""
-    from backfill.config.errors import ConfigError
+    from backfill.config.errors import UserError
     from backfill.config.project import NAME_PATTERN
     from backfill.files.atomic import write_text
 
     if not NAME_PATTERN.match(name):
-        raise ConfigError(f"version name '{name}' must be letters, digits, '_' or '-'.")
+        raise UserError(f"version name '{name}' must be letters, digits, '_' or '-'.")
     path = root / "dvc.yaml"
     before = path.read_text(encoding="utf-8")
     write_text(with_stage(before, f"train-{name}", train_stage(name, projects, overrides)), path)
@@ -145,7 +145,7 @@ def add_train_stage(root: Path, name: str, projects: list[str], overrides: list[
                           capture_output=True, text=True)
     if proc.returncode:
         write_text(before, path)
-        raise ConfigError(f"dvc rejects stage train-{name}: "
+        raise UserError(f"dvc rejects stage train-{name}: "
                           f"{proc.stderr.strip() or proc.stdout.strip()}")
     return (f"added stage train-{name} to dvc.yaml: `dvc repro train-{name}` trains it, and "
             "re-trains when its data or the train settings change.")

@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import check_params_fresh, compose, load_project
 from backfill.projects.registry import add_project, registered
 from tests.conftest import REPO
@@ -69,17 +69,17 @@ def test_project_add_stores_overrides_registers_and_composes(repo_copy, folders)
 def test_project_add_refuses_bad_input_and_leaves_conf_unchanged(repo_copy, folders, name,
                                                                  overrides, message):
     before = (repo_copy / "conf" / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         add_project(repo_copy, name, *folders, overrides=overrides)
     assert (repo_copy / "conf" / "config.yaml").read_text() == before
     assert not (repo_copy / "conf" / "project" / "ok.yaml").exists()
 
 
 def test_project_add_needs_existing_folders_and_force_to_replace(repo_copy, folders, tmp_path):
-    with pytest.raises(ConfigError, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         add_project(repo_copy, "p", str(tmp_path / "nope"), folders[1])
     add_project(repo_copy, "p", *folders)
-    with pytest.raises(ConfigError, match="--force"):
+    with pytest.raises(UserError, match="--force"):
         add_project(repo_copy, "p", *folders)
     add_project(repo_copy, "p", *folders, overrides=["group.lookahead=7"], force=True)
     assert registered(repo_copy) == ["p"]
@@ -97,7 +97,7 @@ def test_stale_params_stop_a_stage_with_the_command_to_run(repo_copy, folders):
     conf = repo_copy / "conf" / "project" / "p.yaml"
     conf.write_text(conf.read_text() + "group:\n  lookahead: 9\n")
     _bump(conf)
-    with pytest.raises(ConfigError, match="backfill compose"):
+    with pytest.raises(UserError, match="backfill compose"):
         load_project("p", repo_copy)
     from backfill.config.project import write_params
 
@@ -124,5 +124,5 @@ def test_dvc_exp_overrides_in_params_are_trusted(repo_copy, folders):
 
 def test_unknown_project_names_the_known_ones(repo_copy, folders):
     add_project(repo_copy, "p", *folders)
-    with pytest.raises(ConfigError, match=r"known: p\)"):
+    with pytest.raises(UserError, match=r"known: p\)"):
         load_project("q", repo_copy)

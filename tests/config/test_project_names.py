@@ -3,7 +3,7 @@ differ from another project's only by case (one file on a Mac or Windows checkou
 
 import pytest
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import compose
 from backfill.projects.discover import project_name
 from backfill.projects.registry import add_project, registered
@@ -19,7 +19,7 @@ def folders(tmp_path):
 @pytest.mark.parametrize("name", ["123", "1_000", "0x1F", "2024-01-01", "yes", "null"])
 def test_a_name_yaml_reads_as_no_text_is_refused_with_the_rule(repo_copy, folders, name):
     before = (repo_copy / "conf" / "config.yaml").read_text()
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(UserError) as caught:
         add_project(repo_copy, name, *folders)
     message = str(caught.value)
     assert "letters, digits" in message and "number" in message and "\n" not in message
@@ -30,7 +30,7 @@ def test_a_name_yaml_reads_as_no_text_is_refused_with_the_rule(repo_copy, folder
 
 def test_a_name_that_differs_only_by_case_is_refused(repo_copy, folders):
     add_project(repo_copy, "demo", *folders)
-    with pytest.raises(ConfigError, match="differs from project 'demo' only by case"):
+    with pytest.raises(UserError, match="differs from project 'demo' only by case"):
         add_project(repo_copy, "DEMO", *folders)
     assert registered(repo_copy) == ["demo"]
     add_project(repo_copy, "demo2", *folders)  # a name of its own is fine
@@ -46,7 +46,7 @@ def test_compose_refuses_such_names_registered_by_hand(repo_copy, folders):
         cfg.write_text(good.replace("  - project@projects.demo: demo\n",
                                     "  - project@projects.demo: demo\n"
                                     f"  - project@projects.{name}: {name}\n"))
-        with pytest.raises(ConfigError, match=rule) as caught:
+        with pytest.raises(UserError, match=rule) as caught:
             compose(repo_copy)
         assert "\n" not in str(caught.value) and "Unsupported" not in str(caught.value)
 

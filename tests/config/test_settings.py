@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import check_params_fresh, compose, load_project
 from backfill.config.settings import SettingError, check
 from backfill.projects.registry import add_project
@@ -177,11 +177,11 @@ def test_project_add_refuses_a_wrong_setting_in_one_line_and_writes_nothing(
 def test_project_add_refuses_finals_inside_or_equal_to_the_originals(repo_copy, tmp_path):
     renders = tmp_path / "renders"
     (renders / "kept").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="is inside original_dir"):
+    with pytest.raises(UserError, match="is inside original_dir"):
         add_project(repo_copy, "p", str(renders), str(renders / "kept"))
-    with pytest.raises(ConfigError, match="one folder"):
+    with pytest.raises(UserError, match="one folder"):
         add_project(repo_copy, "p", str(renders), str(renders) + "/")
-    with pytest.raises(ConfigError, match="original_dir .* is inside final_dir"):
+    with pytest.raises(UserError, match="original_dir .* is inside final_dir"):
         add_project(repo_copy, "p", str(renders / "kept"), str(renders))
     assert not (repo_copy / "conf" / "project" / "p.yaml").exists()
 
@@ -204,7 +204,7 @@ def test_stale_params_are_found_by_content_not_modification_time(repo_copy, fold
     old = os.stat(conf).st_mtime - 3600
     conf.write_text(conf.read_text() + "group:\n  lookahead: 9\n")
     os.utime(conf, (old, old))  # as `cp -p`, `rsync -t` or `tar x` leave it
-    with pytest.raises(ConfigError, match="stale"):
+    with pytest.raises(UserError, match="stale"):
         load_project("p", repo_copy)
     run(["backfill", "compose"], repo_copy)
     assert load_project("p", repo_copy).cfg.group.lookahead == 9
@@ -219,7 +219,7 @@ def test_inside_dvc_exp_run_the_composed_params_are_trusted(repo_copy, folders, 
     # dvc exp run composes today's conf/ with its -S values, then runs the stages.
     compose_and_dump(repo_copy / "params.yaml", str(repo_copy / "conf"), None, "config",
                      str(repo_copy), ["projects.p.group.min_group_size=3"])
-    with pytest.raises(ConfigError, match="stale"):
+    with pytest.raises(UserError, match="stale"):
         check_params_fresh(repo_copy)
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
     cfg = load_project("p", repo_copy).cfg.group

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from backfill import cli
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.config.settings import EvaluateConfig, section
 from backfill.contracts.schemas import (
@@ -289,7 +289,7 @@ def test_max_pixels_reaches_extract_embed_and_the_thumbnails(built, tmp_path):
 def test_a_stage_before_its_inputs_names_the_stage_to_run(tmp_path, stage, expected,
                                                           monkeypatch, capsys):
     project = project_at(tmp_path, tmp_path, tmp_path)
-    with pytest.raises(ConfigError, match=expected.replace("`", ".")):
+    with pytest.raises(UserError, match=expected.replace("`", ".")):
         stage.run(project)
     monkeypatch.setattr(cli, "load_project", lambda name: project)
     assert cli.main([stage.__name__.rsplit(".", 1)[1], "p"]) == 2
@@ -301,7 +301,7 @@ def test_validate_before_merge_names_the_merged_db_and_the_merge(built, monkeypa
     project, _, _ = built
     for stage in (scan, group, extract, embed, predict):
         stage.run(project)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         validate.run(project)
     text = str(err.value)
     assert "data/p/ai_decisions.db (the merged DB)" in text
@@ -311,3 +311,14 @@ def test_validate_before_merge_names_the_merged_db_and_the_merge(built, monkeypa
     assert cli.main(["validate", "p"]) == 2
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and "merged DB" in err_lines[0]
+
+
+def test_a_merged_db_gone_bad_is_one_line_saying_to_rebuild_it(built, monkeypatch, capsys):
+    project, _, _ = built
+    for stage in (scan, group, extract, embed, predict, merge):
+        stage.run(project)
+    project.merged_db.write_bytes(b"not a database, half-copied")
+    monkeypatch.setattr(cli, "load_project", lambda name: project)
+    assert cli.main(["validate", "p"]) == 2  # the user's to fix, as a setting is: exit 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "run `dvc repro merge@p` to rebuild it" in lines[0]

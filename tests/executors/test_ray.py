@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.settings import GroupConfig, RayConfig, section
 from backfill.contracts.schemas import EmbeddingsTable, FinalsTable, TruthTable
 from backfill.contracts.tables import write_table
@@ -107,7 +107,7 @@ def test_a_file_only_this_machine_can_open_stops_the_stage_naming_the_setting(
     for attempt in ("embed", "map"):
         runner = RayRunner(ray_config(address=ray_cluster))
         try:
-            with pytest.raises(ConfigError) as exc:
+            with pytest.raises(UserError) as exc:
                 if attempt == "embed":
                     embed_images(images, gen.original_dir, CLIP, tmp_path / attempt,
                                  partial(ray_embedder, runner))
@@ -128,7 +128,7 @@ def test_an_unreachable_cluster_is_one_line_naming_the_setting():
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
         runner = RayRunner(ray_config(address=address, connect_timeout_s=2))
         started = time.monotonic()
-        with pytest.raises(ConfigError) as exc:
+        with pytest.raises(UserError) as exc:
             list(runner.map(abs, [-1]))
         message = str(exc.value)
         assert time.monotonic() - started < 10
@@ -190,7 +190,7 @@ class FailsToStart:
 def test_a_worker_that_cannot_start_says_why_in_one_line(ray_cluster):
     runner = RayRunner(ray_config(address=ray_cluster))
     try:
-        with pytest.raises(ConfigError) as exc:
+        with pytest.raises(UserError) as exc:
             list(runner.pool(FailsToStart, [1, 2], cpus=1))
     finally:
         runner.close()

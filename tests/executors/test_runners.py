@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.executors import LocalRunner
 from backfill.executors.ray_runner import RayRunner, shipped
 from backfill.files.imageinfo import Shipped, Unreadable, decode
@@ -42,7 +42,7 @@ def test_cpu_actors_are_as_many_as_each_node_holds():
     assert runner._actor_shape(10) == (1, 10, 0.0)
     runner.cfg = ray_config(actors=2)
     assert runner._actor_shape(4)[0] == 2
-    with pytest.raises(ConfigError, match="needs 20 CPUs .* set ray.actor_cpus"):
+    with pytest.raises(UserError, match="needs 20 CPUs .* set ray.actor_cpus"):
         runner._actor_shape(20)
 
 
@@ -55,7 +55,7 @@ def test_gpu_actors_get_one_gpu_and_a_share_of_their_node_cpus():
 
 
 def test_dead_nodes_hold_nothing():
-    with pytest.raises(ConfigError):
+    with pytest.raises(UserError):
         cluster({"CPU": 64}, alive=False)._actor_shape(1)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.models.predictor import predict_groups
 from backfill.models.versions import ModelVersion, build, mlp, read_state_dict
 from tests.conftest import REPO
@@ -152,13 +152,13 @@ def test_a_checkpoint_of_other_shapes_is_refused_with_what_differs(tmp_path):
     write_person_models(folder)
     torch.save(person_state({**RANKER_V3, "net.0.weight": (256, 768)}, 3),
                folder / "ranker_v3_w10.pt")
-    with pytest.raises(ConfigError, match=r"net.0.weight: checkpoint \(256, 768\), expected "
+    with pytest.raises(UserError, match=r"net.0.weight: checkpoint \(256, 768\), expected "
                                           r"\(256, 512\)"):
         build(person_version(tmp_path).ranker, 512, 1, sigmoid=False)
 
 
 def test_missing_checkpoint_says_where_to_put_it(tmp_path):
-    with pytest.raises(ConfigError, match="ranker_v3_w10.pt is missing: copy the model file"):
+    with pytest.raises(UserError, match="ranker_v3_w10.pt is missing: copy the model file"):
         build(person_version(tmp_path).ranker, 512, 1, sigmoid=False)
 
 
@@ -166,7 +166,7 @@ def test_embeddings_of_another_clip_model_are_refused(tmp_path):
     write_person_models(tmp_path / "data/models/person")
     groups, table = _one_group(np.zeros((2, 512)), [(832, 1216)] * 2)
     table["model_id"] = "ViT-B-32/random-seed0"
-    with pytest.raises(ConfigError, match="reads ViT-B-32/openai embeddings, but these were "
+    with pytest.raises(UserError, match="reads ViT-B-32/openai embeddings, but these were "
                                           "made by ViT-B-32/random-seed0"):
         predict_groups(groups, table, person_version(tmp_path))
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import EmbeddingsTable, GroupsTable, TruthTable
@@ -153,6 +153,6 @@ def test_a_version_name_in_use_is_not_overwritten_without_force(workspace):
     root, project = workspace
     cfg = OmegaConf.merge(TRAIN, {"ranker": {"epochs": 1}, "crop": {"epochs": 1}})
     train("taken", [project], cfg, root)
-    with pytest.raises(ConfigError, match="exists .* pass --force"):
+    with pytest.raises(UserError, match="exists .* pass --force"):
         train("taken", [project], cfg, root)
     train("taken", [project], cfg, root, force=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.pipeline import add_train_stage, train_stage, with_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,12 +59,12 @@ def test_an_empty_or_stageless_dvc_yaml_gets_the_stage(text):
 
 
 def test_a_flow_style_stages_mapping_is_refused_not_rewritten():
-    with pytest.raises(ConfigError, match="add the stage by hand"):
+    with pytest.raises(UserError, match="add the stage by hand"):
         with_stage("stages: {a: {cmd: x}}\n", "train-x", {"cmd": "go"})
 
 
 def test_a_bad_version_name_is_refused_before_dvc_yaml_is_read(tmp_path):
-    with pytest.raises(ConfigError, match="letters, digits"):
+    with pytest.raises(UserError, match="letters, digits"):
         add_train_stage(tmp_path, "v9: x", ["p"], [])
     assert not (tmp_path / "dvc.yaml").exists()
 
@@ -78,6 +78,6 @@ def test_a_stage_dvc_rejects_is_undone_with_dvc_s_reason(tmp_path, monkeypatch):
     run(["dvc", "init", "-q"], tmp_path)
     text = "stages:\n  other:\n    cmd: echo\n    outs:\n      - data/models/v9\n"
     (tmp_path / "dvc.yaml").write_text(text)
-    with pytest.raises(ConfigError, match="dvc rejects stage train-v9: .*data/models/v9"):
+    with pytest.raises(UserError, match="dvc rejects stage train-v9: .*data/models/v9"):
         add_train_stage(tmp_path, "v9", ["p"], [])
     assert (tmp_path / "dvc.yaml").read_text() == text

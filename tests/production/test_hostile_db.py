@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.contracts.schemas import (
     GroupsTable,
     MergeIssuesTable,
@@ -113,7 +113,7 @@ def test_a_plan_for_another_db_is_refused_naming_both(planned, tmp_path, recover
     before = digest(other.path)
     project.cfg.real_db = str(other.path)
     for dry in (True, False):
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(UserError) as err:
             run_publish(project, dry_run=dry)
         message = str(err.value)
         assert str(db.resolve()) in message and str(other.path) in message
@@ -129,7 +129,7 @@ def test_publish_without_a_plan_says_which_stage_to_run(planned):
     project, db = planned
     project.output("merge_plan").unlink()  # as `dvc repro` leaves it when merge failed
     for dry in (True, False):
-        with pytest.raises(ConfigError, match=r"run `dvc repro merge@p` first"):
+        with pytest.raises(UserError, match=r"run `dvc repro merge@p` first"):
             run_publish(project, dry_run=dry)
 
 
@@ -138,7 +138,7 @@ def test_a_plan_without_identity_is_refused(planned):
     plan = read_table(project.output("merge_plan"), MergePlanTable)
     write_parquet(plan[plan["rule"] != "identity"], project.output("merge_plan"))
     before = digest(db)
-    with pytest.raises(ConfigError, match="does not say which production DB"):
+    with pytest.raises(UserError, match="does not say which production DB"):
         run_publish(project, dry_run=False)
     assert digest(db) == before
 
@@ -462,6 +462,6 @@ def test_only_what_refuses_this_tools_writes_is_named(tmp_path):
     adds = fills.assign(column="*", rule="added")
     refuse_blocked(found[:1], fills, tmp_path / "d.db")  # no new row: the column is no bar
     refuse_blocked(found[1:], adds, tmp_path / "d.db")  # no update: nor is that trigger
-    with pytest.raises(ConfigError, match="column reviewer .* trigger insert guard refuses "
+    with pytest.raises(UserError, match="column reviewer .* trigger insert guard refuses "
                                           "updates"):
         refuse_blocked(found, pd.concat([fills, adds]), tmp_path / "d.db")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.contracts.plan import plan_identity
 from backfill.contracts.schemas import MergePlanTable
 from backfill.contracts.tables import read_table
@@ -66,7 +66,7 @@ def test_publish_finds_the_planned_db_and_refuses_another(two_clones, tmp_path, 
     other = make_production_db(recovered.gen, tmp_path / "other" / "ai_decisions.db", seed=9)
     before = digest(other.path)
     here.cfg.real_db = str(other.path)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         run_publish(here, dry_run=False)
     assert str(db.resolve()) in str(err.value) and str(other.path) in str(err.value)
     assert digest(other.path) == before

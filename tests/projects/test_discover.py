@@ -109,7 +109,7 @@ def test_a_missing_root_says_so(repo_copy, tmp_path):
 def test_a_failed_registration_leaves_the_configs_as_they_were(repo_copy, tmp_path,
                                                                monkeypatch):
     import backfill.config.project
-    from backfill.config.errors import ConfigError
+    from backfill.config.errors import UserError
     from backfill.projects.discover import discover, register
 
     _png(tmp_path / "past" / "a_raw", "20250708_060711_stage1.png")
@@ -123,7 +123,7 @@ def test_a_failed_registration_leaves_the_configs_as_they_were(repo_copy, tmp_pa
         raise ValueError("no")
 
     monkeypatch.setattr(backfill.config.project, "compose", broken)
-    with pytest.raises(ConfigError, match="nothing was registered"):
+    with pytest.raises(UserError, match="nothing was registered"):
         register(found, repo_copy)
     assert config.read_text() == before
     assert not (repo_copy / "conf" / "project" / "a.yaml").exists()

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from backfill import cli
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.files.atomic import write_parquet
 from backfill.reports import export
@@ -144,7 +144,7 @@ def test_cli_exports_every_project_and_the_combined_files(recovered, records, tm
 
 def test_missing_tables_say_which_stage_to_run(tmp_path):
     project = Project("p", tmp_path, OmegaConf.create({}), tmp_path / "cache")
-    with pytest.raises(ConfigError, match=r"dvc repro extract@p"):
+    with pytest.raises(UserError, match=r"dvc repro extract@p"):
         export.load_records(project)
 
 

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from backfill import cli
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.db.schema import create, insert_rows
 from backfill.files.atomic import write_parquet
@@ -78,12 +78,12 @@ def test_output_formats_and_limit(project):
 
 
 def test_bad_sql_names_the_views(project):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(UserError) as err:
         query(project, "SELECT nope FROM truth")
     assert "query failed" in str(err.value) and "nope" in str(err.value)
     assert "views: ai_mistakes, ai_performance, decisions, groups" in str(err.value)
     empty = Project("q", project.root, project.cfg, project.cache_dir)
-    with pytest.raises(ConfigError, match="no tables in"):
+    with pytest.raises(UserError, match="no tables in"):
         query(empty, "SELECT 1")
 
 
@@ -131,7 +131,7 @@ def test_only_read_statements_are_run(project, tmp_path, monkeypatch, sql):
     cwd = tmp_path / "cwd"  # where a relative path would land
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    with pytest.raises(ConfigError, match="only reads"):
+    with pytest.raises(UserError, match="only reads"):
         query(project, sql)
     assert "truth" in views(connect(project))
     assert list(cwd.iterdir()) == []
@@ -161,6 +161,6 @@ def test_file_access_is_off_once_the_views_exist(project, tmp_path):
 
 def test_a_broken_table_is_one_line(project):
     project.output("truth").write_bytes(b"")
-    with pytest.raises(ConfigError, match="truth.parquet cannot be read") as err:
+    with pytest.raises(UserError, match="truth.parquet cannot be read") as err:
         query(project, "SELECT 1")
     assert "\n" not in str(err.value)

@@ -12,7 +12,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.settings import GroupConfig, section
 from backfill.demo.synthetic import make_project
 from backfill.models.clip import ClipSettings, check_weights_reachable, load_clip, model_id
@@ -97,7 +97,7 @@ def test_weights_neither_cached_nor_reachable_fail_at_once_naming_the_fix(
     import open_clip  # noqa: F401  loaded before the clock starts: only the check is timed
 
     started = time.monotonic()
-    with pytest.raises(ConfigError, match=r"not in the local cache.*embed.pretrained=null"):
+    with pytest.raises(UserError, match=r"not in the local cache.*embed.pretrained=null"):
         check_weights_reachable("ViT-B-32", "openai")
     assert time.monotonic() - started < 5  # open_clip alone retries for about a minute
     # Once cached (as `huggingface_hub` lays files out), the same check passes offline.
@@ -110,10 +110,10 @@ def test_weights_neither_cached_nor_reachable_fail_at_once_naming_the_fix(
 
 
 def test_unknown_tags_and_missing_files_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="no weights 'opneai' for ViT-B-32"):
+    with pytest.raises(UserError, match="no weights 'opneai' for ViT-B-32"):
         check_weights_reachable("ViT-B-32", "opneai")
     missing = dataclasses.replace(SETTINGS, pretrained=str(tmp_path / "clip.pt"))
-    with pytest.raises(ConfigError, match="is not a file"):
+    with pytest.raises(UserError, match="is not a file"):
         model_id(missing)
 
 
@@ -148,7 +148,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_the_setting(tmp_path
     path = not_checkpoints(tmp_path)[what]
     settings = dataclasses.replace(SETTINGS, pretrained=str(path))
     for fails in (lambda: model_id(settings), lambda: load_clip(settings, "cpu")):
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(UserError) as err:
             fails()
         message = str(err.value)
         assert "\n" not in message
@@ -182,7 +182,7 @@ def test_checkpoint_formats_pass_and_another_models_weights_are_one_line(tmp_pat
         assert model_id(dataclasses.replace(SETTINGS, pretrained=str(path))).startswith(
             "ViT-B-32/file-")
     # A real checkpoint of something else: torch's many-line key list becomes one line.
-    with pytest.raises(ConfigError, match=r"^embed.pretrained .*a.pt is not an open_clip "
+    with pytest.raises(UserError, match=r"^embed.pretrained .*a.pt is not an open_clip "
                                           r"checkpoint of ViT-B-32 \(") as err:
         load_clip(dataclasses.replace(SETTINGS, pretrained=str(zipped)), "cpu")
     assert "\n" not in str(err.value)

@@ -146,10 +146,10 @@ def test_a_zero_time_gap_splits_any_gap():
 def test_bad_group_settings_are_refused(change, message):
     from omegaconf import OmegaConf
 
-    from backfill.config.errors import ConfigError
+    from backfill.config.errors import UserError
 
     cfg = pipeline_config().group
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserError, match=message):
         section(GroupConfig, OmegaConf.merge(cfg, change), "group")
 
 

@@ -261,7 +261,7 @@ def test_publish_refuses_a_new_row_whose_image_a_live_row_names_in_the_other_for
 # --- case: as the person's file system does it ---------------------------------------
 
 def test_the_case_setting_is_auto_true_or_false_and_auto_asks_the_file_system(tmp_path):
-    from backfill.config.errors import ConfigError
+    from backfill.config.errors import UserError
     from backfill.files.casing import case_sensitive, tells_case_apart
 
     folder = tmp_path / "Renders"
@@ -276,7 +276,7 @@ def test_the_case_setting_is_auto_true_or_false_and_auto_asks_the_file_system(tm
     digits.mkdir()
     (digits / "b.png").write_bytes(b"x")
     assert tells_case_apart(digits) is not swapped
-    with pytest.raises(ConfigError, match="names.case_sensitive='maybe'"):
+    with pytest.raises(UserError, match="names.case_sensitive='maybe'"):
         pipeline_config("names.case_sensitive=maybe")
     from backfill.config.settings import NamesConfig, section
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import (
     _ABSENT,
     CONFIG_NAME,
@@ -73,13 +73,13 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
     """Write each (key, value in params.yaml, value conf/ gives) of ``changed`` into conf/
     so that composing conf/ gives params.yaml's value (``before``); ``last`` is params.yaml
     as the last compose wrote it (None: not known). Returns the files changed; ``tell``
-    gets one line per file. ConfigError, with every file as it was, when one cannot be
+    gets one line per file. UserError, with every file as it was, when one cannot be
     kept: a wrong value (the typed checks), a key conf/ changed as well since the last
     compose, a key params.yaml lacks."""
     was = _flat(last) if last is not None else None
     both = [k for k, _, given in changed if was is not None and was.get(k, _ABSENT) != given]
     if both:
-        raise ConfigError(f"not kept: {', '.join(both)} changed in conf/ too since the last "
+        raise UserError(f"not kept: {', '.join(both)} changed in conf/ too since the last "
                           "compose; set the value you want in conf/ by hand, then run "
                           "`backfill compose --discard`. Nothing was changed.")
     held = {k: h for k, h, _ in changed}
@@ -103,13 +103,13 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
                 by_line.add(key)  # the model version's line gave it
                 continue
             if value is _ABSENT:
-                raise ConfigError(f"not kept: params.yaml has no {key}, which conf/ sets "
+                raise UserError(f"not kept: params.yaml has no {key}, which conf/ sets "
                                   f"({home(root, key)[0].relative_to(root)}); remove it there "
                                   "by hand, or run `backfill compose --discard`. Nothing was "
                                   "changed.")
             path, inner = home(root, key)
             if not path.is_file():
-                raise ConfigError(f"not kept: {key} belongs in {path.relative_to(root)}, which "
+                raise UserError(f"not kept: {key} belongs in {path.relative_to(root)}, which "
                                   "does not exist (is the project registered?). Nothing was "
                                   "changed.")
             todo.setdefault(path, {})[inner] = value
@@ -119,18 +119,18 @@ def keep_values(root: Path, before: dict, changed: list[tuple[str, Any, Any]],
                 edited[path] = set_keys(texts.get(path, path.read_text(encoding="utf-8")),
                                         values)
             except EditError as exc:
-                raise ConfigError(f"not kept: {path.relative_to(root)} cannot be edited in "
+                raise UserError(f"not kept: {path.relative_to(root)} cannot be edited in "
                                   f"place ({exc}); set the values there by hand. Nothing was "
                                   "changed.") from None
         write(edited)
         texts.update(edited)
         try:
             now = _composed(root)  # the typed settings checks, on the kept values
-        except ConfigError as exc:
-            raise ConfigError(f"not kept: {exc}. Nothing was changed.") from None
+        except UserError as exc:
+            raise UserError(f"not kept: {exc}. Nothing was changed.") from None
         wrong = [k for k, v in held.items() if now.get(k, _ABSENT) != v]
         if wrong:
-            raise ConfigError(f"not kept: with the values written, conf/ does not give "
+            raise UserError(f"not kept: with the values written, conf/ does not give "
                               f"params.yaml's {', '.join(wrong)} (set elsewhere in conf/?); "
                               "set them by hand. Nothing was changed.")
     except BaseException:  # Ctrl-C too: conf/ is left as it was

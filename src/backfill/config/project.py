@@ -34,7 +34,7 @@ from backfill.config.composed import (
     find_config_root,
     params_trusted,
 )
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.settings import ProjectConfig, RayConfig, Settings, escaped, section
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -91,14 +91,14 @@ def _names_problem(root: Path, only: list[str] | None = None) -> str | None:
 
 
 def checked(cfg: DictConfig | dict, root: Path | None = None) -> Settings:
-    """``cfg`` typed, or ConfigError, one line per bad setting, unless it passes the
+    """``cfg`` typed, or UserError, one line per bad setting, unless it passes the
     settings' types, ranges and (with ``root``) the projects' folder layout."""
     from backfill.config.settings import SettingError, check
 
     try:
         return check(cfg, root)
     except SettingError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -107,7 +107,7 @@ def find_root(start: Path | None = None) -> Path:
     if root is not None:
         return root
     here = (start or Path.cwd()).resolve()
-    raise ConfigError(
+    raise UserError(
         f"no conf/{CONFIG_NAME}.yaml in {here} or above: run backfill from the repository."
     )
 
@@ -168,14 +168,14 @@ def compose(root: Path, overrides: list[str] | None = None,
             skip = _conf_with_only(root, only, conf)
         problem = _names_problem(root, only) or _yaml_problem(root, skip)
         if problem:
-            raise ConfigError(problem)
+            raise UserError(problem)
         try:
             with initialize_config_dir(str(conf), version_base=None):
                 cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides or [])
             # Resolved once, then held as literal text: a folder named `${x}` stays a name.
             cfg = OmegaConf.create(escaped(OmegaConf.to_container(cfg, resolve=True)))
         except (HydraException, OmegaConfBaseException) as exc:
-            raise ConfigError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"conf/ does not compose: {str(exc).splitlines()[0]}") from None
     checked(cfg, root)
     return cfg
 
@@ -213,7 +213,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
     after checking the composition; record which conf/ content it came from.
 
     A value of params.yaml that was changed after it was composed (by `dvc exp apply`,
-    or by hand) is never lost silently. ``edits``: "refuse" stops with ConfigError
+    or by hand) is never lost silently. ``edits``: "refuse" stops with UserError
     naming each such key, both values and the commands that keep or drop them; "keep"
     first writes them into their conf/ files with ``keeper`` (keep.keep_values), so that
     params.yaml holds them still; "discard" replaces them by what conf/ gives, ``warn``
@@ -238,7 +238,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
         changed = replaced_values(before, yaml.safe_load(text),
                                   last if isinstance(last, dict) else None)
     if changed and edits == "refuse":
-        raise ConfigError(refusal(changed))
+        raise UserError(refusal(changed))
     if changed and edits == "keep":
         keeper(root, before, changed, last if isinstance(last, dict) else None, tell)
         cfg = compose(root)  # what conf/ holds now, kept values included
@@ -409,13 +409,13 @@ def check_params_fresh(root: Path, only: list[str] | None = None) -> None:
     """
     params = root / PARAMS_FILE
     if not params.exists():
-        raise ConfigError("params.yaml is missing: run `backfill compose`, then `dvc repro`.")
+        raise UserError("params.yaml is missing: run `backfill compose`, then `dvc repro`.")
     if params_trusted(root):
         return
     current = _only(_read_params(root), only)
     if OmegaConf.to_container(compose(root, only=only), resolve=True) != current:
         which = "" if only is None else f" for {', '.join(only)}"
-        raise ConfigError(
+        raise UserError(
             f"params.yaml is stale{which}: conf/ changed since it was composed. Run "
             "`backfill compose` (then `dvc repro`), or use `dvc exp run`."
         )
@@ -427,7 +427,7 @@ def _read_params(root: Path) -> dict:
     try:
         return yaml.safe_load((root / PARAMS_FILE).read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"params.yaml is not valid YAML ({str(exc).splitlines()[0]}): "
+        raise UserError(f"params.yaml is not valid YAML ({str(exc).splitlines()[0]}): "
                           "run `backfill compose`.") from None
 
 
@@ -469,7 +469,7 @@ class Project:
         """An input path from the project's config, relative paths taken from the root."""
         value = self.cfg.get(key)
         if value is None:
-            raise ConfigError(
+            raise UserError(
                 f"project '{self.name}' has no {key}: set it in conf/project/{self.name}.yaml."
             )
         return self.locate(str(value))
@@ -544,7 +544,7 @@ def load_project(name: str, root: Path | None = None, alone: bool = False) -> Pr
     projects = params.get("projects") or {}
     if name not in projects:
         known = ", ".join(sorted(_read_params(root).get("projects") or {})) or "none yet"
-        raise ConfigError(
+        raise UserError(
             f"no project '{name}' in params.yaml (known: {known}). Add it with "
             "`backfill project add NAME --original-dir DIR --final-dir DIR`."
         )

@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.db.schema import MAX_IMAGES
 from backfill.files.casing import CASE_SETTINGS
 
@@ -387,11 +387,11 @@ def typed(schema: type, cfg: DictConfig | dict, prefix: str = "") -> Any:
 def section(schema: type, cfg: DictConfig | dict, name: str) -> Any:
     """One section of a project's settings (``name``: ``group``, ``extract``, ...) as its
     typed class, checked: what a stage's own settings are built from, so each range is
-    checked in one place. A bad value is a ConfigError naming the key."""
+    checked in one place. A bad value is a UserError naming the key."""
     try:
         return typed(schema, cfg, prefix=f"{name}.")
     except SettingError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 def check(cfg: DictConfig | dict, root: Path | None = None) -> Settings:

@@ -13,7 +13,7 @@ import pandas as pd
 import pandera.errors
 import pyarrow.parquet as pq
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.files.atomic import write_parquet
 
 
@@ -21,7 +21,7 @@ class ContractError(Exception):
     """A table broke its pandera contract; the message names table, column and values."""
 
 
-class MissingTable(ConfigError, FileNotFoundError):
+class MissingTable(UserError, FileNotFoundError):
     """A stage's input table does not exist yet; the message names the stage to run."""
 
 

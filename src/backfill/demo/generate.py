@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.demo.production import make_production_db
 from backfill.demo.synthetic import make_project
 
@@ -23,9 +23,9 @@ def generate(out: Path, groups: int, seed: int, force: bool = False) -> str:
     """Write the demo project into ``out`` (once, unless ``force``); what was done."""
     live = out / "live" / "ai_decisions.db"
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file: choose a new or empty folder.")
+        raise UserError(f"--out {out} is a file: choose a new or empty folder.")
     if out.is_dir() and any(out.iterdir()) and not is_demo(out):
-        raise ConfigError(f"--out {out} is not empty and holds no demo made by backfill "
+        raise UserError(f"--out {out} is not empty and holds no demo made by backfill "
                           f"(no {DEMO_MARK}): nothing was deleted. Choose a new or empty "
                           "folder.")
     if (out / "truth.json").exists() and live.exists() and not force:

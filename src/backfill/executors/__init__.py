@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 
 import cv2
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 
 T = TypeVar("T")
@@ -57,7 +57,7 @@ def open_runner(project: Project, workers: int) -> Iterator[Runner]:
     from backfill.executors.ray_runner import RayRunner
 
     if project.ray is None:
-        raise ConfigError("executor: ray needs the ray section of conf/config.yaml: run "
+        raise UserError("executor: ray needs the ray section of conf/config.yaml: run "
                           "`backfill compose`")
     runner = RayRunner(project.ray)
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import backfill
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.settings import RayConfig
 from backfill.files.imageinfo import Shipped
 from backfill.files.network import unreachable
@@ -51,12 +51,12 @@ def _last_line(exc: BaseException) -> str:
 
 
 def check_reachable(address: str, timeout: float) -> None:
-    """A ConfigError, in one line, unless ``address`` (host:port, ray:// or not) accepts
+    """A UserError, in one line, unless ``address`` (host:port, ray:// or not) accepts
     a connection within ``timeout`` seconds: Ray itself retries for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     why = unreachable(host.strip("[]"), int(port), timeout)
     if why:
-        raise ConfigError(
+        raise UserError(
             f"cannot reach the Ray cluster at ray.address={address!r} ({why}, waited up to "
             f"{timeout:g} s): start it (`ray start --head`), fix ray.address in {SETTINGS}, "
             "or set executor: local")
@@ -134,7 +134,7 @@ class RayRunner:
         try:
             import ray
         except ImportError:
-            raise ConfigError("executor: ray needs the ray package: `make venv` installs it "
+            raise UserError("executor: ray needs the ray package: `make venv` installs it "
                               "(requirements.lock); or set executor: local") from None
         address = self.cfg.address
         if address not in (None, "auto"):
@@ -154,7 +154,7 @@ class RayRunner:
             # gone after all its retries.
             except (ConnectionError, RuntimeError, ValueError, TimeoutError, SystemExit
                     ) as exc:
-                raise ConfigError(
+                raise UserError(
                     f"cannot join the Ray cluster at ray.address={address!r}: "
                     f"{_first_line(exc)}. Start it (`ray start --head`), fix ray.address in "
                     f"{SETTINGS}, or set executor: local") from None
@@ -214,7 +214,7 @@ class RayRunner:
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, ImportError):
-                raise ConfigError(
+                raise UserError(
                     f"a Ray worker cannot import what backfill needs ({_first_line(cause)}): "
                     "install requirements.lock on every node") from None
             raise
@@ -226,15 +226,15 @@ class RayRunner:
                         or "ModuleNotFound" in why else "a checkpoint named by "
                         "embed.pretrained must be at the same path on every node, and hub "
                         "weights downloadable or cached there")
-                raise ConfigError(f"an embed worker could not start on the Ray cluster "
+                raise UserError(f"an embed worker could not start on the Ray cluster "
                                   f"({why}): {hint}") from None
-            raise ConfigError(f"a Ray worker was lost {RETRIES + 1} times on one item "
+            raise UserError(f"a Ray worker was lost {RETRIES + 1} times on one item "
                               f"({_first_line(exc)}); its log: `ray logs` on the cluster"
                               ) from None
         seen_here = [p for p in done.unopened if not unopenable(Path(p))]
         if seen_here:
             more = f" and {len(seen_here) - 1:,} more" if len(seen_here) > 1 else ""
-            raise ConfigError(
+            raise UserError(
                 f"Ray worker {done.host} cannot open {seen_here[0]}{more}, which this "
                 "machine reads: the workers read files at this machine's paths, so mount "
                 "the same storage there at the same path, or set ray.ship_bytes: true in "
@@ -281,7 +281,7 @@ class RayRunner:
             else []
         per_node = [(k, c) for k, c in per_node if k]
         if gpus and not per_node:
-            raise ConfigError(f"ray.actor_gpus={gpus:g} is more than any one node of the "
+            raise UserError(f"ray.actor_gpus={gpus:g} is more than any one node of the "
                               f"cluster has: lower it in {SETTINGS} (0: CPUs only)")
         if gpus:
             cpus = cfg.actor_cpus or max(1.0, min(c // k for k, c in per_node))
@@ -291,7 +291,7 @@ class RayRunner:
         if fit < 1:
             held = "ray.actor_cpus" if cfg.actor_cpus else "this machine's torch threads " \
                 "(ray.actor_cpus: null)"
-            raise ConfigError(f"an embed worker needs {cpus:g} CPUs ({held}), more than any "
+            raise UserError(f"an embed worker needs {cpus:g} CPUs ({held}), more than any "
                               f"node of the cluster has: set ray.actor_cpus in {SETTINGS}")
         return min(cfg.actors or fit, fit), cpus, gpus
 

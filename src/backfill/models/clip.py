@@ -15,7 +15,7 @@ from pathlib import Path
 
 import blake3
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.settings import EmbedConfig, section, threads
 from backfill.files.network import unreachable
 
@@ -77,8 +77,8 @@ def checkpoint_problem(path: Path) -> str | None:
     return "it is not a torch, TorchScript or safetensors file"
 
 
-def not_a_checkpoint(path: str, model: str, why: str) -> ConfigError:
-    return ConfigError(
+def not_a_checkpoint(path: str, model: str, why: str) -> UserError:
+    return UserError(
         f"embed.pretrained {path} is not an open_clip checkpoint of {model} ({why}): download "
         "it again, or point embed.pretrained at an open_clip checkpoint file (.pt, .pth, "
         ".bin or .safetensors), a tag such as openai, or null.")
@@ -89,7 +89,7 @@ def check_checkpoint(pretrained: str, model: str) -> Path:
     plainly not a checkpoint."""
     path = Path(pretrained)
     if not path.is_file():
-        raise ConfigError(f"embed.pretrained {pretrained} is not a file: give the path of "
+        raise UserError(f"embed.pretrained {pretrained} is not a file: give the path of "
                           "an open_clip checkpoint, a tag such as openai, or null.")
     why = checkpoint_problem(path)
     if why:
@@ -124,10 +124,10 @@ def resolve_device(name: str) -> str:
 
     if name != "auto":
         if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"embed.device is {name} but torch sees no CUDA GPU: use auto "
+            raise UserError(f"embed.device is {name} but torch sees no CUDA GPU: use auto "
                               "or cpu.")
         if name == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("embed.device is mps but this machine has no Apple GPU: use "
+            raise UserError("embed.device is mps but this machine has no Apple GPU: use "
                               "auto or cpu.")
         return name
     if torch.cuda.is_available():
@@ -146,7 +146,7 @@ def _hub_repo(model: str, pretrained: str) -> str | None:
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-        raise ConfigError(f"open_clip has no weights '{pretrained}' for {model} (known: "
+        raise UserError(f"open_clip has no weights '{pretrained}' for {model} (known: "
                           f"{known}); or give a local checkpoint file, or null.")
     return (cfg.get("hf_hub") or "").strip("/") or None
 
@@ -173,7 +173,7 @@ def check_weights_reachable(model: str, pretrained: str | None) -> None:
     repo = _hub_repo(model, pretrained)
     if repo is None or _cached(repo) or _online():
         return
-    raise ConfigError(
+    raise UserError(
         f"the {model} '{pretrained}' weights are not in the local cache and the hub is out "
         "of reach. Fix: run once on a machine online (they are cached in ~/.cache/"
         "huggingface, or $HF_HOME, which you can copy here); or set embed.pretrained to a "
@@ -210,7 +210,7 @@ def load_clip(settings: ClipSettings, device: str):
         if local:  # damaged, or another model's weights (torch lists every key, a line each)
             raise not_a_checkpoint(pretrained, name, _first_line(exc)) from None
         if isinstance(exc, RuntimeError):
-            raise ConfigError(f"could not load {name} weights {pretrained}: {exc}") from exc
+            raise UserError(f"could not load {name} weights {pretrained}: {exc}") from exc
         raise
     finally:
         logging.getLogger().setLevel(quiet)

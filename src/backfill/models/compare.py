@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.contracts.schemas import EmbeddingsTable, GroupsTable, TruthTable
 from backfill.contracts.tables import read_table
@@ -32,7 +32,7 @@ def version_from_file(root: Path, name: str) -> ModelVersion:
     check_version_name(root, name)
     cfg = OmegaConf.load(root / "conf" / "model" / f"{name}.yaml")
     if cfg.get("name") != name:
-        raise ConfigError(f"conf/model/{name}.yaml says name: {cfg.get('name')}; make it {name}.")
+        raise UserError(f"conf/model/{name}.yaml says name: {cfg.get('name')}; make it {name}.")
     return ModelVersion.from_config(cfg, root)
 
 
@@ -42,7 +42,7 @@ def _tables(project: Project) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
                 read_table(project.output("groups"), GroupsTable, "groups"),
                 read_table(project.output("embeddings"), EmbeddingsTable, "embeddings"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{exc} (`dvc repro embed@{project.name} extract@{project.name}`)"
+        raise UserError(f"{exc} (`dvc repro embed@{project.name} extract@{project.name}`)"
                           ) from None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.contracts.schemas import BOX, PredictionsTable
 from backfill.contracts.tables import typed_frame
 from backfill.models.versions import ModelVersion, build, crop_inputs, model_label, normalise
@@ -24,7 +24,7 @@ def check_embeddings(version: ModelVersion, embeddings: pd.DataFrame) -> None:
         return
     made_by = embeddings["model_id"].iloc[0]
     if made_by != version.embedding_model:
-        raise ConfigError(
+        raise UserError(
             f"model version '{version.name}' reads {version.embedding_model} embeddings, but "
             f"these were made by {made_by}. Set the project's embed.model/embed.pretrained to "
             f"match (then `dvc repro`), or pick a version trained on {made_by}."

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import NAME_PATTERN, Project
 from backfill.config.settings import EvaluateConfig
 from backfill.contracts.schemas import CROP_BOX
@@ -73,10 +73,10 @@ def load_dataset(projects: list[Project]) -> Dataset:
                                              for k, v in paths.items()}}
     models = sorted({m for e in embeddings for m in e["model_id"].unique()})
     if len(models) > 1:
-        raise ConfigError(f"the projects' embeddings come from different CLIP models "
+        raise UserError(f"the projects' embeddings come from different CLIP models "
                           f"({', '.join(models)}): train on projects embedded alike.")
     if not models:
-        raise ConfigError("no embeddings to train on: the projects have no grouped images.")
+        raise UserError("no embeddings to train on: the projects have no grouped images.")
     emb = pd.concat(embeddings, ignore_index=True).drop_duplicates("content_hash")
     return Dataset(pd.concat(truths, ignore_index=True), pd.concat(groups, ignore_index=True),
                    emb.sort_values("content_hash").reset_index(drop=True), used)
@@ -234,11 +234,11 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
     import torch
 
     if not NAME_PATTERN.match(name):
-        raise ConfigError(f"version name '{name}' must be letters, digits, '_' or '-'.")
+        raise UserError(f"version name '{name}' must be letters, digits, '_' or '-'.")
     config_path = root / "conf" / "model" / f"{name}.yaml"
     out = root / "data" / "models" / name
     if (config_path.exists() or out.exists()) and not force:
-        raise ConfigError(f"model version '{name}' exists ({config_path.relative_to(root)}): "
+        raise UserError(f"model version '{name}' exists ({config_path.relative_to(root)}): "
                           "choose another name, or pass --force to replace it.")
     data = load_dataset(projects)
     truth = _usable(data.truth, cfg)
@@ -248,10 +248,10 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
     pairs = ranker_pairs(data, fit_truth, cfg.ranker.anomaly_weight)
     rows, widths, heights, boxes = crop_samples(data, fit_truth, list(cfg.crop.actions))
     if not len(pairs[0]):
-        raise ConfigError("no training pairs: the projects have no kept image with another "
+        raise UserError("no training pairs: the projects have no kept image with another "
                           "readable image in its group.")
     if not len(rows):
-        raise ConfigError(f"no crops to learn from (actions {list(cfg.crop.actions)}): add "
+        raise UserError(f"no crops to learn from (actions {list(cfg.crop.actions)}): add "
                           "projects, or train.crop.actions=[crop,approve].")
     ranker_spec = ModelSpec("mlp", out / "ranker.pt", tuple(cfg.ranker.hidden),
                             cfg.ranker.dropout, cfg.ranker.normalization)
@@ -293,23 +293,23 @@ def train(name: str, projects: list[Project], cfg: DictConfig, root: Path,
 
 def train_settings(root: Path, overrides: list[str]) -> DictConfig:
     """params.yaml's train section with ``overrides`` (KEY=VALUE) applied, checked as
-    conf/ is: types, ranges and unknown keys are a ConfigError naming the setting."""
+    conf/ is: types, ranges and unknown keys are a UserError naming the setting."""
     from backfill.config.project import load_params
     from backfill.config.settings import SettingError, TrainConfig, typed
 
     cfg = load_params(root).get("train")
     if cfg is None:
-        raise ConfigError("params.yaml has no train section: run `backfill compose`.")
+        raise UserError("params.yaml has no train section: run `backfill compose`.")
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"train overrides look like KEY=VALUE, e.g. ranker.epochs=60: {bad}")
+        raise UserError(f"train overrides look like KEY=VALUE, e.g. ranker.epochs=60: {bad}")
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         typed(TrainConfig, cfg, prefix="train.")
     except SettingError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UserError(str(exc)) from None
     except Exception as exc:  # OmegaConf's own parse errors: any of several types
-        raise ConfigError(f"bad train override {list(overrides)}: {exc}") from None
+        raise UserError(f"bad train override {list(overrides)}: {exc}") from None
     return cfg
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 
 RANKERS = {"mlp", "highest_stage"}
 CROPPERS = {"mlp", "full_frame"}
@@ -33,9 +33,9 @@ def model_versions(root: Path) -> list[str]:
 
 
 def check_version_name(root: Path, name: str) -> None:
-    """Raise ConfigError unless conf/model/ has a version ``name``."""
+    """Raise UserError unless conf/model/ has a version ``name``."""
     if name not in model_versions(root):
-        raise ConfigError(f"no model version '{name}' in conf/model/ (known: "
+        raise UserError(f"no model version '{name}' in conf/model/ (known: "
                           f"{', '.join(model_versions(root))}).")
 
 
@@ -70,14 +70,14 @@ class ModelVersion:
         def spec(key: str, allowed: set[str]) -> ModelSpec:
             part = cfg.get(key)
             if part is None or part.get("architecture") not in allowed:
-                raise ConfigError(f"{where}: {key}.architecture must be one of "
+                raise UserError(f"{where}: {key}.architecture must be one of "
                                   f"{', '.join(sorted(allowed))}.")
             checkpoint = part.get("checkpoint")
             if part.architecture == "mlp" and not checkpoint:
-                raise ConfigError(f"{where}: {key} is an mlp but names no checkpoint.")
+                raise UserError(f"{where}: {key} is an mlp but names no checkpoint.")
             norm = str(part.get("normalization", "raw"))
             if norm not in NORMALISATIONS:
-                raise ConfigError(f"{where}: {key}.normalization is {norm!r}: use raw or l2.")
+                raise UserError(f"{where}: {key}.normalization is {norm!r}: use raw or l2.")
             path = None
             if checkpoint:
                 path = Path(str(checkpoint)).expanduser()
@@ -89,7 +89,7 @@ class ModelVersion:
         ranker, crop = spec("ranker", RANKERS), spec("crop", CROPPERS)
         embedding = cfg.get("embedding_model")
         if (ranker.learned or crop.learned) and not embedding:
-            raise ConfigError(f"{where}: name the embedding_model its models were trained on, "
+            raise UserError(f"{where}: name the embedding_model its models were trained on, "
                               "e.g. ViT-B-32/openai.")
         return cls(name, str(embedding) if embedding else None, ranker, crop)
 
@@ -138,16 +138,16 @@ def read_state_dict(path: Path) -> dict:
     import torch
 
     if not path.is_file():
-        raise ConfigError(f"checkpoint {path} is missing: copy the model file there, or point "
+        raise UserError(f"checkpoint {path} is missing: copy the model file there, or point "
                           "the model version's checkpoint at it.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and device errors all mean "not loadable"
-        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from exc
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
     if not isinstance(state, dict) or not state:
-        raise ConfigError(f"checkpoint {path} holds no state_dict.")
+        raise UserError(f"checkpoint {path} holds no state_dict.")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -163,7 +163,7 @@ def build(spec: ModelSpec, n_in: int, n_out: int, sigmoid: bool):
     if want != got:
         diff = [f"{k}: checkpoint {got.get(k, 'missing')}, expected {want.get(k, 'none')}"
                 for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
-        raise ConfigError(
+        raise UserError(
             f"checkpoint {spec.checkpoint} does not fit the version's architecture "
             f"(input {n_in}, hidden {list(spec.hidden)}):\n  " + "\n  ".join(diff[:6])
             + "\nFix the version's hidden sizes, or its embedding_model if the input differs."

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.contracts.plan import IDENTITY, SCHEMA_ROW, SEEN, decode, loads
 from backfill.db.cells import name_keys
 from backfill.db.schema import (
@@ -195,14 +195,14 @@ def refuse_blocked(blockers: list[Blocker], changes: pd.DataFrame, db: Path | No
             f"its trigger {b.name} refuses {b.statement.lower()}s into ai_decisions "
             "(RAISE): publishing needs it dropped or disabled by the app that owns it"
             for b in found]
-    raise ConfigError(f"the production DB {db} refuses what the merge would write, so "
+    raise UserError(f"the production DB {db} refuses what the merge would write, so "
                       f"nothing was written: {'; '.join(said)}.")
 
 
-def refused(db: Path | None, exc: sqlite3.IntegrityError) -> ConfigError:
+def refused(db: Path | None, exc: sqlite3.IntegrityError) -> UserError:
     """The DB's own rule refused a change the plan's premises allowed: one line. Only its
     owner can change that rule; planning again would meet it again."""
-    return ConfigError(f"the production DB {db} refuses what the merge would write ({exc}), "
+    return UserError(f"the production DB {db} refuses what the merge would write ({exc}), "
                        "so nothing was written: a rule of its own (a newer app's CHECK or "
                        "trigger?) that this tool does not know; the app that owns the DB "
                        "must allow it, or add these rows itself.")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.contracts.plan import IDENTITY, SCHEMA_ROW, plan_identity, work, writes
 from backfill.contracts.tables import read_stage_tables
@@ -265,14 +265,14 @@ def check_identity(project: Project, db: Path, changes) -> None:
     planned = plan_identity(changes)
     redo = f"Run `dvc repro merge@{project.name}` to plan against {db}, then publish."
     if planned is None:
-        raise ConfigError(f"the merge plan of '{project.name}' does not say which production "
+        raise UserError(f"the merge plan of '{project.name}' does not say which production "
                           f"DB it was planned against (rule '{IDENTITY}'): nothing was "
                           f"written. {redo}")
     # Compared resolved here: the plan holds real_db as configured (relative to the
     # repository when inside it), so a clone in another folder plans the same bytes.
     made = planned["path"] and project.locate(planned["path"]).resolve()
     if made != db.resolve():
-        raise ConfigError(f"the merge plan of '{project.name}' was made against "
+        raise UserError(f"the merge plan of '{project.name}' was made against "
                           f"{made or 'no production DB'}, but real_db is now {db}: "
                           f"nothing was written. {redo}")
 
@@ -312,7 +312,7 @@ def waiting(project: Project) -> Waiting | None:
     try:
         check_identity(project, db, changes)
         current: bool | None = plan_is_current(project, db, changes)
-    except (ConfigError, DecisionDBError):
+    except (UserError, DecisionDBError):
         current = None  # planned against another DB, or one that cannot be read now
     return Waiting(planned_rows(changes), current)
 
@@ -320,7 +320,7 @@ def waiting(project: Project) -> Waiting | None:
 def run_publish(project: Project, dry_run: bool) -> str:
     """`backfill publish NAME [--dry-run]`."""
     if not project.cfg.get("real_db"):
-        raise ConfigError(
+        raise UserError(
             f"project '{project.name}' has no real_db, so there is nothing to publish to. "
             f"Its merged DB is {project.merged_db}; to make that the "
             f"production DB, copy it and set real_db in conf/project/{project.name}.yaml.")

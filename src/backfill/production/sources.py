@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.contracts.plan import ISSUE_COLUMNS, MergePlan
 from backfill.db.cells import name_keys
@@ -76,12 +76,12 @@ def load_production(project: Project) -> Production:
     if csv_path is None:
         return Production(rows, db_path, missing, identity=read, blockers=blockers)
     if not csv_path.is_file():
-        raise ConfigError(f"legacy_csv {csv_path} does not exist: fix the path in "
+        raise UserError(f"legacy_csv {csv_path} does not exist: fix the path in "
                           f"conf/project/{project.name}.yaml or set it to null.")
     try:
         legacy, problems = read_decisions_csv(csv_path, project.name)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UserError(str(exc)) from None
     # The DB is the live record: a CSV row it already holds (same id, or a shared image
     # name) is reported, not merged a second time.
     held = set().union(*_names(rows["images"])) if len(rows) else set()
@@ -106,7 +106,7 @@ def review_rule(project: Project) -> tuple[Callable[[pd.DataFrame], pd.Series] |
     if root is None:
         return None, pd.DataFrame(columns=ISSUE_COLUMNS)
     if not root.is_dir():
-        raise ConfigError(f"review_dir {root} is not a folder: fix it in "
+        raise UserError(f"review_dir {root} is not a folder: fix it in "
                           f"conf/project/{project.name}.yaml or set it to null.")
     cfg = project.cfg.merge
     folders, problems = read_review_folders(root, [cfg.accepted_folder, cfg.declined_folder],

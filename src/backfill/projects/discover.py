@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import name_problem
 from backfill.db.cells import comparable_name
 
@@ -255,7 +255,7 @@ def discover(root: Path, repo: Path) -> Discovery:
     """Find, name and count the projects under ``root`` (nothing is written)."""
     root = Path(os.path.normpath(root.expanduser().absolute()))
     if not root.is_dir():
-        raise ConfigError(f"{root} is not a folder: give the folder that holds past projects.")
+        raise UserError(f"{root} is not a folder: give the folder that holds past projects.")
     pairs, unpaired = pair_folders(list_folders(root))
     pairs.sort(key=lambda p: (p.folder_name.lower(), str(p.original)))
     registered, taken = registered_dirs(repo)
@@ -325,8 +325,8 @@ def register(found: Discovery, repo: Path, model: str = "baseline",
         config.write_text(before)
         for path in fresh:
             path.unlink(missing_ok=True)
-        if isinstance(exc, ConfigError | KeyboardInterrupt):
+        if isinstance(exc, UserError | KeyboardInterrupt):
             raise
-        raise ConfigError(f"the discovered projects' configs do not compose ({exc}); "
+        raise UserError(f"the discovered projects' configs do not compose ({exc}); "
                           "nothing was registered.") from exc
     return found.new

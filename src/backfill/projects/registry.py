@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import name_problem, registered_names, write_params
 from backfill.config.settings import escape
 from backfill.models.versions import check_version_name
@@ -20,7 +20,7 @@ def check_overrides(root: Path, overrides: list[str]) -> dict:
     """Parse KEY=VALUE overrides (YAML values) and reject keys the pipeline does not have."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"overrides must look like KEY=VALUE, e.g. group.lookahead=25: {bad}")
+        raise UserError(f"overrides must look like KEY=VALUE, e.g. group.lookahead=25: {bad}")
     parsed = OmegaConf.from_dotlist(overrides)
     defaults = OmegaConf.load(root / "conf" / "pipeline" / "default.yaml")
     known = {k for k, _ in _leaves(OmegaConf.to_container(defaults), "")}
@@ -28,7 +28,7 @@ def check_overrides(root: Path, overrides: list[str]) -> dict:
         if key not in known:
             hint = difflib.get_close_matches(key, sorted(known), n=1)
             tip = f"; did you mean {hint[0]}?" if hint else ""
-            raise ConfigError(
+            raise UserError(
                 f"unknown setting '{key}'{tip} (see conf/pipeline/default.yaml)"
             )
     return OmegaConf.to_container(parsed)
@@ -87,7 +87,7 @@ def _register(root: Path, name: str) -> None:
     try:
         start = next(i for i, line in enumerate(lines) if line.startswith("defaults:"))
     except StopIteration:
-        raise ConfigError(f"{path} has no 'defaults:' list to register projects in.") from None
+        raise UserError(f"{path} has no 'defaults:' list to register projects in.") from None
     end = start + 1
     while end < len(lines) and lines[end].lstrip().startswith("-"):
         end += 1
@@ -107,10 +107,10 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
     existing = [*registered(root), *(p.stem for p in (root / "conf" / "project").glob("*.yaml"))]
     problem = name_problem(name, existing)
     if problem:
-        raise ConfigError(problem)
+        raise UserError(problem)
     path = root / "conf" / "project" / f"{name}.yaml"
     if path.exists() and not force:
-        raise ConfigError(f"{path.relative_to(root)} exists: pass --force to replace it.")
+        raise UserError(f"{path.relative_to(root)} exists: pass --force to replace it.")
     for label, given, kind in (("--original-dir", original_dir, "folder"),
                                ("--final-dir", final_dir, "folder"),
                                ("--real-db", real_db, "file"), ("--legacy-csv", legacy_csv, "file"),
@@ -120,7 +120,7 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
         p = Path(given).expanduser()
         p = p if p.is_absolute() else root / p
         if not (p.is_dir() if kind == "folder" else p.is_file()):
-            raise ConfigError(f"{label} {given} is not a {kind}.")
+            raise UserError(f"{label} {given} is not a {kind}.")
     check_version_name(root, model)
     values = check_overrides(root, overrides or [])
     previous = path.read_text() if path.exists() else None
@@ -141,7 +141,7 @@ def add_project(root: Path, name: str, original_dir: str, final_dir: str,
         if added:
             cfg = root / "conf" / "config.yaml"
             cfg.write_text(cfg.read_text().replace(_ENTRY.format(name=name), ""))
-        if isinstance(exc, ConfigError | KeyboardInterrupt):
+        if isinstance(exc, UserError | KeyboardInterrupt):
             raise
-        raise ConfigError(f"the project's config does not compose: {exc}") from exc
+        raise UserError(f"the project's config does not compose: {exc}") from exc
     return path

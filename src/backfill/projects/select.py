@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project, check_params_fresh, load_project
 from backfill.projects.registry import registered
 
@@ -21,13 +21,13 @@ def readable(names: list[str], root: Path, warn: bool = True) -> tuple[list[Proj
     try:  # the common case, one composition for all (or none: conf/ did not change)
         check_params_fresh(root)
         alone = False
-    except ConfigError:
+    except UserError:
         alone = True
     projects, skipped = [], 0
     for name in names:
         try:
             projects.append(load_project(name, root, alone=alone))
-        except ConfigError as exc:
+        except UserError as exc:
             if warn:
                 print(f"backfill: warning: project '{name}' skipped: {exc}", file=sys.stderr)
             skipped += 1
@@ -39,5 +39,5 @@ def named(root: Path, names: list[str] | tuple[str, ...]) -> list[Project]:
     command's result would be wrong without it)."""
     names = list(names) or registered(root)
     if not names:
-        raise ConfigError("no projects registered: `backfill project add` first.")
+        raise UserError("no projects registered: `backfill project add` first.")
     return [load_project(name, root) for name in names]

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.contracts.schemas import CROP_BOX, HELD, TrainingExportTable
 from backfill.contracts.tables import read_stage_tables, validate
@@ -95,7 +95,7 @@ def build_records(project: str, groups: pd.DataFrame, truth: pd.DataFrame,
     renders, cannot be read), nor for one whose only other renders cannot be read."""
     t = truth.merge(groups, on="group_id", how="inner", validate="one_to_one")
     if not len(t) == len(groups) == len(truth):
-        raise ConfigError(f"project '{project}': truth.parquet and groups.parquet name "
+        raise UserError(f"project '{project}': truth.parquet and groups.parquet name "
                           f"different groups; run `dvc repro extract@{project}`.")
     t = t[~t["user_action"].isin(list(HELD))]
     t["anomaly"] = anomalies(t, groups).to_numpy()

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 
 DB_TABLES = {"decisions": "ai_decisions", "provenance": "backfill_provenance"}
@@ -73,7 +73,7 @@ def connect(project: Project) -> duckdb.DuckDBPyConnection:
         try:
             con.register(path.stem, pads.dataset(path, format="parquet"))
         except (pa.ArrowException, OSError) as exc:
-            raise ConfigError(f"{path} cannot be read ({str(exc).splitlines()[0]}): build "
+            raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0]}): build "
                               f"it again (`dvc repro`).") from None
     db = project.merged_db
     if db.is_file():
@@ -87,12 +87,12 @@ def connect(project: Project) -> duckdb.DuckDBPyConnection:
                 # register keeps the frame alive as long as the connection
                 con.register(view, read_sqlite(sqlite, table))
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"{db} cannot be read ({exc}): run `backfill merge "
+            raise UserError(f"{db} cannot be read ({exc}): run `backfill merge "
                               f"{project.name}` to write it again.") from None
         finally:
             sqlite.close()
     if not views(con):
-        raise ConfigError(f"no tables in {project.out_dir}: build the project first "
+        raise UserError(f"no tables in {project.out_dir}: build the project first "
                           f"(`dvc repro` or `dvc repro merge@{project.name}`).")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
@@ -105,22 +105,22 @@ def views(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def run_query(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """The query's result; a failing query raises ConfigError naming the views."""
+    """The query's result; a failing query raises UserError naming the views."""
     if not sql.strip():
-        raise ConfigError(f"no SQL given: e.g. \"SELECT * FROM truth LIMIT 5\"; views: "
+        raise UserError(f"no SQL given: e.g. \"SELECT * FROM truth LIMIT 5\"; views: "
                           f"{', '.join(views(con))}")
     try:
         writes = sorted({st.type.name for st in duckdb.extract_statements(sql)}
                         - READ_STATEMENTS)
         if writes:
-            raise ConfigError(
+            raise UserError(
                 f"backfill query only reads: {', '.join(writes)} statements are not run, "
                 "and no file is written (give one SELECT, e.g. \"SELECT * FROM truth LIMIT "
                 "5\"; to save its result, add --csv or --json and redirect: > out.csv).")
         relation = con.sql(sql)
         return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
-        raise ConfigError(
+        raise UserError(
             f"query failed: {exc}\nviews: {', '.join(views(con))} "
             "(a view's columns: \"DESCRIBE <view>\")") from None
 
@@ -180,7 +180,7 @@ def query(project: Project, sql: str, fmt: str = "table", limit: int | None = No
     """(the output, a note on rows left out): ``limit`` None shows DEFAULT_LIMIT rows as a
     table and every row as CSV or JSON; 0 shows every row."""
     if limit is not None and limit < 0:
-        raise ConfigError(f"--limit {limit}: give a number of rows, or 0 for all of them.")
+        raise UserError(f"--limit {limit}: give a number of rows, or 0 for all of them.")
     con = connect(project)
     table = run_query(con, sql)
     if limit is None:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import pandas as pd
 from tqdm import tqdm
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import Project
 from backfill.contracts.schemas import ScanTable
 from backfill.contracts.tables import write_table
@@ -355,7 +355,7 @@ def run(project: Project) -> str:
             # Before anything is written: the last scan.parquet stays as it was.
             what = "is not a folder." if folder.exists() else \
                 "is missing: is the drive mounted?"
-            raise ConfigError(
+            raise UserError(
                 f"{source}_dir {folder} {what} Project '{project.name}' was not scanned "
                 f"(its tables are kept); if the folder moved, fix conf/project/"
                 f"{project.name}.yaml."

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backfill.config.errors import ConfigError
+from backfill.config.errors import UserError
 from backfill.config.project import METRICS, PLOTS, Project
 from backfill.config.settings import EvaluateConfig
 from backfill.contracts.plan import group_endings, unaccounted
@@ -71,7 +71,7 @@ def check_inputs(project: Project) -> None:
         return
     names = [str(p.relative_to(project.root)) + (" (the merged DB)" if p == project.merged_db
                                                   else "") for p in missing]
-    raise ConfigError(f"project '{project.name}' has no {', '.join(names)}: run "
+    raise UserError(f"project '{project.name}' has no {', '.join(names)}: run "
                       f"`dvc repro merge@{project.name}` first (it runs the stages before it).")
 
 
@@ -261,9 +261,9 @@ def run(project: Project) -> str:
     emitted = None
     try:
         emitted = read_emitted(db)
-    except sqlite3.Error as exc:
-        errors.append(f"the merged DB {db.relative_to(project.root)} cannot be read ({exc}): "
-                      f"run `dvc repro merge@{project.name}` to rebuild it")
+    except sqlite3.Error as exc:  # the merge's own output, gone bad: rebuilding fixes it
+        raise UserError(f"the merged DB {db.relative_to(project.root)} cannot be read "
+                        f"({exc}): run `dvc repro merge@{project.name}` to rebuild it") from None
     if errors:
         raise ContractError(f"validate {project.name}: {len(errors)} check(s) failed\n"
                             + "\n".join(errors))
