@@ -13,7 +13,7 @@ import pytest
 from backfill.demo.production import make_production_db
 from backfill.demo.synthetic import make_project
 from tests.conftest import run
-from tests.files.test_hostile_files import EXPECTED, add_odd, readable_as_root
+from tests.helpers.odd_files import EXPECTED, add_odd, readable_as_root
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]

@@ -12,7 +12,7 @@ import pytest
 
 from backfill.db.cells import image_names
 from tests.conftest import run
-from tests.stages.test_unicode_names import mac_copied_project
+from tests.helpers.mac_names import mac_copied_project
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from backfill.config.errors import UserError
-from backfill.config.settings import GroupConfig, RayConfig, section
+from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import EmbeddingsTable, FinalsTable, TruthTable
 from backfill.contracts.tables import write_table
 from backfill.demo.synthetic import make_project
@@ -27,6 +27,7 @@ from backfill.stages.extract.stage import ExtractSettings, extract_project
 from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import REPO, pipeline_config
+from tests.helpers.ray_cluster import ray_config
 
 pytestmark = pytest.mark.slow  # each starts or uses a Ray instance
 
@@ -37,14 +38,6 @@ CLIP = dataclasses.replace(ClipSettings.from_config(PIPELINE.embed, REPO,
 EXTRACT = ExtractSettings.from_config(PIPELINE.extract, PIPELINE.scan.max_pixels)
 
 
-def ray_config(**changes) -> RayConfig:
-    """conf/config.yaml's ray section, with ``changes``."""
-    from omegaconf import OmegaConf
-
-    from backfill.config.settings import section
-
-    base = OmegaConf.load(REPO / "conf" / "config.yaml").ray
-    return section(RayConfig, OmegaConf.merge(base, changes), "ray")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from backfill.config.errors import UserError
 from backfill.executors import LocalRunner
 from backfill.executors.ray_runner import RayRunner, shipped
 from backfill.files.imageinfo import Shipped, Unreadable, decode
-from tests.executors.test_ray import ray_config
+from tests.helpers.ray_cluster import ray_config
 
 
 def test_the_local_runner_keeps_the_items_order():

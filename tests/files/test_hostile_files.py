@@ -5,13 +5,11 @@ the scan, never changes another file's row or the groups, and nothing hangs on i
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import signal
 
 import cv2
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -23,6 +21,21 @@ from backfill.demo.synthetic import make_project
 from backfill.files import imageinfo
 from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
+from tests.helpers.odd_files import (
+    EXPECTED,
+    add_odd,
+    encoded,
+    odd_name,
+    picture,
+    readable_as_root,
+)
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """A decompression bomb: 30000x30000 1-bit PNG, ~109 KB, 900 megapixels."""
+    return encoded(Image.new("1", (30000, 30000)), "PNG")
+
 
 # imageinfo silences PIL's warning for the process; pytest resets filters per test.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -57,118 +70,20 @@ def fails_if_it_hangs(fifos: list, seconds: int = 60):
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
-def _picture(size=(40, 20)) -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module")
-def bomb() -> bytes:
-    """A decompression bomb: 30000x30000 1-bit PNG, ~109 KB, 900 megapixels."""
-    return _encode(Image.new("1", (30000, 30000)), "PNG")
 
 
-def _exif_rotated() -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 on display
-    return _encode(_picture((40, 20)), "JPEG", exif=exif.tobytes())
 
 
-def _name(i: int, stage: str = "stage1_generated", ext: str = ".png") -> str:
-    """A render name of its own, a day after any generated render: each odd render is
-    alone at its time, so it cannot change the normal renders' groups."""
-    return f"20300101_{i // 60:02d}{i % 60:02d}00_{stage}{ext}"
 
 
-# kind -> (status, start of the reason). The files each kind makes are in add_odd.
-EXPECTED = {
-    "empty": ("error", "empty file (0 bytes)"),
-    "truncated png": ("error", "truncated: the PNG has no IEND chunk"),
-    "truncated jpeg": ("error", "truncated: the JPEG has no end-of-image marker"),
-    "mislabelled": ("warning", "mislabelled: a .png file that holds JPEG data"),
-    "bomb": ("error", "decompression bomb: Image size (900000000 pixels) exceeds limit"),
-    "over max_pixels": ("error", "too large to decode: 12000x12000 is 144 megapixels, "
-                                 "over scan.max_pixels (100 megapixels)"),
-    "16-bit": ("ok", None),
-    "cmyk": ("ok", None),
-    "exif-rotated": ("ok", None),
-    "fifo": ("error", "not a regular file (a FIFO): skipped without reading it"),
-    "symlink loop": ("error", "symlink loop"),
-    "self link": ("error", "symlink loop"),
-    "broken link": ("error", "broken symlink: its target "),
-    "non-utf8 name": ("error", "file name is not valid UTF-8: rename it"),
-    "unlistable folder": ("error", "cannot list folder: Permission denied"),
-    "folder named like an image": (None, None),  # no row of its own: its files are scanned
-}
 
 
-def add_odd(kind: str, folder, i: int, bomb: bytes) -> str | None:
-    """Make one odd entry of ``kind`` in ``folder``; its rel_path under ``folder`` as the
-    scan shows it (None for a folder named like an image: it gets no row)."""
-    name = _name(i)
-    path = folder / name
-    normal = _encode(_picture(), "PNG")
-    if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "truncated png":  # cut in its pixel data
-        path.write_bytes(normal[: len(normal) // 2])
-    elif kind == "truncated jpeg":
-        name = _name(i, ext=".jpg")
-        data = _encode(_picture((160, 80)), "JPEG")
-        (folder / name).write_bytes(data[: len(data) // 2])
-    elif kind == "mislabelled":
-        path.write_bytes(_encode(_picture(), "JPEG"))
-    elif kind == "bomb":
-        path.write_bytes(bomb)
-    elif kind == "over max_pixels":  # under PIL's own limit (2 x 89 megapixels)
-        path.write_bytes(_encode(Image.new("1", (12000, 12000)), "PNG"))
-    elif kind == "16-bit":
-        path.write_bytes(_encode(Image.fromarray(np.full((20, 40), 40000, np.uint16)), "PNG"))
-    elif kind == "cmyk":
-        name = _name(i, ext=".jpg")
-        (folder / name).write_bytes(_encode(_picture().convert("CMYK"), "JPEG"))
-    elif kind == "exif-rotated":
-        name = _name(i, ext=".jpg")
-        (folder / name).write_bytes(_exif_rotated())
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "symlink loop":
-        other = _name(i + 100)
-        os.symlink(other, path)
-        os.symlink(name, folder / other)
-        return name  # and its twin, checked by the caller
-    elif kind == "self link":
-        os.symlink(name, path)
-    elif kind == "broken link":
-        os.symlink(folder / "gone" / name, path)
-    elif kind == "non-utf8 name":
-        with open(os.path.join(os.fsencode(folder), b"bad\xff" + name.encode()), "wb") as f:
-            f.write(normal)
-        name = "bad\\xff" + name
-    elif kind == "unlistable folder":
-        locked = folder / f"locked{i}"
-        locked.mkdir()
-        (locked / name).write_bytes(normal)
-        os.chmod(locked, 0)
-        return locked.name
-    elif kind == "folder named like an image":
-        inside = folder / name / "inside"
-        inside.mkdir(parents=True)
-        return None
-    else:
-        raise ValueError(kind)
-    return name
 
 
-def readable_as_root(folder) -> bool:
-    """chmod 000 does not stop root: the folder is then listed like any other."""
-    return os.access(folder, os.R_OK | os.X_OK)
 
 
 def _fifos(root) -> list[str]:
@@ -198,10 +113,10 @@ def test_one_odd_entry_among_renders_is_one_row_and_the_others_stay_ok(kind, tmp
     orig, final = tmp_path / "original", tmp_path / "final"
     final.mkdir(parents=True)
     (orig / "renders").mkdir(parents=True)
-    normal = {f"renders/{_name(k, stage)}" for k, stage in
+    normal = {f"renders/{odd_name(k, stage)}" for k, stage in
               ((1, "stage1_generated"), (2, "stage2_upscaled"), (3, "stage3_enhanced"))}
     for rel in normal:
-        (orig / rel).write_bytes(_encode(_picture(), "PNG"))
+        (orig / rel).write_bytes(encoded(picture(), "PNG"))
     try:
         odd = add_odd(kind, orig, 50, bomb)
         table = scan_root(tmp_path, tmp_path / "cache").table
@@ -233,8 +148,8 @@ def test_an_unlistable_folder_is_one_row_even_as_root(tmp_path, monkeypatch):
     orig = tmp_path / "original"
     (orig / "locked").mkdir(parents=True)
     (tmp_path / "final").mkdir()
-    (orig / "locked" / _name(1)).write_bytes(_encode(_picture(), "PNG"))
-    (orig / _name(2)).write_bytes(_encode(_picture(), "PNG"))
+    (orig / "locked" / odd_name(1)).write_bytes(encoded(picture(), "PNG"))
+    (orig / odd_name(2)).write_bytes(encoded(picture(), "PNG"))
     real = os.scandir
 
     def scandir(path):
@@ -245,7 +160,7 @@ def test_an_unlistable_folder_is_one_row_even_as_root(tmp_path, monkeypatch):
     monkeypatch.setattr(scan_module.os, "scandir", scandir)
     table = scan_root(tmp_path, tmp_path / "cache").table
     write_table(table, tmp_path / "scan.parquet", ScanTable, "scan")
-    assert table.rel_path.tolist() == [_name(2), "locked"]
+    assert table.rel_path.tolist() == [odd_name(2), "locked"]
     assert table.status.tolist() == ["ok", "error"]
     assert table.reason[1] == "cannot list folder: Permission denied"
 
@@ -271,11 +186,11 @@ def hostile(tmp_path_factory, bomb):
                 continue
         odd[f"batch_00/{rel}"] = kind
         if kind == "symlink loop":
-            odd[f"batch_00/{_name(i + 100)}"] = kind
+            odd[f"batch_00/{odd_name(i + 100)}"] = kind
     # Finals too: a FIFO and a broken link named like kept images.
-    os.mkfifo(gen.final_dir / _name(90))
-    os.symlink(root / "gone.png", gen.final_dir / _name(91))
-    odd_finals = {_name(90): "fifo", _name(91): "broken link"}
+    os.mkfifo(gen.final_dir / odd_name(90))
+    os.symlink(root / "gone.png", gen.final_dir / odd_name(91))
+    odd_finals = {odd_name(90): "fifo", odd_name(91): "broken link"}
     try:
         cold = scan_root(root, root / "cache")
         warm = scan_root(root, root / "cache")
@@ -307,7 +222,7 @@ def test_every_odd_entry_is_recorded_with_its_reason(hostile):
                                                                            (40, 20, "CMYK")}
     assert (rows.loc[rows["mode"] == "I;16", ["width", "height"]].to_numpy() == [[40, 20]]).all()
     # A folder named like an image is walked, not recorded.
-    assert not (table.rel_path == f"batch_00/{_name(15)}").any()
+    assert not (table.rel_path == f"batch_00/{odd_name(15)}").any()
 
 
 def test_no_normal_file_is_affected_and_nothing_is_lost(hostile):

@@ -36,7 +36,7 @@ from backfill.files.atomic import DiskFull, size_text, write_parquet
 from backfill.production.publish import run_publish
 from backfill.stages.merge import run as merge_run
 from tests.conftest import pipeline_config
-from tests.production.test_publish import digest, make_stage_project, rows_of
+from tests.helpers.stage_project import digest, make_stage_project, rows_of
 
 
 @contextmanager

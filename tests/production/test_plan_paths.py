@@ -15,7 +15,7 @@ from backfill.contracts.tables import read_table
 from backfill.demo.production import make_production_db
 from backfill.production.publish import run_publish
 from backfill.stages.merge import run as merge_run
-from tests.production.test_publish import digest, make_stage_project
+from tests.helpers.stage_project import digest, make_stage_project
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ backup, one transaction, clear errors, the production DB untouched until asked."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -13,57 +12,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
-from backfill.config.project import Project
 from backfill.contracts.schemas import MergeIssuesTable, MergePlanTable
 from backfill.contracts.tables import ContractError, read_table
-from backfill.db.schema import COLUMNS, DecisionDBError, read_rows
+from backfill.db.schema import COLUMNS, DecisionDBError
 from backfill.demo.production import make_production_db
 from backfill.files.atomic import write_parquet
 from backfill.production.publish import REWRITTEN_HEADER, run_publish
+from tests.helpers.stage_project import digest, make_stage_project, rows_of
 
 AI = ["ai_selected_index", "ai_crop_coords", "ai_confidence"]
 
 
-def fake_predictions(groups: pd.DataFrame, seed: int = 1) -> pd.DataFrame:
-    """A learned model's predictions: a pick and a box per group."""
-    rng = np.random.default_rng(seed)
-    n = len(groups)
-    low, high = rng.uniform(0, 0.4, (n, 2)), rng.uniform(0.6, 1, (n, 2))
-    return pd.DataFrame({
-        "group_id": groups["group_id"],
-        "ai_selected_index": pd.array([int(rng.integers(k)) for k in groups["n_images"]],
-                                      dtype="Int64"),
-        "ai_confidence": rng.uniform(0.3, 1, n),
-        "ai_scores": [list(rng.normal(size=k)) for k in groups["n_images"]],
-        "ai_crop_x1": low[:, 0], "ai_crop_y1": low[:, 1],
-        "ai_crop_x2": high[:, 0], "ai_crop_y2": high[:, 1],
-        "model_version": "v1", "ranker": "mlp:abc", "crop_proposer": "mlp:def",
-        "embedding_model": "ViT-B-32/openai"})
 
 
-def make_stage_project(tmp: Path, recovered, **paths) -> Project:
-    """A Project whose upstream tables are the recovered ones, ready for merge.run."""
-    cfg = OmegaConf.merge(recovered.cfg, {
-        "original_dir": str(recovered.gen.original_dir), "final_dir": str(recovered.gen.final_dir),
-        **{k: None if v is None else str(v) for k, v in paths.items()}})
-    project = Project("p", tmp, cfg, tmp / "cache")
-    write_parquet(recovered.scan, project.output("scan"))
-    write_parquet(recovered.groups, project.output("groups"))
-    write_parquet(recovered.truth, project.output("truth"))
-    write_parquet(fake_predictions(recovered.groups), project.output("predictions"))
-    return project
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def rows_of(path: Path) -> pd.DataFrame:
-    with sqlite3.connect(path) as conn:
-        rows, _ = read_rows(conn)
-    return rows.set_index("group_id")
 
 
 @pytest.fixture
@@ -293,7 +259,7 @@ def test_a_plan_naming_unknown_columns_is_refused_before_any_sql(tmp_path):
 def live_and_plan(tmp_path, **prod_values):
     """A tiny live DB (one matched row, one new group) and its plan."""
     from backfill.stages.merge import MergeSettings, plan_merge
-    from tests.stages.test_merge import frame, row
+    from tests.helpers.merge_rows import frame, row
 
     settings = MergeSettings(0.01, 0.05)
     live = frame(row("live1", ["a.png", "b.png"], user_action="crop", user_selected_index=1,
@@ -337,7 +303,7 @@ def test_a_plan_is_stale_when_the_row_or_a_new_rows_images_moved(tmp_path, revie
 
 def test_a_row_that_picked_another_image_keeps_its_crop_and_is_reported(tmp_path):
     from backfill.stages.merge import MergeSettings, plan_merge
-    from tests.stages.test_merge import frame, row
+    from tests.helpers.merge_rows import frame, row
 
     live = frame(row("live1", ["a.png", "b.png"], user_action="crop", user_selected_index=0,
                      final_crop_coords="[0.1, 0.1, 0.5, 0.5]"))

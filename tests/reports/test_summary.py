@@ -16,7 +16,7 @@ from backfill.demo.production import make_production_db
 from backfill.production.publish import planned_rows, run_publish
 from backfill.reports.index import index_html, write_index
 from backfill.reports.summary import Figures, figures, table
-from tests.production.test_publish import make_stage_project
+from tests.helpers.stage_project import make_stage_project
 
 
 @pytest.fixture

@@ -5,60 +5,33 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from blake3 import blake3
 
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import CROP_BOX, FinalsTable, TruthTable
 from backfill.contracts.tables import validate
 from backfill.db.cells import iso_utc
 from backfill.demo.synthetic import make_project
-from backfill.files.filenames import parse_name
 from backfill.stages.extract.decisions import LabelSettings, label
-from backfill.stages.extract.pairing import pair_finals
 from backfill.stages.extract.stage import ExtractSettings, extract_project
 from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
+from tests.helpers.extract_rows import file_row, group, pair, ungrouped_rows
 
 PIPELINE = pipeline_config()
 SETTINGS = ExtractSettings.from_config(PIPELINE.extract, PIPELINE.scan.max_pixels)
-H = "a" * 64
 
 
 # --- pairing -------------------------------------------------------------------------
 
-def file_row(source: str, rel: str, content: str | None = H, mtime: int = 0,
-             status: str = "ok", reason: str | None = None) -> dict:
-    """A scan row; an original's content hash comes from its path (renders differ)."""
-    name = rel.rsplit("/", 1)[-1]
-    parsed = parse_name(name)
-    if source == "original" and content == H:
-        content = blake3(rel.encode()).hexdigest()
-    return {"source": source, "rel_path": rel, "name": name, "ext": "." + name.split(".")[-1],
-            "status": status, "reason": reason, "content_hash": content, "mtime_ns": mtime,
-            "width": 100, "height": 80, "timestamp": parsed.timestamp, "stage": parsed.stage}
 
 
-def group(gid: str, names: list[str]) -> dict:
-    return {"group_id": gid, "image_names": names, "image_paths": [f"o/{n}" for n in names],
-            "stages": [1.0, 2.0, 3.0][: len(names)], "unreadable": []}
 
 
-def ungrouped_rows(reasons: dict[str, str]) -> pd.DataFrame:
-    names = list(reasons)
-    return pd.DataFrame({"name": pd.Series(names, dtype=str),
-                         "timestamp": [parse_name(n).timestamp for n in names],
-                         "stage": pd.Series([parse_name(n).stage for n in names], dtype=float),
-                         "reason": pd.Series(list(reasons.values()), dtype=str)})
 
 
-NO_UNGROUPED = ungrouped_rows({})
 
 
-def pair(groups: list[dict], files: list[dict], ungrouped=NO_UNGROUPED):
-    originals = [file_row("original", p) for g in groups for p in g["image_paths"]]
-    pairs, finals = pair_finals(pd.DataFrame(groups), pd.DataFrame(originals + files), ungrouped)
-    return pairs.set_index("group_id"), finals.set_index("rel_path")
 
 
 def test_a_group_with_nothing_kept_is_rejected_and_a_kept_name_is_its_decision():

@@ -8,12 +8,11 @@ from backfill.config.settings import GroupConfig, section
 from backfill.stages.group import ALONE, SKIPPED, exact_timestamp, group_table, nearest_up
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
+from tests.helpers.stage_settings import DEFAULTS, settings
 
 T0 = datetime(2025, 7, 8, 6, 0, 0)
 
 
-# The reference's defaults (as in conf/pipeline/default.yaml).
-DEFAULTS = dict(lookahead=50, time_gap_minutes=None, min_group_size=2, max_group_size=4)
 
 
 def groups_of(stages, minutes=None, **kw):
@@ -73,9 +72,6 @@ def test_exact_timestamp_groups_only_shared_timestamps():
     assert set(left_out) == {2, 3}
 
 
-def settings(**kw) -> GroupConfig:
-    base = dict(method="nearest_up", id_format="{project}_group_{timestamp}", **DEFAULTS)
-    return GroupConfig(**{**base, **kw})
 
 
 SCAN = ScanSettings(frozenset({".png", ".jpg", ".jpeg"}), (".DS_Store", "._*"), True, 2, 10**8)

@@ -8,7 +8,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from backfill.db.schema import COLUMNS, create, insert_rows
+from backfill.db.schema import create, insert_rows
 from backfill.production.legacy import crop_acceptance
 from backfill.stages.merge import (
     MergeInputs,
@@ -17,21 +17,13 @@ from backfill.stages.merge import (
     plan_merge,
     with_matches,
 )
+from tests.helpers.merge_rows import frame, row
 
 SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
 
 
-def row(gid: str, images: list[str], **values) -> dict:
-    base = dict.fromkeys(COLUMNS)
-    base.update({"group_id": gid, "timestamp": "2025-10-01T10:00:00Z", "project_id": "p",
-                 "images": json.dumps(images), "user_selected_index": 0,
-                 "user_action": "approve", "image_width": 832, "image_height": 1216})
-    base.update(values)
-    return base
 
 
-def frame(*rows: dict) -> pd.DataFrame:
-    return pd.DataFrame(list(rows), columns=COLUMNS)
 
 
 def test_matches_are_one_to_one_by_file_name_and_ambiguity_is_left_alone():

@@ -15,8 +15,7 @@ from backfill.contracts.schemas import UNREADABLE
 from backfill.db.schema import COLUMNS, PROVENANCE_COLUMNS
 from backfill.stages.merge import MergeSettings, plan_merge, provenance
 from backfill.stages.validate import check_accounted
-from tests.stages.test_merge import frame, row
-from tests.stages.test_merge_properties import decision
+from tests.helpers.merge_rows import decision, frame, row
 
 SETTINGS = MergeSettings(coord_tolerance=0.01, crop_tolerance=0.05)
 

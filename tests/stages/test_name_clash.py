@@ -17,7 +17,7 @@ from backfill.stages.group import group_table
 from backfill.stages.merge import MergeSettings, backfill_rows, plan_merge
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
-from tests.stages.test_extract import NO_UNGROUPED, file_row, ungrouped_rows
+from tests.helpers.extract_rows import NO_UNGROUPED, file_row, ungrouped_rows
 
 
 def _recover(root, clash: bool) -> SimpleNamespace:

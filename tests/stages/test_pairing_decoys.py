@@ -13,8 +13,8 @@ from backfill.stages.extract.pairing import Claim, ContentOutcome, pair_finals, 
 from backfill.stages.extract.stage import extract_project
 from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
-from tests.stages.test_extract import NO_UNGROUPED, file_row, group
-from tests.stages.test_pairing_names import PIPELINE, SETTINGS
+from tests.helpers.extract_rows import NO_UNGROUPED, file_row, group
+from tests.helpers.stage_settings import PIPELINE, SETTINGS
 
 
 def claimed(rel: str) -> tuple[str, float] | None:

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from backfill.config.settings import GroupConfig, section
@@ -18,15 +17,13 @@ from backfill.contracts.tables import validate
 from backfill.db.schema import PROVENANCE_COLUMNS, create, table_columns
 from backfill.demo.synthetic import STAGE_DELAY, STAGE_LABELS, make_project, texture
 from backfill.stages.extract.content_pairing import normalised, scores, shortlist, signature
-from backfill.stages.extract.stage import ExtractSettings, extract_project
+from backfill.stages.extract.stage import extract_project
 from backfill.stages.group import group_table
 from backfill.stages.merge import MergeSettings, backfill_rows
 from backfill.stages.scan import ScanSettings, scan_project
-from tests.conftest import REPO
-from tests.stages.test_extract import file_row, group, pair
+from tests.helpers.extract_rows import file_row, group, pair
+from tests.helpers.stage_settings import PIPELINE, SETTINGS
 
-PIPELINE = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
-SETTINGS = ExtractSettings.from_config(PIPELINE.extract, PIPELINE.scan.max_pixels)
 # How each kind of name (synthetic.ODD_NAMES) is paired.
 METHOD = {"exact": "name", "copy": "identity", "number": "identity", "edit": "identity",
           "copy_jpg": "identity", "edited_copy": "identity", "nameless_jpg": "content",
@@ -240,7 +237,7 @@ def test_pairing_takes_empty_and_one_row_input(rows):
 
 def pair_empty():
     from backfill.stages.extract.pairing import pair_finals
-    from tests.stages.test_extract import NO_UNGROUPED
+    from tests.helpers.extract_rows import NO_UNGROUPED
     scan = pd.DataFrame([file_row("final", "x.png")]).head(0)
     groups = pd.DataFrame(columns=["group_id", "image_names", "image_paths", "stages",
                                    "unreadable"])

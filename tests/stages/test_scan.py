@@ -187,7 +187,7 @@ def test_a_broken_value_is_named_by_the_contract(small_project, tmp_path):
 def test_empty_folders_give_an_empty_valid_table(tmp_path):
     from backfill.contracts.schemas import GroupsTable, UngroupedTable
     from backfill.stages.group import group_table
-    from tests.stages.test_group import settings
+    from tests.helpers.stage_settings import settings
 
     (tmp_path / "o").mkdir()
     (tmp_path / "f").mkdir()

@@ -5,62 +5,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from backfill.db.cells import image_names
-from backfill.demo.production import make_production_db
 from backfill.demo.synthetic import make_project
 from tests.conftest import pipeline_config
-
-
-def nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)
-
-
-def nfd(text: str) -> str:
-    return unicodedata.normalize("NFD", text)
-
-
-def _accented(rel: str) -> str:
-    """``batch_00/<ts>_stage2_upscaled.png`` -> ``Brühl_00/<ts>_stage2_upscaled_café.png``."""
-    folder, name = rel.rsplit("/", 1) if "/" in rel else ("", rel)
-    stem, ext = os.path.splitext(name)
-    folder = folder.replace("batch", "Brühl")
-    return nfc(f"{folder}/{stem}_café{ext}" if folder else f"{stem}_café{ext}")
-
-
-def _decompose_on_disk(root: Path) -> None:
-    """Every file and folder name under ``root`` rewritten in NFD, deepest first."""
-    for folder, dirs, files in os.walk(root, topdown=False):
-        for name in [*files, *dirs]:
-            if nfd(name) != name:
-                os.rename(os.path.join(folder, name), os.path.join(folder, nfd(name)))
-
-
-def mac_copied_project(root: Path):
-    """A generated project whose names carry accents (in folder names and in the
-    renders' suffixes), a live DB that logs its groups with NFC names, and then every
-    name on disk decomposed, as a copy from a Mac leaves it."""
-    gen = make_project(root / "p", n_groups=10, seed=11, scale=0.05, variants=False,
-                       bad_files=False, companions=False, reject_rate=0.2)
-    for g in gen.groups:
-        new = [_accented(r) for r in g.rel_paths]
-        for old, rel in zip(g.rel_paths, new, strict=True):
-            (gen.original_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.rename(gen.original_dir / old, gen.original_dir / rel)
-        g.rel_paths = new
-        if g.final_rel_path:
-            rel = _accented(g.final_rel_path)
-            os.rename(gen.final_dir / g.final_rel_path, gen.final_dir / rel)
-            g.final_rel_path = rel
-    live = make_production_db(gen, root / "real.db", share=0.6, seed=2)
-    _decompose_on_disk(gen.original_dir)
-    _decompose_on_disk(gen.final_dir)
-    return gen, live
+from tests.helpers.mac_names import accented, mac_copied_project, nfc, nfd
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +108,7 @@ def test_validate_finds_every_image_the_db_names(merged):
 
 def test_validate_stops_on_a_new_row_that_claims_a_live_rows_image_in_the_other_form():
     from backfill.stages.validate import check_decisions
-    from tests.stages.test_merge import frame, row
+    from tests.helpers.merge_rows import frame, row
 
     rows = frame(row("live1", [CAFE, "x.png"]), row("g1", [nfd(CAFE)]), row("g2", ["y.png"]))
     found = check_decisions(rows, pd.Series(["production", "backfill", "backfill"]), set(),
@@ -221,11 +174,11 @@ def test_a_composed_final_pairs_by_name_with_its_decomposed_render(tmp_path):
                        bad_files=False, companions=False, reject_rate=0.2)
     for g in gen.groups:
         for rel in g.rel_paths:
-            (gen.original_dir / nfd(_accented(rel))).parent.mkdir(exist_ok=True)
-            os.rename(gen.original_dir / rel, gen.original_dir / nfd(_accented(rel)))
+            (gen.original_dir / nfd(accented(rel))).parent.mkdir(exist_ok=True)
+            os.rename(gen.original_dir / rel, gen.original_dir / nfd(accented(rel)))
         if g.final_rel_path:
             os.rename(gen.final_dir / g.final_rel_path,
-                      gen.final_dir / nfc(_accented(g.final_rel_path)))
+                      gen.final_dir / nfc(accented(g.final_rel_path)))
     for folder in gen.original_dir.iterdir():
         if folder.name.startswith("batch"):
             folder.rmdir()
@@ -243,7 +196,7 @@ def test_publish_refuses_a_new_row_whose_image_a_live_row_names_in_the_other_for
     from backfill.production.apply import PlanConflict
     from backfill.production.publish import publish_plan
     from backfill.stages.merge import MergeSettings, plan_merge
-    from tests.stages.test_merge import frame, row
+    from tests.helpers.merge_rows import frame, row
 
     db = tmp_path / "live.db"
     with sqlite3.connect(db) as conn:
@@ -322,7 +275,7 @@ def test_merge_publish_and_validate_compare_case_as_the_setting_says(tmp_path,
     from backfill.production.publish import publish_plan
     from backfill.stages.merge import MergeSettings, plan_merge
     from backfill.stages.validate import check_decisions
-    from tests.stages.test_merge import frame, row
+    from tests.helpers.merge_rows import frame, row
 
     lower = ["20250708_060000_stage1_generated.png", "20250708_060015_stage2_upscaled.png"]
     upper = [n.upper() for n in lower]

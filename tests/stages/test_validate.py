@@ -20,7 +20,7 @@ from backfill.contracts.tables import ContractError
 from backfill.demo.production import make_production_db
 from backfill.files.atomic import write_parquet
 from backfill.models.evaluate import evaluate
-from tests.production.test_publish import make_stage_project
+from tests.helpers.stage_project import make_stage_project
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules: builders of rows, projects and odd files."""
