@@ -1,0 +1,103 @@
+"""The review app: the token guards every request, answers are POSTs kept at once, and
+images are reached only by the ids the server issued."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from backfill.reports.report import Thumbnails
+from backfill.review import store
+from backfill.review.app import Session, case_id, create_app, free_socket
+
+TOKEN = "secret-token"
+
+
+@pytest.fixture
+def session(review_project, tmp_path) -> Session:
+    gen, tables = review_project.gen, review_project.tables
+    thumbs = Thumbnails(tmp_path / "cache", 10_000_000, {})
+    return Session("p", tables, gen.original_dir, gen.final_dir,
+                   store.reviews_file(tmp_path, "p"), thumbs)
+
+
+@pytest.fixture
+def client(session) -> TestClient:
+    # The app answers to 127.0.0.1 only (not TestClient's default host).
+    return TestClient(create_app(session, TOKEN), base_url="http://127.0.0.1")
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/api/queue"),
+                                         ("POST", "/api/answer"), ("POST", "/api/undo"),
+                                         ("GET", "/image/anything"), ("GET", "/nowhere")])
+@pytest.mark.parametrize("query", ["", "?t=", "?t=wrong", f"?T={TOKEN}"])
+def test_every_request_without_the_token_is_refused(client, session, method, path, query):
+    reply = client.request(method, path + query, json={})
+    assert reply.status_code == 403
+    assert not session.reviews.exists()
+
+
+def test_another_host_name_is_refused(session):
+    rebinding = TestClient(create_app(session, TOKEN), base_url="http://evil.example")
+    assert rebinding.get(f"/?t={TOKEN}").status_code == 400
+
+
+def test_the_page_shows_the_first_case_and_counts(client, session):
+    page = client.get(f"/?t={TOKEN}")
+    assert page.status_code == 200
+    first = session.queue()[0]
+    assert first.reason in page.text.replace("&#39;", "'")
+    assert f"{len(session.queue())} left" in page.text
+    queue = client.get(f"/api/queue?t={TOKEN}").json()
+    assert queue["left"] == len(session.queue()) == sum(k["left"] for k in queue["kinds"])
+
+
+def test_images_are_served_by_issued_id_only(client, session, review_project):
+    page = client.get(f"/?t={TOKEN}").text
+    ids = re.findall(r"/image/([A-Za-z0-9_-]+)\?t=", page)
+    assert ids and set(ids) <= set(session.images)
+    served = client.get(f"/image/{ids[0]}?t={TOKEN}")
+    assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
+    assert served.content[:2] == b"\xff\xd8"
+    some_file = next(review_project.gen.original_dir.rglob("*.png"))
+    for guess in (str(some_file), "..%2F..%2Fetc%2Fpasswd", some_file.name):
+        assert client.get(f"/image/{guess}?t={TOKEN}").status_code == 404
+
+
+def test_an_answer_is_kept_at_once_and_undone(client, session):
+    before = session.queue()
+    case = before[0]
+    reply = client.post(f"/api/answer?t={TOKEN}",
+                        json={"case": case_id(case), "decision": {"action": "approve"}})
+    assert reply.status_code == 200
+    assert reply.json()["left"] == len(before) - 1
+    assert reply.json()["next"] == case_id(before[1])
+    [kept] = store.read(session.reviews)
+    assert (kept.kind, kept.hashes, kept.settles, kept.decision) == \
+        (case.kind, case.hashes, case.reason, {"action": "approve"})
+    again = client.post(f"/api/answer?t={TOKEN}",
+                        json={"case": case_id(case), "decision": {"action": "reject"}})
+    assert again.status_code == 404  # it waits no more
+    back = client.post(f"/api/undo?t={TOKEN}").json()
+    assert back["next"] == case_id(case) and back["left"] == len(before)
+    assert store.read(session.reviews) == []
+
+
+def test_a_bad_answer_writes_nothing(client, session):
+    here = case_id(session.queue()[0])
+    for body in ({"case": here, "decision": {"action": "maybe"}},
+                 {"case": "not-a-case", "decision": {"action": "approve"}}, [1]):
+        assert client.post(f"/api/answer?t={TOKEN}", json=body).status_code in (400, 404)
+    assert client.get(f"/api/answer?t={TOKEN}").status_code == 405  # changes are POSTs
+    assert not session.reviews.exists()
+
+
+def test_a_free_port_on_the_loopback_only():
+    sock = free_socket(None)
+    try:
+        host, port = sock.getsockname()
+        assert host == "127.0.0.1" and port > 0
+    finally:
+        sock.close()
