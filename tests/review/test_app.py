@@ -101,3 +101,39 @@ def test_a_free_port_on_the_loopback_only():
         assert host == "127.0.0.1" and port > 0
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("browser,opens", [(True, True), (True, False), (False, None)])
+def test_serve_prints_a_tokened_address_and_opens_the_browser(
+        monkeypatch, session, tmp_path, browser, opens):
+    import webbrowser
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from backfill.review import app
+
+    said, opened, served = [], [], []
+    monkeypatch.setattr(app.Session, "of", classmethod(lambda cls, project: session))
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or opens)
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets: served.append(sockets[0].getsockname()))
+    app.serve(SimpleNamespace(name="p", root=tmp_path), browser=browser, say=said.append)
+    url = re.search(r"http://\S+", "\n".join(said)).group(0)
+    host, port = served[0]
+    assert url.startswith(f"http://127.0.0.1:{port}/?t=") and len(url.split("t=")[1]) >= 32
+    assert opened == ([url] if browser else [])
+    assert any("no browser" in line for line in said) == (opens is False)
+    assert "reviews/p.jsonl" in said[0]
+
+
+def test_the_command_is_a_thin_call(monkeypatch):
+    from backfill import cli
+    from backfill.review import app
+
+    calls = []
+    monkeypatch.setattr(cli, "load_project", lambda name, alone: f"project {name}")
+    monkeypatch.setattr(app, "serve", lambda *a, **k: calls.append((a, k)))
+    assert cli.main(["review", "p", "--no-browser", "--port", "8123"]) == 0
+    assert calls[0][0] == ("project p", 8123) and calls[0][1]["browser"] is False
+    assert cli.main(["review", "p", "--port", "0"]) == 2  # usage: a port is 1 or more

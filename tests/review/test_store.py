@@ -98,3 +98,12 @@ def test_a_line_that_is_no_answer_is_named_not_skipped(tmp_path):
 def test_a_decision_that_says_nothing_is_refused(decision):
     with pytest.raises(ValueError):
         Answer(kind="orphan", subject="f.png", hashes=(H1,), settles="x", decision=decision)
+
+
+def test_an_answer_is_timed_as_the_tables_time_things():
+    import re
+
+    from backfill.contracts.schemas import ISO_UTC_PATTERN
+
+    assert re.fullmatch(ISO_UTC_PATTERN, Answer("orphan", "f.png", (H1,), "x",
+                                                {"action": "foreign"}).at)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill.config.errors import UserError
+from backfill.db.cells import format_time
 from backfill.files.atomic import write_text
 
 FOLDER = "reviews"
@@ -44,7 +45,7 @@ def reviews_file(root: Path, project: str) -> Path:
 
 def now() -> str:
     """The time of an answer, as the truth table writes times (ISO, UTC, seconds)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(datetime.now(UTC))
 
 
 @dataclass(frozen=True)
