@@ -137,3 +137,32 @@ def test_the_command_is_a_thin_call(monkeypatch):
     assert cli.main(["review", "p", "--no-browser", "--port", "8123"]) == 0
     assert calls[0][0] == ("project p", 8123) and calls[0][1]["browser"] is False
     assert cli.main(["review", "p", "--port", "0"]) == 2  # usage: a port is 1 or more
+
+
+def test_a_real_server_on_the_loopback_refuses_requests_without_the_token(session):
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from backfill.review.app import make_server
+
+    sock = free_socket(None)
+    server = make_server(session, TOKEN)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with urllib.request.urlopen(f"{base}/api/queue?t={TOKEN}", timeout=10) as reply:
+            assert reply.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/queue", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

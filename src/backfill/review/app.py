@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from starlette.applications import Starlette
@@ -37,6 +37,9 @@ from backfill.reports.report import Thumbnails
 from backfill.review import store
 from backfill.review.queue import LABELS, Case, build_queue, counts, read_tables
 
+if TYPE_CHECKING:
+    import uvicorn
+
 HOST = "127.0.0.1"
 PX = 320  # long side of each thumbnail on the page
 
@@ -50,7 +53,7 @@ class Session:
     original_dir: Path
     final_dir: Path
     reviews: Path  # reviews/<project>.jsonl
-    thumbs: Callable[[Path, int, list[float] | None], str | None]
+    thumbs: Thumbnails  # saved when the app stops: the next start shows them at once
     # Image ids this server issued -> (file, long side, box). Random, so an id says
     # nothing of the path and cannot be guessed.
     images: dict[str, tuple[Path, int, list[float] | None]] = field(default_factory=dict)
@@ -245,8 +248,6 @@ def serve(project: Project, port: int | None = None, browser: bool = True,
     open it in the browser when there is one."""
     import webbrowser
 
-    import uvicorn
-
     session = Session.of(project)
     left = len(session.queue())
     token = secrets.token_urlsafe(24)
@@ -263,11 +264,19 @@ def serve(project: Project, port: int | None = None, browser: bool = True,
             opened = False
     if browser and not opened:
         say("no browser found here: open the address above in one.")
-    server = uvicorn.Server(uvicorn.Config(create_app(session, token), log_level="warning"))
+    server = make_server(session, token)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        session.thumbs.save()
+
+
+def make_server(session: Session, token: str) -> uvicorn.Server:
+    """The uvicorn server of ``session``'s app (run it on a socket from free_socket)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(create_app(session, token), log_level="warning"))
 
 
 PAGE = """<!doctype html>
