@@ -166,3 +166,20 @@ def test_a_real_server_on_the_loopback_refuses_requests_without_the_token(sessio
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def test_an_orphan_is_assigned_to_a_suggested_group_only(client, session):
+    orphan = next(c for c in session.queue() if c.kind == "orphan")
+    page = client.get(f"/?t={TOKEN}&case={case_id(orphan)}").text
+    assert "Which group is it from?" in page and "not from this project" in page
+    offered = re.findall(r'alt="group ([^"]+)"', page)
+    assert offered
+    here = {"case": case_id(orphan)}
+    stranger = client.post(f"/api/answer?t={TOKEN}", json={
+        **here, "decision": {"action": "assign", "group_id": "p_group_19990101_000000"}})
+    assert stranger.status_code == 400 and not session.reviews.exists()
+    taken = client.post(f"/api/answer?t={TOKEN}", json={
+        **here, "decision": {"action": "assign", "group_id": offered[0]}})
+    assert taken.status_code == 200
+    [kept] = store.read(session.reviews)
+    assert kept.subject == orphan.subject and kept.decision["group_id"] == offered[0]

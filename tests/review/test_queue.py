@@ -87,3 +87,21 @@ def test_least_sure_first_among_many(tables):
     picked = [c for c in build_queue({**tables, "truth": truth})
               if c.kind == "needs_review" and c.subject in set(truth.loc[kept, "group_id"])]
     assert [c.confidence for c in picked] == [None, 0.2, 0.9]
+
+
+def test_an_orphan_is_offered_the_group_its_content_best_matches_first(tables):
+    from backfill.review.queue import suggested_groups
+
+    orphans = [c for c in build_queue(tables) if c.kind == "orphan"]
+    groups = tables["groups"]
+    matched = 0
+    for case in orphans:
+        offered = suggested_groups(tables, case)
+        assert 1 <= len(offered) <= 4 and len(set(offered)) == len(offered)
+        assert set(offered) <= set(groups["group_id"])
+        best = [g for g, names in zip(groups["group_id"], groups["image_names"], strict=True)
+                if any(name in case.reason for name in names)]
+        if best:
+            assert offered[0] == best[0]
+            matched += 1
+    assert matched  # the generated project has an orphan whose content matches a render

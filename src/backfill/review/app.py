@@ -35,7 +35,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from backfill.config.project import Project
 from backfill.reports.report import Thumbnails
 from backfill.review import store
-from backfill.review.queue import LABELS, Case, build_queue, counts, read_tables
+from backfill.review.queue import (
+    LABELS,
+    Case,
+    build_queue,
+    counts,
+    read_tables,
+    suggested_groups,
+)
 
 if TYPE_CHECKING:
     import uvicorn
@@ -100,7 +107,8 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
     located box), the kept final, and why it waits."""
     view: dict[str, Any] = {"id": case_id(case), "kind": case.kind, "label": LABELS[case.kind],
                             "subject": case.subject, "reason": case.reason,
-                            "confidence": case.confidence, "renders": [], "final": None}
+                            "confidence": case.confidence, "renders": [], "final": None,
+                            "suggestions": []}
     groups, truth = session.tables["groups"], session.tables["truth"]
     if case.group_id is not None and case.group_id in set(groups["group_id"]):
         group = groups[groups["group_id"] == case.group_id].iloc[0]
@@ -117,6 +125,12 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
             view["final"] = session.image(session.final_dir / decided["final_path"])
     elif case.kind == "orphan":
         view["final"] = session.image(session.final_dir / case.subject)
+        # Each suggested group shown by its highest stage, the one most often kept.
+        by_id = groups.set_index("group_id")
+        for i, group in enumerate(suggested_groups(session.tables, case)):
+            last = by_id.loc[group, "image_paths"][-1]
+            view["suggestions"].append({"index": i, "group_id": group,
+                                        "image": session.image(session.original_dir / last)})
     elif case.kind == "name_clash":  # a render left out of every group
         view["renders"].append({"index": 0, "stage": None, "kept": False,
                                 "image": session.image(session.original_dir / case.subject)})
@@ -185,6 +199,9 @@ def create_app(session: Session, token: str) -> Starlette:
                 return JSONResponse({"error": "no such case waits (answered already?)"},
                                     status_code=404)
             problem = store.decision_problem(body.get("decision"))
+            if not problem and body["decision"]["action"] == "assign" and (
+                    body["decision"]["group_id"] not in set(session.tables["groups"]["group_id"])):
+                problem = "an orphan final can be assigned to one of the project's groups only"
             if problem:
                 return JSONResponse({"error": problem}, status_code=400)
             store.append(session.reviews, store.Answer(case.kind, case.subject, case.hashes,
@@ -300,9 +317,16 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 <figcaption><kbd>{{ r.index + 1 }}</kbd> {% if r.stage is not none %}stage {{ r.stage }}{% endif %}
 {% if r.kept %}(kept; box as located){% endif %}</figcaption></figure>{% endfor %}
 {% if case.final %}<figure><img src="/image/{{ case.final }}?t={{ token }}" alt="final">
-<figcaption>the kept final</figcaption></figure>{% endif %}
+<figcaption>{{ 'this final' if case.kind == 'orphan' else 'the kept final' }}</figcaption>
+</figure>{% endif %}
 </div>
-<p>{% if case.kind == 'orphan' %}<kbd>n</kbd> not from this project{% else %}
+{% if case.suggestions %}<h3>Which group is it from?</h3><div class="renders">
+{% for g in case.suggestions %}<figure>
+<img src="/image/{{ g.image }}?t={{ token }}" alt="group {{ g.group_id }}">
+<figcaption><kbd>{{ g.index + 1 }}</kbd> {{ g.group_id }}</figcaption></figure>{% endfor %}
+</div>{% endif %}
+<p>{% if case.kind == 'orphan' %}<kbd>1</kbd>–<kbd>{{ case.suggestions|length }}</kbd>
+it is from that group, <kbd>n</kbd> not from this project{% else %}
 <kbd>1</kbd>–<kbd>{{ case.renders|length }}</kbd> choose the image, <kbd>a</kbd> approve,
 <kbd>c</kbd> keep the crop as located, <kbd>r</kbd> reject{% endif %},
 <kbd>s</kbd> skip, <kbd>u</kbd> undo your last answer.</p>
@@ -312,7 +336,8 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 <script>
 const token = {{ token|tojson }}, here = {{ (case.id if case else '')|tojson }},
       after = {{ next|tojson }}, n = {{ (case.renders|length if case else 0)|tojson }},
-      orphan = {{ (case and case.kind == 'orphan')|tojson }};
+      orphan = {{ (case and case.kind == 'orphan')|tojson }},
+      groups = {{ (case.suggestions|map(attribute='group_id')|list if case else [])|tojson }};
 function go(id) { location.href = '/?t=' + encodeURIComponent(token) +
                   (id ? '&case=' + encodeURIComponent(id) : ''); }
 async function post(path, body) {
@@ -328,7 +353,12 @@ document.addEventListener('keydown', e => {
   if (k === 'u') return post('/api/undo');
   if (!here) return;
   if (k === 's') return go(after);
-  if (orphan) { if (k === 'n') answer({action: 'foreign'}); return; }
+  if (orphan) {
+    if (k === 'n') answer({action: 'foreign'});
+    else if (k >= '1' && k <= '9' && Number(k) <= groups.length)
+      answer({action: 'assign', group_id: groups[Number(k) - 1]});
+    return;
+  }
   if (k >= '1' && k <= '9' && Number(k) <= n) answer({action: 'select', index: Number(k) - 1});
   else if (k === 'a') answer({action: 'approve'});
   else if (k === 'c') answer({action: 'crop'});

@@ -165,3 +165,32 @@ def read_tables(output: Callable[[str], Path], project: str) -> dict[str, pd.Dat
             raise UserError(f"project {project} has no {name} table yet: run "
                             f"`dvc repro extract@{project}` first.")
     return out
+
+
+def _seconds(timestamp: object) -> float | None:
+    """A YYYYMMDD_HHMMSS timestamp as seconds, to compare distances (None: none)."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(timestamp), "%Y%m%d_%H%M%S").timestamp()
+    except ValueError:
+        return None
+
+
+def suggested_groups(tables: Mapping[str, pd.DataFrame], case: Case, n: int = 4) -> list[str]:
+    """Up to ``n`` groups an orphan final may belong to, likeliest first: those holding a
+    render its reason names (extract's best content match), then those nearest in time
+    to the timestamp in its name. The person confirms one, or says it is not from this
+    project: a suggestion is never taken as an answer."""
+    groups = tables["groups"]
+    named = [g for g, names in zip(groups["group_id"], groups["image_names"], strict=True)
+             if any(str(name) in case.reason for name in names)]
+    scan = tables["scan"]
+    final = scan[(scan["source"] == "final") & (scan["rel_path"] == case.subject)]
+    when = _seconds(final["timestamp"].iloc[0]) if len(final) else None
+    ids = list(groups["group_id"])
+    if when is not None:
+        starts = [_seconds(t) for t in groups["first_timestamp"]]
+        ids = [g for _, g in sorted(zip((abs((s or 0) - when) for s in starts), ids,
+                                        strict=True))]
+    return list(dict.fromkeys([*named, *ids]))[:n]
