@@ -105,3 +105,15 @@ def test_an_orphan_is_offered_the_group_its_content_best_matches_first(tables):
             assert offered[0] == best[0]
             matched += 1
     assert matched  # the generated project has an orphan whose content matches a render
+
+
+def test_answering_one_unreadable_orphan_leaves_another(tables):
+    finals = pd.concat([tables["finals"], pd.DataFrame({
+        "rel_path": ["misc/a.png", "misc/b.png"], "name": ["a.png", "b.png"],
+        "role": ["orphan", "orphan"], "group_id": [None, None], "pair_method": [None, None],
+        "content_hash": [None, None], "reason": ["unreadable: corrupt", "unreadable: corrupt"]})])
+    both = {**tables, "finals": finals}
+    a = next(c for c in build_queue(both) if c.subject == "misc/a.png")
+    given = Answer(a.kind, a.subject, a.hashes, a.reason, {"action": "foreign"})
+    left = {c.subject for c in build_queue(both, latest([given]))}
+    assert "misc/b.png" in left and "misc/a.png" not in left

@@ -27,7 +27,7 @@ import pandas as pd
 
 from backfill.config.errors import UserError
 from backfill.contracts.schemas import UNREADABLE
-from backfill.review.store import Answer
+from backfill.review.store import Answer, Key, case_key
 
 KINDS = ("needs_review", "orphan", "unreadable_final", "name_clash", "conflict")
 # How the page names each kind to the person.
@@ -42,7 +42,6 @@ LABELS = {
 # the DB's own rows, or repeat a flag the truth already carries).
 CONFLICT_ISSUES = ("action_conflict", "pick_differs")
 CLASH = "name clash"  # the wording group and extract use for one
-Key = tuple[str, tuple[str | None, ...]]
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Case:
     @property
     def key(self) -> Key:
         """The key its answer is stored under (Answer.key)."""
-        return self.kind, self.hashes
+        return case_key(self.kind, self.subject, self.hashes)
 
 
 def _hash(value: object) -> str | None:

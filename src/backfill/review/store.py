@@ -3,7 +3,7 @@
 Human answers are inputs, not outputs: they live in git (a reviewer's afternoon must
 survive a `dvc gc` or a fresh clone) and will be a dependency of the stage that builds the
 truth. An answer is keyed by the kind of case and the content hashes of the images it is
-about, so an answer given for some files is never applied to other files that took their
+about (case_key), so an answer given for some files is never applied to other files that took their
 names: when the files change, the key no longer matches and the answer is reported.
 
 Each change rewrites the whole file atomically (read, add or drop a line, replace), so a
@@ -38,6 +38,17 @@ DECISIONS = ("approve", "crop", "select", "reject", "assign", "foreign")
 _LOCK = threading.Lock()
 
 
+Key = tuple[str, tuple[str | None, ...], str]
+
+
+def case_key(kind: str, subject: str, hashes: Iterable[str | None]) -> Key:
+    """What a case is, for its answer: its kind and its images' content. An image that
+    cannot be read has no content hash, so a case with one is also told by where it was
+    found (``subject``): two unreadable orphans are two cases, not one."""
+    hashes = tuple(hashes)
+    return kind, hashes, subject if None in hashes else ""
+
+
 def reviews_file(root: Path, project: str) -> Path:
     """Where project ``project``'s answers live: ``reviews/<project>.jsonl`` at the root."""
     return root / FOLDER / f"{project}.jsonl"
@@ -66,9 +77,9 @@ class Answer:
             raise ValueError(problem)
 
     @property
-    def key(self) -> tuple[str, tuple[str | None, ...]]:
-        """What an answer is about: its kind of case and its images' content."""
-        return self.kind, self.hashes
+    def key(self) -> Key:
+        """What an answer is about (case_key)."""
+        return case_key(self.kind, self.subject, self.hashes)
 
     def line(self) -> str:
         return json.dumps({"kind": self.kind, "subject": self.subject,
@@ -137,9 +148,9 @@ def undo(path: Path) -> Answer | None:
         return last
 
 
-def latest(answers: Iterable[Answer]) -> dict[tuple[str, tuple[str | None, ...]], Answer]:
+def latest(answers: Iterable[Answer]) -> dict[Key, Answer]:
     """The answer that stands for each case: the last one given for its key."""
-    out: dict[tuple[str, tuple[str | None, ...]], Answer] = {}
+    out: dict[Key, Answer] = {}
     for answer in answers:
         out[answer.key] = answer
     return out
