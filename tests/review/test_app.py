@@ -183,3 +183,22 @@ def test_an_orphan_is_assigned_to_a_suggested_group_only(client, session):
     assert taken.status_code == 200
     [kept] = store.read(session.reviews)
     assert kept.subject == orphan.subject and kept.decision["group_id"] == offered[0]
+
+
+def test_the_kept_render_is_drawn_with_its_box_at_the_reports_size(client, session):
+    """The same (file, size, box) the report's review section draws: its cache serves it."""
+    from backfill.review.app import case_view
+
+    truth = session.tables["truth"].set_index("group_id")
+    case = next(c for c in session.queue()
+                if c.group_id and truth.loc[c.group_id, "crop_x1"] == truth.loc[
+                    c.group_id, "crop_x1"])  # a located box
+    view = case_view(session, case)
+    kept = next(r for r in view["renders"] if r["kept"])
+    path, px, box = session.images[kept["image"]]
+    row = truth.loc[case.group_id]
+    assert path == session.original_dir / row["original_path"] and px == 2 * session.px
+    assert box == [row["crop_x1"], row["crop_y1"], row["crop_x2"], row["crop_y2"]]
+    assert all(session.images[r["image"]][1:] == (session.px, None)
+               for r in view["renders"] if not r["kept"])
+    assert case_view(session, case) == view  # ids are issued once per thumbnail

@@ -48,7 +48,10 @@ if TYPE_CHECKING:
     import uvicorn
 
 HOST = "127.0.0.1"
-PX = 320  # long side of each thumbnail on the page
+# Long side of a thumbnail: the report's (validate.thumbnail_px) for a plain render, twice
+# that for the kept render with its box and for a final, as the report draws a review
+# case, so that what the report drew is in the cache and a page shows it at once.
+PX = 160
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Session:
     # Image ids this server issued -> (file, long side, box). Random, so an id says
     # nothing of the path and cannot be guessed.
     images: dict[str, tuple[Path, int, list[float] | None]] = field(default_factory=dict)
+    px: int = PX
+    _issued: dict[tuple[Path, int, str], str] = field(default_factory=dict, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -76,19 +81,21 @@ class Session:
             folder[s] / r: h for s, r, h in zip(hashed["source"], hashed["rel_path"],
                                                 hashed["content_hash"], strict=True)})
         return cls(project.name, tables, folder["original"], folder["final"],
-                   store.reviews_file(project.root, project.name), thumbs)
+                   store.reviews_file(project.root, project.name), thumbs,
+                   px=project.settings.validate.thumbnail_px)
 
     def queue(self) -> list[Case]:
         return build_queue(self.tables, store.latest(store.read(self.reviews)))
 
-    def image(self, path: Path, box: list[float] | None = None) -> str:
-        """An id for the thumbnail of ``path`` (``box`` drawn), issued once per image."""
-        for key, held in self.images.items():
-            if held == (path, PX, box):
-                return key
-        key = secrets.token_urlsafe(12)
-        self.images[key] = (path, PX, box)
-        return key
+    def image(self, path: Path, box: list[float] | None = None, large: bool = False) -> str:
+        """An id for the thumbnail of ``path`` (``box`` drawn; ``large``: twice the size),
+        issued once per thumbnail."""
+        px = self.px * (2 if large or box is not None else 1)
+        held = (path, px, ",".join(map(str, box or [])))
+        if held not in self._issued:
+            self._issued[held] = secrets.token_urlsafe(12)
+            self.images[self._issued[held]] = (path, px, box)
+        return self._issued[held]
 
 
 def case_id(case: Case) -> str:
@@ -122,9 +129,10 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
             view["renders"].append({"index": i, "stage": float(stage), "kept": i == kept,
                                     "image": session.image(session.original_dir / rel, box)})
         if decided is not None and isinstance(decided["final_path"], str):
-            view["final"] = session.image(session.final_dir / decided["final_path"])
+            view["final"] = session.image(session.final_dir / decided["final_path"],
+                                          large=True)
     elif case.kind == "orphan":
-        view["final"] = session.image(session.final_dir / case.subject)
+        view["final"] = session.image(session.final_dir / case.subject, large=True)
         # Each suggested group shown by its highest stage, the one most often kept.
         by_id = groups.set_index("group_id")
         for i, group in enumerate(suggested_groups(session.tables, case)):
@@ -301,7 +309,7 @@ PAGE = """<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222}
 .kinds span{margin-right:1.2rem}.renders{display:flex;gap:1rem;flex-wrap:wrap}
-figure{margin:0;text-align:center}figure img{max-width:320px;border:3px solid #ddd}
+figure{margin:0;text-align:center}figure img{max-height:320px;border:3px solid #ddd}
 figure.kept img{border-color:#c33}.reason{background:#fff6d6;padding:.5rem;margin:.8rem 0}
 kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 </style></head><body>
