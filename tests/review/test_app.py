@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from backfill.reports.report import Thumbnails
 from backfill.review import store
 from backfill.review.app import Session, case_id, create_app, free_socket
+from backfill.review.queue import build_queue
 
 TOKEN = "secret-token"
 
@@ -202,3 +203,37 @@ def test_the_kept_render_is_drawn_with_its_box_at_the_reports_size(client, sessi
     assert all(session.images[r["image"]][1:] == (session.px, None)
                for r in view["renders"] if not r["kept"])
     assert case_view(session, case) == view  # ids are issued once per thumbnail
+
+
+def test_a_session_reads_a_projects_tables_and_says_what_is_missing(review_project, tmp_path):
+    from omegaconf import OmegaConf
+
+    from backfill.config.errors import UserError
+    from backfill.config.project import Project
+    from backfill.files.atomic import write_parquet
+
+    gen = review_project.gen
+    cfg = OmegaConf.merge(review_project.cfg, {"original_dir": str(gen.original_dir),
+                                               "final_dir": str(gen.final_dir)})
+    project = Project("p", tmp_path, cfg, tmp_path / "cache")
+    with pytest.raises(UserError, match=r"no truth table yet: run `dvc repro extract@p`"):
+        Session.of(project)
+    for name, table in review_project.tables.items():
+        if name != "merge_issues":  # before the merge: no conflicts yet
+            write_parquet(table, project.output(name))
+    session = Session.of(project)
+    assert session.reviews == tmp_path / "reviews" / "p.jsonl"
+    assert session.px == cfg.validate.thumbnail_px
+    assert len(session.queue()) == len(build_queue(
+        {k: v for k, v in review_project.tables.items() if k != "merge_issues"}))
+
+
+def test_a_taken_port_is_said_in_one_line():
+    from backfill.config.errors import UserError
+
+    taken = free_socket(None)
+    try:
+        with pytest.raises(UserError, match="is taken.*--port"):
+            free_socket(taken.getsockname()[1])
+    finally:
+        taken.close()
