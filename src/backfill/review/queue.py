@@ -36,7 +36,7 @@ LABELS = {
     "orphan": "finals with no group",
     "unreadable_final": "kept finals that cannot be read",
     "name_clash": "name clashes",
-    "conflict": "differences with your reviewer's picks in the live database",
+    "conflict": "live database rows that differ from your reviewer's picks",
 }
 # The merge's issues that are a live row disagreeing with the files (the rest are about
 # the DB's own rows, or repeat a flag the truth already carries).
