@@ -28,9 +28,9 @@ from backfill.stages.embed import embed_images, members
 from backfill.stages.extract.stage import ExtractSettings, extract_project
 from backfill.stages.group import group_table
 from backfill.stages.scan import ScanSettings, scan_project
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_config
 
-PIPELINE = OmegaConf.load(REPO / "conf" / "pipeline" / "default.yaml")
+PIPELINE = pipeline_config()  # what a registered project holds, as conftest composes it
 TRAIN = OmegaConf.load(REPO / "conf" / "train" / "default.yaml")
 
 

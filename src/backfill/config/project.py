@@ -91,8 +91,8 @@ def _names_problem(root: Path, only: list[str] | None = None) -> str | None:
 
 
 def checked(cfg: DictConfig | dict, root: Path | None = None) -> Settings:
-    """``cfg`` typed, or UserError, one line per bad setting, unless it passes the
-    settings' types, ranges and (with ``root``) the projects' folder layout."""
+    """``cfg`` as the typed Settings; a UserError, one line per bad setting, when it
+    fails the settings' types, ranges or (with ``root``) the projects' folder layout."""
     from backfill.config.settings import SettingError, check
 
     try:
@@ -157,7 +157,6 @@ def compose(root: Path, overrides: list[str] | None = None,
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
 
     apart = tempfile.TemporaryDirectory(prefix="backfill-conf-") if only is not None \
         else contextlib.nullcontext()
