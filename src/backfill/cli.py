@@ -382,6 +382,21 @@ def report(names: tuple[str, ...]) -> int:
 
 
 @backfill.command()
+@click.argument("name")
+@click.option("--no-browser", is_flag=True, help="print the address only; open no browser")
+@click.option("--port", type=WholeNumber(1), metavar="N",
+              help="port on 127.0.0.1 to serve on (default: a free one)")
+def review(name: str, no_browser: bool, port: int | None) -> int:
+    """Settle project NAME's doubtful cases in your browser: decisions to check, finals
+    with no group, unreadable finals, name clashes. Each answer is kept at once in
+    reviews/NAME.jsonl (commit it with conf/)."""
+    from backfill.review.app import serve
+
+    serve(load_project(name, alone=True), port, browser=not no_browser, say=click.echo)
+    return 0
+
+
+@backfill.command()
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--detail", "-v", is_flag=True,
               help="each project in full, stage by stage (scan, group, extract, ...)")

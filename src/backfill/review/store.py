@@ -1,0 +1,156 @@
+"""The person's answers: ``reviews/<project>.jsonl`` beside conf/, one JSON object a line.
+
+Human answers are inputs, not outputs: they live in git (a reviewer's afternoon must
+survive a `dvc gc` or a fresh clone) and will be a dependency of the stage that builds the
+truth. An answer is keyed by the kind of case and the content hashes of the images it is
+about (case_key), so an answer given for some files is never applied to other files that took their
+names: when the files change, the key no longer matches and the answer is reported.
+
+Each change rewrites the whole file atomically (read, add or drop a line, replace), so a
+crash or a full disk leaves the previous answers, never half a line. Lines already in the
+file are kept byte for byte: a hand edit or a merge in git is not reformatted away.
+Undo drops the last line: git keeps the history, the file keeps what stands.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backfill.config.errors import UserError
+from backfill.db.cells import format_time
+from backfill.files.atomic import write_text
+
+FOLDER = "reviews"
+# What a person can decide. approve: the recovered decision is right as it stands;
+# crop: keep the crop as located; select: another render (``index``) was the pick;
+# reject: nothing of the group was kept; assign: an orphan final belongs to ``group_id``;
+# foreign: an orphan final is not from this project. A skip is no answer: not written.
+DECISIONS = ("approve", "crop", "select", "reject", "assign", "foreign")
+
+# One process writes a project's file at a time (the app serves one person); the lock
+# keeps two quick key presses from reading the same old file and losing one answer.
+_LOCK = threading.Lock()
+
+
+Key = tuple[str, tuple[str | None, ...], str]
+
+
+def case_key(kind: str, subject: str, hashes: Iterable[str | None]) -> Key:
+    """What a case is, for its answer: its kind and its images' content. An image that
+    cannot be read has no content hash, so a case with one is also told by where it was
+    found (``subject``): two unreadable orphans are two cases, not one."""
+    hashes = tuple(hashes)
+    return kind, hashes, subject if None in hashes else ""
+
+
+def reviews_file(root: Path, project: str) -> Path:
+    """Where project ``project``'s answers live: ``reviews/<project>.jsonl`` at the root."""
+    return root / FOLDER / f"{project}.jsonl"
+
+
+def now() -> str:
+    """The time of an answer, as the truth table writes times (ISO, UTC, seconds)."""
+    return format_time(datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One decision of the person about one case of the queue."""
+
+    kind: str  # the queue's kind of case (backfill.review.queue.KINDS)
+    subject: str  # where the case was found: a group id, or a file's path under its folder
+    hashes: tuple[str | None, ...]  # content hashes of its images; None: unreadable
+    settles: str  # the flag it settles, as the tables said it (a review reason, a detail)
+    decision: dict[str, Any]  # {"action": one of DECISIONS, ...its details}
+    at: str = field(default_factory=now)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hashes", tuple(self.hashes))
+        problem = decision_problem(self.decision)
+        if problem:
+            raise ValueError(problem)
+
+    @property
+    def key(self) -> Key:
+        """What an answer is about (case_key)."""
+        return case_key(self.kind, self.subject, self.hashes)
+
+    def line(self) -> str:
+        return json.dumps({"kind": self.kind, "subject": self.subject,
+                           "hashes": list(self.hashes), "settles": self.settles,
+                           "decision": self.decision, "at": self.at},
+                          sort_keys=True, ensure_ascii=False)
+
+
+def decision_problem(decision: dict[str, Any]) -> str | None:
+    """Why ``decision`` is no answer, in one line, or None."""
+    action = decision.get("action") if isinstance(decision, dict) else None
+    if action not in DECISIONS:
+        return f"decision action {action!r} is not one of {', '.join(DECISIONS)}"
+    if action == "select":
+        index = decision.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return "a 'select' decision names the chosen render's index (0 or more)"
+    if action == "assign" and not (isinstance(decision.get("group_id"), str)
+                                   and decision["group_id"]):
+        return "an 'assign' decision names the group the final belongs to"
+    return None
+
+
+def _parse(text: str, where: str) -> Answer:
+    try:
+        data = json.loads(text)
+        return Answer(kind=data["kind"], subject=data["subject"], hashes=data["hashes"],
+                      settles=data["settles"], decision=data["decision"], at=data["at"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{where} is not an answer ({exc}): fix or remove that line "
+                        "(git holds the file's history).") from None
+
+
+def read(path: Path) -> list[Answer]:
+    """Every answer in ``path``, oldest first ([] when there is none yet); a line that is
+    not an answer stops here, named, rather than being skipped quietly."""
+    if not path.exists():
+        return []
+    out = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if text.strip():
+            out.append(_parse(text, f"{path.name} line {number}"))
+    return out
+
+
+def _lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return [t for t in text.splitlines() if t.strip()]
+
+
+def append(path: Path, answer: Answer) -> None:
+    """Add ``answer`` to ``path``, atomically: it is there whole, or the file is unchanged."""
+    with _LOCK:
+        lines = [*_lines(path), answer.line()]
+        write_text("\n".join(lines) + "\n", path)
+
+
+def undo(path: Path) -> Answer | None:
+    """Drop the last answer in ``path`` (atomically) and return it; None when none is left."""
+    with _LOCK:
+        lines = _lines(path)
+        if not lines:
+            return None
+        last = _parse(lines[-1], f"{path.name} line {len(lines)}")
+        write_text("".join(f"{t}\n" for t in lines[:-1]), path)
+        return last
+
+
+def latest(answers: Iterable[Answer]) -> dict[Key, Answer]:
+    """The answer that stands for each case: the last one given for its key."""
+    out: dict[Key, Answer] = {}
+    for answer in answers:
+        out[answer.key] = answer
+    return out
