@@ -8,6 +8,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from backfill.config.project import reviews_file
 from backfill.reports.report import Thumbnails
 from backfill.review import store
 from backfill.review.app import Session, case_id, create_app, free_socket
@@ -21,7 +22,7 @@ def session(review_project, tmp_path) -> Session:
     gen, tables = review_project.gen, review_project.tables
     thumbs = Thumbnails(tmp_path / "cache", 10_000_000, {})
     return Session("p", tables, gen.original_dir, gen.final_dir,
-                   store.reviews_file(tmp_path, "p"), thumbs)
+                   reviews_file(tmp_path, "p"), thumbs)
 
 
 @pytest.fixture
@@ -71,13 +72,13 @@ def test_an_answer_is_kept_at_once_and_undone(client, session):
     before = session.queue()
     case = before[0]
     reply = client.post(f"/api/answer?t={TOKEN}",
-                        json={"case": case_id(case), "decision": {"action": "approve"}})
+                        json={"case": case_id(case), "decision": {"action": "approve", "index": 0}})
     assert reply.status_code == 200
     assert reply.json()["left"] == len(before) - 1
     assert reply.json()["next"] == case_id(before[1])
     [kept] = store.read(session.reviews)
     assert (kept.kind, kept.hashes, kept.settles, kept.decision) == \
-        (case.kind, case.hashes, case.reason, {"action": "approve"})
+        (case.kind, case.hashes, case.reason, {"action": "approve", "index": 0})
     again = client.post(f"/api/answer?t={TOKEN}",
                         json={"case": case_id(case), "decision": {"action": "reject"}})
     assert again.status_code == 404  # it waits no more
@@ -89,7 +90,7 @@ def test_an_answer_is_kept_at_once_and_undone(client, session):
 def test_a_bad_answer_writes_nothing(client, session):
     here = case_id(session.queue()[0])
     for body in ({"case": here, "decision": {"action": "maybe"}},
-                 {"case": "not-a-case", "decision": {"action": "approve"}}, [1]):
+                 {"case": "not-a-case", "decision": {"action": "approve", "index": 0}}, [1]):
         assert client.post(f"/api/answer?t={TOKEN}", json=body).status_code in (400, 404)
     assert client.get(f"/api/answer?t={TOKEN}").status_code == 405  # changes are POSTs
     assert not session.reviews.exists()

@@ -70,10 +70,11 @@ def test_a_clash_in_the_tables_is_a_name_clash_case(tables):
 def test_an_answered_case_waits_no_more_until_its_files_change(tables):
     queue = build_queue(tables)
     case = queue[0]
-    given = Answer(case.kind, case.subject, case.hashes, case.reason, {"action": "approve"})
+    approve = {"action": "approve", "index": 0}
+    given = Answer(case.kind, case.subject, case.hashes, case.reason, approve)
     after = build_queue(tables, latest([given]))
     assert case not in after and len(after) == len(queue) - 1
-    stale = Answer(case.kind, case.subject, ("f" * 64,), case.reason, {"action": "approve"})
+    stale = Answer(case.kind, case.subject, ("f" * 64,), case.reason, approve)
     assert case in build_queue(tables, latest([stale]))
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from backfill.config.errors import UserError
+from backfill.config.project import reviews_file
 from backfill.review import store
 from backfill.review.store import Answer
 
@@ -15,15 +16,17 @@ H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
 
 def answer(action: str = "approve", hashes=(H1, H2), at: str = "2026-01-02T03:04:05Z",
            **details) -> Answer:
+    if action in store.PICKS:
+        details.setdefault("index", 0)
     return Answer(kind="needs_review", subject="p_group_20240101_120000", hashes=hashes,
                   settles="confidence 0.41 is below min_confidence",
                   decision={"action": action, **details}, at=at)
 
 
 def test_append_then_read_gives_the_answers_back_in_order(tmp_path):
-    path = store.reviews_file(tmp_path, "p")
+    path = reviews_file(tmp_path, "p")
     assert store.read(path) == []
-    first, second = answer(), answer("select", hashes=(H3,), index=2)
+    first, second = answer(), answer("crop", hashes=(H3,), index=2)
     store.append(path, first)
     store.append(path, second)
     assert path == tmp_path / "reviews" / "p.jsonl"
@@ -48,7 +51,7 @@ def test_content_keys_an_answer_and_a_file_with_none_adds_where_it_was():
 
 
 def test_undo_drops_the_last_answer_and_says_which(tmp_path):
-    path = store.reviews_file(tmp_path, "p")
+    path = reviews_file(tmp_path, "p")
     assert store.undo(path) is None
     first, second = answer(), answer("reject")
     store.append(path, first)
@@ -61,7 +64,7 @@ def test_undo_drops_the_last_answer_and_says_which(tmp_path):
 
 
 def test_lines_already_there_are_kept_byte_for_byte(tmp_path):
-    path = store.reviews_file(tmp_path, "p")
+    path = reviews_file(tmp_path, "p")
     path.parent.mkdir()
     hand = ('{"at": "2026-01-01T00:00:00Z", "decision": {"action": "reject"},   '
             '"hashes": [null], "kind": "orphan", "settles": "x", "subject": "f.png"}')
@@ -72,7 +75,7 @@ def test_lines_already_there_are_kept_byte_for_byte(tmp_path):
 
 
 def test_a_failed_write_leaves_the_file_as_it_was(tmp_path, monkeypatch):
-    path = store.reviews_file(tmp_path, "p")
+    path = reviews_file(tmp_path, "p")
     store.append(path, answer())
     before = path.read_bytes()
 
@@ -90,7 +93,7 @@ def test_a_failed_write_leaves_the_file_as_it_was(tmp_path, monkeypatch):
 
 
 def test_a_line_that_is_no_answer_is_named_not_skipped(tmp_path):
-    path = store.reviews_file(tmp_path, "p")
+    path = reviews_file(tmp_path, "p")
     store.append(path, answer())
     with path.open("a") as f:
         f.write('{"kind": "orphan"}\n')
@@ -98,9 +101,9 @@ def test_a_line_that_is_no_answer_is_named_not_skipped(tmp_path):
         store.read(path)
 
 
-@pytest.mark.parametrize("decision", [{"action": "maybe"}, {"action": "select"},
-                                      {"action": "select", "index": -1},
-                                      {"action": "select", "index": True},
+@pytest.mark.parametrize("decision", [{"action": "maybe"}, {"action": "approve"},
+                                      {"action": "crop", "index": -1},
+                                      {"action": "approve", "index": True},
                                       {"action": "assign"}, {}])
 def test_a_decision_that_says_nothing_is_refused(decision):
     with pytest.raises(ValueError):

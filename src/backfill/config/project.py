@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -248,6 +248,7 @@ def write_params(root: Path, warn: Callable[[str], None] = _say,
                  f"which it holds now. A change made in params.yaml does not last: put it "
                  f"in {_home(key)}.")
     write_text(text, out)
+    ensure_reviews(root, (cfg.get("projects") or {}).keys())
     for line in model_folders(root, cfg):
         warn(line)
     _record_composed(root)
@@ -516,6 +517,11 @@ class Project:
         """Where a stage's table lives: ``data/<project>/<table>.parquet`` (as in dvc.yaml)."""
         return self.out_dir / f"{table}.parquet"
 
+    @property
+    def reviews(self) -> Path:
+        """Your answers in `backfill review` (as in dvc.yaml's extract deps)."""
+        return reviews_file(self.root, self.name)
+
     def metrics(self, name: str) -> Path:
         """Where a metrics or plot file lives: ``metrics/<project>/<name>`` (as in dvc.yaml).
 
@@ -533,6 +539,24 @@ MODEL_METRICS = "model_metrics.json"  # predict: the model version's accuracy
 MERGE_SUMMARY = "merge_summary.json"  # merge: added, filled, corrected, preserved
 METRICS = "metrics.json"  # validate: counts by action, problems, DB rows
 PLOTS = ("iou", "accuracy_by_stage", "picks")  # validate: plots/<name>.csv
+# Your answers in `backfill review`: inputs, not outputs. They live in git beside conf/
+# (an afternoon's answers must survive a `dvc gc` or a fresh clone).
+REVIEWS = "reviews"
+
+
+def reviews_file(root: Path, name: str) -> Path:
+    """Project ``name``'s answers: ``reviews/<name>.jsonl`` at the repository root."""
+    return root / REVIEWS / f"{name}.jsonl"
+
+
+def ensure_reviews(root: Path, names: Iterable[str]) -> None:
+    """An empty answers file for each project that has none: extract depends on it, and
+    DVC refuses a dependency that does not exist. Never touches one that does."""
+    for name in names:
+        path = reviews_file(root, name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
 
 
 def load_project(name: str, root: Path | None = None, alone: bool = False) -> Project:

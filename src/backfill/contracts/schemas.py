@@ -114,8 +114,12 @@ CROP_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the truth's box, norm
 # How a kept final was tied to its group, tried in this order: its file name less the
 # extension is a render's ('name'); the (timestamp, stage) parsed from its name is a
 # render's, whatever the suffix or extension ('identity'); its pixels are found in a
-# render ('content': a nameless export, or an identity that matches no render).
-PAIR_METHODS = ["name", "identity", "content"]
+# render ('content': a nameless export, or an identity that matches no render); or
+# your answer in `backfill review` put a final with no group in one ('reviewed').
+PAIR_METHODS = ["name", "identity", "content", "reviewed"]
+# Who decided a truth row: the files ('files'), or you, answering its case in
+# `backfill review` ('reviewed', applied from reviews/<project>.jsonl).
+DECIDED_BY = ["files", "reviewed"]
 ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 
@@ -149,6 +153,13 @@ class TruthTable(pa.DataFrameModel):
     review_reason: Series[str] = pa.Field(nullable=True)
     final_modified_at: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
     crop_timestamp: Series[str] = pa.Field(nullable=True, str_matches=ISO_UTC_PATTERN)
+    decided_by: Series[str] = pa.Field(isin=DECIDED_BY)
+    reviewed_at: Series[str] = pa.Field(
+        nullable=True, str_matches=ISO_UTC_PATTERN, description="when you answered its case")
+
+    @pa.dataframe_check
+    def reviewed_says_when(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["decided_by"] == "reviewed") == df["reviewed_at"].notna()
 
     @pa.dataframe_check
     def reject_keeps_nothing(cls, df: pd.DataFrame) -> Series[bool]:
@@ -186,16 +197,22 @@ class TruthTable(pa.DataFrameModel):
         strict = True
 
 
+FINAL_ROLES = ["kept", "copy", "extra", "orphan", "foreign"]
+UNPAIRED = ["orphan", "foreign"]  # the roles of finals tied to no group
+
+
 class FinalsTable(pa.DataFrameModel):
     """Every file in final_dir and what it is to the decisions."""
 
     rel_path: Series[str] = pa.Field(unique=True)
     name: Series[str]
     role: Series[str] = pa.Field(
-        isin=["kept", "copy", "extra", "orphan"],
+        isin=FINAL_ROLES,
         description="kept: a group's decision; copy: another file of that same kept image "
                     "(same name elsewhere, a renamed copy or export); extra: another image "
-                    "of a group that has a kept one; orphan: paired with no group")
+                    "of a group that has a kept one; orphan: paired with no group; "
+                    "foreign: paired with no group, and you answered in review that it is "
+                    "not from this project (or not its group's decision)")
     group_id: Series[str] = pa.Field(nullable=True)
     pair_method: Series[str] = pa.Field(
         nullable=True, isin=PAIR_METHODS, description="how it was tied to its group")
@@ -204,11 +221,11 @@ class FinalsTable(pa.DataFrameModel):
 
     @pa.dataframe_check
     def orphans_say_why(cls, df: pd.DataFrame) -> Series[bool]:
-        return (df["role"] != "orphan") | df["reason"].notna()
+        return ~df["role"].isin(UNPAIRED) | df["reason"].notna()
 
     @pa.dataframe_check
     def only_orphans_are_unpaired(cls, df: pd.DataFrame) -> Series[bool]:
-        return (df["role"] == "orphan") == df["pair_method"].isna()
+        return df["role"].isin(UNPAIRED) == df["pair_method"].isna()
 
     class Config:
         strict = True

@@ -107,15 +107,17 @@ CREATE TABLE IF NOT EXISTS backfill_provenance (
     model_version TEXT,
     ranker TEXT,
     crop_proposer TEXT,
-    embedding_model TEXT
+    embedding_model TEXT,
+    decided_by TEXT,  -- files | reviewed: you answered its case in `backfill review`
+    reviewed_at TEXT
 )"""
 PROVENANCE_COLUMNS = [
     "group_id", "source", "backfill_group_id", "final_path", "pair_method", "match_method",
     "match_confidence", "needs_review", "review_reason", "model_version", "ranker",
-    "crop_proposer", "embedding_model",
+    "crop_proposer", "embedding_model", "decided_by", "reviewed_at",
 ]
 # Columns added to the side table since it was first written: an older DB gets them.
-PROVENANCE_ADDED = {"pair_method": "TEXT"}
+PROVENANCE_ADDED = {"pair_method": "TEXT", "decided_by": "TEXT", "reviewed_at": "TEXT"}
 
 
 def create(conn: sqlite3.Connection) -> None:

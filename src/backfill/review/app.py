@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from backfill.config.project import Project
 from backfill.reports.report import Thumbnails
 from backfill.review import store
+from backfill.review.apply import allowed, answer_problem
 from backfill.review.queue import (
     LABELS,
     Case,
@@ -81,7 +82,7 @@ class Session:
             folder[s] / r: h for s, r, h in zip(hashed["source"], hashed["rel_path"],
                                                 hashed["content_hash"], strict=True)})
         return cls(project.name, tables, folder["original"], folder["final"],
-                   store.reviews_file(project.root, project.name), thumbs,
+                   project.reviews, thumbs,
                    px=project.settings.validate.thumbnail_px)
 
     def queue(self) -> list[Case]:
@@ -115,7 +116,7 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
     view: dict[str, Any] = {"id": case_id(case), "kind": case.kind, "label": LABELS[case.kind],
                             "subject": case.subject, "reason": case.reason,
                             "confidence": case.confidence, "renders": [], "final": None,
-                            "suggestions": []}
+                            "suggestions": [], "answers": list(allowed(case)), "chosen": 0}
     groups, truth = session.tables["groups"], session.tables["truth"]
     if case.group_id is not None and case.group_id in set(groups["group_id"]):
         group = groups[groups["group_id"] == case.group_id].iloc[0]
@@ -123,6 +124,7 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
         decided = rows.iloc[0] if len(rows) else None
         kept = (None if decided is None or pd.isna(decided["user_selected_index"])
                 else int(decided["user_selected_index"]))
+        view["chosen"] = kept or 0
         for i, (rel, stage) in enumerate(zip(group["image_paths"], group["stages"],
                                              strict=True)):
             box = _box(decided) if i == kept else None
@@ -164,6 +166,10 @@ class TokenGate:
 def create_app(session: Session, token: str) -> Starlette:
     """The app for ``session``, refusing every request without ``token``."""
 
+    from jinja2 import Environment, select_autoescape
+
+    template = Environment(autoescape=select_autoescape(default=True)).from_string(PAGE)
+
     def summary(queue: list[Case]) -> dict[str, Any]:
         n = counts(queue)
         return {"left": len(queue),
@@ -179,10 +185,7 @@ def create_app(session: Session, token: str) -> Starlette:
                                                                         else None)
             view = case_view(session, case) if case else None
             after = queue[queue.index(case) + 1] if case and case is not queue[-1] else None
-        from jinja2 import Environment, select_autoescape
-
-        env = Environment(autoescape=select_autoescape(default=True))
-        return HTMLResponse(env.from_string(PAGE).render(
+        return HTMLResponse(template.render(
             project=session.name, token=token, case=view, **summary(queue),
             next=case_id(after) if after else ""))
 
@@ -206,10 +209,7 @@ def create_app(session: Session, token: str) -> Starlette:
             if case is None:
                 return JSONResponse({"error": "no such case waits (answered already?)"},
                                     status_code=404)
-            problem = store.decision_problem(body.get("decision"))
-            if not problem and body["decision"]["action"] == "assign" and (
-                    body["decision"]["group_id"] not in set(session.tables["groups"]["group_id"])):
-                problem = "an orphan final can be assigned to one of the project's groups only"
+            problem = answer_problem(case, body.get("decision"), session.tables)
             if problem:
                 return JSONResponse({"error": problem}, status_code=400)
             store.append(session.reviews, store.Answer(case.kind, case.subject, case.hashes,
@@ -310,7 +310,9 @@ PAGE = """<!doctype html>
 body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222}
 .kinds span{margin-right:1.2rem}.renders{display:flex;gap:1rem;flex-wrap:wrap}
 figure{margin:0;text-align:center}figure img{max-height:320px;border:3px solid #ddd}
-figure.kept img{border-color:#c33}.reason{background:#fff6d6;padding:.5rem;margin:.8rem 0}
+figure.kept img{border-color:#c33}
+figure.chosen img{outline:4px solid #36c;outline-offset:2px}
+.reason{background:#fff6d6;padding:.5rem;margin:.8rem 0}
 kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 </style></head><body>
 <h1>Review {{ project }}: {{ left }} left</h1>
@@ -320,7 +322,8 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 <p class="reason">{{ case.reason }}{% if case.confidence is not none %}
  (confidence {{ '%.3f' % case.confidence }}){% endif %}</p>
 <div class="renders">
-{% for r in case.renders %}<figure class="{{ 'kept' if r.kept }}">
+{% for r in case.renders %}
+<figure class="render{{ ' kept' if r.kept }}{{ ' chosen' if r.index == case.chosen }}">
 <img src="/image/{{ r.image }}?t={{ token }}" alt="render {{ r.index + 1 }}">
 <figcaption><kbd>{{ r.index + 1 }}</kbd> {% if r.stage is not none %}stage {{ r.stage }}{% endif %}
 {% if r.kept %}(kept; box as located){% endif %}</figcaption></figure>{% endfor %}
@@ -333,10 +336,15 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 <img src="/image/{{ g.image }}?t={{ token }}" alt="group {{ g.group_id }}">
 <figcaption><kbd>{{ g.index + 1 }}</kbd> {{ g.group_id }}</figcaption></figure>{% endfor %}
 </div>{% endif %}
-<p>{% if case.kind == 'orphan' %}<kbd>1</kbd>–<kbd>{{ case.suggestions|length }}</kbd>
-it is from that group, <kbd>n</kbd> not from this project{% else %}
-<kbd>1</kbd>–<kbd>{{ case.renders|length }}</kbd> choose the image, <kbd>a</kbd> approve,
-<kbd>c</kbd> keep the crop as located, <kbd>r</kbd> reject{% endif %},
+<p class="keys">{% if 'assign' in case.answers %}
+<kbd>1</kbd>–<kbd>{{ case.suggestions|length }}</kbd>
+it is from that group, <kbd>n</kbd> not from this project{% elif 'live' in case.answers %}
+<kbd>l</kbd> the live database row is right (leave it as it is; to change it, correct it
+in your reviewer){% elif 'approve' in case.answers %}
+<kbd>1</kbd>–<kbd>{{ case.renders|length }}</kbd>
+choose the image (now: <b id="chosen">{{ case.chosen + 1 }}</b>), <kbd>a</kbd> approve it
+whole, <kbd>c</kbd> keep the crop as located, <kbd>r</kbd> reject (nothing kept){% else %}
+<kbd>n</kbd> leave it out of every group{% endif %},
 <kbd>s</kbd> skip, <kbd>u</kbd> undo your last answer.</p>
 <p id="said"></p>
 {% else %}<p>Nothing waits: every case is settled. Commit reviews/{{ project }}.jsonl.</p>
@@ -344,8 +352,9 @@ it is from that group, <kbd>n</kbd> not from this project{% else %}
 <script>
 const token = {{ token|tojson }}, here = {{ (case.id if case else '')|tojson }},
       after = {{ next|tojson }}, n = {{ (case.renders|length if case else 0)|tojson }},
-      orphan = {{ (case and case.kind == 'orphan')|tojson }},
+      answers = {{ (case.answers if case else [])|tojson }},
       groups = {{ (case.suggestions|map(attribute='group_id')|list if case else [])|tojson }};
+let chosen = {{ (case.chosen if case else 0)|tojson }};
 function go(id) { location.href = '/?t=' + encodeURIComponent(token) +
                   (id ? '&case=' + encodeURIComponent(id) : ''); }
 async function post(path, body) {
@@ -355,22 +364,31 @@ async function post(path, body) {
   if (!r.ok) { document.getElementById('said').textContent = data.error; return; }
   go(data.next);
 }
+function choose(i) {
+  chosen = i;
+  document.querySelectorAll('.renders figure.render').forEach(
+    (f, j) => f.classList.toggle('chosen', j === i));
+  document.getElementById('chosen').textContent = i + 1;
+}
 document.addEventListener('keydown', e => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const k = e.key.toLowerCase(), answer = d => post('/api/answer', {case: here, decision: d});
+  const number = k >= '1' && k <= '9' ? Number(k) : 0;
   if (k === 'u') return post('/api/undo');
   if (!here) return;
   if (k === 's') return go(after);
-  if (orphan) {
+  if (answers.includes('assign')) {
     if (k === 'n') answer({action: 'foreign'});
-    else if (k >= '1' && k <= '9' && Number(k) <= groups.length)
-      answer({action: 'assign', group_id: groups[Number(k) - 1]});
-    return;
-  }
-  if (k >= '1' && k <= '9' && Number(k) <= n) answer({action: 'select', index: Number(k) - 1});
-  else if (k === 'a') answer({action: 'approve'});
-  else if (k === 'c') answer({action: 'crop'});
-  else if (k === 'r') answer({action: 'reject'});
+    else if (number && number <= groups.length)
+      answer({action: 'assign', group_id: groups[number - 1]});
+  } else if (answers.includes('live')) {
+    if (k === 'l') answer({action: 'live'});
+  } else if (answers.includes('approve')) {
+    if (number && number <= n) choose(number - 1);
+    else if (k === 'a') answer({action: 'approve', index: chosen});
+    else if (k === 'c') answer({action: 'crop', index: chosen});
+    else if (k === 'r') answer({action: 'reject'});
+  } else if (k === 'n') answer({action: 'foreign'});
 });
 </script></body></html>
 """

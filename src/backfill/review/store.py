@@ -26,12 +26,14 @@ from backfill.config.errors import UserError
 from backfill.db.cells import format_time
 from backfill.files.atomic import write_text
 
-FOLDER = "reviews"
-# What a person can decide. approve: the recovered decision is right as it stands;
-# crop: keep the crop as located; select: another render (``index``) was the pick;
-# reject: nothing of the group was kept; assign: an orphan final belongs to ``group_id``;
-# foreign: an orphan final is not from this project. A skip is no answer: not written.
-DECISIONS = ("approve", "crop", "select", "reject", "assign", "foreign")
+# What you can decide. approve: you kept render ``index`` whole; crop: you kept render
+# ``index`` cropped, as the box was located in it; reject: you kept nothing of the group;
+# assign: a final with no group belongs to ``group_id``; foreign: a final with no group
+# is not from this project, or a render left out of every group stays out; live: the
+# live database row is right where the files disagree (it is left as it is). A skip is
+# no answer: nothing is written.
+DECISIONS = ("approve", "crop", "reject", "assign", "foreign", "live")
+PICKS = ("approve", "crop")  # the decisions that name the kept render
 
 # One process writes a project's file at a time (the app serves one person); the lock
 # keeps two quick key presses from reading the same old file and losing one answer.
@@ -47,11 +49,6 @@ def case_key(kind: str, subject: str, hashes: Iterable[str | None]) -> Key:
     found (``subject``): two unreadable orphans are two cases, not one."""
     hashes = tuple(hashes)
     return kind, hashes, subject if None in hashes else ""
-
-
-def reviews_file(root: Path, project: str) -> Path:
-    """Where project ``project``'s answers live: ``reviews/<project>.jsonl`` at the root."""
-    return root / FOLDER / f"{project}.jsonl"
 
 
 def now() -> str:
@@ -93,10 +90,10 @@ def decision_problem(decision: dict[str, Any]) -> str | None:
     action = decision.get("action") if isinstance(decision, dict) else None
     if action not in DECISIONS:
         return f"decision action {action!r} is not one of {', '.join(DECISIONS)}"
-    if action == "select":
+    if action in PICKS:
         index = decision.get("index")
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            return "a 'select' decision names the chosen render's index (0 or more)"
+            return f"an {action!r} decision names the kept render's index (0 or more)"
     if action == "assign" and not (isinstance(decision.get("group_id"), str)
                                    and decision["group_id"]):
         return "an 'assign' decision names the group the final belongs to"

@@ -180,6 +180,7 @@ def _group_decision(project: str, gid: str, group: pd.Series, found: pd.Series,
         "review_reason": "; ".join(r for r in (found["review_reason"], time_review)
                                    if isinstance(r, str)) or None,
         **{c: _text(pred[c]) for c in AI_PROVENANCE},
+        "decided_by": _text(found["decided_by"]), "reviewed_at": _text(found["reviewed_at"]),
     }
     return row, source
 

@@ -302,6 +302,32 @@ class ContentPairing:
         finally:
             self.stats.seconds += time.perf_counter() - started
 
+    def in_group(self, jobs: pd.DataFrame) -> dict[str, tuple[int | None, str | None]]:
+        """pairing.GroupChooser: each final you assigned to a group, located in each of
+        its readable renders; the render it was cut from by the stage rule (with its
+        note), or None and why when none matches it to ``min_confidence``. Your answer
+        stands for the group, so no other group is searched and no doubt is required."""
+        started = time.perf_counter()
+        try:
+            s = self.settings
+            targets = [_Target(r.rel_path, r.final_hash, r.group_id, int(r.index),
+                               r.original_hash, r.original_path)
+                       for r in jobs.itertuples(index=False)]
+            found = self._locate(targets)
+            out: dict[str, tuple[int | None, str | None]] = {}
+            for rel, mine in _by_final(targets).items():
+                if not _tied(mine, found, s):
+                    best = max(_confidence(found, t) for t in mine)
+                    out[rel] = None, (f"its pixels match no render of {mine[0].group_id} to "
+                                      f"min_confidence {s.min_confidence} (best {best:.2f})")
+                    continue
+                pick, note = _stage(mine, found, s)
+                self.located.append(found[pick.original_hash, pick.final_hash])
+                out[rel] = pick.index, note
+            return out
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+
     def mixed(self, copies: pd.DataFrame, renders: pd.DataFrame) -> dict[str, list[str]]:
         """Review notes for groups that may hold renders of two sources of a name clash.
 

@@ -132,5 +132,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
         "review_reason": review.to_numpy(),
         "final_modified_at": mtime.map(iso_utc),
         "crop_timestamp": mtime.map(iso_utc).where(action == "crop"),
+        "decided_by": "files",  # your answers in review are applied after (review.apply)
+        "reviewed_at": None,
     })
     return truth.sort_values("group_id", kind="stable").reset_index(drop=True)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -142,6 +142,10 @@ BY_CONTENT = ("{rel} was paired by its content alone (no name or identical bytes
 # and -1 for a copy in no group) -> final -> (the copy its pixels clearly match, or
 # None; what the pixels said).
 PixelChooser = Callable[[pd.DataFrame], dict[str, tuple[str | None, str]]]
+# Finals you assigned to a group in review, one row per (final, readable render of its
+# group): rel_path, final_hash, group_id, index, original_hash, original_path -> final
+# -> (the index it was cut from, or None; a review note, or why none).
+GroupChooser = Callable[[pd.DataFrame], dict[str, tuple[int | None, str | None]]]
 
 
 def stem(name: str) -> str:
@@ -327,6 +331,36 @@ def claim_by_bytes(finals: pd.DataFrame, renders: pd.DataFrame, pairing: Pairing
             pairing.claim(rel, rendered.get(content, []), "content", "content (same bytes)")
 
 
+def claim_by_answer(finals: pd.DataFrame, renders: pd.DataFrame, pairing: Pairing,
+                    assigned: Mapping[str, str], by_answer: GroupChooser) -> None:
+    """Your word, before any guess by content: each final you assigned to a group in
+    review (``assigned``: rel_path -> group) that no name or bytes tie to one is claimed
+    for that group ('reviewed'), at the render its pixels were cut from. One that
+    matches none of the group's renders stays an orphan, saying so."""
+    readable = set(finals.loc[finals["status"] != "error", "rel_path"])
+    todo = {rel: g for rel, g in assigned.items()
+            if rel in readable and rel not in pairing.claims}
+    hashes = dict(zip(finals["rel_path"], finals["content_hash"], strict=True))
+    mine = renders[renders["group_id"].isin(set(todo.values())) & renders["content_hash"].notna()]
+    jobs = pd.DataFrame([
+        {"rel_path": rel, "final_hash": hashes[rel], "group_id": g, "index": int(r.index),
+         "original_hash": r.content_hash, "original_path": r.original_path}
+        for rel, g in todo.items() for r in mine[mine["group_id"] == g].itertuples()],
+        columns=["rel_path", "final_hash", "group_id", "index", "original_hash",
+                 "original_path"])
+    chosen = by_answer(jobs) if len(jobs) else {}
+    for rel, g in todo.items():
+        index, note = chosen.get(rel, (None, f"no render of {g} can be read"))
+        if index is None:
+            pairing.reasons[rel] = f"you assigned it to {g} in review, but {note}"
+            pairing.settled.add(rel)
+            continue
+        pairing.settled.discard(rel)
+        pairing.claims[rel] = Claim(rel, g, index, "reviewed")
+        if note:
+            pairing.reviews[g].append(f"{rel}: {note}")
+
+
 def add_content(pairing: Pairing, outcome: ContentOutcome,
                 named: dict[str, tuple[str, float]]) -> None:
     """Pass 3's search by pixels, added to what the names said: every claim is flagged
@@ -453,7 +487,8 @@ def assemble(groups: pd.DataFrame, finals: pd.DataFrame, originals: pd.DataFrame
 
 def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
                 by_content: ContentPairer | None = None, by_pixels: PixelChooser | None = None,
-                case_sensitive: bool = True
+                case_sensitive: bool = True, assigned: Mapping[str, str] | None = None,
+                by_answer: GroupChooser | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One pair per group (the final is empty for a rejected group) and a row per final
     file saying what it is: kept, copy, extra (another kept image of a group) or orphan.
@@ -461,7 +496,8 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
     ``by_content`` pairs the readable finals that neither names nor bytes tied to a
     group and whose names state no render identity; without it they stay orphans.
     ``by_pixels`` tells which copy of a clashing name a final shows; without it only the
-    same bytes do."""
+    same bytes do. ``assigned`` finals (rel_path -> group: your answers in review) are
+    claimed for their group where ``by_answer`` finds the render they were cut from."""
     finals = _final_rows(scan)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
@@ -469,6 +505,8 @@ def pair_finals(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFram
     pairing = claim_by_name(finals, renders, ungrouped, set(copies["name"]), case_sensitive)
     claim_clashes(finals, copies, pairing, by_pixels)
     claim_by_bytes(finals, renders, pairing)
+    if assigned and by_answer is not None:
+        claim_by_answer(finals, renders, pairing, assigned, by_answer)
     if by_content is not None:
         unpaired = finals[~finals["rel_path"].isin(pairing.claims)
                           & ~finals["rel_path"].isin(pairing.settled)

@@ -18,7 +18,7 @@ cached, so the run after the file is fixed (scan re-hashes it) locates it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +34,8 @@ from backfill.db.schema import ACTIONS
 from backfill.executors import LocalRunner, Runner, open_runner
 from backfill.files.filetimes import FileTimes
 from backfill.files.resultcache import ResultCache
+from backfill.review import store
+from backfill.review.apply import apply_answers, assignments
 from backfill.stages.extract.content_pairing import ContentPairing, ContentSettings, ContentStats
 from backfill.stages.extract.decisions import LabelSettings, label
 from backfill.stages.extract.locate import LOCATE_VERSION, PairLocation, locate_pair
@@ -133,15 +135,17 @@ def located_table(records: list[dict]) -> pd.DataFrame:
 
 def extract_project(groups: pd.DataFrame, scan: pd.DataFrame, ungrouped: pd.DataFrame,
                     settings: ExtractSettings, original_root: Path, final_root: Path,
-                    cache_dir: Path, runner: Runner | None = None) -> ExtractResult:
-    """The project's decisions and finals; pairs are located on ``runner`` (this
-    machine's ``settings.workers`` threads when None)."""
+                    cache_dir: Path, runner: Runner | None = None,
+                    assigned: Mapping[str, str] | None = None) -> ExtractResult:
+    """The project's decisions and finals, as the files give them; pairs are located on
+    ``runner`` (this machine's ``settings.workers`` threads when None). ``assigned``:
+    finals you put in a group in review (rel_path -> group id), paired as you said."""
     runner = runner or LocalRunner(settings.workers)
     cache = locate_cache(cache_dir, settings.match)
     by_content = ContentPairing(settings.content(), original_root, final_root, cache_dir, cache,
                                 runner)
     pairs, finals = pair_finals(groups, scan, ungrouped, by_content, by_content.choose,
-                                settings.case_sensitive)
+                                settings.case_sensitive, assigned, by_content.in_group)
     originals = scan[scan["source"] == "original"].set_index("rel_path")
     renders = render_rows(groups, originals)
     mixed = by_content.mixed(clash_copies(originals, renders, settings.case_sensitive),
@@ -209,11 +213,18 @@ def run(project: Project) -> str:
                                            case_sensitive=project.case_sensitive,
                                            file_times=FileTimes.from_config(cfg.scan))
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
+    reviews = project.reviews
+    answers = store.latest(store.read(reviews))
+    scan = tables["scan"]
     with open_runner(project, settings.workers) as runner:
-        result = extract_project(tables["groups"], tables["scan"], tables["ungrouped"],
+        result = extract_project(tables["groups"], scan, tables["ungrouped"],
                                  settings, project.path("original_dir"),
-                                 project.path("final_dir"), project.cache_dir, runner)
+                                 project.path("final_dir"), project.cache_dir, runner,
+                                 assignments(answers, scan[scan["source"] == "final"]))
         where = runner.where()
+    reviewed = apply_answers({**tables, "truth": result.truth, "finals": result.finals},
+                             answers)
+    result.truth, result.finals = reviewed.truth, reviewed.finals
     write_table(result.truth, project.output("truth"), TruthTable, "truth")
     write_table(result.finals, project.output("finals"), FinalsTable, "finals")
     unreadable = result.truth.loc[result.truth["user_action"] == UNREADABLE]
@@ -223,6 +234,11 @@ def run(project: Project) -> str:
         f"identical, {result.failed:,} failed; on {where}; "
         f"{time.perf_counter() - started:.1f}s -> "
         f"{project.output('truth').relative_to(project.root)}"]
+    if answers:
+        lines.append(f"  your answers ({reviews.relative_to(project.root)}): "
+                     f"{reviewed.applied:,} applied, {len(reviewed.not_applied):,} not "
+                     f"(they wait again in `backfill review {project.name}`)")
+        lines += [f"  answer not applied, {why}" for why in reviewed.not_applied]
     c = result.content
     if c.finals or c.named:
         lines.append(f"  by content: {c.paired:,} of {c.finals:,} unnamed finals paired, "

@@ -1,0 +1,240 @@
+"""Your answers, applied: the truth extract recovered, with every case you settled in
+`backfill review` decided as you said.
+
+Pure functions of the tables and the answers (store.latest), run by the extract stage
+after it labels the decisions, so `dvc repro` applies them (reviews/<project>.jsonl is
+one of extract's dependencies). An answer is applied only to the very files it was given
+for: its case (kind and content hashes) must wait in the queue the files give now. An
+answer whose files changed or vanished, or that no longer fits them, is listed with why,
+never applied quietly, and the case waits again.
+
+What each answer does:
+- approve k / crop k: the group's decision is render k kept whole / cropped to the box
+  located in it; reject: nothing of the group was kept (its finals become 'foreign').
+  The row's flag is cleared and ``decided_by`` says 'reviewed'.
+- assign g (an orphan final): extract's pairing claims the final for group g (method
+  'reviewed'), so it is located and labelled like any kept final (assignments()).
+- foreign: an orphan final is not from this project (role 'foreign'); a render left out
+  of every group by a name clash stays out.
+- live (a live-row conflict): the live row is right; the merge leaves it as it is, so
+  nothing here changes, and the queue stops showing the case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from backfill.contracts.schemas import CROP_BOX, UNREADABLE
+from backfill.review.queue import Case, build_queue
+from backfill.review.store import PICKS, Answer, Key, decision_problem
+
+FULL_FRAME = [0.0, 0.0, 1.0, 1.0]  # an approve keeps the whole render
+# The columns of a location in one render: meaningless for another render.
+LOCATION = ["scale", "confidence", "support", "match_method"]
+
+
+@dataclass
+class Applied:
+    """The truth and finals with your answers in, and what could not be applied."""
+
+    truth: pd.DataFrame
+    finals: pd.DataFrame
+    applied: int = 0
+    not_applied: list[str] = field(default_factory=list)  # one line per answer, with why
+
+
+def _sizes(group: pd.Series) -> list[tuple[object, object]]:
+    return list(zip(group["widths"], group["heights"], strict=True))
+
+
+def allowed(case: Case) -> tuple[str, ...]:
+    """The answers a case takes (store.DECISIONS)."""
+    if case.kind == "orphan":
+        return ("assign", "foreign")
+    if case.kind == "conflict":
+        return ("live",)
+    if case.group_id is None:  # a render a name clash left out of every group
+        return ("foreign",)
+    return ("approve", "crop", "reject")
+
+
+def answer_problem(case: Case, decision: Mapping, tables: Mapping[str, pd.DataFrame]
+                   ) -> str | None:
+    """Why ``decision`` is no answer to ``case`` on these tables, in one line (None: it is).
+    The app asks this before it keeps an answer."""
+    problem = decision_problem(decision)
+    if problem:
+        return problem
+    if decision["action"] not in allowed(case):
+        return f"a {case.kind} case takes {' or '.join(allowed(case))}"
+    groups = tables["groups"]
+    if decision["action"] == "assign" and decision["group_id"] not in set(groups["group_id"]):
+        return "an orphan final can be assigned to one of the project's groups only"
+    if case.group_id is None:
+        return None
+    truth = tables["truth"]
+    rows = truth[truth["group_id"] == case.group_id]
+    group = groups[groups["group_id"] == case.group_id]
+    return pick_problem(decision, rows.iloc[0] if len(rows) else None,
+                        group.iloc[0] if len(group) else None)
+
+
+def pick_problem(decision: Mapping, row: pd.Series | None, group: pd.Series | None
+                 ) -> str | None:
+    """Why ``decision`` cannot be applied to a group's truth ``row`` (None: it can).
+    The app asks this before it keeps an answer; the stage again, on today's files."""
+    action = decision.get("action")
+    if action not in PICKS:
+        return None
+    if group is None or row is None:
+        return f"an {action!r} answer is about a group of renders; this case has none"
+    index = decision["index"]
+    if index >= len(group["image_paths"]):
+        return f"the group has {len(group['image_paths'])} renders, no image {index + 1}"
+    if action == "crop":
+        kept = row["user_selected_index"]
+        if pd.isna(row["crop_x1"]) or pd.isna(kept):
+            return "no box was located in its renders to crop to: approve or reject it"
+        if int(kept) != index:
+            return (f"the box was located in image {int(kept) + 1}, not image {index + 1}: "
+                    "crop that one, or approve this one whole")
+    return None
+
+
+def _decided(row: pd.Series, group: pd.Series, decision: Mapping, at: str) -> pd.Series:
+    """``row`` (a truth row) as you decided it."""
+    row = row.copy()
+    action = decision["action"]
+    if action == "reject":
+        for column in ["user_selected_index", "kept_stage", "original_path", "original_width",
+                       "original_height", "final_path", "pair_method", *CROP_BOX, *LOCATION,
+                       "final_modified_at", "crop_timestamp"]:
+            row[column] = None
+        row["final_copies"] = 0
+    else:
+        index = int(decision["index"])
+        if pd.isna(row["user_selected_index"]) or int(row["user_selected_index"]) != index:
+            for column in LOCATION:  # located in another render, or nowhere
+                row[column] = None
+        width, height = _sizes(group)[index]
+        row["user_selected_index"] = index
+        row["kept_stage"] = float(group["stages"][index])
+        row["original_path"] = group["image_paths"][index]
+        row["original_width"] = None if width is None or pd.isna(width) else int(width)
+        row["original_height"] = None if height is None or pd.isna(height) else int(height)
+        if action == "approve":
+            row[CROP_BOX] = FULL_FRAME
+            row["crop_timestamp"] = None
+        else:
+            row["crop_timestamp"] = row["final_modified_at"]
+    row["user_action"] = action
+    row["needs_review"] = False
+    row["review_reason"] = None
+    row["decided_by"] = "reviewed"
+    row["reviewed_at"] = at
+    return row
+
+
+def assignments(answers: Mapping[Key, Answer], finals_scan: pd.DataFrame) -> dict[str, str]:
+    """The finals you assigned to a group (rel_path -> group id), for extract's pairing:
+    every readable file of the final folder with the content the answer was given for."""
+    by_hash: dict[str, list[str]] = {}
+    for rel, h in zip(finals_scan["rel_path"], finals_scan["content_hash"], strict=True):
+        if isinstance(h, str):
+            by_hash.setdefault(h, []).append(rel)
+    return {rel: a.decision["group_id"] for a in answers.values()
+            if a.kind == "orphan" and a.decision["action"] == "assign"
+            for rel in by_hash.get(a.hashes[0] or "", [])}
+
+
+def _tie_out(finals: pd.DataFrame, rows: np.ndarray, why: str) -> None:
+    finals.loc[rows, ["role", "group_id", "pair_method"]] = ["foreign", None, None]
+    finals.loc[rows, "reason"] = why
+
+
+def _orphan_outcome(answer: Answer, finals: pd.DataFrame) -> str | None:
+    """Whether an orphan's answer took (None), else why not."""
+    mine = finals[finals["content_hash"] == answer.hashes[0]] if answer.hashes[0] else \
+        finals[finals["rel_path"] == answer.subject]
+    if mine.empty:
+        return "its file is gone from the final folder"
+    action = answer.decision["action"]
+    if action == "assign":
+        group = answer.decision["group_id"]
+        if (mine["pair_method"] == "reviewed").any():
+            return None
+        if mine["role"].isin(["orphan"]).all():
+            return str(mine["reason"].iloc[0])  # pairing says why it could not claim it
+        return (f"the files now tie it to {mine['group_id'].dropna().iloc[0]} by "
+                f"{mine['pair_method'].dropna().iloc[0]}, so your answer ({group}) is not "
+                "needed")
+    if not (mine["role"] == "orphan").any():
+        return (f"it is no longer an orphan (the files now tie it to "
+                f"{mine['group_id'].dropna().iloc[0]})")
+    return None
+
+
+def apply_answers(tables: Mapping[str, pd.DataFrame], answers: Mapping[Key, Answer]
+                  ) -> Applied:
+    """The truth and finals of ``tables`` (extract's, with scan, groups and ungrouped)
+    with every standing answer in ``answers`` that still fits its files applied."""
+    truth = tables["truth"].set_index("group_id", drop=False)
+    finals = tables["finals"].copy()
+    groups = tables["groups"].set_index("group_id", drop=False)
+    waiting: dict[Key, Case] = {c.key: c for c in build_queue(tables)}
+    out = Applied(truth, finals)
+    for answer in answers.values():
+        action = answer.decision["action"]
+        where = f"{answer.kind} {answer.subject}"
+        if answer.kind == "conflict":
+            continue  # the live row is left as it is: the merge's business, not the truth's
+        if answer.kind == "orphan":
+            why = _orphan_outcome(answer, finals)
+            if why is None and action == "foreign":
+                rows = finals.index[(finals["content_hash"] == answer.hashes[0])
+                                    & (finals["role"] == "orphan")]
+                _tie_out(finals, rows, f"not from this project (you answered so, {answer.at})")
+            if why is None:
+                out.applied += 1
+            else:
+                out.not_applied.append(f"{where}: {why}")
+            continue
+        case = waiting.get(answer.key)
+        if case is None:
+            out.not_applied.append(f"{where}: {_why_gone(answer, truth, groups)}")
+            continue
+        if case.group_id is None:  # a render left out of every group: it stays out
+            out.applied += 1
+            continue
+        row, group = truth.loc[case.group_id], groups.loc[case.group_id]
+        problem = pick_problem(answer.decision, row, group)
+        if problem:
+            out.not_applied.append(f"{where}: {problem}")
+            continue
+        truth.loc[case.group_id] = _decided(row, group, answer.decision, answer.at)
+        if action == "reject":
+            rows = finals.index[(finals["group_id"] == case.group_id)]
+            _tie_out(finals, rows, f"you answered that {case.group_id} kept nothing "
+                                   f"({answer.at})")
+        out.applied += 1
+    out.truth = truth.reset_index(drop=True).astype(tables["truth"].dtypes.to_dict())
+    out.finals = finals.astype(tables["finals"].dtypes.to_dict())
+    return out
+
+
+def _why_gone(answer: Answer, truth: pd.DataFrame, groups: pd.DataFrame) -> str:
+    """Why an answer about a group fits no waiting case."""
+    if answer.subject not in groups.index:
+        return "its group is gone (renamed or removed): answer it again in review"
+    members = tuple(h if isinstance(h, str) else None
+                    for h in groups.loc[answer.subject, "content_hashes"])
+    if answer.hashes[:len(members)] != members:
+        return "its renders changed since you answered: answer it again in review"
+    row = truth.loc[answer.subject]
+    if row["user_action"] == UNREADABLE or row["needs_review"]:
+        return "its kept final changed since you answered: answer it again in review"
+    return "the files settle it now (it needs no review): your answer is not needed"
