@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 import subprocess
 import threading
@@ -20,6 +19,7 @@ from backfill.contracts.tables import ContractError
 from backfill.demo.production import make_production_db
 from backfill.files.atomic import write_parquet
 from backfill.models.evaluate import evaluate
+from tests.helpers.browser import chromium
 from tests.helpers.stage_project import make_stage_project
 
 
@@ -152,13 +152,6 @@ def test_thumbnails_drawn_on_threads_make_the_same_report_decoding_each_once(val
         assert decoded and threading.get_ident() not in decoded.threads
     assert drawn[3] == drawn[1]
     assert reports[3] == reports[1]
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("no chromium on PATH (`make test` installs Debian's package only as root)")
-    return path
 
 
 def open_in_chromium(path, fragment: str = "") -> tuple[str, list[str]]:

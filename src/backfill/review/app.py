@@ -318,7 +318,8 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 <h1>Review {{ project }}: {{ left }} left</h1>
 <p class="kinds">{% for k in kinds %}<span>{{ k.label }}: <b>{{ k.left }}</b></span>{% endfor %}</p>
 {% if case %}
-<h2>{{ case.label }}: {{ case.subject }}</h2>
+<h2 id="case" data-kind="{{ case.kind }}" data-subject="{{ case.subject }}">
+{{ case.label }}: {{ case.subject }}</h2>
 <p class="reason">{{ case.reason }}{% if case.confidence is not none %}
  (confidence {{ '%.3f' % case.confidence }}){% endif %}</p>
 <div class="renders">

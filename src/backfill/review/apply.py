@@ -198,6 +198,11 @@ def apply_answers(tables: Mapping[str, pd.DataFrame], answers: Mapping[Key, Answ
                 rows = finals.index[(finals["content_hash"] == answer.hashes[0])
                                     & (finals["role"] == "orphan")]
                 _tie_out(finals, rows, f"not from this project (you answered so, {answer.at})")
+            if why is None and action == "assign":  # paired as you said, located as any
+                paired = truth["final_path"].isin(
+                    finals.loc[finals["content_hash"] == answer.hashes[0], "rel_path"]) & (
+                    truth["pair_method"] == "reviewed")
+                truth.loc[paired, ["decided_by", "reviewed_at"]] = ["reviewed", answer.at]
             if why is None:
                 out.applied += 1
             else:
