@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backfill.config.composed import PARAMS_FILE
+from backfill.config.composed import PARAMS_FILE, ensure_reviews
 
 STAMPS = Path("data") / "watch"  # as in dvc.yaml: the watch stage's output
 WATCHED = ("scan", "merge")  # the stages that read from outside, each with its stamp
@@ -234,6 +234,9 @@ def run(root: Path) -> str:
             if "runs in full" in stamp:
                 full.append(f"{stage}@{name} ({stamp['runs in full']})")
     _forget_others(root / STAMPS, {str(n) for n in projects})
+    # A project registered before answers were kept has no answers file, which its
+    # extract stage depends on: an empty one, never one that exists.
+    ensure_reviews(root, map(str, projects))
     took = time.perf_counter() - started
     said = f"watch: {len(projects)} project(s), {took:.2f}s; "
     said += f"changed outside the repository: {', '.join(changed)}" if changed else \

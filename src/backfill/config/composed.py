@@ -1,5 +1,6 @@
 """What params.yaml was composed from: the names of conf/ and params.yaml, conf/'s digest
-and the record the last `backfill compose` left. Standard library and blake3 only, so
+and the record the last `backfill compose` left; where each project's review answers live
+beside them. Standard library and blake3 only, so
 that the watch stage, which runs on every `dvc repro`, finds the repository without
 loading Hydra."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import blake3
@@ -15,6 +17,26 @@ CONFIG_NAME = "config"
 PARAMS_FILE = "params.yaml"
 # What conf/ held when params.yaml was last composed from it (ignored by git: DVC's tmp).
 COMPOSED_FROM = Path(".dvc") / "tmp" / "backfill-composed.json"
+
+
+# Your answers in `backfill review`: inputs, not outputs. They live in git beside conf/
+# (an afternoon's answers must survive a `dvc gc` or a fresh clone).
+REVIEWS = "reviews"
+
+
+def reviews_file(root: Path, name: str) -> Path:
+    """Project ``name``'s answers: ``reviews/<name>.jsonl`` at the repository root."""
+    return root / REVIEWS / f"{name}.jsonl"
+
+
+def ensure_reviews(root: Path, names: Iterable[str]) -> None:
+    """An empty answers file for each project that has none: extract depends on it, and
+    DVC refuses a dependency that does not exist. Never touches one that does."""
+    for name in names:
+        path = reviews_file(root, name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
 
 
 def find_config_root(start: Path | None = None) -> Path | None:

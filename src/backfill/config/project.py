@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,8 +31,10 @@ from backfill.config.composed import (
     composed_record,
     conf_digest,
     conf_files,
+    ensure_reviews,
     find_config_root,
     params_trusted,
+    reviews_file,
 )
 from backfill.config.errors import UserError
 from backfill.config.settings import ProjectConfig, RayConfig, Settings, escaped, section
@@ -539,24 +541,6 @@ MODEL_METRICS = "model_metrics.json"  # predict: the model version's accuracy
 MERGE_SUMMARY = "merge_summary.json"  # merge: added, filled, corrected, preserved
 METRICS = "metrics.json"  # validate: counts by action, problems, DB rows
 PLOTS = ("iou", "accuracy_by_stage", "picks")  # validate: plots/<name>.csv
-# Your answers in `backfill review`: inputs, not outputs. They live in git beside conf/
-# (an afternoon's answers must survive a `dvc gc` or a fresh clone).
-REVIEWS = "reviews"
-
-
-def reviews_file(root: Path, name: str) -> Path:
-    """Project ``name``'s answers: ``reviews/<name>.jsonl`` at the repository root."""
-    return root / REVIEWS / f"{name}.jsonl"
-
-
-def ensure_reviews(root: Path, names: Iterable[str]) -> None:
-    """An empty answers file for each project that has none: extract depends on it, and
-    DVC refuses a dependency that does not exist. Never touches one that does."""
-    for name in names:
-        path = reviews_file(root, name)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
 
 
 def load_project(name: str, root: Path | None = None, alone: bool = False) -> Project:

@@ -20,6 +20,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from backfill.review.queue import (
     counts,
     read_tables,
     suggested_groups,
+    waiting,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ class Session:
     images: dict[str, tuple[Path, int, list[float] | None]] = field(default_factory=dict)
     px: int = PX
     _issued: dict[tuple[Path, int, str], str] = field(default_factory=dict, repr=False)
+    _indexed: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -85,8 +88,21 @@ class Session:
                    project.reviews, thumbs,
                    px=project.settings.validate.thumbnail_px)
 
+    @cached_property
+    def cases(self) -> list[Case]:
+        """Every case of the tables, in order: built once (the tables do not change
+        while the app runs), so a long queue costs each page one pass over it."""
+        return build_queue(self.tables)
+
+    def by_id(self, table: str) -> pd.DataFrame:
+        """The groups or truth table indexed by group id (indexed once)."""
+        if table not in self._indexed:
+            self._indexed[table] = self.tables[table].set_index("group_id", drop=False)
+        return self._indexed[table]
+
     def queue(self) -> list[Case]:
-        return build_queue(self.tables, store.latest(store.read(self.reviews)))
+        """The cases that wait: those with no standing answer in the reviews file."""
+        return waiting(self.cases, store.latest(store.read(self.reviews)))
 
     def image(self, path: Path, box: list[float] | None = None, large: bool = False) -> str:
         """An id for the thumbnail of ``path`` (``box`` drawn; ``large``: twice the size),
@@ -99,6 +115,7 @@ class Session:
         return self._issued[held]
 
 
+@cache  # a page looks its case up among all that wait: each digest is taken once
 def case_id(case: Case) -> str:
     """A case's id on the page: a digest of its key (kind and content hashes, no path)."""
     text = "\n".join([case.kind, *(h or "-" for h in case.hashes), case.subject])
@@ -117,11 +134,10 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
                             "subject": case.subject, "reason": case.reason,
                             "confidence": case.confidence, "renders": [], "final": None,
                             "suggestions": [], "answers": list(allowed(case)), "chosen": 0}
-    groups, truth = session.tables["groups"], session.tables["truth"]
-    if case.group_id is not None and case.group_id in set(groups["group_id"]):
-        group = groups[groups["group_id"] == case.group_id].iloc[0]
-        rows = truth[truth["group_id"] == case.group_id]
-        decided = rows.iloc[0] if len(rows) else None
+    groups, truth = session.by_id("groups"), session.by_id("truth")
+    if case.group_id is not None and case.group_id in groups.index:
+        group = groups.loc[case.group_id]
+        decided = truth.loc[case.group_id] if case.group_id in truth.index else None
         kept = (None if decided is None or pd.isna(decided["user_selected_index"])
                 else int(decided["user_selected_index"]))
         view["chosen"] = kept or 0
@@ -136,9 +152,8 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
     elif case.kind == "orphan":
         view["final"] = session.image(session.final_dir / case.subject, large=True)
         # Each suggested group shown by its highest stage, the one most often kept.
-        by_id = groups.set_index("group_id")
         for i, group in enumerate(suggested_groups(session.tables, case)):
-            last = by_id.loc[group, "image_paths"][-1]
+            last = groups.loc[group, "image_paths"][-1]
             view["suggestions"].append({"index": i, "group_id": group,
                                         "image": session.image(session.original_dir / last)})
     elif case.kind == "name_clash":  # a render left out of every group

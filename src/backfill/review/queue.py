@@ -137,8 +137,12 @@ def build_queue(tables: Mapping[str, pd.DataFrame],
              *_clashing_renders(tables["ungrouped"], tables["scan"])]
     if tables.get("merge_issues") is not None:
         cases += _conflicts(tables["merge_issues"], tables["groups"])
-    answered = answers or {}
-    return sorted((c for c in cases if c.key not in answered), key=_order)
+    return waiting(sorted(cases, key=_order), answers or {})
+
+
+def waiting(cases: list[Case], answers: Mapping[Key, Answer]) -> list[Case]:
+    """``cases`` (in their order) less those with a standing answer in ``answers``."""
+    return [c for c in cases if c.key not in answers]
 
 
 def counts(cases: list[Case]) -> dict[str, int]:
