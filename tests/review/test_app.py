@@ -238,3 +238,24 @@ def test_a_taken_port_is_said_in_one_line():
             free_socket(taken.getsockname()[1])
     finally:
         taken.close()
+
+
+def test_ctrl_c_stops_the_app_with_a_line_and_keeps_the_thumbnails(monkeypatch, session,
+                                                                    tmp_path):
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from backfill.review import app
+
+    said, saved = [], []
+
+    def interrupted(self, sockets):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.Session, "of", classmethod(lambda cls, project: session))
+    monkeypatch.setattr(uvicorn.Server, "run", interrupted)
+    monkeypatch.setattr(session.thumbs, "save", lambda: saved.append(True))
+    app.serve(SimpleNamespace(name="p", root=tmp_path), browser=False, say=said.append)
+    assert saved == [True]
+    assert said[-1].startswith(f"stopped: {len(session.queue())} case(s) still wait")

@@ -307,9 +307,13 @@ def serve(project: Project, port: int | None = None, browser: bool = True,
     server = make_server(session, token)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: how you stop the app, not a failure
+        pass
     finally:
         sock.close()
         session.thumbs.save()
+    say(f"stopped: {len(session.queue())} case(s) still wait. `dvc repro` applies your "
+        f"answers; commit {session.reviews.relative_to(project.root)}.")
 
 
 def make_server(session: Session, token: str) -> uvicorn.Server:
@@ -325,7 +329,9 @@ PAGE = """<!doctype html>
 body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222}
 .kinds span{margin-right:1.2rem}.renders{display:flex;gap:1rem;flex-wrap:wrap}
 figure{margin:0;text-align:center}figure img{max-height:320px;border:3px solid #ddd}
-figure.kept img{border-color:#c33}
+figure.kept img{border-color:#2a2}
+.unreadable{width:10rem;height:8rem;display:flex;align-items:center;justify-content:center;
+background:#eee;color:#a00;border:3px dashed #caa}
 figure.chosen img{outline:4px solid #36c;outline-offset:2px}
 .reason{background:#fff6d6;padding:.5rem;margin:.8rem 0}
 kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
@@ -340,16 +346,19 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 <div class="renders">
 {% for r in case.renders %}
 <figure class="render{{ ' kept' if r.kept }}{{ ' chosen' if r.index == case.chosen }}">
-<img src="/image/{{ r.image }}?t={{ token }}" alt="render {{ r.index + 1 }}">
+<img src="/image/{{ r.image }}?t={{ token }}"
+ onerror="unreadable(this)" alt="render {{ r.index + 1 }}">
 <figcaption><kbd>{{ r.index + 1 }}</kbd> {% if r.stage is not none %}stage {{ r.stage }}{% endif %}
 {% if r.kept %}(kept; box as located){% endif %}</figcaption></figure>{% endfor %}
-{% if case.final %}<figure><img src="/image/{{ case.final }}?t={{ token }}" alt="final">
+{% if case.final %}<figure><img src="/image/{{ case.final }}?t={{ token }}"
+ onerror="unreadable(this)" alt="final">
 <figcaption>{{ 'this final' if case.kind == 'orphan' else 'the kept final' }}</figcaption>
 </figure>{% endif %}
 </div>
 {% if case.suggestions %}<h3>Which group is it from?</h3><div class="renders">
 {% for g in case.suggestions %}<figure>
-<img src="/image/{{ g.image }}?t={{ token }}" alt="group {{ g.group_id }}">
+<img src="/image/{{ g.image }}?t={{ token }}"
+ onerror="unreadable(this)" alt="group {{ g.group_id }}">
 <figcaption><kbd>{{ g.index + 1 }}</kbd> {{ g.group_id }}</figcaption></figure>{% endfor %}
 </div>{% endif %}
 <p class="keys">{% if 'assign' in case.answers %}
@@ -371,6 +380,12 @@ const token = {{ token|tojson }}, here = {{ (case.id if case else '')|tojson }},
       answers = {{ (case.answers if case else [])|tojson }},
       groups = {{ (case.suggestions|map(attribute='group_id')|list if case else [])|tojson }};
 let chosen = {{ (case.chosen if case else 0)|tojson }};
+function unreadable(img) {  // the server could not draw it: say so, not a broken icon
+  const note = document.createElement('div');
+  note.className = 'unreadable';
+  note.textContent = 'cannot be read';
+  img.replaceWith(note);
+}
 function go(id) { location.href = '/?t=' + encodeURIComponent(token) +
                   (id ? '&case=' + encodeURIComponent(id) : ''); }
 async function post(path, body) {
