@@ -26,28 +26,18 @@ from starlette.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import timed  # noqa: E402
-from tests.conftest import pipeline_config  # noqa: E402
+from tests.helpers.recover import recover  # noqa: E402
 
 TOKEN = "bench"
 
 
 def project_tables(root: Path, groups: int) -> tuple[dict[str, pd.DataFrame], object]:
-    from backfill.config.settings import GroupConfig, section
     from backfill.demo.synthetic import make_project
-    from backfill.stages.extract.stage import ExtractSettings, extract_project
-    from backfill.stages.group import group_table
-    from backfill.stages.scan import ScanSettings, scan_project
 
-    cfg = pipeline_config()
-    gen = make_project(root / "p", n_groups=groups, seed=3, scale=0.25)
-    scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
-                        ScanSettings.from_config(cfg.scan), root / "cache").table
-    grouped, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
-    result = extract_project(grouped, scan, ungrouped,
-                             ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
-                             gen.original_dir, gen.final_dir, root / "cache")
-    return {"truth": result.truth, "finals": result.finals, "groups": grouped,
-            "ungrouped": ungrouped, "scan": scan}, gen
+    done = recover(make_project(root / "p", n_groups=groups, seed=3, scale=0.25),
+                   root / "cache")
+    return {"truth": done.truth, "finals": done.finals, "groups": done.groups,
+            "ungrouped": done.ungrouped, "scan": done.scan}, done.gen
 
 
 def grown(tables: dict[str, pd.DataFrame], cases: int) -> dict[str, pd.DataFrame]:

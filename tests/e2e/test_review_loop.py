@@ -22,18 +22,10 @@ from PIL import Image
 from backfill.demo.synthetic import make_project
 from tests.conftest import BIN, run
 from tests.helpers.browser import chromium
+from tests.helpers.odd_files import break_a_kept_final
 
 pytestmark = pytest.mark.slow
 GROUP_KINDS = ("needs_review", "unreadable_final", "name_clash")
-
-
-def break_a_kept_final(project) -> None:
-    """A kept final that cannot be read (no readable copy stands in): its group's case
-    waits as an unreadable final."""
-    copied = {Path(p).name for p in project.other_finals}
-    kept = next(g.final_rel_path for g in reversed(project.groups)
-                if g.final_rel_path and Path(g.final_rel_path).name not in copied)
-    (project.final_dir / kept).write_bytes(b"not an image")
 
 
 def orphan_of_a_rejected_group(project) -> tuple[str, str, int]:

@@ -1,10 +1,11 @@
-"""The odd files of a hostile archive (links, fifos, bombs, empty and cut files), and
-what scan says of each."""
+"""The odd files of a hostile archive (links, fifos, bombs, empty and cut files, a kept
+final broken on disk), and what scan says of each."""
 
 from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -116,3 +117,13 @@ def add_odd(kind: str, folder, i: int, bomb: bytes) -> str | None:
 def readable_as_root(folder) -> bool:
     """chmod 000 does not stop root: the folder is then listed like any other."""
     return os.access(folder, os.R_OK | os.X_OK)
+
+
+def break_a_kept_final(project) -> str:
+    """Overwrite a kept final (one with no readable copy to stand in) with bytes that are
+    no image: its group's decision then waits as an unreadable final. Its path."""
+    copied = {Path(p).name for p in project.other_finals}
+    kept = next(g.final_rel_path for g in reversed(project.groups)
+                if g.final_rel_path and Path(g.final_rel_path).name not in copied)
+    (project.final_dir / kept).write_bytes(b"not an image")
+    return kept

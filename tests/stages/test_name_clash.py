@@ -18,19 +18,12 @@ from backfill.stages.merge import MergeSettings, backfill_rows, plan_merge
 from backfill.stages.scan import ScanSettings, scan_project
 from tests.conftest import pipeline_config
 from tests.helpers.extract_rows import NO_UNGROUPED, file_row, ungrouped_rows
+from tests.helpers.recover import recover
 
 
 def _recover(root, clash: bool) -> SimpleNamespace:
-    cfg = pipeline_config()
     gen = make_two_machine_project(root / "p", n_groups=30, clashing=4, seed=11, clash=clash)
-    scan = scan_project({"original": gen.original_dir, "final": gen.final_dir},
-                        ScanSettings.from_config(cfg.scan), root / "fp").table
-    groups, ungrouped = group_table(scan, section(GroupConfig, cfg.group, "group"), "p")
-    result = extract_project(groups, scan, ungrouped,
-                             ExtractSettings.from_config(cfg.extract, cfg.scan.max_pixels),
-                             gen.original_dir, gen.final_dir, root / "cache")
-    return SimpleNamespace(gen=gen, scan=scan, groups=groups, ungrouped=ungrouped,
-                           truth=result.truth, finals=result.finals)
+    return recover(gen, root / "cache")
 
 
 @pytest.fixture(scope="module")

@@ -281,9 +281,7 @@ class ContentPairing:
         started = time.perf_counter()
         try:
             s = self.settings
-            targets = [_Target(r.rel_path, r.final_hash, r.group_id, int(r.index),
-                               r.original_hash, r.original_path)
-                       for r in jobs.itertuples(index=False)]
+            targets = _job_targets(jobs)
             found = self._locate(targets)
             out: dict[str, tuple[str | None, str]] = {}
             for rel, mine in _by_final(targets).items():
@@ -310,9 +308,7 @@ class ContentPairing:
         started = time.perf_counter()
         try:
             s = self.settings
-            targets = [_Target(r.rel_path, r.final_hash, r.group_id, int(r.index),
-                               r.original_hash, r.original_path)
-                       for r in jobs.itertuples(index=False)]
+            targets = _job_targets(jobs)
             found = self._locate(targets)
             out: dict[str, tuple[int | None, str | None]] = {}
             for rel, mine in _by_final(targets).items():
@@ -456,6 +452,13 @@ def locate_in_renders(job: tuple[Path, list[tuple[str, str, Path]]], match: Matc
                 for o, f, _ in renders]
     return [locate_pair(o, f, original_path, final, match, max_pixels)
             for o, f, original_path in renders]
+
+
+def _job_targets(jobs: pd.DataFrame) -> list[_Target]:
+    """One target per row of ``jobs`` (rel_path, final_hash, group_id, index,
+    original_hash, original_path)."""
+    return [_Target(r.rel_path, r.final_hash, r.group_id, int(r.index), r.original_hash,
+                    r.original_path) for r in jobs.itertuples(index=False)]
 
 
 def _targets(rel: str, final_hash: str, renders: pd.DataFrame) -> list[_Target]:
