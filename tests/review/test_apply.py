@@ -109,3 +109,16 @@ def test_an_orphan_said_foreign_is_tied_to_no_group_and_waits_no_more(tables):
 def test_an_answer_the_case_cannot_take_is_refused(tables, decision, wrong):
     case = group_cases(tables)[0]
     assert wrong in answer_problem(case, decision, tables)
+
+
+def test_an_unreadable_orphan_is_told_by_where_it_was_found(tables):
+    finals = tables["finals"].copy()
+    orphans = finals.index[finals["role"] == "orphan"][:2]
+    finals.loc[orphans, "content_hash"] = None  # two orphans that cannot be read
+    tabs = {**tables, "finals": finals}
+    first, second = [c for c in build_queue(tabs) if c.kind == "orphan" and not c.hashes[0]]
+    out, _ = applied(tabs, said(first, action="foreign"),
+                     said(second, action="assign", group_id=tables["groups"]["group_id"][0]))
+    roles = out.finals.set_index("rel_path")["role"]
+    assert (roles[first.subject], roles[second.subject]) == ("foreign", "orphan")
+    assert out.applied == 1 and "cannot be read" in out.not_applied[0]

@@ -156,15 +156,24 @@ def _tie_out(finals: pd.DataFrame, rows: np.ndarray, why: str) -> None:
     finals.loc[rows, "reason"] = why
 
 
+def _orphan_rows(answer: Answer, finals: pd.DataFrame) -> pd.Series:
+    """The finals an orphan's answer is about: those with its content, or for a file that
+    cannot be read (no content hash), the one where it was found."""
+    if answer.hashes[0]:
+        return finals["content_hash"] == answer.hashes[0]
+    return finals["rel_path"] == answer.subject
+
+
 def _orphan_outcome(answer: Answer, finals: pd.DataFrame) -> str | None:
     """Whether an orphan's answer took (None), else why not."""
-    mine = finals[finals["content_hash"] == answer.hashes[0]] if answer.hashes[0] else \
-        finals[finals["rel_path"] == answer.subject]
+    mine = finals[_orphan_rows(answer, finals)]
     if mine.empty:
         return "its file is gone from the final folder"
     action = answer.decision["action"]
     if action == "assign":
         group = answer.decision["group_id"]
+        if not answer.hashes[0]:
+            return f"it cannot be read, so it cannot be located in a render of {group}"
         if (mine["pair_method"] == "reviewed").any():
             return None
         if mine["role"].isin(["orphan"]).all():
@@ -195,12 +204,11 @@ def apply_answers(tables: Mapping[str, pd.DataFrame], answers: Mapping[Key, Answ
         if answer.kind == "orphan":
             why = _orphan_outcome(answer, finals)
             if why is None and action == "foreign":
-                rows = finals.index[(finals["content_hash"] == answer.hashes[0])
-                                    & (finals["role"] == "orphan")]
+                rows = finals.index[_orphan_rows(answer, finals) & (finals["role"] == "orphan")]
                 _tie_out(finals, rows, f"not from this project (you answered so, {answer.at})")
             if why is None and action == "assign":  # paired as you said, located as any
                 paired = truth["final_path"].isin(
-                    finals.loc[finals["content_hash"] == answer.hashes[0], "rel_path"]) & (
+                    finals.loc[_orphan_rows(answer, finals), "rel_path"]) & (
                     truth["pair_method"] == "reviewed")
                 truth.loc[paired, ["decided_by", "reviewed_at"]] = ["reviewed", answer.at]
             if why is None:
