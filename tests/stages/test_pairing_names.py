@@ -14,7 +14,7 @@ from PIL import Image
 from backfill.config.settings import GroupConfig, section
 from backfill.contracts.schemas import CROP_BOX, FinalsTable, TruthTable
 from backfill.contracts.tables import validate
-from backfill.db.schema import PROVENANCE_COLUMNS, create, table_columns
+from backfill.db.schema import PROVENANCE_ADDED, PROVENANCE_COLUMNS, create, table_columns
 from backfill.demo.synthetic import STAGE_DELAY, STAGE_LABELS, make_project, texture
 from backfill.stages.extract.content_pairing import normalised, scores, shortlist, signature
 from backfill.stages.extract.stage import extract_project
@@ -156,19 +156,21 @@ def test_provenance_says_how_each_final_was_paired(odd):
     assert set(methods.dropna()) == {"name", "identity", "content"}
 
 
-def test_an_older_provenance_table_gets_the_new_column(tmp_path):
-    """A production DB (or an older merged one) whose side table predates pair_method:
-    the merged DB's create() adds the column, so the provenance insert works."""
+def test_an_older_provenance_table_gets_the_new_columns(tmp_path):
+    """A production DB (or an older merged one) whose side table predates pair_method,
+    decided_by and reviewed_at: the merged DB's create() adds them, so the provenance
+    insert works."""
     conn = sqlite3.connect(tmp_path / "old.db")
-    old = [c for c in PROVENANCE_COLUMNS if c != "pair_method"]
+    old = [c for c in PROVENANCE_COLUMNS if c not in PROVENANCE_ADDED]
     conn.execute(f"CREATE TABLE backfill_provenance ({', '.join(old)})")
     create(conn)
-    assert table_columns(conn, "backfill_provenance")[-1] == "pair_method"
+    assert table_columns(conn, "backfill_provenance")[len(old):] == list(PROVENANCE_ADDED)
     conn.execute(f"INSERT INTO backfill_provenance ({', '.join(PROVENANCE_COLUMNS)}) "
                  f"VALUES ({', '.join('?' * len(PROVENANCE_COLUMNS))})",
-                 ["g", "backfill", "g", "f.png", "identity", *[None] * 8])
-    assert conn.execute("SELECT pair_method FROM backfill_provenance").fetchone() == (
-        "identity",)
+                 ["g", "backfill", "g", "f.png", "identity",
+                  *[None] * (len(PROVENANCE_COLUMNS) - 7), "reviewed", "2026-12-04T10:00:00Z"])
+    assert conn.execute("SELECT pair_method, decided_by FROM backfill_provenance"
+                        ).fetchone() == ("identity", "reviewed")
     create(conn)  # idempotent
     conn.close()
 
