@@ -45,7 +45,7 @@ STAGES = (
           "group renders by the nearest-up rule"),
     Stage("extract", "stages.extract", ("stages/extract", "executors", "review/store.py",
                                         "review/queue.py", "review/apply.py"),
-          "recover each group's decision from the final folder"),
+          "recover each group's decision from the final folder; apply your review answers"),
     Stage("embed", "stages.embed", ("stages/embed.py", "executors", "models"),
           "CLIP embeddings of every grouped image (cached)"),
     Stage("predict", "stages.predict", ("stages/predict.py", "models"),
