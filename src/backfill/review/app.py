@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backfill.config.project import Project
+from backfill.contracts.schemas import CROP_BOX
 from backfill.reports.report import Thumbnails
 from backfill.review import store
 from backfill.review.apply import allowed, answer_problem
@@ -123,7 +124,7 @@ def case_id(case: Case) -> str:
 
 
 def _box(row: pd.Series) -> list[float] | None:
-    box = [row.get(c) for c in ("crop_x1", "crop_y1", "crop_x2", "crop_y2")]
+    box = [row.get(c) for c in CROP_BOX]
     return None if any(v is None or pd.isna(v) for v in box) else [float(v) for v in box]
 
 
