@@ -17,6 +17,10 @@ by the first of these that answers (its ``pair_method``, schemas.PAIR_METHODS):
    final whose name states a render identity that no render has is never paired by
    content (it is another render, one that is gone): it stays an orphan whose reason
    names the render it claims to be and its best content match.
+4. reviewed: between the bytes and the search by pixels, a final you assigned to a group
+   in `backfill review` (and that names and bytes left unpaired) is claimed for that
+   group, at the render its pixels were cut from (``by_answer``); your word stands for
+   the group, the location is found as for any other.
 
 Never a guess: a final whose name, identity, bytes or content fits renders of two
 groups is paired with neither (an orphan whose reason names them), and both groups are
