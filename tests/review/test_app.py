@@ -259,3 +259,16 @@ def test_ctrl_c_stops_the_app_with_a_line_and_keeps_the_thumbnails(monkeypatch, 
     app.serve(SimpleNamespace(name="p", root=tmp_path), browser=False, say=said.append)
     assert saved == [True]
     assert said[-1].startswith(f"stopped: {len(session.queue())} case(s) still wait")
+
+
+def test_a_case_whose_answer_could_not_be_applied_waits_again_saying_so(session):
+    case = next(c for c in session.queue() if c.kind == "needs_review")
+    store.append(session.reviews, store.Answer(case.kind, case.subject, case.hashes,
+                                               case.reason, {"action": "reject"},
+                                               at="2026-12-04T10:00:00Z"))
+    assert case not in session.queue()  # answered: settled until a repro rebuilds the tables
+    session.built_at = "2026-12-04T11:00:00Z"  # a repro ran since, and the case is still there
+    assert case in session.queue()
+    client = TestClient(create_app(session, TOKEN), base_url="http://127.0.0.1")
+    page = client.get(f"/?t={TOKEN}&case={case_id(case)}").text
+    assert "could\nnot be applied" in page and "reject, at 2026-12-04T10:00:00Z" in page

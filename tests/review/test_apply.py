@@ -10,7 +10,7 @@ from backfill.contracts.schemas import FinalsTable, TruthTable
 from backfill.contracts.tables import validate
 from backfill.review.apply import answer_problem, apply_answers
 from backfill.review.queue import Case, build_queue
-from backfill.review.store import Answer, latest
+from backfill.review.store import Answer
 
 AT = "2026-12-04T10:00:00Z"
 
@@ -24,7 +24,7 @@ def group_cases(tables) -> list[Case]:
 
 
 def applied(tables, *answers: Answer):
-    out = apply_answers(tables, latest(answers))
+    out = apply_answers(tables, list(answers))
     validate(out.truth, TruthTable, "truth")
     validate(out.finals, FinalsTable, "finals")
     return out, out.truth.set_index("group_id")
@@ -98,7 +98,7 @@ def test_an_orphan_said_foreign_is_tied_to_no_group_and_waits_no_more(tables):
     out, _ = applied(tables, said(case, action="foreign"))
     row = out.finals.set_index("rel_path").loc[case.subject]
     assert row["role"] == "foreign" and "not from this project" in row["reason"]
-    assert case.key not in {c.key for c in build_queue({**tables, "finals": out.finals})}
+    assert case.subject not in {c.subject for c in build_queue({**tables, "finals": out.finals})}
 
 
 @pytest.mark.parametrize("decision,wrong", [
@@ -122,3 +122,38 @@ def test_an_unreadable_orphan_is_told_by_where_it_was_found(tables):
     roles = out.finals.set_index("rel_path")["role"]
     assert (roles[first.subject], roles[second.subject]) == ("foreign", "orphan")
     assert out.applied == 1 and "cannot be read" in out.not_applied[0]
+
+
+def test_an_orphan_answer_about_a_final_a_reject_tied_out_does_not_stop_extract(tables):
+    truth = tables["truth"].set_index("group_id")
+    case = next(c for c in group_cases(tables)
+                if isinstance(truth.loc[c.group_id, "final_path"], str))
+    final = tables["finals"].set_index("rel_path").loc[truth.loc[case.group_id, "final_path"]]
+    about_it = Answer("orphan", "misc/" + final.name, (final["content_hash"],), "was an orphan",
+                      {"action": "foreign"}, at=AT)
+    out, _ = applied(tables, said(case, action="reject"), about_it)
+    assert out.applied == 2 and out.not_applied == []  # tied to no group either way
+
+
+def test_approving_another_render_than_the_kept_final_shows_keeps_no_final(tables):
+    truth = tables["truth"].set_index("group_id")
+    case = next(c for c in group_cases(tables)
+                if isinstance(truth.loc[c.group_id, "final_path"], str)
+                and truth.loc[c.group_id, "user_selected_index"] > 0)
+    final = truth.loc[case.group_id, "final_path"]
+    out, after = applied(tables, said(case, action="approve", index=0))
+    row = after.loc[case.group_id]
+    assert (row["user_selected_index"], row["final_copies"]) == (0, 0)
+    assert pd.isna(row["final_path"]) and pd.isna(row["pair_method"])
+    kept = out.finals.set_index("rel_path").loc[final]
+    assert kept["role"] == "extra" and "image 1" in kept["reason"]
+
+
+def test_an_orphan_that_cannot_be_read_can_only_be_left_out(tables):
+    finals = tables["finals"].copy()
+    finals.loc[finals.index[finals["role"] == "orphan"][0], "content_hash"] = None
+    tabs = {**tables, "finals": finals}
+    case = next(c for c in build_queue(tabs) if c.kind == "orphan" and not c.hashes[0])
+    group = tables["groups"]["group_id"][0]
+    assert "takes foreign" in answer_problem(case, {"action": "assign", "group_id": group}, tabs)
+    assert answer_problem(case, {"action": "foreign"}, tabs) is None

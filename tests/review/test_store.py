@@ -34,20 +34,12 @@ def test_append_then_read_gives_the_answers_back_in_order(tmp_path):
     assert path.read_text().count("\n") == 2
 
 
-def test_latest_keeps_the_last_answer_per_case_keyed_by_content():
+def test_latest_keeps_the_last_answer_per_case_where_it_was_found():
     first = answer("approve")
     changed_mind = answer("reject", at="2026-01-02T03:05:00Z")
     other_files = answer("crop", hashes=(H1, H3))  # same group id, other content
-    standing = store.latest([first, changed_mind, other_files])
-    assert standing == {("needs_review", (H1, H2), ""): changed_mind,
-                        ("needs_review", (H1, H3), ""): other_files}
-
-
-def test_content_keys_an_answer_and_a_file_with_none_adds_where_it_was():
-    moved = store.case_key("orphan", "a/x.png", (H1,))
-    assert moved == store.case_key("orphan", "b/x.png", (H1,))  # same content: same case
-    assert store.case_key("orphan", "a/x.png", (None,)) != \
-        store.case_key("orphan", "b/y.png", (None,))  # two unreadable files: two cases
+    assert store.latest([first, changed_mind, other_files]) == [changed_mind, other_files]
+    assert store.latest([]) == []
 
 
 def test_undo_drops_the_last_answer_and_says_which(tmp_path):

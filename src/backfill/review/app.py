@@ -20,6 +20,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backfill.config.project import Project
 from backfill.contracts.schemas import CROP_BOX
+from backfill.db.cells import format_time
 from backfill.reports.report import Thumbnails
 from backfill.review import store
 from backfill.review.apply import allowed, answer_problem
@@ -44,6 +46,7 @@ from backfill.review.queue import (
     build_queue,
     counts,
     read_tables,
+    standing,
     suggested_groups,
     waiting,
 )
@@ -72,6 +75,9 @@ class Session:
     # nothing of the path and cannot be guessed.
     images: dict[str, tuple[Path, int, list[float] | None]] = field(default_factory=dict)
     px: int = PX
+    # When the tables were built (ISO, UTC): a case still in them with an older answer
+    # is one the answer could not be applied to (queue.waiting). None: not known.
+    built_at: str | None = None
     _issued: dict[tuple[Path, int, str], str] = field(default_factory=dict, repr=False)
     _indexed: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,9 +91,10 @@ class Session:
         thumbs = Thumbnails(project.cache_dir, project.settings.scan.max_pixels, {
             folder[s] / r: h for s, r, h in zip(hashed["source"], hashed["rel_path"],
                                                 hashed["content_hash"], strict=True)})
+        built = datetime.fromtimestamp(project.output("truth").stat().st_mtime, UTC)
         return cls(project.name, tables, folder["original"], folder["final"],
-                   project.reviews, thumbs,
-                   px=project.settings.validate.thumbnail_px)
+                   project.reviews, thumbs, px=project.settings.validate.thumbnail_px,
+                   built_at=format_time(built))
 
     @cached_property
     def cases(self) -> list[Case]:
@@ -102,8 +109,12 @@ class Session:
         return self._indexed[table]
 
     def queue(self) -> list[Case]:
-        """The cases that wait: those with no standing answer in the reviews file."""
-        return waiting(self.cases, store.latest(store.read(self.reviews)))
+        """The cases that wait: those your answers do not settle (queue.waiting)."""
+        return waiting(self.cases, store.read(self.reviews), self.built_at)
+
+    def earlier(self, case: Case) -> store.Answer | None:
+        """Your answer to ``case`` that the last repro could not apply, if any."""
+        return standing([case], store.read(self.reviews)).get(case)
 
     def image(self, path: Path, box: list[float] | None = None, large: bool = False) -> str:
         """An id for the thumbnail of ``path`` (``box`` drawn; ``large``: twice the size),
@@ -134,7 +145,12 @@ def case_view(session: Session, case: Case) -> dict[str, Any]:
     view: dict[str, Any] = {"id": case_id(case), "kind": case.kind, "label": LABELS[case.kind],
                             "subject": case.subject, "reason": case.reason,
                             "confidence": case.confidence, "renders": [], "final": None,
-                            "suggestions": [], "answers": list(allowed(case)), "chosen": 0}
+                            "suggestions": [], "answers": list(allowed(case)), "chosen": 0,
+                            "earlier": None}
+    earlier = session.earlier(case)
+    if earlier is not None:
+        said = " ".join(f"{k} {v}" for k, v in sorted(earlier.decision.items()) if k != "action")
+        view["earlier"] = f"{earlier.decision['action']} {said}".strip() + f", at {earlier.at}"
     groups, truth = session.by_id("groups"), session.by_id("truth")
     if case.group_id is not None and case.group_id in groups.index:
         group = groups.loc[case.group_id]
@@ -239,7 +255,7 @@ def create_app(session: Session, token: str) -> Starlette:
             left = session.queue()
         back = None
         if undone is not None:
-            back = next((case_id(c) for c in left if c.key == undone.key), None)
+            back = next((case_id(c) for c in standing(left, [undone])), None)
         return JSONResponse({**summary(left), "next": back})
 
     def image(request: Request) -> Response:
@@ -344,6 +360,9 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 .3rem}#said{color:#a00}
 {{ case.label }}: {{ case.subject }}</h2>
 <p class="reason">{{ case.reason }}{% if case.confidence is not none %}
  (confidence {{ '%.3f' % case.confidence }}){% endif %}</p>
+{% if case.earlier %}<p class="reason" id="earlier">Your answer ({{ case.earlier }}) could
+not be applied to the files as they are now: `dvc repro` printed why. Answer again.</p>
+{% endif %}
 <div class="renders">
 {% for r in case.renders %}
 <figure class="render{{ ' kept' if r.kept }}{{ ' chosen' if r.index == case.chosen }}">

@@ -1,10 +1,11 @@
 """Your answers, applied: the truth extract recovered, with every case you settled in
 `backfill review` decided as you said.
 
-Pure functions of the tables and the answers (store.latest), run by the extract stage
+Pure functions of the tables and the answers (the reviews file, oldest first), run by
+the extract stage
 after it labels the decisions, so `dvc repro` applies them (reviews/<project>.jsonl is
 one of extract's dependencies). An answer is applied only to the very files it was given
-for: its case (kind and content hashes) must wait in the queue the files give now. An
+for: its case must wait in the queue the files give now (queue.standing). An
 answer whose files changed or vanished, or that no longer fits them, is listed with why,
 never applied quietly, and the case waits again.
 
@@ -22,15 +23,15 @@ What each answer does:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from backfill.contracts.schemas import CROP_BOX, UNREADABLE
-from backfill.review.queue import Case, build_queue
-from backfill.review.store import PICKS, Answer, Key, decision_problem
+from backfill.review.queue import Case, build_queue, standing
+from backfill.review.store import PICKS, Answer, decision_problem, latest
 
 FULL_FRAME = [0.0, 0.0, 1.0, 1.0]  # an approve keeps the whole render
 # The columns of a location in one render: meaningless for another render.
@@ -53,8 +54,8 @@ def _sizes(group: pd.Series) -> list[tuple[object, object]]:
 
 def allowed(case: Case) -> tuple[str, ...]:
     """The answers a case takes (store.DECISIONS)."""
-    if case.kind == "orphan":
-        return ("assign", "foreign")
+    if case.kind == "orphan":  # one that cannot be read cannot be located in a group
+        return ("assign", "foreign") if case.hashes[0] else ("foreign",)
     if case.kind == "conflict":
         return ("live",)
     if case.group_id is None:  # a render a name clash left out of every group
@@ -118,8 +119,10 @@ def _decided(row: pd.Series, group: pd.Series, decision: Mapping, at: str) -> pd
     else:
         index = int(decision["index"])
         if pd.isna(row["user_selected_index"]) or int(row["user_selected_index"]) != index:
-            for column in LOCATION:  # located in another render, or nowhere
+            # Not the render the kept final was cut from: no final, no location is its.
+            for column in [*LOCATION, "final_path", "pair_method", "final_modified_at"]:
                 row[column] = None
+            row["final_copies"] = 0
         width, height = _sizes(group)[index]
         row["user_selected_index"] = index
         row["kept_stage"] = float(group["stages"][index])
@@ -139,14 +142,15 @@ def _decided(row: pd.Series, group: pd.Series, decision: Mapping, at: str) -> pd
     return row
 
 
-def assignments(answers: Mapping[Key, Answer], finals_scan: pd.DataFrame) -> dict[str, str]:
+def assignments(answers: Sequence[Answer], finals_scan: pd.DataFrame) -> dict[str, str]:
     """The finals you assigned to a group (rel_path -> group id), for extract's pairing:
-    every readable file of the final folder with the content the answer was given for."""
+    every readable file of the final folder with the content the answer was given for
+    (``answers``: the reviews file, oldest first; the latest answer stands)."""
     by_hash: dict[str, list[str]] = {}
     for rel, h in zip(finals_scan["rel_path"], finals_scan["content_hash"], strict=True):
         if isinstance(h, str):
             by_hash.setdefault(h, []).append(rel)
-    return {rel: a.decision["group_id"] for a in answers.values()
+    return {rel: a.decision["group_id"] for a in latest(answers)
             if a.kind == "orphan" and a.decision["action"] == "assign"
             for rel in by_hash.get(a.hashes[0] or "", [])}
 
@@ -176,37 +180,65 @@ def _orphan_outcome(answer: Answer, finals: pd.DataFrame) -> str | None:
             return f"it cannot be read, so it cannot be located in a render of {group}"
         if (mine["pair_method"] == "reviewed").any():
             return None
-        if mine["role"].isin(["orphan"]).all():
+        if (mine["role"] == "orphan").all():
             return str(mine["reason"].iloc[0])  # pairing says why it could not claim it
-        return (f"the files now tie it to {mine['group_id'].dropna().iloc[0]} by "
-                f"{mine['pair_method'].dropna().iloc[0]}, so your answer ({group}) is not "
-                "needed")
-    if not (mine["role"] == "orphan").any():
-        return (f"it is no longer an orphan (the files now tie it to "
-                f"{mine['group_id'].dropna().iloc[0]})")
-    return None
+        return f"{_tied(mine)}, so your answer ({group}) is not needed"
+    if (mine["role"] == "orphan").any() or (mine["role"] == "foreign").all():
+        return None
+    return f"it is no longer an orphan: {_tied(mine)}"
 
 
-def apply_answers(tables: Mapping[str, pd.DataFrame], answers: Mapping[Key, Answer]
+def _tied(finals: pd.DataFrame) -> str:
+    """What ties ``finals`` (files of one content, none an orphan) to a group now."""
+    paired = finals[finals["group_id"].notna()]
+    if paired.empty:
+        return f"it is tied to no group ({finals['reason'].dropna().iloc[0]})" \
+            if finals["reason"].notna().any() else "it is tied to no group"
+    return (f"the files now tie it to {paired['group_id'].iloc[0]} by "
+            f"{paired['pair_method'].iloc[0]}")
+
+
+def apply_answers(tables: Mapping[str, pd.DataFrame], answers: Sequence[Answer]
                   ) -> Applied:
     """The truth and finals of ``tables`` (extract's, with scan, groups and ungrouped)
-    with every standing answer in ``answers`` that still fits its files applied."""
+    with every standing answer in ``answers`` (the reviews file, oldest first) that
+    still fits its files applied; the others listed with why."""
     truth = tables["truth"].set_index("group_id", drop=False)
     finals = tables["finals"].copy()
     groups = tables["groups"].set_index("group_id", drop=False)
-    waiting: dict[Key, Case] = {c.key: c for c in build_queue(tables)}
+    given = standing(build_queue(tables), answers)
+    fitting = {id(a) for a in given.values()}
     out = Applied(truth, finals)
-    for answer in answers.values():
-        action = answer.decision["action"]
+    for case, answer in given.items():
+        if case.kind in ("conflict", "orphan"):
+            continue  # a live row is the merge's to leave alone; orphans below
+        if case.group_id is None:  # a render left out of every group: it stays out
+            out.applied += 1
+            continue
+        row, group = truth.loc[case.group_id], groups.loc[case.group_id]
+        problem = pick_problem(answer.decision, row, group)
+        if problem:
+            out.not_applied.append(f"{case.kind} {case.subject}: {problem}")
+            continue
+        truth.loc[case.group_id] = _decided(row, group, answer.decision, answer.at)
+        action, kept = answer.decision["action"], row["user_selected_index"]
+        mine = finals.index[finals["group_id"] == case.group_id]
+        if action == "reject":
+            _tie_out(finals, mine, f"you answered that {case.group_id} kept nothing "
+                                   f"({answer.at})")
+        elif pd.notna(kept) and int(kept) != answer.decision["index"]:
+            finals.loc[mine, "role"] = "extra"
+            finals.loc[mine, "reason"] = (f"you answered that image {answer.decision['index'] + 1}"
+                                          f" of {case.group_id} was kept whole ({answer.at})")
+        out.applied += 1
+    for answer in latest(answers):
         where = f"{answer.kind} {answer.subject}"
-        if answer.kind == "conflict":
-            continue  # the live row is left as it is: the merge's business, not the truth's
         if answer.kind == "orphan":
             why = _orphan_outcome(answer, finals)
-            if why is None and action == "foreign":
+            if why is None and answer.decision["action"] == "foreign":
                 rows = finals.index[_orphan_rows(answer, finals) & (finals["role"] == "orphan")]
                 _tie_out(finals, rows, f"not from this project (you answered so, {answer.at})")
-            if why is None and action == "assign":  # paired as you said, located as any
+            if why is None and answer.decision["action"] == "assign":  # located as any
                 paired = truth["final_path"].isin(
                     finals.loc[_orphan_rows(answer, finals), "rel_path"]) & (
                     truth["pair_method"] == "reviewed")
@@ -215,32 +247,18 @@ def apply_answers(tables: Mapping[str, pd.DataFrame], answers: Mapping[Key, Answ
                 out.applied += 1
             else:
                 out.not_applied.append(f"{where}: {why}")
-            continue
-        case = waiting.get(answer.key)
-        if case is None:
+        elif answer.kind != "conflict" and id(answer) not in fitting:
             out.not_applied.append(f"{where}: {_why_gone(answer, truth, groups)}")
-            continue
-        if case.group_id is None:  # a render left out of every group: it stays out
-            out.applied += 1
-            continue
-        row, group = truth.loc[case.group_id], groups.loc[case.group_id]
-        problem = pick_problem(answer.decision, row, group)
-        if problem:
-            out.not_applied.append(f"{where}: {problem}")
-            continue
-        truth.loc[case.group_id] = _decided(row, group, answer.decision, answer.at)
-        if action == "reject":
-            rows = finals.index[(finals["group_id"] == case.group_id)]
-            _tie_out(finals, rows, f"you answered that {case.group_id} kept nothing "
-                                   f"({answer.at})")
-        out.applied += 1
     out.truth = truth.reset_index(drop=True).astype(tables["truth"].dtypes.to_dict())
     out.finals = finals.astype(tables["finals"].dtypes.to_dict())
     return out
 
 
 def _why_gone(answer: Answer, truth: pd.DataFrame, groups: pd.DataFrame) -> str:
-    """Why an answer about a group fits no waiting case."""
+    """Why an answer about a group (or a render) fits no waiting case."""
+    if answer.kind == "name_clash" and answer.subject not in groups.index:
+        return ("the render a name clash left out changed, or is in a group now: answer "
+                "it again in review if it still waits")
     if answer.subject not in groups.index:
         return "its group is gone (renamed or removed): answer it again in review"
     members = tuple(h if isinstance(h, str) else None

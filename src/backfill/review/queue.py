@@ -19,7 +19,7 @@ Each flagged decision is one case of one kind, so the counts add up to what wait
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import pandas as pd
 
 from backfill.config.errors import UserError
 from backfill.contracts.schemas import UNREADABLE
-from backfill.review.store import Answer, Key, case_key
+from backfill.review.store import Answer, latest
 
 KINDS = ("needs_review", "orphan", "unreadable_final", "name_clash", "conflict")
 # How the page names each kind to the person.
@@ -56,9 +56,11 @@ class Case:
     confidence: float | None = None  # how sure the located box is (needs_review)
 
     @property
-    def key(self) -> Key:
-        """The key its answer is stored under (Answer.key)."""
-        return case_key(self.kind, self.subject, self.hashes)
+    def settled_by_answer(self) -> bool:
+        """Whether an answer settles it without changing a table (a live row you say is
+        right; a render a name clash left out, that you leave out): it never comes back
+        after a repro, as a case whose answer could not be applied does."""
+        return self.kind == "conflict" or (self.kind == "name_clash" and self.group_id is None)
 
 
 def _hash(value: object) -> str | None:
@@ -126,23 +128,48 @@ def _order(case: Case) -> tuple:
     return (KINDS.index(case.kind), sure is not None, sure or 0.0, case.subject)
 
 
-def build_queue(tables: Mapping[str, pd.DataFrame],
-                answers: Mapping[Key, Answer] | None = None) -> list[Case]:
-    """Every case that waits for the person, in the order to show them: ``tables`` holds
-    the project's truth, groups, finals, ungrouped and scan tables, and merge_issues when
-    the merge ran (absent: no conflicts yet). A case with a standing answer in
-    ``answers`` (store.latest) does not wait any more."""
+def build_queue(tables: Mapping[str, pd.DataFrame], answers: Sequence[Answer] = (),
+                built_at: str | None = None) -> list[Case]:
+    """Every case that waits for you, in the order to show them: ``tables`` holds the
+    project's truth, groups, finals, ungrouped and scan tables, and merge_issues when
+    the merge ran (absent: no conflicts yet). ``answers`` (the reviews file, oldest
+    first) and ``built_at``: see waiting()."""
     cases = [*_truth_cases(tables["truth"], tables["groups"], tables["finals"]),
              *_orphans(tables["finals"]),
              *_clashing_renders(tables["ungrouped"], tables["scan"])]
     if tables.get("merge_issues") is not None:
         cases += _conflicts(tables["merge_issues"], tables["groups"])
-    return waiting(sorted(cases, key=_order), answers or {})
+    return waiting(sorted(cases, key=_order), answers, built_at)
 
 
-def waiting(cases: list[Case], answers: Mapping[Key, Answer]) -> list[Case]:
-    """``cases`` (in their order) less those with a standing answer in ``answers``."""
-    return [c for c in cases if c.key not in answers]
+def standing(cases: Sequence[Case], answers: Sequence[Answer]) -> dict[Case, Answer]:
+    """The answer that stands for each answered case of ``cases``: the last given for its
+    images (kind and content hashes), wherever they were found, so an answer survives
+    renames. Where images cannot tell cases apart (two cases of the same images, or an
+    image that cannot be read, with no hash), only an answer given at the case's own
+    place (subject) counts."""
+    by_images: dict[tuple, list[Case]] = {}
+    for case in cases:
+        by_images.setdefault((case.kind, case.hashes), []).append(case)
+    out: dict[Case, Answer] = {}
+    for answer in latest(answers):
+        mine = by_images.get((answer.kind, answer.hashes), [])
+        alone = len(mine) == 1 and None not in answer.hashes
+        for case in mine:
+            if alone or case.subject == answer.subject:
+                out[case] = answer
+    return out
+
+
+def waiting(cases: Sequence[Case], answers: Sequence[Answer], built_at: str | None = None
+            ) -> list[Case]:
+    """``cases`` (in their order) less those your ``answers`` settle. An answer that the
+    next repro applies settles its case until the tables are rebuilt (``built_at``: when,
+    as an ISO time; None: not known): a case still in tables built after its answer is
+    one the answer could not be applied to, and it waits again."""
+    given = standing(cases, answers)
+    return [c for c in cases if c not in given or (
+        built_at is not None and not c.settled_by_answer and given[c].at < built_at)]
 
 
 def counts(cases: list[Case]) -> dict[str, int]:

@@ -2,9 +2,10 @@
 
 Human answers are inputs, not outputs: they live in git (a reviewer's afternoon must
 survive a `dvc gc` or a fresh clone) and will be a dependency of the stage that builds the
-truth. An answer is keyed by the kind of case and the content hashes of the images it is
-about (case_key), so an answer given for some files is never applied to other files that took their
-names: when the files change, the key no longer matches and the answer is reported.
+truth. An answer names the kind of case, the content hashes of the images it is about and
+where it was found; queue.standing matches it to a case by its images first, so it
+survives a rename, and an answer given for some files is never applied to other files
+that took their names: when the files change, it fits no case and is reported.
 
 Each change rewrites the whole file atomically (read, add or drop a line, replace), so a
 crash or a full disk leaves the previous answers, never half a line. Lines already in the
@@ -40,15 +41,7 @@ PICKS = ("approve", "crop")  # the decisions that name the kept render
 _LOCK = threading.Lock()
 
 
-Key = tuple[str, tuple[str | None, ...], str]
-
-
-def case_key(kind: str, subject: str, hashes: Iterable[str | None]) -> Key:
-    """What a case is, for its answer: its kind and its images' content. An image that
-    cannot be read has no content hash, so a case with one is also told by where it was
-    found (``subject``): two unreadable orphans are two cases, not one."""
-    hashes = tuple(hashes)
-    return kind, hashes, subject if None in hashes else ""
+Place = tuple[str, tuple[str | None, ...], str]  # kind, hashes, subject: one case's answers
 
 
 def now() -> str:
@@ -74,9 +67,9 @@ class Answer:
             raise ValueError(problem)
 
     @property
-    def key(self) -> Key:
-        """What an answer is about (case_key)."""
-        return case_key(self.kind, self.subject, self.hashes)
+    def place(self) -> Place:
+        """The case it answers, where it was found: a later answer here replaces it."""
+        return self.kind, self.hashes, self.subject
 
     def line(self) -> str:
         return json.dumps({"kind": self.kind, "subject": self.subject,
@@ -145,9 +138,11 @@ def undo(path: Path) -> Answer | None:
         return last
 
 
-def latest(answers: Iterable[Answer]) -> dict[Key, Answer]:
-    """The answer that stands for each case: the last one given for its key."""
-    out: dict[Key, Answer] = {}
+def latest(answers: Iterable[Answer]) -> list[Answer]:
+    """The answers that stand: the last given for each case where it was found (a later
+    line replaces an earlier one, as you changed your mind), in the order given."""
+    out: dict[Place, Answer] = {}
     for answer in answers:
-        out[answer.key] = answer
-    return out
+        out.pop(answer.place, None)
+        out[answer.place] = answer
+    return list(out.values())

@@ -345,6 +345,7 @@ def claim_by_answer(finals: pd.DataFrame, renders: pd.DataFrame, pairing: Pairin
     todo = {rel: g for rel, g in assigned.items()
             if rel in readable and rel not in pairing.claims}
     hashes = dict(zip(finals["rel_path"], finals["content_hash"], strict=True))
+    known = set(renders["group_id"])
     mine = renders[renders["group_id"].isin(set(todo.values())) & renders["content_hash"].notna()]
     jobs = pd.DataFrame([
         {"rel_path": rel, "final_hash": hashes[rel], "group_id": g, "index": int(r.index),
@@ -354,7 +355,8 @@ def claim_by_answer(finals: pd.DataFrame, renders: pd.DataFrame, pairing: Pairin
                  "original_path"])
     chosen = by_answer(jobs) if len(jobs) else {}
     for rel, g in todo.items():
-        index, note = chosen.get(rel, (None, f"no render of {g} can be read"))
+        index, note = chosen.get(rel, (None, f"no render of {g} can be read" if g in known
+                                       else f"there is no group {g} any more"))
         if index is None:
             pairing.reasons[rel] = f"you assigned it to {g} in review, but {note}"
             pairing.settled.add(rel)

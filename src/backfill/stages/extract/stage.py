@@ -214,7 +214,7 @@ def run(project: Project) -> str:
                                            file_times=FileTimes.from_config(cfg.scan))
     tables = read_stage_tables(project, ["scan", "groups", "ungrouped"])
     reviews = project.reviews
-    answers = store.latest(store.read(reviews))
+    answers = store.read(reviews)
     scan = tables["scan"]
     with open_runner(project, settings.workers) as runner:
         result = extract_project(tables["groups"], scan, tables["ungrouped"],
