@@ -81,7 +81,8 @@ def test_a_failed_write_leaves_the_file_as_it_was(tmp_path, monkeypatch):
         store.undo(path)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert [p.name for p in path.parent.iterdir()] == ["p.jsonl"]  # no temporary left
+    left = sorted(p.name for p in path.parent.iterdir())
+    assert left == ["p.jsonl", "p.jsonl.lock"]  # no temporary left; the lock is git-ignored
 
 
 def test_a_line_that_is_no_answer_is_named_not_skipped(tmp_path):
@@ -109,3 +110,24 @@ def test_an_answer_is_timed_as_the_tables_time_things():
 
     assert re.fullmatch(ISO_UTC_PATTERN, Answer("orphan", "f.png", (H1,), "x",
                                                 {"action": "foreign"}).at)
+
+
+def test_two_processes_answering_at_once_lose_no_answer(tmp_path):
+    import multiprocessing
+
+    path = reviews_file(tmp_path, "p")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)  # both answer at the same moment, as two windows could
+    procs = [ctx.Process(target=_answer_many, args=(path, n, start)) for n in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(store.read(path)) == 2 * 100
+
+
+def _answer_many(path, n: int, start) -> None:
+    start.wait()
+    for i in range(100):
+        store.append(path, answer(hashes=(f"{n}{i:03d}".ljust(64, "a"),)))

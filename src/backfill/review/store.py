@@ -15,13 +15,16 @@ Undo drops the last line: git keeps the history, the file keeps what stands.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from backfill.config.errors import UserError
 from backfill.db.cells import format_time
@@ -36,9 +39,19 @@ from backfill.files.atomic import write_text
 DECISIONS = ("approve", "crop", "reject", "assign", "foreign", "live")
 PICKS = ("approve", "crop")  # the decisions that name the kept render
 
-# One process writes a project's file at a time (the app serves one person); the lock
-# keeps two quick key presses from reading the same old file and losing one answer.
-_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """``path`` to read and rewrite alone: two quick key presses, or two `backfill review`
+    windows on one project, never read the same old file and lose an answer. The lock
+    file lies beside it (``<project>.jsonl.lock``, ignored by git)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREADS, FileLock(path.with_name(path.name + ".lock"), timeout=30):
+        yield
+
+
+_THREADS = threading.Lock()  # filelock's lock is per thread; the app answers on several
 
 
 Place = tuple[str, tuple[str | None, ...], str]  # kind, hashes, subject: one case's answers
@@ -122,14 +135,14 @@ def _lines(path: Path) -> list[str]:
 
 def append(path: Path, answer: Answer) -> None:
     """Add ``answer`` to ``path``, atomically: it is there whole, or the file is unchanged."""
-    with _LOCK:
+    with _held(path):
         lines = [*_lines(path), answer.line()]
         write_text("\n".join(lines) + "\n", path)
 
 
 def undo(path: Path) -> Answer | None:
     """Drop the last answer in ``path`` (atomically) and return it; None when none is left."""
-    with _LOCK:
+    with _held(path):
         lines = _lines(path)
         if not lines:
             return None
