@@ -2,7 +2,7 @@
 
 A pure function of the tables (and of the answers already given), so the page, a count
 on the command line and the tests all see the same queue. Each case names the images it
-is about by content hash: that is what an answer is keyed by (backfill.review.store).
+is about by content hash: that is what an answer is matched by (standing).
 
 Kinds, in the order the queue shows them:
 - needs_review: a recovered decision the files cannot prove (extract's flag), least sure
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -199,8 +200,6 @@ def read_tables(output: Callable[[str], Path], project: str) -> dict[str, pd.Dat
 
 def _seconds(timestamp: object) -> float | None:
     """A YYYYMMDD_HHMMSS timestamp as seconds, to compare distances (None: none)."""
-    from datetime import datetime
-
     try:
         return datetime.strptime(str(timestamp), "%Y%m%d_%H%M%S").timestamp()
     except ValueError:

@@ -1,11 +1,12 @@
 """The person's answers: ``reviews/<project>.jsonl`` beside conf/, one JSON object a line.
 
 Human answers are inputs, not outputs: they live in git (a reviewer's afternoon must
-survive a `dvc gc` or a fresh clone) and will be a dependency of the stage that builds the
-truth. An answer names the kind of case, the content hashes of the images it is about and
-where it was found; queue.standing matches it to a case by its images first, so it
-survives a rename, and an answer given for some files is never applied to other files
-that took their names: when the files change, it fits no case and is reported.
+survive a `dvc gc` or a fresh clone), and the file is a dependency of extract, the stage
+that builds the truth. An answer names the kind of case, the content hashes of the
+images it is about and where it was found; queue.standing matches it to a case by its
+images first, so it survives a rename, and an answer given for some files is never
+applied to other files that took their names: when the files change, it fits no case
+and is reported.
 
 Each change rewrites the whole file atomically (read, add or drop a line, replace), so a
 crash or a full disk leaves the previous answers, never half a line. Lines already in the
