@@ -195,7 +195,7 @@ def test_the_kept_render_is_drawn_with_its_box_at_the_reports_size(client, sessi
     case = next(c for c in session.queue()
                 if c.group_id and truth.loc[c.group_id, "crop_x1"] == truth.loc[
                     c.group_id, "crop_x1"])  # a located box
-    view = case_view(session, case)
+    view = case_view(session, case, [])
     kept = next(r for r in view["renders"] if r["kept"])
     path, px, box = session.images[kept["image"]]
     row = truth.loc[case.group_id]
@@ -203,7 +203,7 @@ def test_the_kept_render_is_drawn_with_its_box_at_the_reports_size(client, sessi
     assert box == [row["crop_x1"], row["crop_y1"], row["crop_x2"], row["crop_y2"]]
     assert all(session.images[r["image"]][1:] == (session.px, None)
                for r in view["renders"] if not r["kept"])
-    assert case_view(session, case) == view  # ids are issued once per thumbnail
+    assert case_view(session, case, []) == view  # ids are issued once per thumbnail
 
 
 def test_a_session_reads_a_projects_tables_and_says_what_is_missing(review_project, tmp_path):

@@ -108,13 +108,12 @@ class Session:
             self._indexed[table] = self.tables[table].set_index("group_id", drop=False)
         return self._indexed[table]
 
-    def queue(self) -> list[Case]:
-        """The cases that wait: those your answers do not settle (queue.waiting)."""
-        return waiting(self.cases, store.read(self.reviews), self.built_at)
-
-    def earlier(self, case: Case) -> store.Answer | None:
-        """Your answer to ``case`` that the last repro could not apply, if any."""
-        return standing([case], store.read(self.reviews)).get(case)
+    def queue(self, answers: list[store.Answer] | None = None) -> list[Case]:
+        """The cases that wait: those ``answers`` (the reviews file when None) do not
+        settle (queue.waiting)."""
+        if answers is None:
+            answers = store.read(self.reviews)
+        return waiting(self.cases, answers, self.built_at)
 
     def image(self, path: Path, box: list[float] | None = None, large: bool = False) -> str:
         """An id for the thumbnail of ``path`` (``box`` drawn; ``large``: twice the size),
@@ -129,7 +128,8 @@ class Session:
 
 @cache  # a page looks its case up among all that wait: each digest is taken once
 def case_id(case: Case) -> str:
-    """A case's id on the page: a digest of its key (kind and content hashes, no path)."""
+    """A case's id on the page: a digest of its kind, content hashes and place, so the
+    address shows no path."""
     text = "\n".join([case.kind, *(h or "-" for h in case.hashes), case.subject])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -139,15 +139,16 @@ def _box(row: pd.Series) -> list[float] | None:
     return None if any(v is None or pd.isna(v) for v in box) else [float(v) for v in box]
 
 
-def case_view(session: Session, case: Case) -> dict[str, Any]:
+def case_view(session: Session, case: Case, answers: list[store.Answer]) -> dict[str, Any]:
     """What the page shows of ``case``: its renders (stage, image id; the kept one with the
-    located box), the kept final, and why it waits."""
+    located box), the kept final, why it waits, and your answer to it (in ``answers``)
+    that the last repro could not apply, if any."""
     view: dict[str, Any] = {"id": case_id(case), "kind": case.kind, "label": LABELS[case.kind],
                             "subject": case.subject, "reason": case.reason,
                             "confidence": case.confidence, "renders": [], "final": None,
                             "suggestions": [], "answers": list(allowed(case)), "chosen": 0,
                             "earlier": None}
-    earlier = session.earlier(case)
+    earlier = standing([case], answers).get(case)
     if earlier is not None:
         said = " ".join(f"{k} {v}" for k, v in sorted(earlier.decision.items()) if k != "action")
         view["earlier"] = f"{earlier.decision['action']} {said}".strip() + f", at {earlier.at}"
@@ -212,10 +213,11 @@ def create_app(session: Session, token: str) -> Starlette:
 
     def page(request: Request) -> Response:
         with session.lock:
-            queue = session.queue()
+            answers = store.read(session.reviews)
+            queue = session.queue(answers)
             case = find(queue, request.query_params.get("case")) or (queue[0] if queue
                                                                         else None)
-            view = case_view(session, case) if case else None
+            view = case_view(session, case, answers) if case else None
             after = queue[queue.index(case) + 1] if case and case is not queue[-1] else None
         return HTMLResponse(template.render(
             project=session.name, token=token, case=view, **summary(queue),
