@@ -111,6 +111,8 @@ NOTHING_KEPT = ["reject", BROKEN_REJECT]  # the truth actions with no kept image
 # Truth actions that are no decision the DB can hold, and the merge issue each is.
 HELD = {UNREADABLE: "final_unreadable", BROKEN_REJECT: "broken_reject"}
 CROP_BOX = ["crop_x1", "crop_y1", "crop_x2", "crop_y2"]  # the truth's box, normalised
+# An approve's box: the whole render, exactly, as the backfill guide's check requires.
+FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
 # How a kept final was tied to its group, tried in this order: its file name less the
 # extension is a render's ('name'); the (timestamp, stage) parsed from its name is a
 # render's, whatever the suffix or extension ('identity'); its pixels are found in a

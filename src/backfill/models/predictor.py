@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from backfill.config.errors import UserError
-from backfill.contracts.schemas import BOX, PredictionsTable
+from backfill.contracts.schemas import BOX, FULL_FRAME, PredictionsTable
 from backfill.contracts.tables import typed_frame
 from backfill.models.versions import ModelVersion, build, crop_inputs, model_label, normalise
 
@@ -101,7 +101,7 @@ def predict_groups(groups: pd.DataFrame, embeddings: pd.DataFrame, version: Mode
                                        np.maximum(raw[:, 1], raw[:, 3])])
             box[at["index"].to_numpy()] = ordered
     else:  # full_frame: keep the whole picked image
-        box[at["index"].to_numpy()] = [0.0, 0.0, 1.0, 1.0]
+        box[at["index"].to_numpy()] = FULL_FRAME
     out[BOX] = box
     out["model_version"] = version.name
     out["ranker"] = model_label(version.ranker)

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from backfill.contracts.schemas import CROP_BOX, UNREADABLE
+from backfill.contracts.schemas import CROP_BOX, FULL_FRAME, UNREADABLE
 from backfill.review.queue import Case, build_queue, standing
 from backfill.review.store import PICKS, Answer, decision_problem, latest
 
-FULL_FRAME = [0.0, 0.0, 1.0, 1.0]  # an approve keeps the whole render
 # The columns of a location in one render: meaningless for another render.
 LOCATION = ["scale", "confidence", "support", "match_method"]
 
@@ -130,7 +129,7 @@ def _decided(row: pd.Series, group: pd.Series, decision: Mapping, at: str) -> pd
         row["original_width"] = None if width is None or pd.isna(width) else int(width)
         row["original_height"] = None if height is None or pd.isna(height) else int(height)
         if action == "approve":
-            row[CROP_BOX] = FULL_FRAME
+            row[CROP_BOX] = list(FULL_FRAME)
             row["crop_timestamp"] = None
         else:
             row["crop_timestamp"] = row["final_modified_at"]

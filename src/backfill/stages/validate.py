@@ -28,7 +28,7 @@ from backfill.config.errors import UserError
 from backfill.config.project import METRICS, PLOTS, Project
 from backfill.config.settings import EvaluateConfig
 from backfill.contracts.plan import group_endings, unaccounted
-from backfill.contracts.schemas import BROKEN_REJECT, HELD, TABLES, UNREADABLE
+from backfill.contracts.schemas import BROKEN_REJECT, FULL_FRAME, HELD, TABLES, UNREADABLE
 from backfill.contracts.tables import ContractError, read_table
 from backfill.db.cells import (
     comparable_name,
@@ -40,8 +40,6 @@ from backfill.db.cells import (
 from backfill.db.schema import ACTIONS, read_rows, violations
 from backfill.files.atomic import write_json, write_text
 from backfill.models.evaluate import evaluate, scored
-
-FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
 
 
 @dataclass

@@ -28,12 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from backfill.contracts.schemas import BROKEN_REJECT, CROP_BOX, UNREADABLE, TruthTable
+from backfill.contracts.schemas import (
+    BROKEN_REJECT,
+    CROP_BOX,
+    FULL_FRAME,
+    UNREADABLE,
+    TruthTable,
+)
 from backfill.contracts.tables import typed_frame
 from backfill.db.cells import iso_utc
 from backfill.files.filetimes import FileTimes
 
-FULL_FRAME = np.array([0.0, 0.0, 1.0, 1.0])
 Numbers = float | np.ndarray | pd.Series  # one value, or one per pair
 
 
@@ -69,7 +74,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
         "crop_x2": df["x2"] / width, "crop_y2": df["y2"] / height,
     }).astype("float64").clip(0.0, 1.0)
     located_ok = box.notna().all(axis=1)
-    full = (box.sub(FULL_FRAME, axis=1).abs() <= s.approve_tolerance).all(axis=1)
+    full = (box.sub(list(FULL_FRAME), axis=1).abs() <= s.approve_tolerance).all(axis=1)
     boxless = unreadable | (kept & ~located_ok)
     # Nothing kept, but renders that cannot be seen: no reject the files can prove.
     broken = df["unreadable_members"].notna().to_numpy()
@@ -78,7 +83,7 @@ def label(located: pd.DataFrame, s: LabelSettings) -> pd.DataFrame:
         np.where(full, "approve", "crop")))
     # An approve keeps the whole image: its box is the full frame exactly, as the
     # backfill guide's check requires, not the located box's last bits of float noise.
-    box.loc[action == "approve", list(box.columns)] = FULL_FRAME
+    box.loc[action == "approve", list(box.columns)] = list(FULL_FRAME)
 
     mtime = df["final_mtime_ns"]
     odd_time = np.zeros(len(df), dtype=bool)
