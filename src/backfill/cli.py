@@ -17,7 +17,7 @@ from backfill.contracts.tables import ContractError
 from backfill.db.schema import DecisionDBError
 from backfill.files.atomic import DiskFull
 from backfill.pipeline import BY_NAME, STAGES, add_train_stage
-from backfill.signals import catch_sigterm, ignore_signals, release_sigterm, stopped
+from backfill.signals import catch_signals, ignore_signals, received, release_signals, stopped
 
 
 class Backfill(click.Group):
@@ -29,33 +29,41 @@ class Backfill(click.Group):
         return list(self.commands)  # in the order of the work, as defined below
 
     def invoke(self, ctx: click.Context) -> Any:
-        previous = catch_sigterm()
         try:
             return super().invoke(ctx)
-        except UserError as exc:
-            click.echo(f"backfill: error: {exc}", err=True)
-            return 2
-        except DiskFull as exc:  # the user makes room: their fix, like a setting
-            click.echo(f"backfill: error: {exc.strerror}", err=True)
-            return 2
-        except (ContractError, DecisionDBError) as exc:
-            click.echo(f"backfill: {exc}", err=True)
-            return 1
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
             return stopped(exc)
-        except BrokenPipeError:
-            # The reader went away (`| head`): nothing more to say on stdout, and Python
-            # must not try again at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            click.echo("backfill: output closed early (by a pipe such as `| head`); "
-                       "nothing else was done", err=True)
-            return 2
-        except OSError as exc:  # a disk, permission or path problem: one line, not a trace
-            where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"backfill: error: {exc.strerror or exc}{where}", err=True)
-            return 1
-        finally:
-            release_sigterm(previous)
+        except Exception as exc:
+            signal = received()
+            if signal is not None:  # whatever it broke on the way, a signal stopped it
+                return stopped(signal)
+            return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """The error contract: one line for ``exc`` and its exit code; re-raised when it is
+    none of the failures a user can act on (a bug shows its traceback)."""
+    if isinstance(exc, UserError):
+        click.echo(f"backfill: error: {exc}", err=True)
+        return 2
+    if isinstance(exc, DiskFull):  # the user makes room: their fix, like a setting
+        click.echo(f"backfill: error: {exc.strerror}", err=True)
+        return 2
+    if isinstance(exc, (ContractError, DecisionDBError)):
+        click.echo(f"backfill: {exc}", err=True)
+        return 1
+    if isinstance(exc, BrokenPipeError):
+        # The reader went away (`| head`): nothing more to say on stdout, and Python
+        # must not try again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        click.echo("backfill: output closed early (by a pipe such as `| head`); "
+                   "nothing else was done", err=True)
+        return 2
+    if isinstance(exc, OSError):  # a disk, permission or path problem: one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(f"backfill: error: {exc.strerror or exc}{where}", err=True)
+        return 1
+    raise exc
 
 
 class WholeNumber(click.ParamType):
@@ -478,6 +486,7 @@ def _spread(argv: list[str], option: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: this process's); the exit code."""
     argv = _spread(list(sys.argv[1:] if argv is None else argv), "--projects")
+    previous = catch_signals()
     try:
         code = backfill.main(args=argv, prog_name="backfill", standalone_mode=False)
     except click.ClickException as exc:  # a usage error: Click's message, exit 2
@@ -487,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.Abort as exc:  # Ctrl-C while the command line was read
         return stopped(exc.__cause__ or KeyboardInterrupt())
+    except Exception:
+        signal = received()
+        if signal is None:
+            raise
+        return stopped(signal)
+    finally:
+        release_signals(previous)
     return code if isinstance(code, int) else 0
 
 

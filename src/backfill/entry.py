@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from backfill.signals import catch_sigterm, release_sigterm, stopped
+from backfill.signals import catch_signals, received, release_signals, stopped
 
 
 def _watch() -> int | None:
@@ -28,15 +28,22 @@ def _watch() -> int | None:
 
 
 def main() -> None:
-    previous = catch_sigterm()
+    previous = catch_signals()
     try:
         code = _watch() if sys.argv[1:] == ["watch"] else None
         if code is None:
             from backfill import cli
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
         sys.exit(stopped(exc))
+    except Exception:
+        # A signal while a module loads can come out as another error (a class half
+        # built is a RuntimeError): the signal is still what stopped it.
+        signal = received()
+        if signal is None:
+            raise
+        sys.exit(stopped(signal))
     finally:
-        release_sigterm(previous)
+        release_signals(previous)
     if code is not None:
         sys.exit(code)
     cli.entry()
