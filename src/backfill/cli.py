@@ -17,7 +17,13 @@ from backfill.contracts.tables import ContractError
 from backfill.db.schema import DecisionDBError
 from backfill.files.atomic import DiskFull
 from backfill.pipeline import BY_NAME, STAGES, add_train_stage
-from backfill.signals import catch_signals, ignore_signals, received, release_signals, stopped
+from backfill.signals import (
+    catch_signals,
+    ignore_signals,
+    release_signals,
+    stopped,
+    stopped_by_signal,
+)
 
 
 class Backfill(click.Group):
@@ -34,10 +40,8 @@ class Backfill(click.Group):
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
             return stopped(exc)
         except Exception as exc:
-            signal = received()
-            if signal is not None:  # whatever it broke on the way, a signal stopped it
-                return stopped(signal)
-            return _failed(exc)
+            code = stopped_by_signal()
+            return _failed(exc) if code is None else code
 
 
 def _failed(exc: Exception) -> int:
@@ -497,10 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort as exc:  # Ctrl-C while the command line was read
         return stopped(exc.__cause__ or KeyboardInterrupt())
     except Exception:
-        signal = received()
-        if signal is None:
+        code = stopped_by_signal()
+        if code is None:
             raise
-        return stopped(signal)
+        return code
     finally:
         release_signals(previous)
     return code if isinstance(code, int) else 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from backfill.signals import catch_signals, received, release_signals, stopped
+from backfill.signals import catch_signals, release_signals, stopped, stopped_by_signal
 
 
 def _watch() -> int | None:
@@ -38,10 +38,10 @@ def main() -> None:
     except Exception:
         # A signal while a module loads can come out as another error (a class half
         # built is a RuntimeError): the signal is still what stopped it.
-        signal = received()
-        if signal is None:
+        code = stopped_by_signal()
+        if code is None:
             raise
-        sys.exit(stopped(signal))
+        sys.exit(code)
     finally:
         release_signals(previous)
     if code is not None:

@@ -82,9 +82,11 @@ def release_signals(previous: Caught | None) -> None:
     sys.unraisablehook = previous.hook
 
 
-def received() -> KeyboardInterrupt | None:
-    """The first signal since the command started, if any."""
-    return _received[0] if _received else None
+def stopped_by_signal() -> int | None:
+    """After a command failed: if a signal came since it started, say so in one line and
+    return its exit code (whatever the command then failed with, the signal stopped
+    it); None when none came."""
+    return stopped(_received[0]) if _received else None
 
 
 def stopped(exc: BaseException) -> int:
